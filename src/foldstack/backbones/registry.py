@@ -1,0 +1,97 @@
+"""Registry of backbones.
+
+A backbone is registered with a :class:`BackboneSpec`. :func:`create` returns a Keras model that
+takes raw RGB images (floats in 0-255, NHWC) and applies the backbone's own preprocessing inside
+the model, so training code never needs to know which backbone it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class UnknownBackboneError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the registry knows about one backbone.
+
+    Attributes:
+        name: registry name, as a pipeline YAML writes it.
+        build: ``build(input_shape, weights) -> keras.Model`` without the classifier top, ending
+            in the last feature map; it takes the backbone's *own* input scaling.
+        preprocess: maps raw RGB floats 0-255 to what ``build``'s model expects (Keras ops).
+        default_size: the input size the backbone was trained at.
+        min_size: the smallest input the architecture accepts.
+        cut_layers: layer names where a ``partial`` fine-tune may cut, shallow to deep.
+        build_classifier: optional ``build_classifier(input_shape, weights) -> keras.Model``
+            with the 1,000-class ImageNet top, for checking weights.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    preprocess: Callable[[Any], Any]
+    default_size: int
+    min_size: int = 32
+    cut_layers: tuple[str, ...] = ()
+    build_classifier: Callable[..., Any] | None = None
+    family: str = field(default="", compare=False)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> BackboneSpec:
+    """The spec registered as ``name``; an unknown name lists the known ones."""
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownBackboneError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
+           input_shape: tuple[int, int, int] | None = None):
+    """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
+
+    Args:
+        name: a registered backbone.
+        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file.
+        include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
+        input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
+    """
+    import keras
+
+    spec = get(name)
+    input_shape = input_shape or (spec.default_size, spec.default_size, 3)
+    weights = None if weights in (None, "none") else weights
+    if include_top:
+        if spec.build_classifier is None:
+            raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
+        inner = spec.build_classifier(input_shape, weights)
+    else:
+        inner = spec.build(input_shape, weights)
+    inputs = keras.Input(input_shape, name="rgb_0_255")
+    outputs = inner(spec.preprocess(inputs))
+    return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
+
+
+def _load_builtin() -> None:
+    # Imported for its side effect of registering; the module itself imports Keras lazily.
+    from foldstack.backbones import keras_apps  # noqa: F401
