@@ -15,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from foldstack import backbones, metrics
+from foldstack.errors import FoldstackError
 
 
-class ConfigError(ValueError):
+class ConfigError(FoldstackError, ValueError):
     """A pipeline file that cannot be used; the message is one line meant for a person."""
 
 
