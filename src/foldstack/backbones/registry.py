@@ -67,7 +67,7 @@ def get(name: str) -> BackboneSpec:
 
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
-           input_shape: tuple[int, int, int] | None = None):
+           input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None):
     """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
 
     Args:
@@ -75,6 +75,7 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
         weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file.
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
         input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
+        cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
     """
     import keras
 
@@ -87,6 +88,12 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
         inner = spec.build_classifier(input_shape, weights)
     else:
         inner = spec.build(input_shape, weights)
+    if cut_at is not None:
+        try:
+            inner = keras.Model(inner.input, inner.get_layer(cut_at).output, name=f"{name}_to_{cut_at}")
+        except ValueError:
+            raise ValueError(f"backbone {name!r} has no layer {cut_at!r} to cut at; "
+                             f"suggested: {', '.join(spec.cut_layers)}") from None
     inputs = keras.Input(input_shape, name="rgb_0_255")
     outputs = inner(spec.preprocess(inputs))
     return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")

@@ -1,0 +1,130 @@
+"""`foldstack <stage>`: one subcommand per stage. The work lives in the stage modules.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from foldstack.errors import FoldstackError
+
+
+def _pipeline_path(name: str) -> Path:
+    """``digits`` means ``pipelines/digits.yaml``; a path to a YAML file is taken as it is."""
+    path = Path(name)
+    return path if path.suffix in (".yaml", ".yml") else Path("pipelines") / f"{name}.yaml"
+
+
+def _load(args: argparse.Namespace):
+    from foldstack.config import load_pipeline
+    from foldstack.paths import Paths
+
+    cfg = load_pipeline(_pipeline_path(args.pipeline))
+    return cfg, Paths.for_pipeline(cfg.name, args.root)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from foldstack import data
+
+    cfg, paths = _load(args)
+    print(f"data ready: {data.download(cfg, paths, force=args.force)}")
+
+
+def cmd_folds(args: argparse.Namespace) -> None:
+    from foldstack import folds
+
+    cfg, paths = _load(args)
+    frame = folds.run(cfg, paths)
+    print(f"folds: {len(frame)} images in {cfg.folds.k} folds -> {paths.folds}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from foldstack import train
+
+    cfg, paths = _load(args)
+    train.run(cfg, paths, only=args.model or None, workers=args.workers)
+
+
+def cmd_stack(args: argparse.Namespace) -> None:
+    from foldstack import stack
+
+    cfg, paths = _load(args)
+    stack.run(cfg, paths)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from foldstack import submit
+
+    cfg, paths = _load(args)
+    upload = None
+    if args.upload:
+        if not args.message:
+            raise FoldstackError("submit --upload needs a message: -m 'what this submission is'")
+        from foldstack import kaggle
+
+        def upload(path: Path) -> None:
+            kaggle.submit(cfg, path, args.message)
+
+    submit.run(cfg, paths, upload=upload)
+
+
+def cmd_backbones(args: argparse.Namespace) -> None:
+    from foldstack import backbones
+
+    rows = backbones.describe()
+    print(f"{'name':24} {'family':20} {'parameters':>12} {'default size':>12}")
+    for row in rows:
+        print(f"{row['name']:24} {row['family']:20} {row['parameters']:>12,} {row['default_size']:>12}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foldstack", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-p", "--pipeline", default="digits", help="pipeline name or YAML path (default: digits)")
+        p.add_argument("--root", default=None, help="project folder holding data/, artifacts/, submissions/")
+        p.set_defaults(func=func)
+        return p
+
+    stage("download", cmd_download, "fetch the competition's files into data/<pipeline>/").add_argument(
+        "--force", action="store_true", help="fetch again even if already downloaded")
+    stage("folds", cmd_folds, "write artifacts/<pipeline>/folds.csv")
+    train = stage("train", cmd_train, "fine-tune every model on every fold; write OOF and test predictions")
+    train.add_argument("--model", action="append", help="train only this model (repeatable)")
+    train.add_argument("--workers", type=int, default=None, help="input-pipeline threads")
+    stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; choose the best")
+    submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
+    submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
+    submit.add_argument("-m", "--message", help="the submission's description on Kaggle")
+    backbones = sub.add_parser("backbones", help="list the registered backbones")
+    backbones.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except FoldstackError as error:
+        print(f"foldstack {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"foldstack {args.command}: interrupted; finished work is kept, run it again to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The competition's files: fetching them (`download`) and reading the train and test tables.
+
+A train table is ``id, label, path``; a test table is ``id, path`` with ids from the sample
+submission, in its order. Readers check what they read and raise :class:`DataError` naming the
+file, the row or the column.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from foldstack.config import DataConfig, PipelineConfig
+from foldstack.errors import DataError
+from foldstack.io import atomic_dir, write_csv, write_json
+from foldstack.paths import Paths
+
+log = logging.getLogger(__name__)
+
+MARKER = ".download-complete.json"
+
+
+# --- download ------------------------------------------------------------------------------------
+
+
+def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
+    """Lay the competition out under ``paths.data`` as the competition ships it.
+
+    A completed download leaves a marker listing its files; a later call with the marker in place
+    does nothing unless ``force``. The folder is built beside its final name and renamed, so an
+    interrupted download never looks complete.
+    """
+    source = cfg.data.source
+    if source.type in ("kaggle_competition", "kaggle_dataset"):
+        from foldstack import kaggle  # the kaggle client is only needed for these sources
+
+        return kaggle.download(cfg, paths, force=force)
+    if (paths.data / MARKER).exists() and not force:
+        log.info("%s is up to date (remove it or pass --force to fetch again)", paths.data)
+        return paths.data
+    writers = {"embedded": _write_embedded, "local": _copy_local}
+    with atomic_dir(paths.data) as tmp:
+        writers[source.type](cfg, tmp)
+        _write_marker(tmp)
+    return paths.data
+
+
+def _write_marker(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    write_json(folder / MARKER, {"files": files})
+
+
+def _copy_local(cfg: PipelineConfig, target: Path) -> None:
+    source = Path(cfg.data.source.path).expanduser()
+    if not source.is_dir():
+        raise DataError(f"data.source.path = {str(source)!r}: folder not found")
+    shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def _write_embedded(cfg: PipelineConfig, target: Path) -> None:
+    writers = {"digits": write_digits}
+    writers[cfg.data.source.dataset](target, limit=cfg.data.source.limit)
+
+
+def write_digits(target: Path, limit: int | None = None, seed: int = 0) -> None:
+    """scikit-learn's 1,797 8x8 digits as a Kaggle competition: PNGs, train.csv, sample submission.
+
+    The images stay 8x8 grayscale, their 17 grey levels (0-16) spread over 0-255. A fixed,
+    stratified 80/20 split makes the test set; its answers go to ``solution.csv``.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target
+    index = np.arange(len(labels))
+    if limit is not None and limit < len(index):
+        index, _ = train_test_split(index, train_size=limit, stratify=labels, random_state=seed)
+        index = np.sort(index)
+    train_idx, test_idx = train_test_split(index, test_size=0.2, stratify=labels[index], random_state=seed)
+    for split, split_idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
+        folder = target / split
+        folder.mkdir(parents=True)
+        for i in split_idx:
+            Image.fromarray(images[i], mode="L").save(folder / f"{_digit_id(i)}.png")
+    train = pd.DataFrame({"id": [_digit_id(i) for i in np.sort(train_idx)], "label": labels[np.sort(train_idx)]})
+    test_ids = [_digit_id(i) for i in np.sort(test_idx)]
+    write_csv(target / "train.csv", train)
+    write_csv(target / "sample_submission.csv", pd.DataFrame({"id": test_ids, "label": 0}))
+    write_csv(target / "solution.csv", pd.DataFrame({"id": test_ids, "label": labels[np.sort(test_idx)]}))
+
+
+def _digit_id(index: int) -> str:
+    return f"digit_{index:04d}"
+
+
+# --- reading the tables --------------------------------------------------------------------------
+
+
+def read_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV read as strings (ids like '007' stay '007'); a BOM is dropped."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path}: cannot read {what}: {str(error).strip()}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {', '.join(repr(c) for c in missing)}; "
+                        f"columns are {', '.join(repr(c) for c in frame.columns)}")
+
+
+def load_train_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
+    """``id, label, path`` for every training image, checked: unique ids, labels, files present."""
+    data = cfg.data
+    readers = {"csv": _train_from_csv, "folders": _train_from_folders}
+    table = readers[data.layout](data, paths.data)
+    _check_train_table(table, paths.data / (data.train_csv if data.layout == "csv" else data.train_dir))
+    return table.reset_index(drop=True)
+
+
+def _train_from_csv(data: DataConfig, root: Path) -> pd.DataFrame:
+    path = root / data.train_csv
+    frame = read_csv(path, "train table")
+    require_columns(frame, [data.id_column, data.label_column], path)
+    ids = frame[data.id_column].str.strip()
+    return pd.DataFrame({
+        "id": ids,
+        "label": frame[data.label_column].str.strip(),
+        "path": [str(_image_path(data, root / data.train_dir, i)) for i in ids],
+    })
+
+
+def _train_from_folders(data: DataConfig, root: Path) -> pd.DataFrame:
+    folder = root / data.train_dir
+    if not folder.is_dir():
+        raise DataError(f"{folder}: train folder not found")
+    rows = [
+        {"id": f"{class_dir.name}/{image.stem}", "label": class_dir.name, "path": str(image)}
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir())
+        for image in sorted(class_dir.glob(f"*{data.extension}"))
+    ]
+    return pd.DataFrame(rows, columns=["id", "label", "path"])
+
+
+def _image_path(data: DataConfig, folder: Path, image_id: str) -> Path:
+    return folder / (image_id if data.ids_have_extension else f"{image_id}{data.extension}")
+
+
+def _check_train_table(table: pd.DataFrame, source: Path) -> None:
+    if table.empty:
+        raise DataError(f"{source}: the train set is empty")
+    _check_ids(table, source)
+    empty = table.index[table["label"].isin(["", "nan", "NaN", "None"])]
+    if len(empty):
+        raise DataError(f"{source}: row {empty[0] + 2} (id {table['id'][empty[0]]!r}) has an empty label"
+                        f"{_and_more(len(empty))}")
+    _check_files(table, source)
+
+
+def _check_ids(table: pd.DataFrame, source: Path) -> None:
+    empty = table.index[table["id"] == ""]
+    if len(empty):
+        raise DataError(f"{source}: row {empty[0] + 2} has an empty id{_and_more(len(empty))}")
+    repeated = table.index[table["id"].duplicated()]
+    if len(repeated):
+        raise DataError(f"{source}: row {repeated[0] + 2} repeats id {table['id'][repeated[0]]!r}"
+                        f"{_and_more(len(repeated))}")
+
+
+def _check_files(table: pd.DataFrame, source: Path) -> None:
+    missing = [i for i, path in enumerate(table["path"]) if not Path(path).is_file()]
+    if missing:
+        first = missing[0]
+        raise DataError(f"{source}: row {first + 2} (id {table['id'][first]!r}): image "
+                        f"{table['path'][first]} not found{_and_more(len(missing))}")
+
+
+def _and_more(count: int) -> str:
+    return f" (and {count - 1} more)" if count > 1 else ""
+
+
+def load_test_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
+    """``id, path`` for every test image, in the sample submission's order."""
+    data = cfg.data
+    path = paths.data / data.sample_submission
+    frame = read_csv(path, "sample submission")
+    require_columns(frame, [data.id_column], path)
+    ids = frame[data.id_column].str.strip()
+    table = pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]})
+    _check_ids(table, path)
+    _check_files(table, path)
+    return table
+
+
+def class_names(labels: pd.Series, task: str) -> list[str]:
+    """The classes in the order every prediction file uses: sorted, numerically when all are numbers."""
+    values = labels.str.split().explode() if task == "multilabel" else labels
+    unique = sorted(set(values.astype(str)))
+    if all(_is_number(v) for v in unique):
+        unique.sort(key=float)
+    return unique
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def label_matrix(labels: pd.Series, classes: list[str], task: str) -> np.ndarray:
+    """Targets as the model sees them: class indices, or a 0/1 matrix for multilabel."""
+    position = {name: i for i, name in enumerate(classes)}
+    if task == "multilabel":
+        matrix = np.zeros((len(labels), len(classes)), dtype=np.float32)
+        for row, text in enumerate(labels):
+            matrix[row, [position[name] for name in text.split()]] = 1.0
+        return matrix
+    return np.array([position[str(name)] for name in labels], dtype=np.int64)

@@ -1,0 +1,59 @@
+"""The `folds` stage: split the train table into K folds, the same way on every run."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+from foldstack import data
+from foldstack.config import PipelineConfig
+from foldstack.errors import DataError
+from foldstack.io import write_csv
+from foldstack.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+def make_folds(table: pd.DataFrame, k: int, seed: int, strategy: str = "stratified",
+               groups: pd.Series | None = None) -> pd.Series:
+    """The fold of each row: stratified by label (the first label for multilabel), or grouped.
+
+    Raises:
+        DataError: a class has fewer examples than folds, so some fold would never see it.
+    """
+    if strategy == "grouped":
+        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(table, groups=groups)
+    else:
+        strata = table["label"].str.split().str[0]
+        counts = strata.value_counts()
+        rare = counts[counts < k]
+        if len(rare):
+            raise DataError(f"class {rare.index[0]!r} has {rare.iloc[0]} example(s), fewer than the "
+                            f"{k} folds (folds.k); merge rare classes or lower folds.k")
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(table, strata)
+    fold = pd.Series(-1, index=table.index, name="fold")
+    for number, (_, valid) in enumerate(splits):
+        fold.iloc[valid] = number
+    return fold
+
+
+def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
+    """Write ``folds.csv`` (``id, label, fold``) and a preview of the training augmentation."""
+    table = data.load_train_table(cfg, paths)
+    groups = None
+    if cfg.folds.strategy == "grouped":
+        source = paths.data / cfg.data.train_csv
+        frame = data.read_csv(source, "train table")
+        data.require_columns(frame, [cfg.folds.group_column], source)
+        groups = frame[cfg.folds.group_column]
+    table["fold"] = make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.folds.strategy, groups)
+    folds = table[["id", "label", "fold"]]
+    write_csv(paths.folds, folds)
+    sizes = folds["fold"].value_counts().sort_index()
+    log.info("folds: %d images, %d classes, fold sizes %s -> %s", len(folds), folds["label"].nunique(),
+             sizes.tolist(), paths.folds)
+    return folds

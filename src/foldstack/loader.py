@@ -1,0 +1,61 @@
+"""The input pipeline: numpy batches from the memory-mapped cache, augmented by albumentations.
+
+Backend-neutral: a ``keras.utils.PyDataset``, so the same code feeds TensorFlow, JAX and PyTorch.
+Augmentation runs in Keras's worker threads (``workers``); albumentations releases the GIL in
+its OpenCV calls, so threads scale without copying the cache into processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import albumentations as A
+import keras
+import numpy as np
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of ``(images float32 0-255, targets)`` from rows ``index`` of a uint8 image array.
+
+    Args:
+        images: ``(N, H, W, 3)`` uint8, usually a read-only memory map.
+        index: which rows to serve, in this order (shuffled each epoch when ``shuffle``).
+        targets: per-row targets (class indices or a 0/1 matrix), or None for prediction.
+        transform: an albumentations Compose applied to each image, or None.
+        batch_size: images per batch.
+        shuffle: reshuffle ``index`` at the end of every epoch (seeded, so runs repeat).
+        seed: the shuffle and augmentation seed.
+        workers: threads that build batches in parallel (Keras's ``PyDataset`` workers).
+    """
+
+    def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,
+                 transform: A.Compose | None = None, batch_size: int = 32, shuffle: bool = False,
+                 seed: int = 0, workers: int = 1, **kwargs):
+        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+        self.images = images
+        self.index = np.asarray(index)
+        self.targets = targets
+        self.transform = transform
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(self.index) if shuffle else self.index
+        if transform is not None:
+            transform.set_random_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.index) / self.batch_size)
+
+    def __getitem__(self, batch: int):
+        rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        images = np.asarray(self.images[rows])
+        if self.transform is not None:
+            images = np.stack([self.transform(image=image)["image"] for image in images])
+        images = images.astype(np.float32)
+        if self.targets is None:
+            return (images,)
+        return images, self.targets[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._order = self._rng.permutation(self.index)
