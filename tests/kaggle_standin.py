@@ -1,0 +1,189 @@
+"""A stand-in for the Kaggle API on 127.0.0.1, for tests that drive the real ``kaggle`` client.
+
+With ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` the client calls ``http://localhost/api/v1/...`` (port 80,
+which a test cannot bind). So the stand-in is an HTTP *proxy* as well as the server:
+``HTTP_PROXY=http://127.0.0.1:<port>`` makes ``requests`` send every call — API calls, the signed
+download URL and the upload PUT — to the stand-in with the full URL in the request line, and the
+client runs unpatched from end to end.
+
+What it serves, as kagglesdk expects it (POST with a JSON body, JSON back, errors as
+``{"code": N, "message": ...}``):
+
+- ``security.OAuthService/IntrospectToken``: an API token is active if it is the known one.
+- ``competitions.CompetitionApiService/DownloadDataFiles`` and
+  ``datasets.DatasetApiService/DownloadDataset``: 302 to a signed ``.zip`` URL, served by GET.
+- ``competitions.CompetitionApiService/StartSubmissionUpload``: a blob token and an upload URL,
+  then ``PUT`` of the file to that URL, then ``CreateSubmission`` and ``ListSubmissions``.
+
+Every API call needs ``Authorization``: HTTP Basic with the known username and key, or Bearer with
+the known token; anything else is a 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+HOST = "http://localhost"
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    """A zip archive of ``files`` (name → content), as Kaggle serves a competition."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+@dataclass
+class KaggleStandIn:
+    """Competitions, datasets and submissions held in memory, served on ``127.0.0.1:port``."""
+
+    username: str
+    key: str
+    token: str
+    competitions: dict[str, bytes] = field(default_factory=dict)
+    datasets: dict[str, bytes] = field(default_factory=dict)
+    rules_accepted: set[str] = field(default_factory=set)
+    public_score: str = "0.41234"
+    calls: list[str] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    submissions: list[dict] = field(default_factory=list)
+
+    def start(self) -> int:
+        """Serve in a daemon thread; returns the port."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        # A short poll interval so that stop() returns at once.
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def authorized(self, header: str | None) -> bool:
+        basic = base64.b64encode(f"{self.username}:{self.key}".encode()).decode()
+        return header in (f"Basic {basic}", f"Bearer {self.token}")
+
+    # --- one method per API call: (status, JSON body or redirect URL) ---
+
+    def introspect_token(self, body: dict) -> tuple[int, dict]:
+        active = body.get("token") == self.token
+        return 200, {"active": active, "username": self.username if active else ""}
+
+    def download_data_files(self, body: dict) -> tuple[int, dict | str]:
+        slug = body.get("competitionName", "")
+        if slug not in self.competitions:
+            return 404, {"code": 404, "message": "Competition not found"}
+        if slug not in self.rules_accepted:
+            return 403, {"code": 403, "message": "You must accept this competition's rules "
+                                                 "before you'll be able to download files"}
+        return 302, f"{HOST}/signed/competitions/{slug}.zip?X-Goog-Signature=abc"
+
+    def download_dataset(self, body: dict) -> tuple[int, dict | str]:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.datasets:
+            return 404, {"code": 404, "message": "Dataset not found"}
+        return 302, f"{HOST}/signed/datasets/{ref}.zip?X-Goog-Signature=abc"
+
+    def start_submission_upload(self, body: dict) -> tuple[int, dict]:
+        blob = f"blob-{len(self.uploads) + 1}"
+        self.uploads[blob] = b""
+        return 200, {"token": blob, "createUrl": f"{HOST}/upload/{blob}"}
+
+    def create_submission(self, body: dict) -> tuple[int, dict]:
+        slug = body.get("competitionName", "")
+        if slug not in self.rules_accepted:
+            return 403, {"code": 403, "message": "You must accept this competition's rules"}
+        if not self.uploads.get(body.get("blobFileTokens", "")):
+            return 400, {"code": 400, "message": "Nothing was uploaded"}
+        ref = len(self.submissions) + 1
+        self.submissions.insert(0, {"ref": ref, "status": "COMPLETE", "publicScore": self.public_score,
+                                    "description": body.get("submissionDescription", ""),
+                                    "date": "2024-01-01T00:00:00.000Z"})
+        return 200, {"message": "Successfully submitted", "ref": ref}
+
+    def list_submissions(self, body: dict) -> tuple[int, dict]:
+        return 200, {"submissions": self.submissions}
+
+
+_API = {
+    "security.OAuthService/IntrospectToken": (KaggleStandIn.introspect_token, False),
+    "competitions.CompetitionApiService/DownloadDataFiles": (KaggleStandIn.download_data_files, True),
+    "datasets.DatasetApiService/DownloadDataset": (KaggleStandIn.download_dataset, True),
+    "competitions.CompetitionApiService/StartSubmissionUpload":
+        (KaggleStandIn.start_submission_upload, True),
+    "competitions.CompetitionApiService/CreateSubmission": (KaggleStandIn.create_submission, True),
+    "competitions.CompetitionApiService/ListSubmissions": (KaggleStandIn.list_submissions, True),
+}
+
+
+def _handler_for(standin: KaggleStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep the test output clean
+            pass
+
+        def do_POST(self) -> None:
+            path = self._path()
+            name = path.removeprefix("/api/v1/")
+            standin.calls.append(name)
+            if name not in _API:
+                return self._json(404, {"code": 404, "message": f"no such call {name}"})
+            method, needs_auth = _API[name]
+            if needs_auth and not standin.authorized(self.headers.get("Authorization")):
+                return self._json(401, {"code": 401, "message": "Unauthenticated"})
+            status, reply = method(standin, json.loads(self._body() or b"{}"))
+            if status == 302:
+                self.send_response(302)
+                self.send_header("Location", reply)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._json(status, reply)
+
+        def do_GET(self) -> None:
+            path = self._path()
+            standin.calls.append(f"GET {path}")
+            kind, _, ref = path.removeprefix("/signed/").partition("/")
+            archives = standin.competitions if kind == "competitions" else standin.datasets
+            content = archives.get(ref.removesuffix(".zip"))
+            if content is None:
+                return self._json(404, {"code": 404, "message": "no such file"})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def do_PUT(self) -> None:
+            path = self._path()
+            standin.calls.append(f"PUT {path}")
+            blob = path.removeprefix("/upload/")
+            if blob not in standin.uploads:
+                return self._json(404, {"code": 404, "message": "no such upload"})
+            standin.uploads[blob] = self._body()
+            self._json(200, {})
+
+        def _path(self) -> str:
+            # As a proxy the request line holds the full URL; as a server, just the path.
+            return urlsplit(self.path).path
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _json(self, status: int, reply: dict) -> None:
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

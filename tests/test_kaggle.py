@@ -1,0 +1,293 @@
+"""foldstack.kaggle against a local stand-in of the Kaggle API: the real client, no internet."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from foldstack import kaggle
+from foldstack.config import PipelineConfig, load_pipeline
+from foldstack.errors import FoldstackError
+from foldstack.paths import Paths
+from kaggle_standin import KaggleStandIn, make_zip
+
+USERNAME = "standin-user"
+KEY = "k3y-0f-the-standin-5e9a1c"
+TOKEN = "KGAT_t0ken-0f-the-standin-77d2"
+SLUG = "dog-breed-identification"
+DATASET = "someone/dog-photos"
+FILES = {"labels.csv": b"id,breed\na1,beagle\nb2,pug\n", "sample_submission.csv": b"id,beagle,pug\nc3,0.5,0.5\n",
+         "train/a1.jpg": b"\xff\xd8jpeg-a1", "train/b2.jpg": b"\xff\xd8jpeg-b2", "test/c3.jpg": b"\xff\xd8jpeg-c3"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pipeline(source: dict, name: str = "dogs") -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "name": name, "metric": "log_loss", "data": {"source": source},
+        "models": [{"name": "m", "backbone": "mobilenet_v2"}],
+    })
+
+
+COMPETITION = {"type": "kaggle_competition", "competition": SLUG}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean environment: an empty home, no Kaggle variables, not a kernel."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR",
+                 "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL", "XDG_CONFIG_HOME",
+                 "FOLDSTACK_KAGGLE_INPUT", "FOLDSTACK_KAGGLE_WORKING", "VERBOSE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    return home
+
+
+def route_to(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every HTTP request of the client to 127.0.0.1:port (see kaggle_standin)."""
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture
+def standin(home: Path, monkeypatch: pytest.MonkeyPatch):
+    server = KaggleStandIn(USERNAME, KEY, TOKEN, competitions={SLUG: make_zip(FILES)},
+                           datasets={DATASET: make_zip(FILES)}, rules_accepted={SLUG})
+    route_to(server.start(), monkeypatch)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    return Paths.for_pipeline("dogs", root=tmp_path / "project")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_anywhere(tmp_path: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture):
+    """After each test: neither key nor token in stdout, stderr, the log or a written file."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    out, err = capfd.readouterr()
+    # caplog.text would hold only the teardown's records; the test's own are kept per phase.
+    logged = [record.getMessage() for phase in ("setup", "call") for record in caplog.get_records(phase)]
+    written = [p.read_bytes().decode(errors="replace") for p in (tmp_path / "project").rglob("*")
+               if p.is_file()] if (tmp_path / "project").exists() else []
+    for text in (out, err, *logged, *written):
+        assert KEY not in text and TOKEN not in text
+
+
+def raises(error: type[Exception], call: Callable[[], object]) -> str:
+    """The one-line message of the ``error`` that ``call`` raises."""
+    with pytest.raises(error) as info:
+        call()
+    message = str(info.value)
+    assert isinstance(info.value, FoldstackError) and "\n" not in message
+    assert KEY not in message and TOKEN not in message
+    return message
+
+
+def leftovers(paths: Paths) -> list[str]:
+    parent = paths.data.parent
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".")) if parent.exists() else []
+
+
+# --- downloading ----------------------------------------------------------------------------------
+
+
+def test_download_competition_unzips_into_data_with_a_marker(standin, env_credentials, paths):
+    assert kaggle.download(pipeline(COMPETITION), paths) == paths.data
+    for name, content in FILES.items():
+        assert (paths.data / name).read_bytes() == content
+    marker = json.loads((paths.data / kaggle.MARKER).read_text())
+    assert marker["files"] == {name: len(content) for name, content in FILES.items()}
+    assert not (paths.data / f"{SLUG}.zip").exists()
+    assert leftovers(paths) == []
+    assert standin.calls[:2] == ["competitions.CompetitionApiService/DownloadDataFiles",
+                                 f"GET /signed/competitions/{SLUG}.zip"]
+
+
+def test_download_dataset(standin, env_credentials, paths):
+    cfg = pipeline({"type": "kaggle_dataset", "dataset": DATASET})
+    kaggle.download(cfg, paths)
+    assert (paths.data / "labels.csv").read_bytes() == FILES["labels.csv"]
+    assert "datasets.DatasetApiService/DownloadDataset" in standin.calls
+
+
+def test_second_download_does_nothing_until_forced_or_changed(standin, env_credentials, paths, caplog):
+    cfg = pipeline(COMPETITION)
+    kaggle.download(cfg, paths)
+    standin.calls.clear()
+    kaggle.download(cfg, paths)
+    assert standin.calls == [] and "up to date" in caplog.text
+
+    kaggle.download(cfg, paths, force=True)
+    assert "competitions.CompetitionApiService/DownloadDataFiles" in standin.calls
+    assert leftovers(paths) == []
+
+    standin.calls.clear()
+    (paths.data / "train" / "a1.jpg").unlink()
+    kaggle.download(cfg, paths)
+    assert standin.calls and (paths.data / "train" / "a1.jpg").exists()
+
+
+def test_does_not_replace_data_it_did_not_download(standin, env_credentials, paths):
+    paths.data.mkdir(parents=True)
+    (paths.data / "mine.csv").write_text("x\n")
+    assert "did not download" in raises(FoldstackError, lambda: kaggle.download(pipeline(COMPETITION), paths))
+    assert standin.calls == []
+
+
+def test_refuses_a_source_that_is_not_on_kaggle(home, paths):
+    cfg = pipeline({"type": "embedded", "dataset": "digits"})
+    assert "embedded" in raises(FoldstackError, lambda: kaggle.download(cfg, paths))
+
+
+@pytest.mark.parametrize("where", ["env_pair", "env_token", "home_kaggle_json", "xdg_kaggle_json",
+                                   "config_dir_kaggle_json", "access_token_file"])
+def test_credentials_from_the_usual_places(standin, paths, monkeypatch, home, tmp_path, where):
+    kaggle_json = json.dumps({"username": USERNAME, "key": KEY})
+    if where == "env_pair":
+        monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
+        monkeypatch.setenv("KAGGLE_KEY", KEY)
+    elif where == "env_token":
+        monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
+    elif where == "access_token_file":
+        (home / ".kaggle").mkdir()
+        (home / ".kaggle" / "access_token").write_text(TOKEN)
+    else:
+        folder = {"home_kaggle_json": home / ".kaggle", "xdg_kaggle_json": home / ".config" / "kaggle",
+                  "config_dir_kaggle_json": tmp_path / "elsewhere"}[where]
+        folder.mkdir(parents=True)
+        (folder / "kaggle.json").write_text(kaggle_json)
+        (folder / "kaggle.json").chmod(0o600)
+        if where == "config_dir_kaggle_json":
+            monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(folder))
+    kaggle.download(pipeline(COMPETITION), paths)
+    assert (paths.data / "labels.csv").exists()
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+def test_rules_not_accepted_names_the_rules_page(standin, env_credentials, paths):
+    standin.rules_accepted.clear()
+    message = raises(kaggle.KaggleAccessError, lambda: kaggle.download(pipeline(COMPETITION), paths))
+    assert f"https://www.kaggle.com/competitions/{SLUG}/rules" in message
+    assert not paths.data.exists() and leftovers(paths) == []
+
+
+@pytest.mark.parametrize("variable,value,named", [("KAGGLE_KEY", "wrong-key", "KAGGLE_USERNAME/KAGGLE_KEY"),
+                                                  ("KAGGLE_API_TOKEN", "wrong-token", "KAGGLE_API_TOKEN")])
+def test_bad_credentials(standin, paths, monkeypatch, variable, value, named):
+    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
+    monkeypatch.setenv(variable, value)
+    message = raises(kaggle.KaggleCredentialsError, lambda: kaggle.download(pipeline(COMPETITION), paths))
+    assert "rejected" in message and named in message and value not in message
+    assert not paths.data.exists()
+
+
+def test_unknown_competition(standin, env_credentials, paths):
+    cfg = pipeline({"type": "kaggle_competition", "competition": "no-such-thing"})
+    message = raises(kaggle.KaggleNotFoundError, lambda: kaggle.download(cfg, paths))
+    assert "no-such-thing" in message and "404" in message
+
+
+def test_network_failure(home, env_credentials, paths, monkeypatch):
+    with socket.socket() as probe:  # a port that nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    route_to(port, monkeypatch)
+    message = raises(kaggle.KaggleNetworkError, lambda: kaggle.download(pipeline(COMPETITION), paths))
+    assert "cannot reach" in message
+    assert not paths.data.exists() and leftovers(paths) == []
+
+
+def test_no_credentials_says_where_to_put_them(standin, paths):
+    message = raises(kaggle.KaggleCredentialsError, lambda: kaggle.download(pipeline(COMPETITION), paths))
+    for place in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "~/.kaggle", "KAGGLE_CONFIG_DIR"):
+        assert place in message
+    assert standin.calls == []
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+
+def test_submit_uploads_and_reports_the_score(standin, env_credentials, tmp_path):
+    file = tmp_path / "submission.csv"
+    file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
+    status = kaggle.submit(pipeline(COMPETITION), file, "stacked lgbm", interval_s=0)
+    assert "complete" in status and standin.public_score in status
+    assert list(standin.uploads.values()) == [file.read_bytes()]
+    assert standin.submissions[0]["description"] == "stacked lgbm"
+
+
+def test_submit_needs_a_competition_and_a_file(home, tmp_path):
+    cfg = pipeline({"type": "kaggle_dataset", "dataset": DATASET})
+    assert "kaggle_competition" in raises(FoldstackError, lambda: kaggle.submit(cfg, tmp_path, "m"))
+    missing = tmp_path / "missing.csv"
+    assert "not found" in raises(FoldstackError, lambda: kaggle.submit(pipeline(COMPETITION), missing, "m"))
+
+
+# --- inside a Kaggle kernel -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def kernel(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A simulated kernel whose input root is tmp_path/input; the network is unreachable."""
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setenv("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input"))
+    monkeypatch.setenv("FOLDSTACK_KAGGLE_WORKING", str(tmp_path / "working"))
+    route_to(9, monkeypatch)  # the discard port: any request would fail the test
+    return tmp_path / "input"
+
+
+@pytest.mark.parametrize("source,mount", [
+    (COMPETITION, f"competitions/{SLUG}"),
+    (COMPETITION, SLUG),
+    ({"type": "kaggle_dataset", "dataset": DATASET}, "datasets/someone/dog-photos"),
+    ({"type": "kaggle_dataset", "dataset": DATASET}, "dog-photos"),
+])
+def test_kernel_uses_the_mounted_input(kernel, tmp_path, source, mount):
+    (kernel / mount).mkdir(parents=True)
+    cfg = pipeline(source)
+    paths = Paths.for_config(cfg)
+    assert paths.data == kernel / mount
+    assert paths.root == tmp_path / "working" and paths.submissions == tmp_path / "working/submissions/dogs"
+    assert kaggle.download(cfg, paths) == kernel / mount
+
+
+def test_kernel_without_the_input_attached(kernel):
+    cfg = pipeline(COMPETITION)
+    message = raises(FoldstackError, lambda: kaggle.download(cfg, Paths.for_config(cfg)))
+    assert "Add Input" in message and str(kernel / "competitions" / SLUG) in message
+
+
+def test_paths_outside_a_kernel(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths = Paths.for_config(pipeline(COMPETITION))
+    assert paths.root == tmp_path and paths.data == tmp_path / "data" / "dogs"
+
+
+# --- the dog-breed pipeline -----------------------------------------------------------------------
+
+
+def test_dog_breed_pipeline_is_valid():
+    cfg = load_pipeline(REPO / "pipelines" / "dog-breed-identification.yaml")
+    assert cfg.data.source.competition == SLUG
+    assert (cfg.metric, cfg.submission.format, cfg.data.label_column) == ("log_loss", "probabilities", "breed")
