@@ -25,7 +25,7 @@ def _load(args: argparse.Namespace):
     from foldstack.paths import Paths
 
     cfg = load_pipeline(_pipeline_path(args.pipeline))
-    return cfg, Paths.for_pipeline(cfg.name, args.root)
+    return cfg, Paths.for_config(cfg, args.root)
 
 
 def cmd_download(args: argparse.Namespace) -> None:

@@ -252,21 +252,24 @@ def _describe(error: ValidationError, raw: dict) -> str:
     """The first validation problem as 'key = value: what is wrong' (plus a count of others)."""
     problems = error.errors()
     first = problems[0]
-    # Drop the discriminator tags pydantic inserts for unions (e.g. 'embedded') from the key path.
-    loc = [part for part in first["loc"] if not _is_union_tag(part)]
-    key = ".".join(str(part) for part in loc) or "(top level)"
+    # Drop the tags pydantic inserts into the path for a discriminated union (data.source.embedded).
+    loc = [part for part in first["loc"] if part not in _SOURCE_TAGS]
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    text = f"{key} = {_value_at(raw, loc)!r}: {message}" if first["type"] != "missing" else \
-        f"{key}: required key is missing"
+    elif first["type"] == "union_tag_invalid":
+        loc.append(first["ctx"]["discriminator"].strip("'"))
+        message = f"must be one of {first['ctx']['expected_tags']}"
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    if first["type"] == "missing":
+        text = f"{key}: required key is missing"
+    else:
+        text = f"{key} = {_value_at(raw, loc)!r}: {message}"
     more = len(problems) - 1
     return _one_line(text + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
 
 
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in {"embedded", "kaggle_competition", "kaggle_dataset",
-                                              "local", "function-after[_group_column_for_grouped(), FoldsConfig]"}
+_SOURCE_TAGS = {"embedded", "kaggle_competition", "kaggle_dataset", "local"}
 
 
 def _value_at(raw: Any, loc: list) -> Any:

@@ -101,4 +101,4 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
 
 def _load_builtin() -> None:
     # Imported for its side effect of registering; the module itself imports Keras lazily.
-    from foldstack.backbones import keras_apps  # noqa: F401
+    from foldstack.backbones import keras_apps, small_cnn  # noqa: F401

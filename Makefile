@@ -1,0 +1,78 @@
+# foldstack: one target per stage. `make all PIPELINE=<name>` reads pipelines/<name>.yaml.
+# Make's own dependency tracking skips stages whose inputs have not changed; inside `train`,
+# every finished (model, fold) is skipped too, so an interrupted run resumes where it stopped.
+
+PIPELINE ?= digits
+PYTHON   ?= python3
+# Inside a Kaggle kernel outputs go under /kaggle/working and the kernel's own Python is used.
+ROOT     ?= $(if $(KAGGLE_KERNEL_RUN_TYPE),/kaggle/working,.)
+VENV     ?= .venv
+
+CFG   ?= pipelines/$(PIPELINE).yaml
+ART   := $(ROOT)/artifacts/$(PIPELINE)
+MARK  := $(ART)/.make
+
+ifdef KAGGLE_KERNEL_RUN_TYPE
+BIN   := $(dir $(shell command -v $(PYTHON)))
+SETUP := $(ROOT)/.foldstack-installed
+else
+BIN   := $(VENV)/bin/
+SETUP := $(VENV)/.installed
+endif
+FOLDSTACK := $(BIN)foldstack
+RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
+
+.PHONY: all download folds train stack submit check test bench clean setup
+.DELETE_ON_ERROR:
+
+all: submit
+
+setup: $(SETUP)
+
+# First use creates the virtual environment; a new requirements.txt reinstalls it.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# A Kaggle kernel already has TensorFlow, Keras and the rest: install only foldstack itself.
+$(ROOT)/.foldstack-installed: pyproject.toml
+	$(PYTHON) -m pip install --quiet --no-deps -e .
+	touch $@
+
+download: $(MARK)/download
+folds: $(ART)/folds.csv
+train: $(MARK)/train
+stack: $(ART)/stack/leaderboard.csv
+submit: $(MARK)/submit
+
+$(MARK)/download: $(CFG) | $(SETUP)
+	$(call RUN,download)
+	@mkdir -p $(@D) && touch $@
+
+$(ART)/folds.csv: $(MARK)/download $(CFG)
+	$(call RUN,folds)
+
+$(MARK)/train: $(ART)/folds.csv $(CFG)
+	$(call RUN,train)
+	@touch $@
+
+$(ART)/stack/leaderboard.csv: $(MARK)/train $(CFG)
+	$(call RUN,stack)
+
+$(MARK)/submit: $(ART)/stack/leaderboard.csv
+	$(call RUN,submit)
+	@touch $@
+
+check: | $(SETUP)
+	$(call RUN,check)
+
+test: | $(SETUP)
+	$(BIN)python -m pytest -q
+
+bench: | $(SETUP)
+	$(BIN)python -m benchmarks
+
+clean:
+	rm -rf $(ART) $(ROOT)/data/$(PIPELINE) $(ROOT)/submissions/$(PIPELINE)

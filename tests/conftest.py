@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny digits competition on disk and configs built from dicts."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from foldstack.config import PipelineConfig
+from foldstack.paths import Paths
+
+TINY = {
+    "name": "tiny",
+    "task": "multiclass",
+    "metric": "accuracy",
+    "data": {"source": {"type": "embedded", "dataset": "digits", "limit": 150},
+             "solution": "solution.csv"},
+    "folds": {"k": 2, "seed": 0},
+    "models": [{"name": "m", "backbone": "mobilenet_v2", "weights": "none", "image_size": 32,
+                "regime": "scratch", "epochs": 1, "batch_size": 32}],
+}
+
+
+def make_config(**overrides) -> PipelineConfig:
+    """The tiny pipeline with top-level keys replaced."""
+    raw = copy.deepcopy(TINY)
+    raw.update(overrides)
+    return PipelineConfig.model_validate(raw)
+
+
+@pytest.fixture
+def tiny_paths(tmp_path: Path) -> Paths:
+    return Paths.for_pipeline("tiny", tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(tmp_path_factory) -> tuple[PipelineConfig, Paths]:
+    """A downloaded tiny digits competition with its folds, shared by the read-only tests."""
+    from foldstack import data, folds
+
+    cfg = make_config()
+    paths = Paths.for_pipeline("tiny", tmp_path_factory.mktemp("tiny"))
+    data.download(cfg, paths)
+    folds.run(cfg, paths)
+    return cfg, paths

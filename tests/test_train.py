@@ -1,0 +1,125 @@
+"""The training engine: every regime trains a fold; the stage writes complete OOF/test files,
+skips finished folds and resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from foldstack import train
+from foldstack.config import ModelConfig
+from foldstack.model import REGIMES, FeatureCache, FoldJob, fit_fold
+from foldstack.paths import Paths
+
+from conftest import TINY, make_config
+
+# A small real backbone keeps each regime's test to seconds; the registry test covers the others.
+MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "epochs": 2,
+         "head_epochs": 1, "batch_size": 32, "cut_layer": "block1_pool", "dense_units": [16]}
+
+
+def _job(tiny_digits, tmp_path: Path, regime: str) -> FoldJob:
+    cfg, paths = tiny_digits
+    trainer = train.Trainer(cfg, paths, workers=1)
+    model = ModelConfig(**{**MODEL, "regime": regime})
+    size = 16
+    images = {split: np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+              for split, n in (("train", len(trainer.folds)), ("test", len(trainer.test)))}
+    features = None
+    if regime == "features":
+        features = FeatureCache.build(model, size, images, cfg.augment, tmp_path / "features", "k")
+    fold = trainer.folds["fold"].to_numpy()
+    return FoldJob(model=model, task=cfg.task, metric=trainer.metric, size=size, images=images,
+                   targets=trainer.targets, train_index=np.flatnonzero(fold != 0),
+                   valid_index=np.flatnonzero(fold == 0), augment=cfg.augment, fold_dir=tmp_path / "fold0",
+                   seed=0, features=features)
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_each_regime_trains_and_predicts(tiny_digits, tmp_path: Path, regime: str) -> None:
+    job = _job(tiny_digits, tmp_path, regime)
+    job.fold_dir.mkdir()
+    predict = fit_fold(job)
+    proba = predict("test", np.arange(5))
+    assert proba.shape == (5, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    log = pd.read_csv(job.fold_dir / "log.csv")
+    assert "val_score" in log.columns and len(log) >= 1
+    assert (job.fold_dir / "best.weights.h5").exists()
+
+
+def test_stage_writes_contract_files_and_skips_finished_folds(tiny_digits, capsys) -> None:
+    cfg, paths = tiny_digits
+    cfg = make_config(models=[{**MODEL, "regime": "features", "epochs": 3}])
+    scores = train.run(cfg, paths, workers=1)
+    folds = pd.read_csv(paths.folds, dtype={"id": str})
+    oof = pd.read_parquet(paths.oof / "m.parquet")
+    test = pd.read_parquet(paths.test / "m.parquet")
+    classes = [str(d) for d in range(10)]
+    assert list(oof.columns) == ["id", "fold", *classes]
+    assert oof["id"].tolist() == folds["id"].tolist() and (oof["fold"] == folds["fold"]).all()
+    assert list(test.columns) == ["id", *classes]
+    assert test["id"].tolist() == pd.read_csv(paths.data / "sample_submission.csv", dtype=str)["id"].tolist()
+    manifest = json.loads((paths.models / "m" / "manifest.json").read_text())
+    assert manifest["cv_score"] == pytest.approx(scores["m"])
+    assert len(manifest["folds"]) == 2 and "keras" in manifest["versions"]
+
+    capsys.readouterr()
+    train.run(cfg, paths, workers=1)
+    out = capsys.readouterr().out
+    assert "skip m fold 0" in out and "skip m fold 1" in out
+    pd.testing.assert_frame_equal(pd.read_parquet(paths.oof / "m.parquet"), oof)
+
+    changed = make_config(models=[{**MODEL, "regime": "features", "epochs": 2}])
+    train.run(changed, paths, workers=1)
+    assert "skip" not in capsys.readouterr().out  # a new recipe is trained again
+
+
+@pytest.mark.slow
+def test_killed_run_resumes(tmp_path: Path) -> None:
+    """Kill `foldstack train` mid-fold; the rerun skips the finished fold and completes the OOF."""
+    import yaml
+
+    raw = {**TINY, "models": [{**MODEL, "regime": "scratch", "epochs": 6, "patience": 6}]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "foldstack.cli"]
+    args = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path)]
+    for stage in ("download", "folds"):
+        subprocess.run([*base, stage, *args], check=True, env=env, capture_output=True)
+    fold_dir = Path(tmp_path, "artifacts", "tiny", "models", "m")
+    process = subprocess.Popen([*base, "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 400
+    # Wait until fold 0 is done and fold 1 has saved at least one epoch, then kill mid-fold.
+    while not ((fold_dir / "fold0" / "done.json").exists() and _epochs_logged(fold_dir / "fold1") >= 1):
+        assert process.poll() is None, process.stdout.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (fold_dir / "fold1" / "done.json").exists()
+    assert not (tmp_path / "artifacts" / "tiny" / "oof" / "m.parquet").exists()
+    epochs_before = _epochs_logged(fold_dir / "fold1")
+
+    rerun = subprocess.run([*base, "train", *args], env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "skip m fold 0" in rerun.stdout
+    log = pd.read_csv(fold_dir / "fold1" / "log.csv")
+    assert log["epoch"].tolist() == list(range(len(log)))  # resumed, no epoch run twice
+    assert len(log) >= epochs_before
+    oof = pd.read_parquet(tmp_path / "artifacts" / "tiny" / "oof" / "m.parquet")
+    assert len(oof) == 120 and oof["fold"].nunique() == 2
+
+
+def _epochs_logged(fold_dir: Path) -> int:
+    log = fold_dir / "log.csv"
+    return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
