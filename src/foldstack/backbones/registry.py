@@ -8,7 +8,7 @@ the model, so training code never needs to know which backbone it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 
 class UnknownBackboneError(KeyError):
@@ -92,6 +92,30 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
     return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
 
 
+class BackboneRow(NamedTuple):
+    """One line of ``foldstack backbones``."""
+
+    name: str
+    family: str
+    params: int
+    default_size: int
+
+
+def describe() -> Iterator[BackboneRow]:
+    """One row per registered backbone, with its parameter count (without the ImageNet top).
+
+    Counting parameters means building each model (at its smallest size, random weights), which
+    takes a minute or two for the whole registry, so rows are yielded as they are ready.
+    """
+    import keras
+
+    for name in names():
+        spec = get(name)
+        model = spec.build((spec.min_size, spec.min_size, 3), None)
+        yield BackboneRow(name, spec.family, model.count_params(), spec.default_size)
+        keras.backend.clear_session()  # the big ones (ConvNeXtXLarge) would pile up in memory
+
+
 def _load_builtin() -> None:
-    # Imported for its side effect of registering; the module itself imports Keras lazily.
-    from foldstack.backbones import keras_apps  # noqa: F401
+    # Imported for their side effect of registering; the modules import Keras lazily.
+    from foldstack.backbones import efficientnet_lite, keras_apps  # noqa: F401
