@@ -116,6 +116,8 @@ def _read_legacy(f: IO[bytes]) -> tuple[dict[str, _TensorRef], dict[str, bytes]]
     storages = {ref.storage.key: ref.storage for ref in refs.values()}
     buffers = {}
     for key in pickle.load(f):
+        if key not in storages:
+            raise TorchPickleError(f"storage {key!r} is not used by any tensor")
         # Each storage: its element count (int64, little-endian), then the elements.
         (count,) = struct.unpack("<q", f.read(8))
         buffers[key] = f.read(count * storages[key].dtype.itemsize)
