@@ -84,6 +84,17 @@ def test_pretrained_features_at_small_sizes(size: int, weights_cache: Path) -> N
     np.testing.assert_array_equal(kernel(features), kernel(classifier))
 
 
+def test_pretrained_cut_layers(weights_cache: Path) -> None:
+    spec = backbones.get("efficientnet_lite0")
+    channels = []
+    for cut in spec.cut_layers:
+        model = backbones.create(spec.name, weights="imagenet", input_shape=(64, 64, 3), cut_layer=cut)
+        channels.append(model.output.shape[-1])
+    assert channels == [240, 672]  # the 6x expansions at the start of stages 4 (of 40) and 6 (of 112)
+    with pytest.raises(ValueError, match="cut layers are block4a"):
+        backbones.create(spec.name, weights=None, input_shape=(64, 64, 3), cut_layer="no_such_layer")
+
+
 def test_variant_scaling_matches_the_weights() -> None:
     # EfficientNet-Lite2: width 1.1 rounds 40 -> 48, 112 -> 120; depth 1.2 gives 21 blocks.
     lite2 = efficientnet_lite.VARIANTS["efficientnet_lite2"]

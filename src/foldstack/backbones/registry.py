@@ -67,29 +67,47 @@ def get(name: str) -> BackboneSpec:
 
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
-           input_shape: tuple[int, int, int] | None = None):
+           input_shape: tuple[int, int, int] | None = None, cut_layer: str | None = None):
     """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
+
+    The model is ``rgb_0_255`` input -> the backbone's preprocessing (Keras ops) -> the backbone,
+    a nested model that is ``model.layers[-1]`` (freeze that one to freeze the backbone).
 
     Args:
         name: a registered backbone.
-        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file.
+        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file saved
+            from the nested backbone (``model.layers[-1].save_weights(...)``).
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
         input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
+        cut_layer: end at this layer (one of the spec's ``cut_layers``, or any layer name of the
+            backbone) instead of the last feature map; not with ``include_top``.
     """
     import keras
 
     spec = get(name)
     input_shape = input_shape or (spec.default_size, spec.default_size, 3)
-    weights = None if weights in (None, "none") else weights
+    weights = None if weights in (None, "none") else str(weights)
     if include_top:
         if spec.build_classifier is None:
             raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
+        if cut_layer is not None:
+            raise ValueError("cut_layer and include_top exclude each other")
         inner = spec.build_classifier(input_shape, weights)
     else:
         inner = spec.build(input_shape, weights)
+    if cut_layer is not None:
+        inner = keras.Model(inner.input, _layer(inner, cut_layer, spec).output, name=f"{inner.name}_cut")
     inputs = keras.Input(input_shape, name="rgb_0_255")
     outputs = inner(spec.preprocess(inputs))
     return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
+
+
+def _layer(model, layer_name: str, spec: BackboneSpec):
+    try:
+        return model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(f"backbone {spec.name!r} has no layer {layer_name!r}; "
+                         f"its cut layers are {', '.join(spec.cut_layers)}") from None
 
 
 class BackboneRow(NamedTuple):
