@@ -88,11 +88,11 @@ def test_pretrained_cut_layers(weights_cache: Path) -> None:
     spec = backbones.get("efficientnet_lite0")
     channels = []
     for cut in spec.cut_layers:
-        model = backbones.create(spec.name, weights="imagenet", input_shape=(64, 64, 3), cut_layer=cut)
+        model = backbones.create(spec.name, weights="imagenet", input_shape=(64, 64, 3), cut_at=cut)
         channels.append(model.output.shape[-1])
     assert channels == [240, 672]  # the 6x expansions at the start of stages 4 (of 40) and 6 (of 112)
-    with pytest.raises(ValueError, match="cut layers are block4a"):
-        backbones.create(spec.name, weights=None, input_shape=(64, 64, 3), cut_layer="no_such_layer")
+    with pytest.raises(ValueError, match="suggested: block4a"):
+        backbones.create(spec.name, weights=None, input_shape=(64, 64, 3), cut_at="no_such_layer")
 
 
 def test_variant_scaling_matches_the_weights() -> None:

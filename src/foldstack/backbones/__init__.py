@@ -3,15 +3,6 @@
 Importing this package does not import Keras, so configs validate backbone names quickly.
 """
 
-from foldstack.backbones.registry import (
-    BackboneRow,
-    BackboneSpec,
-    UnknownBackboneError,
-    create,
-    describe,
-    get,
-    names,
-    register,
-)
+from foldstack.backbones.registry import BackboneSpec, UnknownBackboneError, create, describe, get, names, register
 
-__all__ = ["BackboneRow", "BackboneSpec", "UnknownBackboneError", "create", "describe", "get", "names", "register"]
+__all__ = ["BackboneSpec", "UnknownBackboneError", "create", "describe", "get", "names", "register"]

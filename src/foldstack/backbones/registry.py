@@ -8,7 +8,7 @@ the model, so training code never needs to know which backbone it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 
 class UnknownBackboneError(KeyError):
@@ -67,7 +67,7 @@ def get(name: str) -> BackboneSpec:
 
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
-           input_shape: tuple[int, int, int] | None = None, cut_layer: str | None = None):
+           input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None):
     """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
 
     The model is ``rgb_0_255`` input -> the backbone's preprocessing (Keras ops) -> the backbone,
@@ -79,58 +79,44 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
             from the nested backbone (``model.layers[-1].save_weights(...)``).
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
         input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
-        cut_layer: end at this layer (one of the spec's ``cut_layers``, or any layer name of the
-            backbone) instead of the last feature map; not with ``include_top``.
+        cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
     """
     import keras
 
     spec = get(name)
     input_shape = input_shape or (spec.default_size, spec.default_size, 3)
-    weights = None if weights in (None, "none") else str(weights)
+    weights = None if weights in (None, "none") else weights
     if include_top:
         if spec.build_classifier is None:
             raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
-        if cut_layer is not None:
-            raise ValueError("cut_layer and include_top exclude each other")
         inner = spec.build_classifier(input_shape, weights)
     else:
         inner = spec.build(input_shape, weights)
-    if cut_layer is not None:
-        inner = keras.Model(inner.input, _layer(inner, cut_layer, spec).output, name=f"{inner.name}_cut")
+    if cut_at is not None:
+        try:
+            inner = keras.Model(inner.input, inner.get_layer(cut_at).output, name=f"{name}_to_{cut_at}")
+        except ValueError:
+            raise ValueError(f"backbone {name!r} has no layer {cut_at!r} to cut at; "
+                             f"suggested: {', '.join(spec.cut_layers)}") from None
     inputs = keras.Input(input_shape, name="rgb_0_255")
     outputs = inner(spec.preprocess(inputs))
     return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
 
 
-def _layer(model, layer_name: str, spec: BackboneSpec):
-    try:
-        return model.get_layer(layer_name)
-    except ValueError:
-        raise ValueError(f"backbone {spec.name!r} has no layer {layer_name!r}; "
-                         f"its cut layers are {', '.join(spec.cut_layers)}") from None
+def describe() -> Iterator[dict[str, Any]]:
+    """One row per registered backbone for ``foldstack backbones``.
 
-
-class BackboneRow(NamedTuple):
-    """One line of ``foldstack backbones``."""
-
-    name: str
-    family: str
-    params: int
-    default_size: int
-
-
-def describe() -> Iterator[BackboneRow]:
-    """One row per registered backbone, with its parameter count (without the ImageNet top).
-
-    Counting parameters means building each model (at its smallest size, random weights), which
-    takes a minute or two for the whole registry, so rows are yielded as they are ready.
+    Each row has ``name``, ``family``, ``parameters`` (without the ImageNet top) and
+    ``default_size``. Counting parameters means building each model (at its smallest size, random
+    weights), a few minutes for the whole registry on a CPU, so rows are yielded as they are ready.
     """
     import keras
 
     for name in names():
         spec = get(name)
         model = spec.build((spec.min_size, spec.min_size, 3), None)
-        yield BackboneRow(name, spec.family, model.count_params(), spec.default_size)
+        yield {"name": name, "family": spec.family, "parameters": model.count_params(),
+               "default_size": spec.default_size}
         keras.backend.clear_session()  # the big ones (ConvNeXtXLarge) would pile up in memory
 
 
