@@ -3,6 +3,6 @@
 Importing this package does not import Keras, so configs validate backbone names quickly.
 """
 
-from foldstack.backbones.registry import BackboneSpec, UnknownBackboneError, create, get, names, register
+from foldstack.backbones.registry import BackboneSpec, UnknownBackboneError, create, describe, get, names, register
 
-__all__ = ["BackboneSpec", "UnknownBackboneError", "create", "get", "names", "register"]
+__all__ = ["BackboneSpec", "UnknownBackboneError", "create", "describe", "get", "names", "register"]

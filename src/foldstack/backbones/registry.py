@@ -8,7 +8,7 @@ the model, so training code never needs to know which backbone it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 class UnknownBackboneError(KeyError):
@@ -70,9 +70,13 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
            input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None):
     """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
 
+    The model is ``rgb_0_255`` input -> the backbone's preprocessing (Keras ops) -> the backbone,
+    a nested model that is ``model.layers[-1]`` (freeze that one to freeze the backbone).
+
     Args:
         name: a registered backbone.
-        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file.
+        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file saved
+            from the nested backbone (``model.layers[-1].save_weights(...)``).
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
         input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
         cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
@@ -99,6 +103,23 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
     return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
 
 
+def describe() -> Iterator[dict[str, Any]]:
+    """One row per registered backbone for ``foldstack backbones``.
+
+    Each row has ``name``, ``family``, ``parameters`` (without the ImageNet top) and
+    ``default_size``. Counting parameters means building each model (at its smallest size, random
+    weights), a few minutes for the whole registry on a CPU, so rows are yielded as they are ready.
+    """
+    import keras
+
+    for name in names():
+        spec = get(name)
+        model = spec.build((spec.min_size, spec.min_size, 3), None)
+        yield {"name": name, "family": spec.family, "parameters": model.count_params(),
+               "default_size": spec.default_size}
+        keras.backend.clear_session()  # the big ones (ConvNeXtXLarge) would pile up in memory
+
+
 def _load_builtin() -> None:
-    # Imported for its side effect of registering; the module itself imports Keras lazily.
-    from foldstack.backbones import keras_apps, small_cnn  # noqa: F401
+    # Imported for their side effect of registering; the modules import Keras lazily.
+    from foldstack.backbones import efficientnet_lite, keras_apps, small_cnn  # noqa: F401
