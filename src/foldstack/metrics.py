@@ -70,9 +70,9 @@ def is_multilabel(y_true: np.ndarray) -> bool:
     return np.ndim(y_true) == 2
 
 
-def hard_predictions(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Predicted classes in the shape of ``y_true``: arg-max, or for multilabel a 0/1 matrix."""
-    if is_multilabel(y_true):
+def hard_predictions(proba: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Predicted classes: arg-max indices, or for multilabel a 0/1 matrix (probability >= 0.5)."""
+    if multilabel:
         return (proba >= THRESHOLD).astype(int)
     return proba.argmax(axis=1)
 
@@ -88,7 +88,7 @@ def _accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
     from sklearn.metrics import accuracy_score
 
     # For multilabel this is subset accuracy: a row counts only if every class is right.
-    return accuracy_score(y_true, hard_predictions(y_true, proba))
+    return accuracy_score(y_true, hard_predictions(proba, is_multilabel(y_true)))
 
 
 def _log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -123,8 +123,8 @@ def _f1(average: str) -> Callable[[np.ndarray, np.ndarray], float]:
         from sklearn.metrics import f1_score
 
         labels = None if is_multilabel(y_true) else np.arange(proba.shape[1])
-        return f1_score(y_true, hard_predictions(y_true, proba), average=average, labels=labels,
-                        zero_division=0)
+        predicted = hard_predictions(proba, is_multilabel(y_true))
+        return f1_score(y_true, predicted, average=average, labels=labels, zero_division=0)
 
     return score
 
