@@ -22,7 +22,8 @@ from foldstack import io, metrics
 from foldstack.config import PipelineConfig
 from foldstack.errors import DataError, FoldstackError
 from foldstack.paths import Paths
-from foldstack.stacking.inputs import check_same_ids, encode_labels, read_predictions, shorten
+from foldstack.stacking.inputs import (check_same_ids, encode_labels, first_non_probability, read_predictions,
+                                       shorten)
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +233,10 @@ def _check_ids(ids: pd.Series, expected: pd.Series) -> None:
 
 
 def _in_unit_interval(values: pd.DataFrame, ids: pd.Series, classes: tuple[str, ...], task: str) -> None:
-    array = values.to_numpy(np.float64)
-    bad = ~((array >= 0) & (array <= 1))  # NaN fails both comparisons
-    if bad.any():
-        row, column = np.argwhere(bad)[0]
-        raise SubmissionError(f"probabilities in [0, 1]: {_where(row, ids)} has "
-                              f"{values.columns[column]} = {array[row, column]}")
+    bad = first_non_probability(values)
+    if bad is not None:
+        row, column, value = bad
+        raise SubmissionError(f"probabilities in [0, 1]: {_where(row, ids)} has {column} = {value}")
 
 
 def _rows_sum_to_one(values: pd.DataFrame, ids: pd.Series, classes: tuple[str, ...], task: str) -> None:

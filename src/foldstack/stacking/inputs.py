@@ -171,12 +171,21 @@ def check_same_ids(path: Path, got: pd.Index, expected: pd.Index, reference: Pat
 
 
 def _check_probabilities(path: Path, values: pd.DataFrame) -> None:
+    bad = first_non_probability(values)
+    if bad is not None:
+        row, column, value = bad
+        raise DataError(f"{path}: id {values.index[row]!r}, class {column!r}: {value} is not a "
+                        f"probability in [0, 1]")
+
+
+def first_non_probability(values: pd.DataFrame) -> tuple[int, str, float] | None:
+    """Row position, column and value of the first cell outside [0, 1] (or NaN), if any."""
     array = values.to_numpy(np.float64)
     bad = ~((array >= 0) & (array <= 1))  # NaN fails both comparisons
-    if bad.any():
-        row, column = np.argwhere(bad)[0]
-        raise DataError(f"{path}: id {values.index[row]!r}, class {values.columns[column]!r}: "
-                        f"{array[row, column]} is not a probability in [0, 1]")
+    if not bad.any():
+        return None
+    row, column = np.argwhere(bad)[0]
+    return int(row), str(values.columns[column]), float(array[row, column])
 
 
 def shorten(items, limit: int = 10) -> str:
