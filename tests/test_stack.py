@@ -27,12 +27,13 @@ def synthetic(n: int = 300, n_models: int = 2, n_classes: int = 3, signal: tuple
     """Base-model probabilities ``(n, n_models, n_classes)`` whose m-th model is as good as
     ``signal[m]`` (0: noise), and the targets."""
     rng = np.random.default_rng(seed)
+    strength = np.asarray(signal)[None, :, None]  # one factor per model
     if multilabel:
         y = (rng.random((n, n_classes)) < 0.4).astype(int)
-        logits = rng.normal(size=(n, n_models, n_classes)) + np.multiply.outer(2 * y - 1, signal).transpose(0, 2, 1)
+        logits = rng.normal(size=(n, n_models, n_classes)) + strength * (2 * y - 1)[:, None, :]
         return 1 / (1 + np.exp(-logits)), y
     y = rng.integers(0, n_classes, n)
-    logits = rng.normal(size=(n, n_models, n_classes)) + np.multiply.outer(np.eye(n_classes)[y], signal).transpose(0, 2, 1)
+    logits = rng.normal(size=(n, n_models, n_classes)) + strength * np.eye(n_classes)[y][:, None, :]
     proba = np.exp(logits)
     return proba / proba.sum(axis=2, keepdims=True), y
 
