@@ -41,74 +41,49 @@ def probabilities(rows: list[list[float]], ids: list[str] = IDS) -> pd.DataFrame
 # --- one test per rule --------------------------------------------------------------------------
 
 
-def test_rule_same_columns() -> None:
+RULES = [
+    pytest.param(labels("cat", "dog", "owl").rename(columns={"label": "class"}), "label", {},
+                 "same columns as the sample submission: got id, class, expected id, label", id="same columns"),
+    pytest.param(labels("cat", "dog", "owl", ids=["a", "b", "b"]), "label", {},
+                 "every id exactly once: id 'b' appears 2 times", id="id repeated"),
+    pytest.param(labels("cat", "dog", ids=["a", "b"]), "label", {},
+                 "every id exactly once: id 'c' of the sample submission is missing", id="id missing"),
+    pytest.param(labels("cat", "dog", "owl", "cat", ids=[*IDS, "z"]), "label", {},
+                 "every id exactly once: id 'z' is not in the sample submission", id="id extra"),
+    pytest.param(labels("cat", "dog", "owl", ids=["b", "a", "c"]), "label", {},
+                 "same order as the sample submission: row 1 (id 'b') where the sample submission has id 'a'",
+                 id="same order"),
+    pytest.param(probabilities([[0.5, 0.5, 0.0], [-0.2, 1.2, 0.0], [0.0, 0.0, 1.0]]), "probabilities",
+                 {"columns": CLASSES}, "probabilities in [0, 1]: row 2 (id 'b') has cat = -0.2", id="in [0, 1]"),
+    pytest.param(pd.DataFrame({"id": IDS, "target": [0.1, np.nan, 0.9]}), "binary",
+                 {"classes": ("0", "1"), "columns": ("target",)},
+                 "probabilities in [0, 1]: row 2 (id 'b') has target = nan", id="in [0, 1] NaN"),
+    pytest.param(probabilities([[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.3, 0.3, 0.3]]), "probabilities",
+                 {"columns": CLASSES}, "rows sum to 1: row 3 (id 'c') sums to 0.9", id="rows sum to 1"),
+    pytest.param(labels("cat", "emu", "owl"), "label", {},
+                 "labels from the class set: row 2 (id 'b') has 'emu'; classes: cat, dog, owl", id="labels"),
+    pytest.param(labels("cat dog", "", "owl emu"), "multilabel", {"task": "multilabel"},
+                 "labels from the class set: row 3 (id 'c') has 'emu'; classes: cat, dog, owl",
+                 id="labels multilabel"),
+]
+
+
+@pytest.mark.parametrize(("frame", "fmt", "options", "message"), RULES)
+def test_each_rule_says_what_broke_where(frame: pd.DataFrame, fmt: str, options: dict, message: str) -> None:
     with pytest.raises(SubmissionError) as error:
-        validate(labels("cat", "dog", "owl").rename(columns={"label": "class"}), "label")
-    assert str(error.value) == "same columns as the sample submission: got id, class, expected id, label"
+        validate(frame, fmt, **options)
+    assert str(error.value) == message
 
 
-def test_rule_each_id_once_repeated() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(labels("cat", "dog", "owl", ids=["a", "b", "b"]), "label")
-    assert str(error.value) == "every id exactly once: id 'b' appears 2 times"
-
-
-def test_rule_each_id_once_missing() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(labels("cat", "dog", ids=["a", "b"]), "label")
-    assert str(error.value) == "every id exactly once: id 'c' of the sample submission is missing"
-
-
-def test_rule_each_id_once_extra() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(labels("cat", "dog", "owl", "cat", ids=[*IDS, "z"]), "label")
-    assert str(error.value) == "every id exactly once: id 'z' is not in the sample submission"
-
-
-def test_rule_same_order() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(labels("cat", "dog", "owl", ids=["b", "a", "c"]), "label")
-    assert str(error.value) == "same order as the sample submission: row 1 (id 'b') where the sample submission has id 'a'"
-
-
-def test_rule_probabilities_in_unit_interval() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(probabilities([[0.5, 0.5, 0.0], [-0.2, 1.2, 0.0], [0.0, 0.0, 1.0]]), "probabilities",
-                 columns=CLASSES)
-    assert str(error.value) == "probabilities in [0, 1]: row 2 (id 'b') has cat = -0.2"
-
-
-def test_rule_probabilities_in_unit_interval_catches_nan() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(pd.DataFrame({"id": IDS, "target": [0.1, np.nan, 0.9]}), "binary", classes=("0", "1"),
-                 columns=("target",))
-    assert str(error.value) == "probabilities in [0, 1]: row 2 (id 'b') has target = nan"
-
-
-def test_rule_multiclass_rows_sum_to_one() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(probabilities([[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.3, 0.3, 0.3]]), "probabilities",
-                 columns=CLASSES)
-    assert str(error.value) == "rows sum to 1: row 3 (id 'c') sums to 0.9"
+def test_valid_submissions_pass() -> None:
+    validate(labels("cat", "dog", "owl"), "label")
+    validate(labels("cat dog", "", "owl"), "multilabel", task="multilabel")
 
 
 def test_rows_within_the_tolerance_pass_and_multilabel_rows_need_not_sum_to_one() -> None:
     validate(probabilities([[0.5, 0.5 + 5e-7, 0.0], [0.2, 0.8, 0.0], [0, 0, 1]]), "probabilities", columns=CLASSES)
     validate(probabilities([[0.9, 0.9, 0.9], [0, 0, 0], [0.5, 0.1, 0.0]]), "probabilities", task="multilabel",
              columns=CLASSES)
-
-
-def test_rule_labels_from_the_class_set() -> None:
-    with pytest.raises(SubmissionError) as error:
-        validate(labels("cat", "emu", "owl"), "label")
-    assert str(error.value) == "labels from the class set: row 2 (id 'b') has 'emu'; classes: cat, dog, owl"
-
-
-def test_rule_labels_from_the_class_set_checks_each_multilabel_label() -> None:
-    validate(labels("cat dog", "", "owl"), "multilabel", task="multilabel")
-    with pytest.raises(SubmissionError) as error:
-        validate(labels("cat dog", "", "owl emu"), "multilabel", task="multilabel")
-    assert str(error.value) == "labels from the class set: row 3 (id 'c') has 'emu'; classes: cat, dog, owl"
 
 
 # --- formats ------------------------------------------------------------------------------------
