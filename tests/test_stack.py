@@ -143,6 +143,21 @@ def test_learned_candidates_beat_the_weaker_model(name: str) -> None:
     assert result.fold_scores.mean() > weak + 0.1
 
 
+@pytest.mark.parametrize("stacker", [stacking.LogisticStacker(wide_max_classes=2),
+                                     LightGBMStacker(params=FAST_LIGHTGBM, wide_max_classes=2),
+                                     LightGBMStacker(params=FAST_LIGHTGBM, summary_features=True, wide_max_classes=2)])
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_shared_layout_for_many_classes_learns_and_keeps_rows_normalised(stacker, multilabel: bool) -> None:
+    # Forced on 3 classes to stay fast; it is the default above 10 classes (e.g. 120 dog breeds).
+    X, y = synthetic(n=400, signal=(0.5, 1.5), multilabel=multilabel)
+    metric = metrics.get("roc_auc" if multilabel else "accuracy")
+    result = stack.cross_validate(stacker, X, y, fold_of(400), metric)
+    assert all(model.shared_ for model in result.models)
+    assert result.fold_scores.mean() > metric(y, X[:, 0]) + 0.05
+    if not multilabel:
+        np.testing.assert_allclose(result.oof.sum(axis=1), 1.0)
+
+
 def test_logistic_gives_probability_zero_to_a_class_missing_from_training() -> None:
     X, y = synthetic(n=120)
     keep = y != 2
