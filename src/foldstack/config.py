@@ -176,14 +176,55 @@ class ModelConfig(_Frozen):
 
 
 class StackConfig(_Frozen):
-    """Level two: candidates scored by CV on the base models' folds; the best goes on."""
+    """Level two: candidates scored by CV on the base models' folds; the best goes on.
 
-    candidates: list[str] | None = Field(None, description="default: every registered candidate")
+    ``lightgbm`` holds LightGBM parameters over the stacker's defaults (e.g. ``num_leaves``,
+    ``num_iterations``, ``early_stopping_round``).
+    """
+
+    candidates: list[str] | None = Field(None, min_length=1,
+                                         description="default: every registered candidate")
     force: str | None = Field(None, description="submit this candidate whatever its CV")
     lightgbm: dict[str, Any] = {}
 
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            cls._check_candidate(name)
+        return value
+
+    @field_validator("force")
+    @classmethod
+    def _known_force(cls, value: str | None) -> str | None:
+        if value is not None:
+            cls._check_candidate(value)
+        return value
+
+    @model_validator(mode="after")
+    def _force_among_candidates(self) -> StackConfig:
+        if self.force and self.candidates and self.force not in self.candidates:
+            raise ValueError(f"force {self.force!r} is not among candidates: {', '.join(self.candidates)}")
+        return self
+
+    @staticmethod
+    def _check_candidate(name: str) -> None:
+        # Imported here: the candidates pull in scikit-learn, which only a pipeline naming them needs.
+        from foldstack import stacking
+
+        known = stacking.names()
+        if name not in known:
+            raise ValueError(f"unknown candidate {name!r}; known: {', '.join(known)}")
+
 
 class SubmissionConfig(_Frozen):
+    """How the submission file is laid out; it must match the sample submission.
+
+    ``label``: one column of class names; ``probabilities``: one column per class;
+    ``binary``: one column with the positive class's probability; ``multilabel``: one column of
+    space-separated class names (those with probability >= 0.5).
+    """
+
     format: Literal["label", "probabilities", "binary", "multilabel"] = "label"
 
 

@@ -1,0 +1,73 @@
+"""Registry of level-2 candidates: a name maps to a factory that builds an unfitted estimator
+from the pipeline config, and to the metrics it applies to.
+
+Adding a candidate is one :func:`register` call; the stage never branches on a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from foldstack.metrics import Metric
+from foldstack.stacking.base import Level2Estimator
+from foldstack.stacking.blend import BestSingle, MeanBlend, RankAverage, WeightedMeanBlend
+from foldstack.stacking.models import LightGBMStacker, LogisticStacker
+
+if TYPE_CHECKING:
+    from foldstack.config import PipelineConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the registry knows about one candidate.
+
+    Attributes:
+        name: registry name, as ``stack.candidates`` and ``stack.force`` write it.
+        build: ``build(cfg) -> Level2Estimator``, unfitted.
+        applies: ``applies(metric) -> bool``: whether the candidate is fair for that metric.
+    """
+
+    name: str
+    build: Callable[[PipelineConfig], Level2Estimator]
+    applies: Callable[[Metric], bool] = lambda metric: True
+
+
+_REGISTRY: dict[str, Candidate] = {}
+
+
+def register(candidate: Candidate) -> Candidate:
+    if candidate.name in _REGISTRY:
+        raise ValueError(f"candidate {candidate.name!r} is registered twice")
+    _REGISTRY[candidate.name] = candidate
+    return candidate
+
+
+def names() -> list[str]:
+    """Every registered name, in registration order (simple blends first)."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Candidate:
+    """The candidate registered as ``name``; an unknown name lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown stacking candidate {name!r}; known: {', '.join(names())}") from None
+
+
+def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estimator]:
+    def build(cfg: PipelineConfig) -> Level2Estimator:
+        return LightGBMStacker(params=dict(cfg.stack.lightgbm), summary_features=summary_features,
+                               seed=cfg.seed)
+
+    return build
+
+
+register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric)))
+register(Candidate("mean", lambda cfg: MeanBlend()))
+register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend()))
+register(Candidate("rank_average", lambda cfg: RankAverage(), applies=lambda metric: metric.ranks))
+register(Candidate("logistic", lambda cfg: LogisticStacker()))
+register(Candidate("lightgbm", _lightgbm(summary_features=False)))
+register(Candidate("lightgbm_summary", _lightgbm(summary_features=True)))

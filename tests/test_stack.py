@@ -1,0 +1,421 @@
+"""Level two: every registered candidate against the estimator contract and on synthetic OOF
+data, the leak test, the input checks, and the stack + submit stages end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from foldstack import metrics, stack, stacking, submit
+from foldstack.config import ConfigError, PipelineConfig, load_pipeline
+from foldstack.errors import DataError
+from foldstack.paths import Paths
+from foldstack.stacking import LightGBMStacker, inputs
+
+FAST_LIGHTGBM = {"num_threads": 1}
+FOLDS = 5
+
+
+def synthetic(n: int = 300, n_models: int = 2, n_classes: int = 3, signal: tuple[float, ...] = (1.0, 2.0),
+              multilabel: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Base-model probabilities ``(n, n_models, n_classes)`` whose m-th model is as good as
+    ``signal[m]`` (0: noise), and the targets."""
+    rng = np.random.default_rng(seed)
+    strength = np.asarray(signal)[None, :, None]  # one factor per model
+    if multilabel:
+        y = (rng.random((n, n_classes)) < 0.4).astype(int)
+        logits = rng.normal(size=(n, n_models, n_classes)) + strength * (2 * y - 1)[:, None, :]
+        return 1 / (1 + np.exp(-logits)), y
+    y = rng.integers(0, n_classes, n)
+    logits = rng.normal(size=(n, n_models, n_classes)) + strength * np.eye(n_classes)[y][:, None, :]
+    proba = np.exp(logits)
+    return proba / proba.sum(axis=2, keepdims=True), y
+
+
+def config(**overrides) -> PipelineConfig:
+    raw = {
+        "name": "tiny", "task": "multiclass", "metric": "accuracy",
+        "data": {"source": {"type": "embedded", "dataset": "digits"}, "solution": "solution.csv"},
+        "models": [{"name": "weak", "backbone": "mobilenet_v2"}, {"name": "strong", "backbone": "mobilenet_v2"}],
+        "stack": {"lightgbm": FAST_LIGHTGBM},
+    }
+    return PipelineConfig.model_validate({**raw, **overrides})
+
+
+def build(name: str, **overrides) -> stacking.Level2Estimator:
+    return stacking.get(name).build(config(**overrides))
+
+
+def fold_of(n: int) -> np.ndarray:
+    return np.arange(n) % FOLDS
+
+
+# --- the estimator contract, over every registered candidate -----------------------------------
+
+ALL = stacking.names()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_clone_gives_an_unfitted_copy_with_the_same_params(name: str) -> None:
+    estimator = build(name)
+    copy = clone(estimator)
+    assert copy is not estimator and copy.get_params() == estimator.get_params()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fit_returns_self_and_predicts_probabilities(name: str) -> None:
+    X, y = synthetic(n=100)
+    estimator = build(name)
+    assert estimator.fit(X, y) is estimator
+    proba = estimator.predict_proba(X)
+    assert proba.shape == (100, 3) and ((proba >= 0) & (proba <= 1)).all()
+    assert estimator.predict(X).shape == (100,)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_predict_before_fit_says_to_call_fit(name: str) -> None:
+    with pytest.raises(NotFittedError, match="Call 'fit'"):
+        build(name).predict_proba(synthetic(n=10)[0])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wrong_shapes_raise_value_error(name: str) -> None:
+    X, y = synthetic(n=60)
+    with pytest.raises(ValueError, match="must be 3-D"):
+        build(name).fit(X.reshape(60, -1), y)
+    with pytest.raises(ValueError, match="y has 59 rows but X has 60"):
+        build(name).fit(X, y[:-1])
+    with pytest.raises(ValueError, match="class indices 0..2"):
+        build(name).fit(X, y + 1)
+    fitted = build(name).fit(X, y)
+    with pytest.raises(ValueError, match="X has 1 models x 3 classes; fit saw 2 models x 3 classes"):
+        fitted.predict_proba(X[:, :1])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_multilabel_gives_one_probability_per_class(name: str) -> None:
+    X, y = synthetic(n=120, multilabel=True)
+    estimator = build(name, task="multilabel").fit(X, y)
+    assert estimator.predict_proba(X).shape == (120, 3)
+    assert set(np.unique(estimator.predict(X))) <= {0, 1}
+
+
+# --- each candidate on synthetic data ----------------------------------------------------------
+
+
+def test_best_single_picks_the_better_model_in_the_metric_direction() -> None:
+    X, y = synthetic(signal=(2.0, 0.5))
+    assert stacking.BestSingle(metric="accuracy").fit(X, y).best_ == 0
+    assert stacking.BestSingle(metric="log_loss").fit(X, y).best_ == 0
+
+
+def test_mean_is_the_mean_over_models() -> None:
+    X, y = synthetic(n=50)
+    np.testing.assert_allclose(stacking.MeanBlend().fit(X, y).predict_proba(X), X.mean(axis=1))
+
+
+def test_weighted_mean_weights_are_a_convex_combination_that_drops_noise() -> None:
+    X, y = synthetic(n_models=3, signal=(2.0, 0.0, 1.0))
+    weights = stacking.WeightedMeanBlend().fit(X, y).weights_
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
+    assert weights[1] < 0.1 and weights[0] > weights[2]
+
+
+def test_rank_average_ignores_calibration() -> None:
+    X, y = synthetic(n=80)
+    squashed = X.copy()
+    squashed[:, 0] = squashed[:, 0] ** 3  # same order, different calibration
+    blend = stacking.RankAverage().fit(X, y)
+    np.testing.assert_allclose(blend.predict_proba(squashed), blend.predict_proba(X))
+
+
+@pytest.mark.parametrize("name", ["weighted_mean", "logistic", "lightgbm", "lightgbm_summary"])
+def test_learned_candidates_beat_the_weaker_model(name: str) -> None:
+    X, y = synthetic(n=400, signal=(0.5, 1.5))
+    result = stack.cross_validate(build(name), X, y, fold_of(400), metrics.get("accuracy"))
+    weak = metrics.get("accuracy")(y, X[:, 0])
+    assert result.fold_scores.mean() > weak + 0.1
+
+
+@pytest.mark.parametrize("stacker", [stacking.LogisticStacker(wide_max_classes=2),
+                                     LightGBMStacker(params=FAST_LIGHTGBM, wide_max_classes=2),
+                                     LightGBMStacker(params=FAST_LIGHTGBM, summary_features=True, wide_max_classes=2)])
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_shared_layout_for_many_classes_learns_and_keeps_rows_normalised(stacker, multilabel: bool) -> None:
+    # Forced on 3 classes to stay fast; it is the default above 10 classes (e.g. 120 dog breeds).
+    X, y = synthetic(n=400, signal=(0.5, 1.5), multilabel=multilabel)
+    metric = metrics.get("roc_auc" if multilabel else "accuracy")
+    result = stack.cross_validate(stacker, X, y, fold_of(400), metric)
+    assert all(model.shared_ for model in result.models)
+    assert result.fold_scores.mean() > metric(y, X[:, 0]) + 0.05
+    if not multilabel:
+        np.testing.assert_allclose(result.oof.sum(axis=1), 1.0)
+
+
+def test_logistic_gives_probability_zero_to_a_class_missing_from_training() -> None:
+    X, y = synthetic(n=120)
+    keep = y != 2
+    proba = stacking.LogisticStacker().fit(X[keep], y[keep]).predict_proba(X)
+    assert proba.shape == (120, 3) and (proba[:, 2] == 0).all()
+
+
+def test_lightgbm_is_deterministic_and_takes_overrides() -> None:
+    X, y = synthetic(n=200)
+    params = {"num_threads": 1, "num_leaves": 3}
+    first = LightGBMStacker(params=params, seed=7).fit(X, y)
+    second = clone(first).fit(X, y)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    assert first.boosters_[0].params["num_leaves"] == 3
+
+
+def test_lightgbm_early_stops_on_noise() -> None:
+    X, y = synthetic(n=200, signal=(0.0, 0.0))
+    booster = LightGBMStacker(params=FAST_LIGHTGBM).fit(X, y).boosters_[0]
+    assert booster.current_iteration() < 100
+
+
+def test_lightgbm_binary_uses_one_binary_model() -> None:
+    X, y = synthetic(n=200, n_classes=2)
+    stacker = LightGBMStacker(params=FAST_LIGHTGBM).fit(X, y)
+    assert len(stacker.boosters_) == 1 and stacker.boosters_[0].params["objective"] == "binary"
+    np.testing.assert_allclose(stacker.predict_proba(X).sum(axis=1), 1.0)
+
+
+def test_lightgbm_multilabel_uses_one_model_per_class() -> None:
+    X, y = synthetic(n=200, multilabel=True)
+    y[:, 2] = 0  # a class absent from training gets a constant, not a crash
+    stacker = LightGBMStacker(params=FAST_LIGHTGBM).fit(X, y)
+    assert len(stacker.boosters_) == 3 and stacker.boosters_[2] == 0.0
+
+
+def test_summary_features_are_entropy_top_probability_and_agreement() -> None:
+    X = np.array([[[0.5, 0.5], [0.9, 0.1]], [[1.0, 0.0], [1.0, 0.0]]])
+    features = stacking.summary_features(X, multilabel=False)
+    assert features.shape == (2, 5)
+    np.testing.assert_allclose(features[:, 0], [np.log(2), 0.0], atol=1e-9)  # entropy of model 0
+    np.testing.assert_allclose(features[:, 2:4], [[0.5, 0.9], [1.0, 1.0]])  # top probabilities
+    np.testing.assert_allclose(features[:, 4], [1.0, 1.0])  # both pick class 0 in both rows
+
+
+# --- the leak test ------------------------------------------------------------------------------
+
+
+def noise(n: int = 600, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """OOF features without signal: random probabilities and random binary labels."""
+    rng = np.random.default_rng(seed)
+    p1 = rng.random((n, 2))
+    return np.stack([1 - p1, p1], axis=2), rng.integers(0, 2, n)
+
+
+OVERFITTER = {"num_threads": 1, "early_stopping_round": 0, "num_iterations": 200, "num_leaves": 31,
+              "min_data_in_leaf": 2, "lambda_l2": 0.0}
+
+
+@pytest.mark.parametrize("name", [*ALL, "overfitter"])
+def test_meta_model_cv_stays_at_chance_on_features_without_signal(name: str) -> None:
+    X, y = noise()
+    estimator = LightGBMStacker(params=OVERFITTER) if name == "overfitter" else build(name, metric="roc_auc")
+    result = stack.cross_validate(estimator, X, y, fold_of(len(y)), metrics.get("roc_auc"))
+    # 600 rows: the fold-mean AUC of a leak-free model lies within 0.5 +/- 0.08 (about 3 sd).
+    assert abs(result.fold_scores.mean() - 0.5) < 0.08
+
+
+def test_the_leak_test_can_fail_a_meta_model_that_saw_the_fold() -> None:
+    # The same over-fitting stacker, trained on all rows and scored on each fold in turn.
+    X, y = noise()
+    fold = fold_of(len(y))
+    leaky = LightGBMStacker(params=OVERFITTER).fit(X, y)
+    scores = [metrics.get("roc_auc")(y[fold == k], leaky.predict_proba(X[fold == k])) for k in range(FOLDS)]
+    assert np.mean(scores) > 0.8
+
+
+def test_cv_never_fits_on_the_fold_it_scores() -> None:
+    X, y = synthetic(n=50)
+    fold = fold_of(50)
+    seen = []
+
+    class Spy(stacking.MeanBlend):
+        def _fit(self, X, y):
+            seen.append(len(X))
+
+    stack.cross_validate(Spy(), X, y, fold, metrics.get("accuracy"))
+    assert seen == [40] * FOLDS
+
+
+# --- choosing candidates ------------------------------------------------------------------------
+
+
+def test_rank_average_is_a_candidate_only_for_ranking_metrics() -> None:
+    assert "rank_average" not in stack.candidate_names(config(), metrics.get("accuracy"))
+    assert "rank_average" in stack.candidate_names(config(metric="roc_auc"), metrics.get("roc_auc"))
+
+
+def test_candidates_restrict_and_force_adds() -> None:
+    cfg = config(stack={"candidates": ["mean", "logistic"], "force": "logistic"})
+    assert stack.candidate_names(cfg, metrics.get("accuracy")) == ["mean", "logistic"]
+
+
+def test_forcing_a_candidate_that_does_not_apply_is_an_error() -> None:
+    with pytest.raises(stack.StackError, match="candidate 'rank_average' does not apply to metric 'accuracy'"):
+        stack.candidate_names(config(stack={"force": "rank_average"}), metrics.get("accuracy"))
+
+
+def test_config_rejects_unknown_candidates(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmetric: accuracy\ndata: {source: {type: embedded, dataset: digits}}\n"
+                    "models: [{name: m, backbone: mobilenet_v2}]\nstack: {candidates: [mean, stacky]}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: stack.candidates = \['mean', 'stacky'\]: .*unknown candidate 'stacky'; known: best_single, mean"):
+        load_pipeline(path)
+
+
+def test_config_rejects_force_outside_candidates() -> None:
+    with pytest.raises(ValueError, match="force 'lightgbm' is not among candidates: mean"):
+        config(stack={"candidates": ["mean"], "force": "lightgbm"})
+
+
+def test_leaderboard_sorts_by_the_metric_direction_and_marks_the_choice() -> None:
+    X, y = synthetic(signal=(0.3, 2.0))
+    log_loss = metrics.get("log_loss")
+    results = {name: stack.cross_validate(build(name), X, y, fold_of(300), log_loss)
+               for name in ["best_single", "mean"]}
+    board = stack.leaderboard(results, log_loss)
+    assert board["cv_mean"].is_monotonic_increasing
+    assert list(board.columns) == ["candidate", "cv_mean", "cv_std", *[f"fold_{k}" for k in range(FOLDS)], "chosen"]
+    assert board.loc[board["chosen"], "candidate"].item() == board["candidate"].iloc[0]
+    forced = stack.leaderboard(results, log_loss, force="mean")
+    assert forced.loc[forced["chosen"], "candidate"].item() == "mean"
+
+
+# --- a tiny pipeline on disk --------------------------------------------------------------------
+
+TASKS = {
+    # task: (metric, submission format, class names)
+    "multiclass": ("accuracy", "label", ["cat", "dog", "owl"]),
+    "binary": ("roc_auc", "binary", ["0", "1"]),
+    "multilabel": ("f1_micro", "multilabel", ["cat", "dog", "owl"]),
+}
+
+
+def write_pipeline(root: Path, task: str, n: int = 150, n_test: int = 30, **overrides) -> tuple[PipelineConfig, Paths]:
+    """folds.csv, two models' OOF and test parquets (rows and columns shuffled), a sample
+    submission and a solution, as the earlier stages would leave them."""
+    metric, fmt, classes = TASKS[task]
+    multilabel = task == "multilabel"
+    cfg = config(task=task, metric=metric, submission={"format": fmt}, **overrides)
+    paths = Paths.for_pipeline(cfg.name, root)
+    X, y = synthetic(n=n + n_test, n_classes=len(classes), signal=(0.8, 1.6), multilabel=multilabel, seed=3)
+    names = np.array(classes)
+    labels = [" ".join(names[row == 1]) for row in y] if multilabel else list(names[y])
+    ids = [f"img{i:04d}" for i in range(n + n_test)]
+    folds = pd.DataFrame({"id": ids[:n], "label": labels[:n], "fold": fold_of(n)})
+    paths.folds.parent.mkdir(parents=True)
+    folds.to_csv(paths.folds, index=False)
+    for m, model in enumerate(cfg.models):
+        shuffled = list(reversed(classes))
+        oof = pd.DataFrame(X[:n, m], columns=classes).assign(id=ids[:n], fold=folds["fold"])
+        _write_parquet(paths.oof / f"{model.name}.parquet", oof[["fold", *shuffled, "id"]].sample(frac=1, random_state=m))
+        test = pd.DataFrame(X[n:, m], columns=classes).assign(id=ids[n:])
+        _write_parquet(paths.test / f"{model.name}.parquet", test[["id", *shuffled]].sample(frac=1, random_state=m))
+    paths.data.mkdir(parents=True)
+    value_columns = {"label": ["label"], "binary": ["target"], "multilabel": ["tags"]}[fmt]
+    pd.DataFrame({"id": ids[n:], **{c: "x" for c in value_columns}}).to_csv(paths.data / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": ids[n:], "label": labels[n:]}).to_csv(paths.data / "solution.csv", index=False)
+    return cfg, paths
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_stack_and_submit_end_to_end(task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    candidates = None if task == "multiclass" else ["best_single", "mean", "weighted_mean", "logistic"]
+    if task == "binary":
+        candidates.append("rank_average")
+    cfg, paths = write_pipeline(tmp_path, task, stack={"lightgbm": FAST_LIGHTGBM, "candidates": candidates})
+
+    board = stack.run(cfg, paths)
+
+    expected = candidates or [name for name in ALL if name != "rank_average"]
+    assert sorted(board["candidate"]) == sorted(expected)
+    assert pd.read_csv(paths.stack / "leaderboard.csv")["candidate"].tolist() == board["candidate"].tolist()
+    chosen = json.loads((paths.stack / "chosen.json").read_text())
+    best = board.iloc[0]
+    assert chosen["name"] == best["candidate"] and chosen["cv_mean"] == pytest.approx(best["cv_mean"])
+    assert chosen["metric"] == cfg.metric
+    # The stacker's own OOF has the base models' format, so it can be read like one.
+    _, _, classes = TASKS[task]
+    oof = inputs.read_predictions(paths.stack / "oof.parquet", tuple(sorted(classes)), extra=("fold",),
+                                  expected=inputs.read_folds(paths.folds).index)
+    assert (oof["fold"].to_numpy() == fold_of(150)).all()
+    assert (paths.stack / "leaderboard.png").stat().st_size > 0 and (paths.stack / "confusion.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "Stacking leaderboard" in out and f"chosen: {chosen['name']}" in out
+
+    path = submit.run(cfg, paths)
+
+    assert path == paths.submissions / f"tiny-{chosen['name']}-cv{chosen['cv_mean']:.4f}.csv"
+    written = pd.read_csv(path, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(paths.data / "sample_submission.csv", dtype=str)
+    assert list(written.columns) == list(sample.columns) and (written["id"] == sample["id"]).all()
+    index = pd.read_csv(paths.submissions / "index.csv")
+    assert index["file"].tolist() == [path.name] and not index["local_lb"].isna().any()
+    out = capsys.readouterr().out
+    assert f"local LB {cfg.metric} {index['local_lb'].iloc[0]:.4f}" in out
+
+
+def test_forced_candidate_is_written_even_when_it_is_not_best(tmp_path: Path) -> None:
+    cfg, paths = write_pipeline(tmp_path, "multiclass", stack={"candidates": ["best_single", "mean"], "force": "best_single"})
+    board = stack.run(cfg, paths)
+    assert board.loc[board["chosen"], "candidate"].item() == "best_single"
+    assert json.loads((paths.stack / "chosen.json").read_text())["forced"] is True
+
+
+# --- input checks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda f: f.iloc[1:], r"oof/weak.parquet: 1 id\(s\) of .*folds.csv missing, e.g. '"),
+    (lambda f: pd.concat([f, f.iloc[:1].assign(id="stranger")]), r"oof/weak.parquet: 1 id\(s\) not in .*folds.csv, e.g. 'stranger'"),
+    (lambda f: pd.concat([f, f.iloc[:1]]), r"oof/weak.parquet: id '\w+' appears more than once"),
+    (lambda f: f.drop(columns="dog"), r"oof/weak.parquet: missing column\(s\) dog; classes: cat, dog, owl"),
+    (lambda f: f.assign(cow=0.0), r"oof/weak.parquet: column\(s\) cow are not classes of folds.csv"),
+    (lambda f: f.assign(fold=(f["fold"] + 1) % FOLDS), r"oof/weak.parquet: id '\w+' is in fold \d but .*folds.csv puts it in fold \d"),
+    (lambda f: f.assign(cat=np.where(f["id"] == "img0007", 1.5, f["cat"])), r"oof/weak.parquet: id 'img0007', class 'cat': 1.5 is not a probability in \[0, 1\]"),
+])
+def test_bad_oof_files_name_the_file_and_the_id(tmp_path: Path, change, message: str) -> None:
+    cfg, paths = write_pipeline(tmp_path, "multiclass")
+    path = paths.oof / "weak.parquet"
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
+    with pytest.raises(DataError, match=message):
+        inputs.load(cfg, paths)
+
+
+def test_test_files_must_agree_on_ids(tmp_path: Path) -> None:
+    cfg, paths = write_pipeline(tmp_path, "multiclass")
+    path = paths.test / "strong.parquet"
+    pd.read_parquet(path).iloc[:-1].to_parquet(path, index=False)
+    with pytest.raises(DataError, match=r"test/strong.parquet: 1 id\(s\) of .*test/weak.parquet missing"):
+        inputs.load(cfg, paths)
+
+
+def test_a_label_outside_the_classes_names_the_id(tmp_path: Path) -> None:
+    labels = pd.Series(["cat", "emu"], index=pd.Index(["a", "b"], name="id"))
+    with pytest.raises(DataError, match="x.csv: id 'b' has label 'emu', which is not a class; classes: cat, dog"):
+        inputs.encode_labels(labels, ("cat", "dog"), multilabel=False, source=Path("x.csv"))
+    with pytest.raises(DataError, match="x.csv: id 'b' has label 'emu', which is not a class"):
+        inputs.encode_labels(labels.replace("emu", "dog emu"), ("cat", "dog"), multilabel=True, source=Path("x.csv"))
+
+
+def test_missing_oof_file_says_which_stage_to_run(tmp_path: Path) -> None:
+    cfg, paths = write_pipeline(tmp_path, "multiclass")
+    (paths.oof / "strong.parquet").unlink()
+    with pytest.raises(DataError, match="oof/strong.parquet: not found; run the train stage first"):
+        inputs.load(cfg, paths)
