@@ -1,0 +1,60 @@
+"""End to end: the Makefile on a tiny digits pipeline, then again with nothing to do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_PIPELINE = {
+    "name": "tiny",
+    "task": "multiclass",
+    "metric": "accuracy",
+    "data": {"source": {"type": "embedded", "dataset": "digits", "limit": 200}, "solution": "solution.csv"},
+    "folds": {"k": 2, "seed": 1},
+    "augment": {"train": [{"__class_fullname__": "Affine", "rotate": [-10, 10], "p": 0.5}]},
+    "models": [
+        {"name": "cnn", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
+         "epochs": 3, "batch_size": 32, "lr": 0.003},
+        {"name": "lite0", "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 32,
+         "regime": "features", "epochs": 5, "batch_size": 32},
+    ],
+}
+
+
+def _make(tmp_path: Path, *targets: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    # The test already runs inside the set-up environment: point Make at this interpreter.
+    command = ["make", "-C", str(REPO), *flags, *targets, "PIPELINE=tiny", f"CFG={tmp_path / 'tiny.yaml'}",
+               f"ROOT={tmp_path}", "SETUP=", f"FOLDSTACK={sys.executable} -m foldstack.cli"]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+def test_make_all_then_nothing_to_do(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_PIPELINE))
+    first = _make(tmp_path, "all")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "cnn: CV accuracy" in first.stdout and "lite0: CV accuracy" in first.stdout
+    assert "chosen:" in first.stdout and "local leaderboard" in first.stdout.lower()
+
+    art = tmp_path / "artifacts" / "tiny"
+    board = pd.read_csv(art / "stack" / "leaderboard.csv")
+    assert {"best_single", "mean", "lightgbm"} <= set(board["candidate"])
+    submissions = sorted((tmp_path / "submissions" / "tiny").glob("tiny-*.csv"))
+    assert len(submissions) == 1
+    sample = pd.read_csv(tmp_path / "data" / "tiny" / "sample_submission.csv", dtype=str)
+    written = pd.read_csv(submissions[0], dtype=str)
+    assert list(written.columns) == list(sample.columns) and written["id"].tolist() == sample["id"].tolist()
+    assert set(written["label"]) <= {str(d) for d in range(10)}
+
+    # Everything is up to date now: `make -q` says so, and a second run trains nothing.
+    assert _make(tmp_path, "all", flags=("-q",)).returncode == 0
+    second = _make(tmp_path, "all")
+    assert second.returncode == 0 and "foldstack" not in second.stdout, second.stdout
