@@ -15,9 +15,11 @@ MARK  := $(ART)/.make
 ifdef KAGGLE_KERNEL_RUN_TYPE
 BIN   := $(dir $(shell command -v $(PYTHON)))
 SETUP := $(ROOT)/.foldstack-installed
+TEST_SETUP := $(SETUP)
 else
 BIN   := $(VENV)/bin/
 SETUP := $(VENV)/.installed
+TEST_SETUP := $(VENV)/.installed-test
 endif
 FOLDSTACK := $(BIN)foldstack
 RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
@@ -34,6 +36,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
 # A Kaggle kernel already has TensorFlow, Keras and the rest: install only foldstack itself.
@@ -68,8 +74,9 @@ $(MARK)/submit: $(ART)/stack/leaderboard.csv
 check: | $(SETUP)
 	$(call RUN,check)
 
-test: | $(SETUP)
-	$(BIN)python -m pytest -q
+# Two workers: most of the suite is single-threaded Python (building Keras models).
+test: | $(TEST_SETUP)
+	$(BIN)python -m pytest -q -n 2 --durations=15
 
 bench: | $(SETUP)
 	$(BIN)python -m benchmarks

@@ -165,11 +165,12 @@ class Trainer:
         write_parquet(fold_dir / "test.parquet", self._frame(self.test["id"].to_numpy(), test))
         done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint,
                 "epochs": _epochs_run(fold_dir)}
-        write_json(done_file, done)  # last: the fold counts as finished only once this exists
-        tqdm.write(f"{model.name} fold {fold}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         del predict, job
         keras.backend.clear_session()  # release the fold's model before the next one
         gc.collect()
+        done["rss_mb"] = _resident_mb()  # after the release: should stay flat fold over fold
+        write_json(done_file, done)  # last: the fold counts as finished only once this exists
+        tqdm.write(f"{model.name} fold {fold}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         return done
 
     def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
@@ -211,7 +212,7 @@ class Trainer:
             "model": model.model_dump(mode="json"),
             "cv_score": score,
             "metric": self.cfg.metric,
-            "folds": [{k: r[k] for k in ("fold", "score", "seconds", "epochs")} for r in results],
+            "folds": [{k: r.get(k) for k in ("fold", "score", "seconds", "epochs", "rss_mb")} for r in results],
             "seeds": {"pipeline": self.cfg.seed, "folds": self.cfg.folds.seed},
             "backend": keras.config.backend(),
             "device": {"gpus": self.settings.gpus, "mixed_precision": self.settings.mixed_precision},
@@ -239,6 +240,17 @@ def _fingerprint_of(fold_dir: Path) -> str | None:
 def _epochs_run(fold_dir: Path) -> int:
     log_file = fold_dir / "log.csv"
     return max(0, len(log_file.read_text().splitlines()) - 1) if log_file.exists() else 0
+
+
+def _resident_mb() -> float | None:
+    """This process's resident memory in MiB (Linux), or None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _versions() -> dict[str, str]:
