@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from foldstack import backbones, metrics
 from foldstack.errors import FoldstackError
@@ -173,6 +174,23 @@ class ModelConfig(_Frozen):
         if value not in known:
             raise ValueError(f"unknown backbone; known: {', '.join(known)}")
         return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _fits_backbone(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Caught here rather than minutes into training; `backbone` is validated first (field
+        # order), and is absent from info.data when it was unknown.
+        backbone = info.data.get("backbone")
+        if value is not None and backbone is not None:
+            minimum = backbones.get(backbone).min_size
+            if value < minimum:
+                raise ValueError(f"backbone {backbone!r} needs at least {minimum}")
+        return value
+
+    @property
+    def input_size(self) -> int:
+        """The image size the model trains at: ``image_size``, else the backbone's default."""
+        return self.image_size or backbones.get(self.backbone).default_size
 
 
 class StackConfig(_Frozen):
