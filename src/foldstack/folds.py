@@ -21,24 +21,38 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, strategy: str = "stratifi
     """The fold of each row: stratified by label (the first label for multilabel), or grouped.
 
     Raises:
-        DataError: a class has fewer examples than folds, so some fold would never see it.
+        DataError: a class (or, grouped, the number of groups) is smaller than the number of
+            folds, so some fold would never see it.
     """
     if strategy == "grouped":
+        if groups.nunique() < k:  # GroupKFold's own ValueError would be a traceback
+            raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
+                            "(folds.k); lower folds.k")
         splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(table, groups=groups)
     else:
-        strata = table["label"].str.split().str[0]
-        counts = strata.value_counts()
-        rare = counts[counts < k]
-        if len(rare):
-            raise DataError(f"class {rare.index[0]!r} has {rare.iloc[0]} example(s), fewer than the "
-                            f"{k} folds (folds.k); merge rare classes or lower folds.k")
+        strata = _strata(table["label"])
+        rare = rare_classes(table["label"], k)
+        if rare:
+            raise DataError(rare[0])
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(table, strata)
     fold = pd.Series(-1, index=table.index, name="fold")
     for number, (_, valid) in enumerate(splits):
         fold.iloc[valid] = number
     return fold
+
+
+def rare_classes(labels: pd.Series, k: int) -> list[str]:
+    """One message per class (the first label, for multilabel) with fewer examples than folds:
+    stratified folds cannot put one in each fold."""
+    counts = _strata(labels).value_counts()
+    return [f"class {name!r} has {count} example(s), fewer than the {k} folds (folds.k); merge rare "
+            "classes or lower folds.k" for name, count in counts[counts < k].items()]
+
+
+def _strata(labels: pd.Series) -> pd.Series:
+    return labels.str.split().str[0]
 
 
 def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
