@@ -247,7 +247,8 @@ def read_test_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Pa
 
 def class_names(labels: pd.Series, task: str) -> list[str]:
     """The classes in the order every prediction file uses: sorted, numerically when all are numbers."""
-    values = labels.str.split().explode() if task == "multilabel" else labels
+    # A multilabel row may hold no label at all; explode turns it into NaN, not a class.
+    values = labels.str.split().explode().dropna() if task == "multilabel" else labels
     unique = sorted(set(values.astype(str)))
     if all(_is_number(v) for v in unique):
         unique.sort(key=float)
