@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from foldstack import data
 from foldstack.config import PipelineConfig
@@ -24,6 +23,9 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, strategy: str = "stratifi
         DataError: a class (or, grouped, the number of groups) is smaller than the number of
             folds, so some fold would never see it.
     """
+    # Imported here: scikit-learn takes a second to import, and `check` only needs rare_classes.
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
     if strategy == "grouped":
         if groups.nunique() < k:  # GroupKFold's own ValueError would be a traceback
             raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
@@ -55,16 +57,20 @@ def _strata(labels: pd.Series) -> pd.Series:
     return labels.str.split().str[0]
 
 
+def read_groups(cfg: PipelineConfig, paths: Paths) -> pd.Series | None:
+    """The train table's ``folds.group_column``, row for row; None unless folds are grouped."""
+    if cfg.folds.strategy != "grouped":
+        return None
+    source = paths.data / cfg.data.train_csv
+    frame = data.read_csv(source, "train table")
+    data.require_columns(frame, [cfg.folds.group_column], source)
+    return frame[cfg.folds.group_column]
+
+
 def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """Write ``folds.csv`` (``id, label, fold``) and a preview of the training augmentation."""
     table = data.load_train_table(cfg, paths)
-    groups = None
-    if cfg.folds.strategy == "grouped":
-        source = paths.data / cfg.data.train_csv
-        frame = data.read_csv(source, "train table")
-        data.require_columns(frame, [cfg.folds.group_column], source)
-        groups = frame[cfg.folds.group_column]
-    table["fold"] = make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.folds.strategy, groups)
+    table["fold"] = make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.folds.strategy, read_groups(cfg, paths))
     folds = table[["id", "label", "fold"]]
     write_csv(paths.folds, folds)
     sizes = folds["fold"].value_counts().sort_index()
