@@ -49,7 +49,7 @@ def read_folds(paths: Paths, k: int) -> pd.DataFrame:
     except ValueError:
         raise DataError(f"{paths.folds}: column 'fold' must hold integers") from None
     # A folds.csv from another folds.k would leave folds untrained and ids without a prediction.
-    found = sorted(frame["fold"].unique())
+    found = sorted(frame["fold"].unique().tolist())
     if found != list(range(k)):
         raise DataError(f"{paths.folds}: holds folds {found} but folds.k = {k}; run `make folds` again")
     return frame
