@@ -26,8 +26,8 @@ SHOWN_PER_KIND = 10
 
 @dataclass
 class Report:
-    """What ``check`` found. ``problems`` and ``warnings`` are grouped by kind, one message per
-    file or row."""
+    """What ``check`` found: summary lines, then warnings and problems, one message per file or
+    row. Every problem counts; :meth:`render` shows the first few of each kind."""
 
     summary: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -94,7 +94,8 @@ def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFr
 def _fold_problems(cfg: PipelineConfig, paths: Paths, table: pd.DataFrame) -> list[list[str]]:
     """What would stop ``folds`` from giving every fold its share of every class (or group)."""
     if cfg.folds.strategy == "stratified":
-        return [folds.rare_classes(table["label"], cfg.folds.k)]
+        labels = table["label"][~table["label"].isin(data.EMPTY_LABELS)]  # already problems of their own
+        return [folds.rare_classes(labels, cfg.folds.k)]
     try:
         folds.make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.folds.strategy, folds.read_groups(cfg, paths))
     except DataError as error:
