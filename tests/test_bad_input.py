@@ -222,6 +222,9 @@ TABLES = {
     "empty train set": (_edit(lambda f: f.iloc[:0]), r"train.csv: the train set is empty$"),
     "zero-byte train.csv": (lambda c: (c.data / "train.csv").write_bytes(b""),
                             r"train.csv: cannot read train table: No columns to parse from file$"),
+    "ragged row": (lambda c: (c.data / "train.csv").open("a").write("x,1,extra\n"),
+                   r"train.csv: cannot read train table: Error tokenizing data. C error: Expected 2 fields in "
+                   r"line 122, saw 3$"),
     "utf-8 BOM": (_edit(lambda f: f, encoding="utf-8-sig"), None),
     "latin-1": (_edit(lambda f: _relabel(f, "3", "três"), encoding="latin-1"), None),
     "images without a row": (_edit(lambda f: f.iloc[1:]), None),

@@ -7,7 +7,6 @@ allowed.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -16,7 +15,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from foldstack import backbones, metrics
-from foldstack.errors import FoldstackError
+from foldstack.errors import FoldstackError, one_line
 
 
 class ConfigError(FoldstackError, ValueError):
@@ -298,7 +297,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(str(error))}") from None
+        raise ConfigError(f"{path}: not valid YAML: {one_line(str(error))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(raw).__name__}")
     try:
@@ -325,7 +324,7 @@ def _describe(error: ValidationError, raw: dict) -> str:
     else:
         text = f"{key} = {_value_at(raw, loc)!r}: {message}"
     more = len(problems) - 1
-    return _one_line(text + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
+    return one_line(text + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
 
 
 _SOURCE_TAGS = {"embedded", "kaggle_competition", "kaggle_dataset", "local"}
@@ -339,6 +338,3 @@ def _value_at(raw: Any, loc: list) -> Any:
             return None
     return raw
 
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from foldstack.config import DataConfig, PipelineConfig
-from foldstack.errors import DataError
+from foldstack.errors import DataError, one_line
 from foldstack.io import atomic_dir, write_csv, write_json
 from foldstack.paths import Paths
 
@@ -108,11 +108,12 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except UnicodeDecodeError:  # not UTF-8: latin-1 decodes any byte, as Excel often writes
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"{path}: cannot read {what}: {str(error).strip()}") from None
+        raise DataError(f"{path}: cannot read {what}: {one_line(str(error))}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

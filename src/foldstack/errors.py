@@ -29,6 +29,11 @@ class DiskFullError(FoldstackError):
                          "free some space and run it again")
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines too) as one space: a message fit for one line."""
+    return " ".join(text.split())
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` is an OSError saying the disk or the quota is full."""
     return isinstance(error, OSError) and error.errno in DISK_FULL
