@@ -129,10 +129,9 @@ def _existing(table: pd.DataFrame | None) -> list[str]:
 
 
 def _warn_unlisted(cfg: PipelineConfig, table: pd.DataFrame, folder: Path, source: Path, report: Report) -> None:
-    unlisted = data.unlisted_images(cfg.data, table, folder)
-    if unlisted:
-        report.warnings.append(f"{folder}: {len(unlisted)} image(s) have no row in {source.name} and are "
-                               f"not used, e.g. {unlisted[0].name}")
+    warning = data.unlisted_warning(cfg.data, table, folder, source)
+    if warning:
+        report.warnings.append(warning)
 
 
 def _check_images(files: list[str], report: Report) -> None:

@@ -201,20 +201,21 @@ def file_problems(table: pd.DataFrame, source: Path) -> list[str]:
             for i, path in zip(table.index, table["path"]) if not Path(path).is_file()]
 
 
-def unlisted_images(data: DataConfig, table: pd.DataFrame, folder: Path) -> list[Path]:
-    """Images in ``folder`` that no row of ``table`` names (never used; often a sign of a wrong id
-    column or extension)."""
-    if not folder.is_dir():
-        return []
+def unlisted_warning(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path) -> str | None:
+    """A warning if images in ``folder`` have no row in ``table`` (never used: harmless, yet often
+    the sign of a wrong id column or extension), else None."""
     listed = set(table["path"])
-    return sorted(p for p in folder.glob(f"*{data.extension}") if str(p) not in listed)
+    unlisted = sorted(p for p in folder.glob(f"*{data.extension}") if str(p) not in listed) if folder.is_dir() else []
+    if not unlisted:
+        return None
+    return (f"{folder}: {len(unlisted)} image(s) have no row in {source.name} and are not used, "
+            f"e.g. {unlisted[0].name}")
 
 
 def _warn_unlisted(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path) -> None:
-    unlisted = unlisted_images(data, table, folder)
-    if unlisted:
-        log.warning("%s: %d image(s) have no row in %s and are not used, e.g. %s", folder, len(unlisted),
-                    source.name, unlisted[0].name)
+    warning = unlisted_warning(data, table, folder, source)
+    if warning:
+        log.warning(warning)
 
 
 def raise_first(problems: Problems) -> None:
