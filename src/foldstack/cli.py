@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from foldstack.errors import FoldstackError
+from foldstack.errors import DiskFullError, FoldstackError, is_disk_full
 
 
 def _pipeline_path(name: str) -> Path:
@@ -73,6 +73,17 @@ def cmd_submit(args: argparse.Namespace) -> None:
     submit.run(cfg, paths, upload=upload)
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    from foldstack import check
+
+    cfg, paths = _load(args)
+    report = check.run(cfg, paths)
+    print(report.render())
+    if report.problems:
+        raise FoldstackError(f"{len(report.problems)} problem(s) found in {paths.data}; "
+                             "fix them before training (listed above)")
+
+
 def cmd_backbones(args: argparse.Namespace) -> None:
     from foldstack import backbones
 
@@ -100,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = stage("train", cmd_train, "fine-tune every model on every fold; write OOF and test predictions")
     train.add_argument("--model", action="append", help="train only this model (repeatable)")
     train.add_argument("--workers", type=int, default=None, help="input-pipeline threads")
+    stage("check", cmd_check, "validate the config and every train and test file before training")
     stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; choose the best")
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
@@ -107,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     backbones = sub.add_parser("backbones", help="list the registered backbones")
     backbones.set_defaults(func=cmd_backbones)
     return parser
+
+
+def _fail(command: str, error: FoldstackError) -> int:
+    """Print ``error`` as one line on stderr; return its exit status."""
+    print(f"foldstack {command}: error: {error}", file=sys.stderr)
+    return error.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except FoldstackError as error:
-        print(f"foldstack {args.command}: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return _fail(args.command, error)
+    except OSError as error:
+        # A full disk can strike any write (Keras checkpoints, logs), not only atomic ones.
+        if not is_disk_full(error):
+            raise
+        return _fail(args.command, DiskFullError(error.filename))
     except KeyboardInterrupt:
         print(f"foldstack {args.command}: interrupted; finished work is kept, run it again to resume",
               file=sys.stderr)

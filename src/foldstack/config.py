@@ -7,15 +7,15 @@ allowed.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from foldstack import backbones, metrics
-from foldstack.errors import FoldstackError
+from foldstack.errors import FoldstackError, one_line
 
 
 class ConfigError(FoldstackError, ValueError):
@@ -174,6 +174,23 @@ class ModelConfig(_Frozen):
             raise ValueError(f"unknown backbone; known: {', '.join(known)}")
         return value
 
+    @field_validator("image_size")
+    @classmethod
+    def _fits_backbone(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Caught here rather than minutes into training; `backbone` is validated first (field
+        # order), and is absent from info.data when it was unknown.
+        backbone = info.data.get("backbone")
+        if value is not None and backbone is not None:
+            minimum = backbones.get(backbone).min_size
+            if value < minimum:
+                raise ValueError(f"backbone {backbone!r} needs at least {minimum}")
+        return value
+
+    @property
+    def input_size(self) -> int:
+        """The image size the model trains at: ``image_size``, else the backbone's default."""
+        return self.image_size or backbones.get(self.backbone).default_size
+
 
 class StackConfig(_Frozen):
     """Level two: candidates scored by CV on the base models' folds; the best goes on.
@@ -280,7 +297,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(str(error))}") from None
+        raise ConfigError(f"{path}: not valid YAML: {one_line(str(error))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(raw).__name__}")
     try:
@@ -307,7 +324,7 @@ def _describe(error: ValidationError, raw: dict) -> str:
     else:
         text = f"{key} = {_value_at(raw, loc)!r}: {message}"
     more = len(problems) - 1
-    return _one_line(text + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
+    return one_line(text + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
 
 
 _SOURCE_TAGS = {"embedded", "kaggle_competition", "kaggle_dataset", "local"}
@@ -321,6 +338,3 @@ def _value_at(raw: Any, loc: list) -> Any:
             return None
     return raw
 
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from foldstack.config import DataConfig, PipelineConfig
-from foldstack.errors import DataError
+from foldstack.errors import DataError, one_line
 from foldstack.io import atomic_dir, write_csv, write_json
 from foldstack.paths import Paths
 
@@ -108,11 +108,12 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except UnicodeDecodeError:  # not UTF-8: latin-1 decodes any byte, as Excel often writes
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"{path}: cannot read {what}: {str(error).strip()}") from None
+        raise DataError(f"{path}: cannot read {what}: {one_line(str(error))}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 
@@ -126,11 +127,20 @@ def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None
 
 def load_train_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """``id, label, path`` for every training image, checked: unique ids, labels, files present."""
+    table, source = read_train_table(cfg, paths)
+    if table.empty:
+        raise DataError(f"{source}: the train set is empty")
+    raise_first(train_problems(table, source))
+    _warn_unlisted(cfg.data, table, paths.data / cfg.data.train_dir, source)
+    return table
+
+
+def read_train_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Path]:
+    """The train table as written, unchecked, and the file (or folder) it comes from."""
     data = cfg.data
-    readers = {"csv": _train_from_csv, "folders": _train_from_folders}
-    table = readers[data.layout](data, paths.data)
-    _check_train_table(table, paths.data / (data.train_csv if data.layout == "csv" else data.train_dir))
-    return table.reset_index(drop=True)
+    if data.layout == "folders":
+        return _train_from_folders(data, paths.data), paths.data / data.train_dir
+    return _train_from_csv(data, paths.data), paths.data / data.train_csv
 
 
 def _train_from_csv(data: DataConfig, root: Path) -> pd.DataFrame:
@@ -161,33 +171,58 @@ def _image_path(data: DataConfig, folder: Path, image_id: str) -> Path:
     return folder / (image_id if data.ids_have_extension else f"{image_id}{data.extension}")
 
 
-def _check_train_table(table: pd.DataFrame, source: Path) -> None:
-    if table.empty:
-        raise DataError(f"{source}: the train set is empty")
-    _check_ids(table, source)
-    empty = table.index[table["label"].isin(["", "nan", "NaN", "None"])]
-    if len(empty):
-        raise DataError(f"{source}: row {empty[0] + 2} (id {table['id'][empty[0]]!r}) has an empty label"
-                        f"{_and_more(len(empty))}")
-    _check_files(table, source)
+# --- checks: each returns one message per bad row, grouped by kind --------------------------------
+
+#: What a label cell holds when it was left empty (``keep_default_na=False`` keeps these as text).
+EMPTY_LABELS = ("", "nan", "NaN", "None")
+
+Problems = list[list[str]]
 
 
-def _check_ids(table: pd.DataFrame, source: Path) -> None:
-    empty = table.index[table["id"] == ""]
-    if len(empty):
-        raise DataError(f"{source}: row {empty[0] + 2} has an empty id{_and_more(len(empty))}")
-    repeated = table.index[table["id"].duplicated()]
-    if len(repeated):
-        raise DataError(f"{source}: row {repeated[0] + 2} repeats id {table['id'][repeated[0]]!r}"
-                        f"{_and_more(len(repeated))}")
+def train_problems(table: pd.DataFrame, source: Path) -> Problems:
+    """Empty or repeated ids, empty labels, missing images of a train table (rows counted as in
+    the CSV: the header is row 1)."""
+    empty = table.index[table["label"].isin(EMPTY_LABELS)]
+    labels = [f"{source}: row {i + 2} (id {table['id'][i]!r}) has an empty label" for i in empty]
+    return [*id_problems(table, source), labels, file_problems(table, source)]
 
 
-def _check_files(table: pd.DataFrame, source: Path) -> None:
-    missing = [i for i, path in enumerate(table["path"]) if not Path(path).is_file()]
-    if missing:
-        first = missing[0]
-        raise DataError(f"{source}: row {first + 2} (id {table['id'][first]!r}): image "
-                        f"{table['path'][first]} not found{_and_more(len(missing))}")
+def id_problems(table: pd.DataFrame, source: Path) -> Problems:
+    """Rows with an empty id, and rows repeating an earlier row's id."""
+    return [
+        [f"{source}: row {i + 2} has an empty id" for i in table.index[table["id"] == ""]],
+        [f"{source}: row {i + 2} repeats id {table['id'][i]!r}" for i in table.index[table["id"].duplicated()]],
+    ]
+
+
+def file_problems(table: pd.DataFrame, source: Path) -> list[str]:
+    """Rows whose image file does not exist."""
+    return [f"{source}: row {i + 2} (id {table['id'][i]!r}): image {path} not found"
+            for i, path in zip(table.index, table["path"]) if not Path(path).is_file()]
+
+
+def unlisted_warning(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path) -> str | None:
+    """A warning if images in ``folder`` have no row in ``table`` (never used: harmless, yet often
+    the sign of a wrong id column or extension), else None."""
+    listed = set(table["path"])
+    unlisted = sorted(p for p in folder.glob(f"*{data.extension}") if str(p) not in listed) if folder.is_dir() else []
+    if not unlisted:
+        return None
+    return (f"{folder}: {len(unlisted)} image(s) have no row in {source.name} and are not used, "
+            f"e.g. {unlisted[0].name}")
+
+
+def _warn_unlisted(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path) -> None:
+    warning = unlisted_warning(data, table, folder, source)
+    if warning:
+        log.warning(warning)
+
+
+def raise_first(problems: Problems) -> None:
+    """Raise a DataError with the first problem of the first kind that has any."""
+    for kind in problems:
+        if kind:
+            raise DataError(kind[0] + _and_more(len(kind)))
 
 
 def _and_more(count: int) -> str:
@@ -196,20 +231,26 @@ def _and_more(count: int) -> str:
 
 def load_test_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """``id, path`` for every test image, in the sample submission's order."""
+    table, source = read_test_table(cfg, paths)
+    raise_first([*id_problems(table, source), file_problems(table, source)])
+    _warn_unlisted(cfg.data, table, paths.data / cfg.data.test_dir, source)
+    return table
+
+
+def read_test_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Path]:
+    """``id, path`` from the sample submission, unchecked, and the sample submission's path."""
     data = cfg.data
     path = paths.data / data.sample_submission
     frame = read_csv(path, "sample submission")
     require_columns(frame, [data.id_column], path)
     ids = frame[data.id_column].str.strip()
-    table = pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]})
-    _check_ids(table, path)
-    _check_files(table, path)
-    return table
+    return pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]}), path
 
 
 def class_names(labels: pd.Series, task: str) -> list[str]:
     """The classes in the order every prediction file uses: sorted, numerically when all are numbers."""
-    values = labels.str.split().explode() if task == "multilabel" else labels
+    # A multilabel row may hold no label at all; explode turns it into NaN, not a class.
+    values = labels.str.split().explode().dropna() if task == "multilabel" else labels
     unique = sorted(set(values.astype(str)))
     if all(_is_number(v) for v in unique):
         unique.sort(key=float)

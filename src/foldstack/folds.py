@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from foldstack import data
 from foldstack.config import PipelineConfig
@@ -21,18 +20,23 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, strategy: str = "stratifi
     """The fold of each row: stratified by label (the first label for multilabel), or grouped.
 
     Raises:
-        DataError: a class has fewer examples than folds, so some fold would never see it.
+        DataError: a class (or, grouped, the number of groups) is smaller than the number of
+            folds, so some fold would never see it.
     """
+    # Imported here: scikit-learn takes a second to import, and `check` only needs rare_classes.
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
     if strategy == "grouped":
+        if groups.nunique() < k:  # GroupKFold's own ValueError would be a traceback
+            raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
+                            "(folds.k); lower folds.k")
         splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(table, groups=groups)
     else:
-        strata = table["label"].str.split().str[0]
-        counts = strata.value_counts()
-        rare = counts[counts < k]
-        if len(rare):
-            raise DataError(f"class {rare.index[0]!r} has {rare.iloc[0]} example(s), fewer than the "
-                            f"{k} folds (folds.k); merge rare classes or lower folds.k")
+        strata = _strata(table["label"])
+        rare = rare_classes(table["label"], k)
+        if rare:
+            raise DataError(rare[0])
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(table, strata)
     fold = pd.Series(-1, index=table.index, name="fold")
@@ -41,16 +45,32 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, strategy: str = "stratifi
     return fold
 
 
+def rare_classes(labels: pd.Series, k: int) -> list[str]:
+    """One message per class (the first label, for multilabel) with fewer examples than folds:
+    stratified folds cannot put one in each fold."""
+    counts = _strata(labels).value_counts()
+    return [f"class {name!r} has {count} example(s), fewer than the {k} folds (folds.k); merge rare "
+            "classes or lower folds.k" for name, count in counts[counts < k].items()]
+
+
+def _strata(labels: pd.Series) -> pd.Series:
+    return labels.str.split().str[0]
+
+
+def read_groups(cfg: PipelineConfig, paths: Paths) -> pd.Series | None:
+    """The train table's ``folds.group_column``, row for row; None unless folds are grouped."""
+    if cfg.folds.strategy != "grouped":
+        return None
+    source = paths.data / cfg.data.train_csv
+    frame = data.read_csv(source, "train table")
+    data.require_columns(frame, [cfg.folds.group_column], source)
+    return frame[cfg.folds.group_column]
+
+
 def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """Write ``folds.csv`` (``id, label, fold``) and a preview of the training augmentation."""
     table = data.load_train_table(cfg, paths)
-    groups = None
-    if cfg.folds.strategy == "grouped":
-        source = paths.data / cfg.data.train_csv
-        frame = data.read_csv(source, "train table")
-        data.require_columns(frame, [cfg.folds.group_column], source)
-        groups = frame[cfg.folds.group_column]
-    table["fold"] = make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.folds.strategy, groups)
+    table["fold"] = make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.folds.strategy, read_groups(cfg, paths))
     folds = table[["id", "label", "fold"]]
     write_csv(paths.folds, folds)
     sizes = folds["fold"].value_counts().sort_index()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,15 +33,46 @@ def load_rgb(path: str | Path) -> np.ndarray:
     Grayscale, palette, RGBA (composited on white), CMYK and 16-bit files all come out as 8-bit
     RGB. Raises DataError naming the file when it cannot be decoded.
     """
+    with _opened(path) as image:
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`inspect` learns of a file: its stored size ``(width, height)`` and PIL mode."""
+
+    size: tuple[int, int]
+    mode: str
+
+
+def inspect(path: str | Path) -> ImageInfo:
+    """The size and mode of an image, after decoding it all (so a truncated file is caught).
+
+    Faster than :func:`load_rgb`: no conversion, and a JPEG decodes at 1/8 scale, which still
+    reads every byte of it.
+
+    Raises:
+        DataError: the file is missing, empty, not an image, truncated, or too large.
+    """
+    with _opened(path) as image:
+        info = ImageInfo(image.size, image.mode)
+        image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
+        return info
+
+
+@contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """``path`` opened with the decompression-bomb guard; any decoding error, in the ``with``
+    block too, becomes a DataError naming the file."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             with Image.open(path) as image:
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                yield image
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,

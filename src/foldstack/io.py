@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from foldstack.errors import DiskFullError, is_disk_full
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -19,6 +21,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary file sits in the same folder so the final ``os.replace`` is atomic; an
     interrupted write leaves at most a ``.tmp`` file that no stage reads.
+
+    Raises:
+        DiskFullError: the disk or quota filled up; ``path`` keeps its old content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +34,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as error:
+        # Name the file the user knows, not the temporary one the writer was filling.
+        if is_disk_full(error):
+            raise DiskFullError(path) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,22 +139,30 @@ def leaderboard(results: dict[str, CVResult], metric: Metric, force: str | None 
 
 def _write(paths: Paths, data: inputs.LevelTwoData, board: pd.DataFrame, result: CVResult, name: str,
            metric: Metric, forced: bool) -> None:
+    """Write the stack folder as a whole: an interrupted stage leaves the previous folder intact,
+    never a new leaderboard beside an old ``chosen.json`` that ``submit`` would trust."""
+    with io.atomic_dir(paths.stack) as folder:
+        _write_files(folder, data, board, result, name, metric, forced)
+
+
+def _write_files(folder: Path, data: inputs.LevelTwoData, board: pd.DataFrame, result: CVResult, name: str,
+                 metric: Metric, forced: bool) -> None:
     classes = list(data.classes)
     row = board.set_index("candidate").loc[name]
-    io.write_csv(paths.stack / "leaderboard.csv", board)
+    io.write_csv(folder / "leaderboard.csv", board)
     oof = pd.DataFrame(result.oof, columns=classes)
-    io.write_parquet(paths.stack / "oof.parquet", pd.concat(
+    io.write_parquet(folder / "oof.parquet", pd.concat(
         [pd.DataFrame({"id": data.ids, "fold": data.fold}), oof], axis=1))
     test = pd.DataFrame(result.predict_proba(data.test), columns=classes)
-    io.write_parquet(paths.stack / "test.parquet", pd.concat([pd.DataFrame({"id": data.test_ids}), test], axis=1))
-    io.write_json(paths.stack / "chosen.json", {
+    io.write_parquet(folder / "test.parquet", pd.concat([pd.DataFrame({"id": data.test_ids}), test], axis=1))
+    io.write_json(folder / "chosen.json", {
         "name": name, "metric": metric.name, "greater_is_better": metric.greater_is_better,
         "cv_mean": float(row["cv_mean"]), "cv_std": float(row["cv_std"]), "forced": forced,
         "fold_scores": {str(k): float(s) for k, s in zip(result.folds, result.fold_scores)},
         "models": list(data.models),
     })
-    plots.leaderboard(board, metric, paths.stack / "leaderboard.png")
-    plots.confusion(data.y, result.oof, data.classes, f"OOF confusion: {name}", paths.stack / "confusion.png")
+    plots.leaderboard(board, metric, folder / "leaderboard.png")
+    plots.confusion(data.y, result.oof, data.classes, f"OOF confusion: {name}", folder / "confusion.png")
 
 
 def _show(board: pd.DataFrame, chosen: str, metric: Metric) -> None:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from foldstack import io, metrics
+from foldstack import data, io, metrics
 from foldstack.config import PipelineConfig
 from foldstack.errors import DataError, FoldstackError
 from foldstack.paths import Paths
@@ -121,10 +121,10 @@ def read_stack_output(paths: Paths) -> StackOutput:
 
 
 def read_sample(path: Path, id_column: str) -> pd.DataFrame:
-    """The sample submission, every cell as written (strings)."""
+    """The sample submission, every cell as written (strings; a BOM or latin-1 is read too)."""
     if not path.is_file():
         raise DataError(f"{path}: sample submission not found; run the download stage first")
-    sample = pd.read_csv(path, dtype=str, keep_default_na=False)
+    sample = data.read_csv(path, "sample submission")
     if id_column not in sample.columns:
         raise DataError(f"{path}: no id column {id_column!r}; columns: {shorten(sample.columns)}")
     return sample
@@ -275,12 +275,17 @@ def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame) -> floa
     if not path.is_file():
         log.warning("%s: solution file not found; no local leaderboard score", path)
         return None
-    solution = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [column for column in ("id", "label") if column not in solution.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected id, label")
-    labels = solution.set_index("id")["label"]
+    id_column, label_column = cfg.data.id_column, cfg.data.label_column
+    solution = data.read_csv(path, "solution")
+    data.require_columns(solution, [id_column, label_column], path)
+    labels = solution.set_index(id_column)[label_column]
     check_same_ids(path, labels.index, proba.index, paths.data / cfg.data.sample_submission)
-    classes = tuple(proba.columns)
-    y_true = encode_labels(labels.reindex(proba.index), classes, cfg.task == "multilabel", path)
+    unseen = sorted(set(data.class_names(labels, cfg.task)) - set(proba.columns))
+    if unseen:
+        # No model can predict a class it never saw: score those rows as missed (probability 0)
+        # rather than refuse to score at all.
+        log.warning("%s: label(s) %s never appear in training; their rows count as wrong in the local "
+                    "score", path, shorten(unseen))
+        proba = proba.reindex(columns=[*proba.columns, *unseen], fill_value=0.0)
+    y_true = encode_labels(labels.reindex(proba.index), tuple(proba.columns), cfg.task == "multilabel", path)
     return metrics.get(cfg.metric)(y_true, proba.to_numpy())

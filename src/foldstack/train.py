@@ -25,9 +25,9 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from foldstack import backbones, data, device, metrics
+from foldstack import data, device, metrics
 from foldstack.config import ModelConfig, PipelineConfig
-from foldstack.errors import DataError, FoldstackError
+from foldstack.errors import DataError
 from foldstack.images import cached_images
 from foldstack.io import write_json, write_parquet
 from foldstack.model import FeatureCache, FoldJob, fit_fold
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 PACKAGES = ("keras", "tensorflow", "jax", "albumentations", "numpy", "pandas", "scikit-learn", "lightgbm")
 
 
-def read_folds(paths: Paths) -> pd.DataFrame:
-    """``folds.csv``, checked: the three columns, integer folds, unique ids."""
+def read_folds(paths: Paths, k: int) -> pd.DataFrame:
+    """``folds.csv``, checked: the three columns, unique ids, integer folds ``0 .. k-1``."""
     frame = data.read_csv(paths.folds, "folds file (run `make folds`)")
     data.require_columns(frame, ["id", "label", "fold"], paths.folds)
     if frame["id"].duplicated().any():
@@ -48,6 +48,10 @@ def read_folds(paths: Paths) -> pd.DataFrame:
         frame["fold"] = frame["fold"].astype(int)
     except ValueError:
         raise DataError(f"{paths.folds}: column 'fold' must hold integers") from None
+    # A folds.csv from another folds.k would leave folds untrained and ids without a prediction.
+    found = sorted(frame["fold"].unique().tolist())
+    if found != list(range(k)):
+        raise DataError(f"{paths.folds}: holds folds {found} but folds.k = {k}; run `make folds` again")
     return frame
 
 
@@ -59,7 +63,7 @@ class Trainer:
         self.paths = paths
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.metric = metrics.get(cfg.metric)
-        self.folds = read_folds(paths)
+        self.folds = read_folds(paths, cfg.folds.k)
         self.files = self._train_files()
         self.test = data.load_test_table(cfg, paths)
         self.classes = data.class_names(self.folds["label"], cfg.task)
@@ -68,12 +72,19 @@ class Trainer:
         self.folds_digest = hashlib.sha256(pd.util.hash_pandas_object(self.folds, index=False).values).hexdigest()
 
     def _train_files(self) -> list[str]:
+        """The image of each folds.csv row, after checking that folds.csv still matches the train table."""
         table = data.load_train_table(self.cfg, self.paths).set_index("id")
         unknown = self.folds.loc[~self.folds["id"].isin(table.index), "id"]
         if len(unknown) or len(table) != len(self.folds):
             example = unknown.iloc[0] if len(unknown) else sorted(set(table.index) - set(self.folds["id"]))[0]
             raise DataError(f"{self.paths.folds}: ids differ from the train table (e.g. {example!r}); "
                             "run `make folds` again")
+        # A label edited in the train table after `folds` ran would otherwise train on the old one.
+        relabelled = self.folds["label"].to_numpy() != table.loc[self.folds["id"], "label"].to_numpy()
+        if relabelled.any():
+            row = self.folds[relabelled].iloc[0]
+            raise DataError(f"{self.paths.folds}: id {row['id']!r} has label {row['label']!r} but the train "
+                            f"table says {table.loc[row['id'], 'label']!r}; run `make folds` again")
         return table.loc[self.folds["id"], "path"].tolist()
 
     def _targets(self) -> np.ndarray:
@@ -95,7 +106,7 @@ class Trainer:
         return scores
 
     def train_model(self, model: ModelConfig, bar: tqdm) -> float:
-        size = self._image_size(model)
+        size = model.input_size  # the config checked it fits the backbone
         images = {
             "train": cached_images(self.files, self.folds["id"].tolist(), size,
                                    self.paths.cache / str(size) / "train.npy", desc="train"),
@@ -113,14 +124,6 @@ class Trainer:
             results.append(self._train_fold(model, fold, size, images, features, fingerprint, bar))
             bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
         return self._merge(model, results)
-
-    def _image_size(self, model: ModelConfig) -> int:
-        spec = backbones.get(model.backbone)
-        size = model.image_size or spec.default_size
-        if size < spec.min_size:
-            raise FoldstackError(f"models.{model.name}.image_size = {size}: backbone {model.backbone!r} "
-                                 f"needs at least {spec.min_size}")
-        return size
 
     def _fingerprint(self, model: ModelConfig) -> str:
         recipe = {"model": model.model_dump(mode="json"), "augment": self.cfg.augment.model_dump(mode="json"),
