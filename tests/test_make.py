@@ -42,7 +42,7 @@ def test_make_all_then_nothing_to_do(tmp_path: Path) -> None:
     first = _make(tmp_path, "all")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "cnn: CV accuracy" in first.stdout and "lite0: CV accuracy" in first.stdout
-    assert "chosen:" in first.stdout and "local leaderboard" in first.stdout.lower()
+    assert "chosen:" in first.stdout and "local LB accuracy" in first.stdout
 
     art = tmp_path / "artifacts" / "tiny"
     board = pd.read_csv(art / "stack" / "leaderboard.csv")

@@ -95,11 +95,15 @@ def cmd_backbones(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foldstack", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    # -v works before or after the subcommand (`foldstack -v train`, `foldstack train -v`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log diagnostics (debug level)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics (debug level)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, parents=[common])
         p.add_argument("-p", "--pipeline", default="digits", help="pipeline name or YAML path (default: digits)")
         p.add_argument("--root", default=None, help="project folder holding data/, artifacts/, submissions/")
         p.set_defaults(func=func)
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
     submit.add_argument("-m", "--message", help="the submission's description on Kaggle")
-    backbones = sub.add_parser("backbones", help="list the registered backbones")
+    backbones = sub.add_parser("backbones", help="list the registered backbones", parents=[common])
     backbones.set_defaults(func=cmd_backbones)
     return parser
 
@@ -130,8 +134,9 @@ def _fail(command: str, error: FoldstackError) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # foldstack's own progress lines (INFO) always show; other libraries only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("foldstack").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
     except FoldstackError as error:
