@@ -111,7 +111,7 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
     epochs_before = _epochs_logged(fold_dir / "fold1")
 
     rerun = subprocess.run([*base, "train", *args], env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.returncode == 0, (rerun.returncode, rerun.stdout[-2000:], rerun.stderr[-3000:])
     assert "skip m fold 0" in rerun.stdout
     log = pd.read_csv(fold_dir / "fold1" / "log.csv")
     assert log["epoch"].tolist() == list(range(len(log)))  # resumed, no epoch run twice

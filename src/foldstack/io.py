@@ -16,18 +16,19 @@ from foldstack.errors import DiskFullError, is_disk_full
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file sits in the same folder so the final ``os.replace`` is atomic; an
-    interrupted write leaves at most a ``.tmp`` file that no stage reads.
+    interrupted write leaves at most a temporary file that no stage reads. ``suffix`` is for
+    writers that insist on an ending (Keras wants ``.weights.h5``).
 
     Raises:
         DiskFullError: the disk or quota filled up; ``path`` keeps its old content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file is wanted

@@ -19,6 +19,7 @@ overwritten by a few small batches when the backbone is later unfrozen (the kera
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,16 +138,41 @@ class FoldScore(keras.callbacks.Callback):
             logs["val_score"] = self.metric(self.y_true, proba)
 
 
+def save_weights(model: keras.Model, path: Path) -> None:
+    """``model.save_weights`` that a kill cannot leave half-written (a torn HDF5 file fails to load)."""
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+
+
+class BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint (best weights by ``monitor``), written atomically."""
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):  # Keras's own "is it better"
+            save_weights(self.model, Path(filepath))
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, but a kill mid-save keeps the previous complete backup."""
+
+    def _save_model(self):
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        save_weights(self.model, Path(self._weights_path))
+        write_text(self._training_metadata_path,
+                   json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
 def standard_callbacks(job: FoldJob, valid_inputs, phase: str) -> list[keras.callbacks.Callback]:
     """Score, best checkpoint, early stopping, CSV log and resume, for one call of ``fit``."""
     mode = "max" if job.metric.greater_is_better else "min"
     return [
         FoldScore(valid_inputs, job.y_true(job.valid_index), job.metric),
-        keras.callbacks.ModelCheckpoint(str(job.fold_dir / "best.weights.h5"), monitor="val_score",
-                                        mode=mode, save_best_only=True, save_weights_only=True),
+        BestCheckpoint(str(job.fold_dir / "best.weights.h5"), monitor="val_score", mode=mode,
+                       save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=job.model.patience),
         keras.callbacks.CSVLogger(str(job.fold_dir / "log.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(job.fold_dir / f"backup-{phase}")),
+        AtomicBackupAndRestore(str(job.fold_dir / f"backup-{phase}")),
         *job.callbacks,
     ]
 
@@ -263,7 +289,7 @@ def _fit_phase(job: FoldJob, network: keras.Model, phase: str, lr: float, initia
     valid = view_batches(job.images["train"], job.valid_index, job.augment, [], job.model.batch_size, job.workers)
     network.fit(data, initial_epoch=initial_epoch, epochs=epochs, verbose=0, class_weight=job.class_weight,
                 callbacks=standard_callbacks(job, valid, phase))
-    network.save_weights(str(done))
+    save_weights(network, done)
 
 
 def unfreeze(backbone: keras.Model, which: str | int) -> None:
