@@ -169,10 +169,7 @@ class ModelConfig(_Frozen):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        known = backbones.names()
-        if value not in known:
-            raise ValueError(f"unknown backbone; known: {', '.join(known)}")
-        return value
+        return _known(value, backbones.names(), "backbone")
 
     @field_validator("image_size")
     @classmethod
@@ -260,10 +257,7 @@ class PipelineConfig(_Frozen):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        known = metrics.names()
-        if value not in known:
-            raise ValueError(f"unknown metric; known: {', '.join(known)}")
-        return value
+        return _known(value, metrics.names(), "metric")
 
     @field_validator("models")
     @classmethod
@@ -281,6 +275,12 @@ class PipelineConfig(_Frozen):
                 return model
         raise ConfigError(f"pipeline {self.name!r} has no model {name!r}; it has: "
                           f"{', '.join(m.name for m in self.models)}")
+
+
+def _known(value: str, known: list[str], kind: str) -> str:
+    if value not in known:
+        raise ValueError(f"unknown {kind}; known: {', '.join(known)}")
+    return value
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from foldstack.registry import Registry
+
 #: Probabilities are clipped to [EPS, 1 - EPS] before a logarithm, so one confident miss costs a
 #: large but finite loss.
 EPS = 1e-15
@@ -46,23 +48,10 @@ class Metric:
         return a > b if self.greater_is_better else a < b
 
 
-_REGISTRY: dict[str, Metric] = {}
-
-
-def register(metric: Metric) -> Metric:
-    _REGISTRY[metric.name] = metric
-    return metric
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Metric:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(names())}") from None
+_REGISTRY: Registry[Metric] = Registry("metric")
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
 
 
 def is_multilabel(y_true: np.ndarray) -> bool:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from foldstack.registry import Registry, UnknownNameError
 
-class UnknownBackboneError(KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+
+UnknownBackboneError = UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -42,28 +42,15 @@ class BackboneSpec:
     family: str = field(default="", compare=False)
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+def _load_builtin() -> None:
+    # Imported for their side effect of registering; the modules import Keras lazily.
+    from foldstack.backbones import efficientnet_lite, keras_apps, small_cnn  # noqa: F401
 
 
-def register(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> BackboneSpec:
-    """The spec registered as ``name``; an unknown name lists the known ones."""
-    _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownBackboneError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+_REGISTRY: Registry[BackboneSpec] = Registry("backbone", load=_load_builtin)
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
 
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
@@ -118,8 +105,3 @@ def describe() -> Iterator[dict[str, Any]]:
         yield {"name": name, "family": spec.family, "parameters": model.count_params(),
                "default_size": spec.default_size}
         keras.backend.clear_session()  # the big ones (ConvNeXtXLarge) would pile up in memory
-
-
-def _load_builtin() -> None:
-    # Imported for their side effect of registering; the modules import Keras lazily.
-    from foldstack.backbones import efficientnet_lite, keras_apps, small_cnn  # noqa: F401

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from foldstack.metrics import Metric
+from foldstack.registry import Registry
 from foldstack.stacking.base import Level2Estimator
 from foldstack.stacking.blend import BestSingle, MeanBlend, RankAverage, WeightedMeanBlend
 from foldstack.stacking.models import LightGBMStacker, LogisticStacker
@@ -33,27 +34,11 @@ class Candidate:
     applies: Callable[[Metric], bool] = lambda metric: True
 
 
-_REGISTRY: dict[str, Candidate] = {}
-
-
-def register(candidate: Candidate) -> Candidate:
-    if candidate.name in _REGISTRY:
-        raise ValueError(f"candidate {candidate.name!r} is registered twice")
-    _REGISTRY[candidate.name] = candidate
-    return candidate
-
-
-def names() -> list[str]:
-    """Every registered name, in registration order (simple blends first)."""
-    return list(_REGISTRY)
-
-
-def get(name: str) -> Candidate:
-    """The candidate registered as ``name``; an unknown name lists the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown stacking candidate {name!r}; known: {', '.join(names())}") from None
+# Listed in registration order: simple blends first.
+_REGISTRY: Registry[Candidate] = Registry("stacking candidate", ordered=True)
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
 
 
 def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estimator]:
