@@ -57,6 +57,8 @@ def test_folds_repeat_and_stratify(tiny_digits) -> None:
     assert (first["fold"].to_numpy() == again["fold"].to_numpy()).all()
     per_fold = pd.crosstab(first["label"], first["fold"])
     assert (per_fold.max(axis=1) - per_fold.min(axis=1)).max() <= 1
+    with Image.open(paths.artifacts / "augmentation.png") as preview:  # what the model will see
+        assert preview.size[0] > 300 and preview.size[1] > 200
 
 
 def test_class_rarer_than_folds_is_refused() -> None:

@@ -11,6 +11,7 @@ from foldstack.config import PipelineConfig
 from foldstack.errors import DataError
 from foldstack.io import write_csv
 from foldstack.paths import Paths
+from foldstack.preview import augmentation_preview
 
 log = logging.getLogger(__name__)
 
@@ -76,4 +77,6 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     sizes = folds["fold"].value_counts().sort_index()
     log.info("folds: %d images, %d classes, fold sizes %s -> %s", len(folds), folds["label"].nunique(),
              sizes.tolist(), paths.folds)
+    preview = augmentation_preview(cfg, table, paths.artifacts / "augmentation.png", seed=cfg.seed)
+    log.info("augmentation preview -> %s", preview)
     return folds

@@ -206,7 +206,7 @@ class Trainer:
         write_parquet(self.paths.test / f"{model.name}.parquet", test)
         write_json(model_dir / "manifest.json", self._manifest(model, results, score))
         fold_scores = ", ".join(f"{r['score']:.4f}" for r in results)
-        print(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores})", flush=True)
+        tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores})")
         return score
 
     def _manifest(self, model: ModelConfig, results: list[dict], score: float) -> dict:
