@@ -13,6 +13,8 @@ import albumentations as A
 import keras
 import numpy as np
 
+from foldstack.device import keep_freed_memory
+
 
 class ImageBatches(keras.utils.PyDataset):
     """Batches of ``(images float32 0-255, targets)`` from rows ``index`` of a uint8 image array.
@@ -47,6 +49,7 @@ class ImageBatches(keras.utils.PyDataset):
         return math.ceil(len(self.index) / self.batch_size)
 
     def __getitem__(self, batch: int):
+        keep_freed_memory()  # undoes TensorFlow's malloc trim patch; see its docstring
         rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
         images = np.asarray(self.images[rows])
         if self.transform is not None:

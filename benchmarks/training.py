@@ -1,0 +1,114 @@
+"""Training overhead: foldstack's ``scratch`` fit (its callbacks: FoldScore, ModelCheckpoint,
+EarlyStopping, CSVLogger, BackupAndRestore) against a bare ``model.fit`` of the same network on
+the same batches (``ImageBatches``, same augmentation, batch size and epochs).
+
+Epoch times come from a callback; the first epoch (tracing) is reported apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import keras
+import numpy as np
+
+from benchmarks import Row, digits_job
+
+TARGET_OVERHEAD = 0.05
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Wall time of each epoch, callbacks included: from one epoch's start to the next's."""
+
+    def __init__(self):
+        super().__init__()
+        self.starts: list[float] = []
+        self.end = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.end = time.perf_counter()
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return np.diff([*self.starts, self.end])
+
+
+def foldstack_fit(job) -> np.ndarray:
+    """Epoch times of ``model.fit_fold`` (scratch regime), prediction of the fold excluded."""
+    from foldstack.model import fit_fold
+
+    clock = EpochClock()
+    job.callbacks = [clock]
+    keras.utils.set_random_seed(job.seed)
+    fit_fold(job)
+    keras.backend.clear_session()
+    return clock.epochs
+
+
+def bare_fit(job) -> np.ndarray:
+    """Epoch times of a plain ``fit`` of the same network, schedule and batches, no callbacks."""
+    from foldstack.model import build_network, compile_for, create_backbone, train_batches
+
+    keras.utils.set_random_seed(job.seed)
+    network = build_network(job, create_backbone(job.model, job.size), frozen_statistics=False)
+    data = train_batches(job)
+    compile_for(job, network, job.model.lr, job.model.epochs, len(data))
+    clock = EpochClock()
+    network.fit(data, epochs=job.model.epochs, verbose=0, callbacks=[clock])
+    keras.backend.clear_session()
+    return clock.epochs
+
+
+@contextlib.contextmanager
+def tensorflow_trim_patch() -> Iterator[None]:
+    """The allocator as TensorFlow leaves it (trim and mmap thresholds at 128 KiB) for each batch:
+    foldstack before ``device.keep_freed_memory``, for the before/after row."""
+    from foldstack import device, loader
+
+    def patched() -> None:
+        device._LIBC.mallopt(device._M_MMAP_THRESHOLD, 128 << 10)
+        device._LIBC.mallopt(device._M_TRIM_THRESHOLD, 128 << 10)
+
+    fixed, loader.keep_freed_memory = loader.keep_freed_memory, patched
+    try:
+        yield
+    finally:
+        loader.keep_freed_memory = fixed
+
+
+def run(folder: Path, epochs: int = 5, size: int = 16, rounds: int = 2) -> list[Row]:
+    """Alternate bare and foldstack fits ``rounds`` times (so load drifts hit both alike), and
+    foldstack's fit with TensorFlow's allocator setting (before the fix) against it."""
+    bare, ours, before = [], [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            # patience above epochs: early stopping must not shorten foldstack's run
+            settings = dict(epochs=epochs, image_size=size, patience=epochs + 1)
+            bare.append(bare_fit(digits_job(folder, "cnn", Path(tmp) / "bare", **settings)))
+            ours.append(foldstack_fit(digits_job(folder, "cnn", Path(tmp) / "fold", **settings)))
+            with tensorflow_trim_patch():
+                before.append(foldstack_fit(digits_job(folder, "cnn", Path(tmp) / "before", **settings)))
+    bare_steady = float(np.mean([t[1:].mean() for t in bare]))
+    ours_steady = float(np.mean([t[1:].mean() for t in ours]))
+    bare_all = float(np.mean([t.sum() for t in bare]))
+    ours_all = float(np.mean([t.sum() for t in ours]))
+    before_steady = float(np.mean([t[1:].mean() for t in before]))
+    steady, whole = ours_steady / bare_steady - 1, ours_all / bare_all - 1
+    return [
+        Row("training", f"small_cnn {size}px, epochs 2-{epochs}: foldstack / bare fit",
+            f"{ours_steady:.2f} s vs {bare_steady:.2f} s per epoch ({steady:+.0%})",
+            ours_steady / bare_steady, f"<= {1 + TARGET_OVERHEAD:.2f}", steady <= TARGET_OVERHEAD),
+        Row("training", f"small_cnn {size}px, all {epochs} epochs (1st traces)",
+            f"{ours_all:.1f} s vs {bare_all:.1f} s ({whole:+.0%})", ours_all / bare_all,
+            f"<= {1 + TARGET_OVERHEAD:.2f}", whole <= TARGET_OVERHEAD),
+        Row("training", f"small_cnn {size}px, epochs 2-{epochs}: speed-up of the malloc fix",
+            f"{before_steady:.2f} s before vs {ours_steady:.2f} s after per epoch",
+            before_steady / ours_steady),
+    ]
