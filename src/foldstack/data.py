@@ -7,9 +7,11 @@ file, the row or the column.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,7 @@ from foldstack.paths import Paths
 
 log = logging.getLogger(__name__)
 
-MARKER = ".download-complete.json"
+MARKER = ".foldstack-download.json"
 
 
 # --- download ------------------------------------------------------------------------------------
@@ -39,19 +41,40 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
         from foldstack import kaggle  # the kaggle client is only needed for these sources
 
         return kaggle.download(cfg, paths, force=force)
-    if (paths.data / MARKER).exists() and not force:
+    if not force and up_to_date(paths.data, source):
         log.info("%s is up to date (remove it or pass --force to fetch again)", paths.data)
         return paths.data
     writers = {"embedded": _write_embedded, "local": _copy_local}
     with atomic_dir(paths.data) as tmp:
         writers[source.type](cfg, tmp)
-        _write_marker(tmp)
+        write_marker(tmp, source)
     return paths.data
 
 
-def _write_marker(folder: Path) -> None:
-    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
-    write_json(folder / MARKER, {"files": files})
+def write_marker(folder: Path, source: Any) -> None:
+    """Record a finished download of ``source`` in ``folder``: the source and every file's size."""
+    write_json(folder / MARKER, {"source": source.model_dump(mode="json"), "files": _file_sizes(folder)})
+
+
+def up_to_date(folder: Path, source: Any) -> bool:
+    """Whether ``folder`` holds a finished download of ``source`` that nobody has changed since."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if marker.get("source") != source.model_dump(mode="json"):
+        return False
+    for name, size in marker.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (but the marker) as a relative POSIX path and its size."""
+    return {path.relative_to(folder).as_posix(): path.stat().st_size
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER}
 
 
 def _copy_local(cfg: PipelineConfig, target: Path) -> None:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from foldstack import data
 from foldstack import io as fio
 from foldstack.errors import FoldstackError
 from foldstack.paths import Paths, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MARKER = ".foldstack-download.json"
+MARKER = data.MARKER
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 WHERE_CREDENTIALS_GO = (
     f"set KAGGLE_API_TOKEN to an API token from {TOKEN_PAGE} (or save it in ~/.kaggle/access_token), "
@@ -91,7 +89,7 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     if in_kaggle_kernel():
         return _mounted_input(source, paths)
     target = paths.data
-    if not force and _up_to_date(target, source):
+    if not force and data.up_to_date(target, source):
         logger.info("%s is up to date with Kaggle %s (force to fetch again)", target, _describe(source))
         return target
     if not force and _holds_other_files(target):
@@ -99,16 +97,11 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
                              "move them away or download with force")
     api, credentials = _authenticated_api()
     logger.info("downloading Kaggle %s into %s", _describe(source), target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".download", dir=target.parent))
-    try:
+    # Fetched beside the target and swapped in whole: the old download goes only once the new one is complete.
+    with fio.atomic_dir(target) as staging:
         with _kaggle_errors(source, credentials):
             _fetch(api, source, staging)
-        fio.write_json(staging / MARKER, {"source": source.model_dump(mode="json"),
-                                          "files": _file_sizes(staging)})
-        _swap_in(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        data.write_marker(staging, source)
     return target
 
 
@@ -325,38 +318,6 @@ def _fetch(api: KaggleApi, source: Any, folder: Path) -> None:
         else:
             api.dataset_download_files(source.dataset, path=str(folder), force=True, quiet=False,
                                        unzip=True)
-
-
-def _file_sizes(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` (but the marker) as a relative POSIX path and its size."""
-    return {path.relative_to(folder).as_posix(): path.stat().st_size
-            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER}
-
-
-def _up_to_date(target: Path, source: Any) -> bool:
-    """Whether ``target`` holds a finished download of ``source`` that nobody has changed since."""
-    try:
-        marker = json.loads((target / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if marker.get("source") != source.model_dump(mode="json"):
-        return False
-    for name, size in marker.get("files", {}).items():
-        path = target / name
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Rename ``staging`` onto ``target``; a previous download is removed only afterwards."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- submitting -----------------------------------------------------------------------------------

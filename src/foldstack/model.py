@@ -66,9 +66,13 @@ class FoldJob:
         return self.targets.shape[1]
 
     def y_true(self, index: np.ndarray) -> np.ndarray:
-        """Targets as metrics take them: class indices, or the 0/1 matrix for multilabel."""
-        rows = self.targets[index]
-        return rows if self.task == "multilabel" else rows.argmax(axis=1)
+        return metric_targets(self.targets[index], self.task)
+
+
+def metric_targets(targets: np.ndarray, task: str) -> np.ndarray:
+    """Training targets (one-hot or 0/1 rows) as metrics take them: class indices, or the 0/1
+    matrix for multilabel."""
+    return targets if task == "multilabel" else targets.argmax(axis=1)
 
 
 Predict = Callable[[str, np.ndarray], np.ndarray]

@@ -30,7 +30,7 @@ from foldstack.config import ModelConfig, PipelineConfig
 from foldstack.errors import DataError
 from foldstack.images import cached_images
 from foldstack.io import write_json, write_parquet
-from foldstack.model import FeatureCache, FoldJob, fit_fold
+from foldstack.model import FeatureCache, FoldJob, fit_fold, metric_targets
 from foldstack.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -199,9 +199,7 @@ class Trainer:
         tests = [pd.read_parquet(model_dir / f"fold{fold}" / "test.parquet").set_index("id")
                  for fold in range(self.cfg.folds.k)]
         test = (sum(tests) / len(tests)).loc[self.test["id"]].reset_index()
-        score = self.metric(data.label_matrix(self.folds["label"], self.classes, self.cfg.task)
-                            if self.cfg.task == "multilabel" else self.targets.argmax(axis=1),
-                            oof[self.classes].to_numpy())
+        score = self.metric(metric_targets(self.targets, self.cfg.task), oof[self.classes].to_numpy())
         write_parquet(self.paths.oof / f"{model.name}.parquet", oof)
         write_parquet(self.paths.test / f"{model.name}.parquet", test)
         write_json(model_dir / "manifest.json", self._manifest(model, results, score))
