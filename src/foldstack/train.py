@@ -114,16 +114,18 @@ class Trainer:
                                   self.paths.cache / str(size) / "test.npy", desc="test"),
         }
         fingerprint = self._fingerprint(model)
-        features = None
+        features, features_seconds = None, None
         if model.regime == "features":
+            started = time.perf_counter()
             features = FeatureCache.build(model, size, images, self.cfg.augment,
                                           self.paths.models / model.name / "features", fingerprint, self.workers)
+            features_seconds = round(time.perf_counter() - started, 2)
         results = []
         for fold in range(self.cfg.folds.k):
             start = bar.n
             results.append(self._train_fold(model, fold, size, images, features, fingerprint, bar))
             bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
-        return self._merge(model, results)
+        return self._merge(model, results, features_seconds)
 
     def _fingerprint(self, model: ModelConfig) -> str:
         recipe = {"model": model.model_dump(mode="json"), "augment": self.cfg.augment.model_dump(mode="json"),
@@ -191,7 +193,7 @@ class Trainer:
             frame.insert(1, "fold", fold)
         return frame
 
-    def _merge(self, model: ModelConfig, results: list[dict]) -> float:
+    def _merge(self, model: ModelConfig, results: list[dict], features_seconds: float | None) -> float:
         """Join the folds into ``oof/<model>.parquet`` and ``test/<model>.parquet``, with a manifest."""
         model_dir = self.paths.models / model.name
         parts = [pd.read_parquet(model_dir / f"fold{fold}" / "oof.parquet") for fold in range(self.cfg.folds.k)]
@@ -202,18 +204,20 @@ class Trainer:
         score = self.metric(metric_targets(self.targets, self.cfg.task), oof[self.classes].to_numpy())
         write_parquet(self.paths.oof / f"{model.name}.parquet", oof)
         write_parquet(self.paths.test / f"{model.name}.parquet", test)
-        write_json(model_dir / "manifest.json", self._manifest(model, results, score))
+        write_json(model_dir / "manifest.json", self._manifest(model, results, score, features_seconds))
         fold_scores = ", ".join(f"{r['score']:.4f}" for r in results)
         tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores})")
         return score
 
-    def _manifest(self, model: ModelConfig, results: list[dict], score: float) -> dict:
+    def _manifest(self, model: ModelConfig, results: list[dict], score: float,
+                  features_seconds: float | None) -> dict:
         return {
             "pipeline": self.cfg.model_dump(mode="json"),
             "model": model.model_dump(mode="json"),
             "cv_score": score,
             "metric": self.cfg.metric,
             "folds": [{k: r.get(k) for k in ("fold", "score", "seconds", "epochs", "rss_mb")} for r in results],
+            "features_seconds": features_seconds,  # the features regime's one-off backbone pass
             "seeds": {"pipeline": self.cfg.seed, "folds": self.cfg.folds.seed},
             "backend": keras.config.backend(),
             "device": {"gpus": self.settings.gpus, "mixed_precision": self.settings.mixed_precision},
