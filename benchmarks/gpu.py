@@ -46,14 +46,22 @@ class SyntheticBatches(keras.utils.PyDataset):
         return self.x, self.y
 
 
-def real_batches(batch: int, size: int, steps: int, workers: int) -> ImageBatches:
+class Float32Batches(ImageBatches):
+    """The loader before the fix: every batch converted to float32 on the host (4x the bytes)."""
+
+    def __getitem__(self, batch: int):
+        images, targets = super().__getitem__(batch)
+        return images.astype(np.float32), targets
+
+
+def real_batches(batch: int, size: int, steps: int, workers: int, kind: type = ImageBatches) -> ImageBatches:
     """foldstack's loader over ``batch * steps`` random uint8 images, augmented, in worker threads."""
     rng = np.random.default_rng(0)
     count = batch * steps
     images = rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
     targets = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, size=count)]
-    return ImageBatches(images, np.arange(count), targets, compose(AUGMENT), batch_size=batch,
-                        shuffle=True, workers=workers)
+    return kind(images, np.arange(count), targets, compose(AUGMENT), batch_size=batch, shuffle=True,
+                workers=workers)
 
 
 def compiled(name: str, size: int) -> keras.Model:
@@ -93,15 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16")
     print(f"backend {keras.config.backend()}, batch {args.batch}, {args.size}px, mixed_float16")
     loader = real_batches(args.batch, args.size, args.steps, args.workers)
-    print(f"ImageBatches alone ({args.workers} threads, no model): "
-          f"{loader_images_per_second(loader, args.workers):,.0f} img/s", flush=True)
-    print("| model | synthetic img/s | ImageBatches img/s | loader / synthetic |")
-    print("|---|---|---|---|")
+    before = real_batches(args.batch, args.size, args.steps, args.workers, Float32Batches)
+    for label, feed in (("uint8", loader), ("float32 (before)", before)):
+        print(f"ImageBatches alone, {label} batches ({args.workers} threads, no model): "
+              f"{loader_images_per_second(feed, args.workers):,.0f} img/s", flush=True)
+    print("| model | synthetic img/s | ImageBatches img/s (uint8) | float32 batches (before) | uint8 / synthetic |")
+    print("|---|---|---|---|---|")
     for name in MODELS:
         model = compiled(name, args.size)
         synthetic = images_per_second(model, SyntheticBatches(args.batch, args.size, args.steps), warm_up=True)
-        real = images_per_second(model, loader, warm_up=False)
-        print(f"| {name} | {synthetic:,.0f} | {real:,.0f} | {real / synthetic:.2f} |", flush=True)
+        real = images_per_second(model, loader, warm_up=True)  # warm: a uint8 input traces anew
+        old = images_per_second(model, before, warm_up=False)
+        print(f"| {name} | {synthetic:,.0f} | {real:,.0f} | {old:,.0f} | {real / synthetic:.2f} |", flush=True)
         del model
         keras.backend.clear_session()
 

@@ -131,12 +131,16 @@ def _fail(command: str, error: FoldstackError) -> int:
     return error.exit_code
 
 
+def setup_logging(level: int) -> None:
+    """foldstack's own lines at ``level`` (INFO: progress always shows); other libraries only warn."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("foldstack").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
-    # foldstack's own progress lines (INFO) always show; other libraries only warn.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("foldstack").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
     except FoldstackError as error:

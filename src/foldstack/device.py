@@ -44,8 +44,8 @@ def configure() -> DeviceSettings:
     gpus = gpu_count()
     settings = DeviceSettings(gpus=gpus, mixed_precision=gpus > 0, jit_compile="auto" if gpus else False)
     keras.mixed_precision.set_global_policy("mixed_float16" if settings.mixed_precision else "float32")
-    log.info("backend %s, %d GPU(s), mixed precision %s", keras.config.backend(), gpus,
-             "on" if settings.mixed_precision else "off")
+    log.debug("backend %s, %d GPU(s), mixed precision %s", keras.config.backend(), gpus,
+              "on" if settings.mixed_precision else "off")
     return settings
 
 

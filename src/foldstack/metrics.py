@@ -23,6 +23,12 @@ EPS = 1e-15
 THRESHOLD = 0.5
 
 
+def metric_targets(targets: np.ndarray, task: str) -> np.ndarray:
+    """Training targets (one-hot or 0/1 rows) as metrics take them: class indices, or the 0/1
+    matrix for multilabel."""
+    return targets if task == "multilabel" else targets.argmax(axis=1)
+
+
 @dataclass(frozen=True)
 class Metric:
     """A named score of ``(y_true, proba)``.

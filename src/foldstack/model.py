@@ -31,6 +31,7 @@ import numpy as np
 from foldstack import backbones
 from foldstack.augment import compose
 from foldstack.config import AugmentConfig, ModelConfig
+from foldstack.fold import FoldSpec
 from foldstack.io import atomic_path, write_text
 from foldstack.loader import ImageBatches
 from foldstack.metrics import Metric
@@ -40,39 +41,15 @@ log = logging.getLogger(__name__)
 _ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid"}
 
 
-@dataclass
-class FoldJob:
+@dataclass(kw_only=True)
+class FoldJob(FoldSpec):
     """Everything one (model, fold) training needs. ``images`` maps a split to its uint8 cache."""
 
-    model: ModelConfig
-    task: str
     metric: Metric
-    size: int
     images: dict[str, np.ndarray]
-    targets: np.ndarray
-    train_index: np.ndarray
-    valid_index: np.ndarray
-    augment: AugmentConfig
-    fold_dir: Path
-    seed: int
-    workers: int = 1
     jit_compile: bool | str = False
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
     features: FeatureCache | None = None
-    class_weight: dict[int, float] | None = None
-
-    @property
-    def n_classes(self) -> int:
-        return self.targets.shape[1]
-
-    def y_true(self, index: np.ndarray) -> np.ndarray:
-        return metric_targets(self.targets[index], self.task)
-
-
-def metric_targets(targets: np.ndarray, task: str) -> np.ndarray:
-    """Training targets (one-hot or 0/1 rows) as metrics take them: class indices, or the 0/1
-    matrix for multilabel."""
-    return targets if task == "multilabel" else targets.argmax(axis=1)
 
 
 Predict = Callable[[str, np.ndarray], np.ndarray]

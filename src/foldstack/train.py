@@ -1,5 +1,7 @@
 """The `train` stage: every model of the pipeline on every fold, then its OOF and test files.
 
+Each fold trains in a process of its own (``isolate``; the Keras side is ``fold_worker``), so
+its model's memory is returned before the next fold starts; this process never imports Keras.
 Each finished (model, fold) leaves ``models/<model>/fold<k>/done.json`` with a fingerprint of
 what produced it (the model's config, the augmentation, the folds). A rerun skips every fold
 whose fingerprint still matches, so an interrupted ``make train`` redoes no finished work; an
@@ -8,7 +10,6 @@ interrupted fold resumes from its last epoch through Keras's ``BackupAndRestore`
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -19,18 +20,18 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from foldstack import data, device, metrics
+from foldstack import data, isolate, metrics
 from foldstack.config import ModelConfig, PipelineConfig
 from foldstack.errors import DataError
+from foldstack.fold import FoldTask
 from foldstack.images import cached_images
 from foldstack.io import write_json, write_parquet
-from foldstack.model import FeatureCache, FoldJob, fit_fold, metric_targets
+from foldstack.metrics import metric_targets
 from foldstack.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Trainer:
         self.test = data.load_test_table(cfg, paths)
         self.classes = data.class_names(self.folds["label"], cfg.task)
         self.targets = self._targets()
-        self.settings = device.configure()
+        self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = hashlib.sha256(pd.util.hash_pandas_object(self.folds, index=False).values).hexdigest()
 
     def _train_files(self) -> list[str]:
@@ -107,23 +108,21 @@ class Trainer:
 
     def train_model(self, model: ModelConfig, bar: tqdm) -> float:
         size = model.input_size  # the config checked it fits the backbone
-        images = {
-            "train": cached_images(self.files, self.folds["id"].tolist(), size,
-                                   self.paths.cache / str(size) / "train.npy", desc="train"),
-            "test": cached_images(self.test["path"].tolist(), self.test["id"].tolist(), size,
-                                  self.paths.cache / str(size) / "test.npy", desc="test"),
-        }
+        caches = {"train": self.paths.cache / str(size) / "train.npy", "test": self.paths.cache / str(size) / "test.npy"}
+        cached_images(self.files, self.folds["id"].tolist(), size, caches["train"], desc="train")
+        cached_images(self.test["path"].tolist(), self.test["id"].tolist(), size, caches["test"], desc="test")
         fingerprint = self._fingerprint(model)
         features, features_seconds = None, None
         if model.regime == "features":
+            features = self.paths.models / model.name / "features"
             started = time.perf_counter()
-            features = FeatureCache.build(model, size, images, self.cfg.augment,
-                                          self.paths.models / model.name / "features", fingerprint, self.workers)
+            isolate.call("foldstack.fold_worker:build_features", model, caches, self.cfg.augment, features,
+                         fingerprint, self.workers)
             features_seconds = round(time.perf_counter() - started, 2)
         results = []
         for fold in range(self.cfg.folds.k):
             start = bar.n
-            results.append(self._train_fold(model, fold, size, images, features, fingerprint, bar))
+            results.append(self._train_fold(model, fold, size, caches, features, fingerprint, bar))
             bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
         return self._merge(model, results, features_seconds)
 
@@ -133,8 +132,8 @@ class Trainer:
                   "folds": self.folds_digest, "test": self.test["id"].tolist()}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
-    def _train_fold(self, model: ModelConfig, fold: int, size: int, images: dict[str, np.ndarray],
-                    features: FeatureCache | None, fingerprint: str, bar: tqdm) -> dict:
+    def _train_fold(self, model: ModelConfig, fold: int, size: int, caches: dict[str, Path],
+                    features: Path | None, fingerprint: str, bar: tqdm) -> dict:
         fold_dir = self.paths.models / model.name / f"fold{fold}"
         done_file = fold_dir / "done.json"
         if done_file.exists():
@@ -150,30 +149,34 @@ class Trainer:
         (fold_dir / "fingerprint").write_text(fingerprint)
 
         is_valid = (self.folds["fold"] == fold).to_numpy()
-        job = FoldJob(
-            model=model, task=self.cfg.task, metric=self.metric, size=size, images=images,
+        task = FoldTask(
+            model=model, task=self.cfg.task, metric=self.cfg.metric, size=size, caches=caches,
             targets=self.targets, train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid),
             augment=self.cfg.augment, fold_dir=fold_dir, seed=self.cfg.seed + fold, workers=self.workers,
-            jit_compile=self.settings.jit_compile, callbacks=[_EpochTick(bar)], features=features,
-            class_weight=self._class_weight(model, ~is_valid),
+            features=features, features_key=fingerprint, class_weight=self._class_weight(model, ~is_valid),
         )
-        keras.utils.set_random_seed(job.seed)
+
+        def tick(val_score: float | None) -> None:
+            bar.update(1)
+            if val_score is not None:
+                bar.set_postfix(score=f"{val_score:.4f}")
+
         started = time.perf_counter()
-        predict = fit_fold(job)
-        oof = predict("train", job.valid_index)
-        test = predict("test", np.arange(len(self.test)))
+        result = isolate.call("foldstack.fold_worker:train_fold", task, on_message=tick)
         seconds = time.perf_counter() - started
-        score = self.metric(job.y_true(job.valid_index), oof)
+        if self.device is None:
+            self.device = result["device"]
+            log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
+                     "on" if self.device["mixed_precision"] else "off")
+        score = self.metric(metric_targets(self.targets[task.valid_index], self.cfg.task), result["oof"])
 
         ids = self.folds["id"].to_numpy()
-        write_parquet(fold_dir / "oof.parquet", self._frame(ids[job.valid_index], oof, fold=fold))
-        write_parquet(fold_dir / "test.parquet", self._frame(self.test["id"].to_numpy(), test))
+        write_parquet(fold_dir / "oof.parquet", self._frame(ids[task.valid_index], result["oof"], fold=fold))
+        write_parquet(fold_dir / "test.parquet", self._frame(self.test["id"].to_numpy(), result["test"]))
         done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint,
-                "epochs": _epochs_run(fold_dir)}
-        del predict, job
-        keras.backend.clear_session()  # release the fold's model before the next one
-        gc.collect()
-        done["rss_mb"] = _resident_mb()  # after the release: should stay flat fold over fold
+                "epochs": _epochs_run(fold_dir), "device": result["device"],
+                "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
+                "rss_mb": isolate.memory_mb()}  # this process after the fold: should stay flat
         write_json(done_file, done)  # last: the fold counts as finished only once this exists
         tqdm.write(f"{model.name} fold {fold}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         return done
@@ -216,25 +219,14 @@ class Trainer:
             "model": model.model_dump(mode="json"),
             "cv_score": score,
             "metric": self.cfg.metric,
-            "folds": [{k: r.get(k) for k in ("fold", "score", "seconds", "epochs", "rss_mb")} for r in results],
+            "folds": [{k: r.get(k) for k in ("fold", "score", "seconds", "epochs", "peak_mb", "rss_mb")}
+                      for r in results],
             "features_seconds": features_seconds,  # the features regime's one-off backbone pass
             "seeds": {"pipeline": self.cfg.seed, "folds": self.cfg.folds.seed},
-            "backend": keras.config.backend(),
-            "device": {"gpus": self.settings.gpus, "mixed_precision": self.settings.mixed_precision},
+            "device": next((r["device"] for r in results if "device" in r), None),  # backend, GPUs
             "versions": _versions(),
             "git_commit": _git_commit(),
         }
-
-
-class _EpochTick(keras.callbacks.Callback):
-    def __init__(self, bar: tqdm):
-        super().__init__()
-        self.bar = bar
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.bar.update(1)
-        if logs and "val_score" in logs:
-            self.bar.set_postfix(score=f"{logs['val_score']:.4f}")
 
 
 def _fingerprint_of(fold_dir: Path) -> str | None:
@@ -245,17 +237,6 @@ def _fingerprint_of(fold_dir: Path) -> str | None:
 def _epochs_run(fold_dir: Path) -> int:
     log_file = fold_dir / "log.csv"
     return max(0, len(log_file.read_text().splitlines()) - 1) if log_file.exists() else 0
-
-
-def _resident_mb() -> float | None:
-    """This process's resident memory in MiB (Linux), or None where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
 
 
 def _versions() -> dict[str, str]:
