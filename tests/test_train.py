@@ -104,8 +104,11 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
         assert process.poll() is None, process.stdout.read().decode()
         assert time.time() < deadline
         time.sleep(0.5)
+    helpers = _descendants(process.pid)  # the fork server and the fold's own process
+    assert helpers, "the fold should train in a process of its own"
     process.send_signal(signal.SIGKILL)
     process.wait()
+    _assert_all_end(helpers)  # at once: no orphan goes on writing into fold 1
     assert not (fold_dir / "fold1" / "done.json").exists()
     assert not (tmp_path / "artifacts" / "tiny" / "oof" / "m.parquet").exists()
     epochs_before = _epochs_logged(fold_dir / "fold1")
@@ -118,6 +121,69 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
     assert len(log) >= epochs_before
     oof = pd.read_parquet(tmp_path / "artifacts" / "tiny" / "oof" / "m.parquet")
     assert len(oof) == 120 and oof["fold"].nunique() == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a fold: exit 130
+    with one line, no traceback, and no process left behind."""
+    import yaml
+
+    raw = {**TINY, "models": [{**MODEL, "regime": "scratch", "epochs": 6, "patience": 6}]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "foldstack.cli"]
+    args = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path)]
+    for stage in ("download", "folds"):
+        subprocess.run([*base, stage, *args], check=True, env=env, capture_output=True)
+    fold0 = Path(tmp_path, "artifacts", "tiny", "models", "m", "fold0")
+    process = subprocess.Popen([*base, "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while _epochs_logged(fold0) < 1:
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    helpers = _descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    _assert_all_end(helpers)
+    assert not (fold0 / "done.json").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _assert_all_end(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.time() + timeout
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+    assert not alive, f"processes still running after their parent ended: {alive}"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def _epochs_logged(fold_dir: Path) -> int:
