@@ -87,15 +87,7 @@ def test_stage_writes_contract_files_and_skips_finished_folds(tiny_digits, capsy
 @pytest.mark.slow
 def test_killed_run_resumes(tmp_path: Path) -> None:
     """Kill `foldstack train` mid-fold; the rerun skips the finished fold and completes the OOF."""
-    import yaml
-
-    raw = {**TINY, "models": [{**MODEL, "regime": "scratch", "epochs": 6, "patience": 6}]}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "foldstack.cli"]
-    args = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path)]
-    for stage in ("download", "folds"):
-        subprocess.run([*base, stage, *args], check=True, env=env, capture_output=True)
+    base, args, env = _ready_to_train(tmp_path)
     fold_dir = Path(tmp_path, "artifacts", "tiny", "models", "m")
     process = subprocess.Popen([*base, "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 400
@@ -127,15 +119,7 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
 def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a fold: exit 130
     with one line, no traceback, and no process left behind."""
-    import yaml
-
-    raw = {**TINY, "models": [{**MODEL, "regime": "scratch", "epochs": 6, "patience": 6}]}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "foldstack.cli"]
-    args = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path)]
-    for stage in ("download", "folds"):
-        subprocess.run([*base, stage, *args], check=True, env=env, capture_output=True)
+    base, args, env = _ready_to_train(tmp_path)
     fold0 = Path(tmp_path, "artifacts", "tiny", "models", "m", "fold0")
     process = subprocess.Popen([*base, "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
@@ -151,6 +135,21 @@ def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
     _assert_all_end(helpers)
     assert not (fold0 / "done.json").exists()
+
+
+def _ready_to_train(tmp_path: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    """A tiny scratch pipeline downloaded and folded in ``tmp_path``: ``(command, args, env)``
+    that ``command + ["train"] + args`` trains (6 epochs per fold)."""
+    import yaml
+
+    raw = {**TINY, "models": [{**MODEL, "regime": "scratch", "epochs": 6, "patience": 6}]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "foldstack.cli"]
+    args = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path)]
+    for stage in ("download", "folds"):
+        subprocess.run([*base, stage, *args], check=True, env=env, capture_output=True)
+    return base, args, env
 
 
 def _descendants(pid: int) -> list[int]:
