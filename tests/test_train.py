@@ -188,3 +188,23 @@ def _is_zombie(pid: int) -> bool:
 def _epochs_logged(fold_dir: Path) -> int:
     log = fold_dir / "log.csv"
     return max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
+
+
+def test_augmented_batches_repeat_whatever_the_thread_order() -> None:
+    """The same seed gives the same augmented batches, in whatever order (and thread) they are
+    built: worker threads must not share one random stream."""
+    from foldstack.augment import compose
+    from foldstack.loader import ImageBatches
+
+    images = np.random.default_rng(0).integers(0, 255, (96, 16, 16, 3), dtype=np.uint8)
+    augment = [{"__class_fullname__": "Affine", "rotate": [-30, 30], "translate_percent": [-0.2, 0.2], "p": 1.0}]
+
+    def batches(order: list[int]) -> dict[int, np.ndarray]:
+        data = ImageBatches(images, np.arange(96), np.zeros(96), compose(augment), batch_size=16,
+                            shuffle=True, seed=7, workers=2)
+        return {i: data[i][0] for i in order}
+
+    forward, backward = batches(list(range(6))), batches(list(reversed(range(6))))
+    for i in range(6):
+        np.testing.assert_array_equal(forward[i], backward[i])
+    assert not np.array_equal(forward[0], images[:16])  # it did augment

@@ -7,7 +7,9 @@ its OpenCV calls, so threads scale without copying the cache into processes.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 
 import albumentations as A
 import keras
@@ -30,7 +32,9 @@ class ImageBatches(keras.utils.PyDataset):
         transform: an albumentations Compose applied to each image, or None.
         batch_size: images per batch.
         shuffle: reshuffle ``index`` at the end of every epoch (seeded, so runs repeat).
-        seed: the shuffle and augmentation seed.
+        seed: the shuffle and augmentation seed. Each batch's augmentation is seeded by
+            ``(seed, epoch, batch)`` in a transform of its thread's own, so a run repeats
+            exactly however the worker threads interleave.
         workers: threads that build batches in parallel (Keras's ``PyDataset`` workers).
     """
 
@@ -44,10 +48,11 @@ class ImageBatches(keras.utils.PyDataset):
         self.transform = transform
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.seed = seed
+        self._epoch = 0
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(self.index) if shuffle else self.index
-        if transform is not None:
-            transform.set_random_seed(seed)
+        self._local = threading.local()  # each worker thread's own copy of the transform
 
     def __len__(self) -> int:
         return math.ceil(len(self.index) / self.batch_size)
@@ -57,11 +62,20 @@ class ImageBatches(keras.utils.PyDataset):
         rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
         images = np.asarray(self.images[rows])
         if self.transform is not None:
-            images = np.stack([self.transform(image=image)["image"] for image in images])
+            transform = self._thread_transform()
+            seed = np.random.SeedSequence([self.seed, self._epoch, batch]).generate_state(1)[0]
+            transform.set_random_seed(int(seed))
+            images = np.stack([transform(image=image)["image"] for image in images])
         if self.targets is None:
             return (images,)
         return images, self.targets[rows]
 
     def on_epoch_end(self) -> None:
+        self._epoch += 1
         if self.shuffle:
             self._order = self._rng.permutation(self.index)
+
+    def _thread_transform(self) -> A.Compose:
+        if not hasattr(self._local, "transform"):
+            self._local.transform = copy.deepcopy(self.transform)
+        return self._local.transform
