@@ -108,12 +108,13 @@ class Trainer:
 
     def train_model(self, model: ModelConfig, bar: tqdm) -> float:
         size = model.input_size  # the config checked it fits the backbone
-        caches = {"train": self.paths.cache / str(size) / "train.npy", "test": self.paths.cache / str(size) / "test.npy"}
+        caches = {split: self.paths.cache / str(size) / f"{split}.npy" for split in ("train", "test")}
         cached_images(self.files, self.folds["id"].tolist(), size, caches["train"], desc="train")
         cached_images(self.test["path"].tolist(), self.test["id"].tolist(), size, caches["test"], desc="test")
         fingerprint = self._fingerprint(model)
         features, features_seconds = None, None
-        if model.regime == "features":
+        unfinished = [f for f in range(self.cfg.folds.k) if self._finished(model, f, fingerprint) is None]
+        if model.regime == "features" and unfinished:
             features = self.paths.models / model.name / "features"
             started = time.perf_counter()
             isolate.call("foldstack.fold_worker:build_features", model, caches, self.cfg.augment, features,
@@ -136,12 +137,11 @@ class Trainer:
                     features: Path | None, fingerprint: str, bar: tqdm) -> dict:
         fold_dir = self.paths.models / model.name / f"fold{fold}"
         done_file = fold_dir / "done.json"
+        done = self._finished(model, fold, fingerprint)
+        if done is not None:
+            tqdm.write(f"skip {model.name} fold {fold}: already trained ({self.cfg.metric} {done['score']:.4f})")
+            return done
         if done_file.exists():
-            done = json.loads(done_file.read_text())
-            if done.get("fingerprint") == fingerprint:
-                tqdm.write(f"skip {model.name} fold {fold}: already trained "
-                           f"({self.cfg.metric} {done['score']:.4f})")
-                return done
             log.info("%s fold %d: its recipe changed, training again", model.name, fold)
         if fold_dir.exists() and _fingerprint_of(fold_dir) != fingerprint:
             shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe
@@ -180,6 +180,15 @@ class Trainer:
         write_json(done_file, done)  # last: the fold counts as finished only once this exists
         tqdm.write(f"{model.name} fold {fold}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         return done
+
+    def _finished(self, model: ModelConfig, fold: int, fingerprint: str) -> dict | None:
+        """The fold's ``done.json`` if it was trained by this very recipe, else None."""
+        done_file = self.paths.models / model.name / f"fold{fold}" / "done.json"
+        if done_file.exists():
+            done = json.loads(done_file.read_text())
+            if done.get("fingerprint") == fingerprint:
+                return done
+        return None
 
     def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
         if not model.class_weights or self.cfg.task == "multilabel":
