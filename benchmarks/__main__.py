@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--only", nargs="+", choices=[*BENCHES, "e2e"], help="run these benchmarks only")
     parser.add_argument("--stack-rows", type=int, default=3000,
-                        help="rows of the synthetic OOF (100000: the full size, over an hour on 2 cores)")
+                        help="rows of the synthetic OOF (100000: the full size, about 16 min on 2 cores)")
     parser.add_argument("--e2e", action="store_true", help="also time every stage of `make all` (minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

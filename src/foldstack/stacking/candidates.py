@@ -44,7 +44,7 @@ get = _REGISTRY.get
 def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estimator]:
     def build(cfg: PipelineConfig) -> Level2Estimator:
         return LightGBMStacker(params=dict(cfg.stack.lightgbm), summary_features=summary_features,
-                               seed=cfg.seed)
+                               seed=cfg.seed, max_negatives=cfg.stack.lightgbm_max_negatives)
 
     return build
 

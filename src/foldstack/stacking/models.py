@@ -15,7 +15,9 @@ from foldstack.stacking.base import Level2Estimator
 
 #: LightGBM defaults for level two: few rows and strongly correlated features, so small trees,
 #: leaves that may hold few rows, L2 regularisation and a slow learning rate with early stopping.
-#: One thread: the level-2 table is small, and a fixed thread count keeps runs bit-identical.
+#: One thread: a fixed thread count keeps runs bit-identical, and on two cores shared with a
+#: training run, two OpenMP threads spin at each barrier and ran 3-5x slower than one (uncontended
+#: they were 1.8x faster; set ``num_threads`` in ``stack.lightgbm`` on a machine of your own).
 LIGHTGBM_DEFAULTS: dict[str, Any] = {
     "learning_rate": 0.05,
     "num_leaves": 7,
@@ -92,34 +94,47 @@ class LightGBMStacker(Level2Estimator):
     (binary), one softmax model (multiclass) or one binary model per class (multilabel); shared
     fits one binary model on (sample, class) rows, which keeps 120 classes tractable.
 
+    The shared layout is nearly all negatives (119 of every 120 rows with 120 classes), and its
+    rows grow as samples x classes. Beyond ``max_negatives`` negative rows, the booster trains on
+    every positive row and a uniform sample of ``max_negatives`` negative ones, and its
+    probabilities are mapped back to the full data's odds (negative down-sampling with
+    re-calibration, He et al. 2014), so they stay calibrated for log loss. At or below it the
+    fit is exactly the unsampled one.
+
     Args:
         params: LightGBM parameters over :data:`LIGHTGBM_DEFAULTS` (``num_iterations`` is the most
             rounds, ``early_stopping_round`` the patience; 0 turns early stopping off).
         summary_features: add per-model entropy and top probability and the models' agreement.
         valid_fraction: share of the training rows held out for early stopping.
-        seed: seeds LightGBM and the inner split.
+        seed: seeds LightGBM, the inner split and the negative sample.
         wide_max_classes: the most classes for the wide layout.
+        max_negatives: the most negative rows of the shared layout to train on; None keeps all.
     """
 
     def __init__(self, params: dict[str, Any] | None = None, summary_features: bool = False,
-                 valid_fraction: float = 0.2, seed: int = 0, wide_max_classes: int = WIDE_MAX_CLASSES) -> None:
+                 valid_fraction: float = 0.2, seed: int = 0, wide_max_classes: int = WIDE_MAX_CLASSES,
+                 max_negatives: int | None = None) -> None:
         self.params = params
         self.summary_features = summary_features
         self.valid_fraction = valid_fraction
         self.seed = seed
         self.wide_max_classes = wide_max_classes
+        self.max_negatives = max_negatives
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         self.shared_ = self.n_classes_ > self.wide_max_classes
-        features = self._features(X)
+        rows, self.negative_rate_ = None, 1.0
         if self.shared_:
-            targets, objective = [one_hot(y, self.n_classes_).ravel()], {"objective": "binary"}
+            target = one_hot(y, self.n_classes_).ravel()
+            rows, self.negative_rate_ = _sample_negatives(target, self.max_negatives, self.seed)
+            targets, objective = [target[rows]], {"objective": "binary"}
         elif self.multilabel_:
             targets, objective = [y[:, c] for c in range(self.n_classes_)], {"objective": "binary"}
         elif self.n_classes_ == 2:
             targets, objective = [y], {"objective": "binary"}
         else:
             targets, objective = [y], {"objective": "multiclass", "num_class": self.n_classes_}
+        features = self._features(X, rows)
         self.boosters_ = [self._train(features, target, objective) for target in targets]
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -127,21 +142,26 @@ class LightGBMStacker(Level2Estimator):
         outputs = [np.full(len(features), b) if isinstance(b, float) else b.predict(features)
                    for b in self.boosters_]
         if self.shared_:
-            return _unshare(outputs[0], len(X), self.multilabel_)
+            return _unshare(_undo_negative_sampling(outputs[0], self.negative_rate_), len(X), self.multilabel_)
         if self.multilabel_:
             return np.column_stack(outputs)
         if self.n_classes_ == 2:
             return np.column_stack([1.0 - outputs[0], outputs[0]])
         return outputs[0]
 
-    def _features(self, X: np.ndarray) -> np.ndarray:
-        probabilities = _share(X) if self.shared_ else X.reshape(len(X), -1)
+    def _features(self, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """The boosters' input. Shared layout: only the (sample, class) rows ``rows`` (numbered as
+        :func:`_share` orders them; default all), so a sample of them never builds the whole table."""
+        if self.shared_:
+            rows = np.arange(len(X) * self.n_classes_) if rows is None else rows
+            samples, classes = np.divmod(rows, self.n_classes_)
+            probabilities = X[samples, :, classes]
+        else:
+            samples, probabilities = slice(None), X.reshape(len(X), -1)
         if not self.summary_features:
             return probabilities
-        summary = summary_features(X, self.multilabel_)
-        if self.shared_:  # a sample's summary goes with each of its classes
-            summary = np.repeat(summary, self.n_classes_, axis=0)
-        return np.hstack([probabilities, summary])
+        # In the shared layout a sample's summary goes with each of its classes.
+        return np.hstack([probabilities, summary_features(X, self.multilabel_)[samples]])
 
     def _train(self, features: np.ndarray, target: np.ndarray, objective: dict[str, Any]):
         """A booster for one target, or the target's mean when it is constant (a multilabel
@@ -187,6 +207,24 @@ def summary_features(X: np.ndarray, multilabel: bool) -> np.ndarray:
 def _share(X: np.ndarray) -> np.ndarray:
     """``(n, models, classes)`` to ``(n * classes, models)``: a row per (sample, class)."""
     return X.transpose(0, 2, 1).reshape(-1, X.shape[1])
+
+
+def _sample_negatives(target: np.ndarray, max_negatives: int | None, seed: int) -> tuple[np.ndarray, float]:
+    """Indices of every positive row and of at most ``max_negatives`` negative rows drawn
+    uniformly (in their original order), and the share of negatives kept."""
+    negatives = np.flatnonzero(target == 0)
+    if max_negatives is None or len(negatives) <= max_negatives:
+        return np.arange(len(target)), 1.0
+    kept = np.random.default_rng(seed).choice(negatives, size=max_negatives, replace=False)
+    return np.union1d(np.flatnonzero(target != 0), kept), max_negatives / len(negatives)
+
+
+def _undo_negative_sampling(proba: np.ndarray, negative_rate: float) -> np.ndarray:
+    """Probabilities learnt with a share ``negative_rate`` of the negatives, at the full data's
+    odds: keeping a share r of the negatives multiplies the odds by 1 / r."""
+    if negative_rate == 1.0:  # nothing was sampled: keep the booster's output to the last bit
+        return proba
+    return proba * negative_rate / (proba * negative_rate + 1.0 - proba)
 
 
 def _unshare(scores: np.ndarray, n_samples: int, multilabel: bool) -> np.ndarray:
