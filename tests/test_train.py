@@ -121,8 +121,11 @@ def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
     with one line, no traceback, and no process left behind."""
     base, args, env = _ready_to_train(tmp_path)
     fold0 = Path(tmp_path, "artifacts", "tiny", "models", "m", "fold0")
+    # A terminal's Ctrl-C; SIGINT restored to its default in case this runner ignores it (a
+    # process started with SIGINT ignored keeps ignoring it, Python included).
     process = subprocess.Popen([*base, "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while _epochs_logged(fold0) < 1:
         assert process.poll() is None, process.communicate()
@@ -135,6 +138,26 @@ def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
     _assert_all_end(helpers)
     assert not (fold0 / "done.json").exists()
+
+
+def test_resumed_log_keeps_each_epoch_once(tmp_path: Path) -> None:
+    """Killed after epoch 2's row was logged but before its backup: the resumed fit starts at
+    epoch 2 again, and the log drops the old row 2 instead of holding it twice."""
+    from foldstack.model import ResumableCSVLogger
+
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_score\n0,0.9,0.5\n1,0.5,0.7\n2,0.4,0.8\n")
+
+    class BackedUpToEpoch2:
+        def resume_epoch(self) -> int:
+            return 2
+
+    logger = ResumableCSVLogger(log, BackedUpToEpoch2(), first_epoch=0)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.3, "val_score": 0.85})
+    logger.on_train_end()
+    assert pd.read_csv(log)["epoch"].tolist() == [0, 1, 2]
+    assert pd.read_csv(log)["loss"].tolist() == [0.9, 0.5, 0.3]
 
 
 def _ready_to_train(tmp_path: Path) -> tuple[list[str], list[str], dict[str, str]]:

@@ -137,6 +137,16 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore, but a kill mid-save keeps the previous complete backup."""
 
+    def on_train_begin(self, logs=None):
+        # Keras keeps a restored start epoch on the model; a later phase must not inherit it.
+        self.model._initial_epoch = None
+        super().on_train_begin(logs)
+
+    def resume_epoch(self) -> int | None:
+        """The epoch a resumed fit starts at (the backup's next epoch), or None without a backup."""
+        metadata = Path(self._training_metadata_path)
+        return json.loads(metadata.read_text())["epoch"] if metadata.exists() else None
+
     def _save_model(self):
         Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
         save_weights(self.model, Path(self._weights_path))
@@ -144,16 +154,44 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                    json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
-def standard_callbacks(job: FoldJob, valid_inputs, phase: str) -> list[keras.callbacks.Callback]:
-    """Score, best checkpoint, early stopping, CSV log and resume, for one call of ``fit``."""
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger (appending), which first drops the rows of the epochs about to run.
+
+    An epoch's row is written before its backup (the backup must come last, so that a backed-up
+    epoch is fully logged); a kill between the two would otherwise leave that epoch's row in the
+    log twice once the resumed fit runs it again.
+    """
+
+    def __init__(self, filename: Path, backup: AtomicBackupAndRestore, first_epoch: int):
+        super().__init__(str(filename), append=True)
+        self.backup = backup
+        self.first_epoch = first_epoch
+
+    def on_train_begin(self, logs=None):
+        start = self.backup.resume_epoch()
+        start = self.first_epoch if start is None else start
+        path = Path(self.filename)
+        if path.exists():
+            header, *rows = path.read_text().splitlines(keepends=True) or [""]
+            kept = [row for row in rows if int(row.split(self.sep, 1)[0]) < start]
+            if len(kept) < len(rows):
+                write_text(path, "".join([header, *kept]))
+        super().on_train_begin(logs)
+
+
+def standard_callbacks(job: FoldJob, valid_inputs, phase: str,
+                       first_epoch: int = 0) -> list[keras.callbacks.Callback]:
+    """Score, best checkpoint, early stopping, CSV log and resume, for one call of ``fit``
+    starting at ``first_epoch``."""
     mode = "max" if job.metric.greater_is_better else "min"
+    backup = AtomicBackupAndRestore(str(job.fold_dir / f"backup-{phase}"))
     return [
         FoldScore(valid_inputs, job.y_true(job.valid_index), job.metric),
         BestCheckpoint(str(job.fold_dir / "best.weights.h5"), monitor="val_score", mode=mode,
                        save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=job.model.patience),
-        keras.callbacks.CSVLogger(str(job.fold_dir / "log.csv"), append=True),
-        AtomicBackupAndRestore(str(job.fold_dir / f"backup-{phase}")),
+        ResumableCSVLogger(job.fold_dir / "log.csv", backup, first_epoch),
+        backup,
         *job.callbacks,
     ]
 
@@ -269,7 +307,7 @@ def _fit_phase(job: FoldJob, network: keras.Model, phase: str, lr: float, initia
     compile_for(job, network, lr, epochs - initial_epoch, len(data))
     valid = view_batches(job.images["train"], job.valid_index, job.augment, [], job.model.batch_size, job.workers)
     network.fit(data, initial_epoch=initial_epoch, epochs=epochs, verbose=0, class_weight=job.class_weight,
-                callbacks=standard_callbacks(job, valid, phase))
+                callbacks=standard_callbacks(job, valid, phase, initial_epoch))
     save_weights(network, done)
 
 
