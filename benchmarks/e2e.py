@@ -38,7 +38,8 @@ def stage(name: str, root: Path) -> dict:
 
 def fold_peak_gb(root: Path) -> float:
     """The largest peak memory of any fold's own process, from the ``done.json`` files."""
-    peaks = [json.loads(done.read_text()).get("peak_mb") or 0.0 for done in root.glob("artifacts/*/models/*/fold*/done.json")]
+    peaks = [json.loads(done.read_text()).get("peak_mb") or 0.0
+             for done in root.glob("artifacts/*/models/*/fold*/done.json")]
     return max(peaks, default=0.0) / 1024
 
 

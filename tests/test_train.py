@@ -18,7 +18,6 @@ import pytest
 from foldstack import train
 from foldstack.config import ModelConfig
 from foldstack.model import REGIMES, FeatureCache, FoldJob, fit_fold
-from foldstack.paths import Paths
 
 from conftest import TINY, make_config
 

@@ -69,13 +69,21 @@ def run(cfg: PipelineConfig, paths: Paths) -> Report:
     return report
 
 
-def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFrame | None:
-    """Check the train table; returns it with its empty labels dropped, or None if unreadable."""
+def _read(read_table, cfg: PipelineConfig, paths: Paths, report: Report) -> tuple[pd.DataFrame, Path] | None:
+    """``read_table(cfg, paths)`` (a table and its file), or None with its error reported."""
     try:
-        table, source = data.read_train_table(cfg, paths)
+        return read_table(cfg, paths)
     except DataError as error:
         report.problem([str(error)])
         return None
+
+
+def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFrame | None:
+    """Check the train table; returns it with its empty labels dropped, or None if unreadable."""
+    read = _read(data.read_train_table, cfg, paths, report)
+    if read is None:
+        return None
+    table, source = read
     if table.empty:
         report.problem([f"{source}: the train set is empty"])
         return None
@@ -110,11 +118,10 @@ def _class_counts(labels: pd.Series, task: str) -> Counter:
 
 def _check_test(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFrame | None:
     """Check the sample submission's ids and their images; returns the test table, or None."""
-    try:
-        table, source = data.read_test_table(cfg, paths)
-    except DataError as error:
-        report.problem([str(error)])
+    read = _read(data.read_test_table, cfg, paths, report)
+    if read is None:
         return None
+    table, source = read
     report.problem(*data.id_problems(table, source), data.file_problems(table, source))
     report.summary.append(f"test: {len(table)} images ({source.name})")
     _warn_unlisted(cfg, table, paths.data / cfg.data.test_dir, source, report)

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 
 from foldstack import device, metrics
-from foldstack.isolate import memory_mb
 from foldstack.config import AugmentConfig, ModelConfig
 from foldstack.fold import FoldTask
+from foldstack.isolate import memory_mb
 from foldstack.model import FeatureCache, FoldJob, fit_fold
 
 Send = Callable[[object], None]

@@ -118,10 +118,10 @@ def _child(function: str, args: tuple, level: int, messages: multiprocessing.Que
     except FoldstackError as error:
         messages.put(("error", str(error)))
     except OSError as error:
-        if not is_disk_full(error):
-            messages.put(("crash", traceback.format_exc()))
-        else:
+        if is_disk_full(error):
             messages.put(("error", str(DiskFullError(error.filename))))
+        else:
+            messages.put(("crash", traceback.format_exc()))
     except BaseException:  # noqa: BLE001 - anything else is a bug: the parent shows its traceback
         messages.put(("crash", traceback.format_exc()))
     finally:

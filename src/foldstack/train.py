@@ -113,8 +113,9 @@ class Trainer:
         cached_images(self.test["path"].tolist(), self.test["id"].tolist(), size, caches["test"], desc="test")
         fingerprint = self._fingerprint(model)
         features, features_seconds = None, None
-        unfinished = [f for f in range(self.cfg.folds.k) if self._finished(model, f, fingerprint) is None]
-        if model.regime == "features" and unfinished:
+        # The backbone pass is needed only while some fold is still to train.
+        if model.regime == "features" and any(self._finished(model, f, fingerprint) is None
+                                               for f in range(self.cfg.folds.k)):
             features = self.paths.models / model.name / "features"
             started = time.perf_counter()
             isolate.call("foldstack.fold_worker:build_features", model, caches, self.cfg.augment, features,
