@@ -10,8 +10,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from foldstack.config import PipelineConfig
-from foldstack.paths import Paths
+from foldstack.core.config import PipelineConfig
+from foldstack.core.paths import Paths
+from foldstack.pipeline import parse_pipeline
+from foldstack.stages import download, folds
 
 TINY = {
     "name": "tiny",
@@ -29,7 +31,7 @@ def make_config(**overrides) -> PipelineConfig:
     """The tiny pipeline with top-level keys replaced."""
     raw = copy.deepcopy(TINY)
     raw.update(overrides)
-    return PipelineConfig.model_validate(raw)
+    return parse_pipeline(raw)
 
 
 @pytest.fixture
@@ -40,10 +42,8 @@ def tiny_paths(tmp_path: Path) -> Paths:
 @pytest.fixture(scope="session")
 def tiny_digits(tmp_path_factory) -> tuple[PipelineConfig, Paths]:
     """A downloaded tiny digits competition with its folds, shared by the read-only tests."""
-    from foldstack import data, folds
-
     cfg = make_config()
     paths = Paths.for_pipeline("tiny", tmp_path_factory.mktemp("tiny"))
-    data.download(cfg, paths)
+    download.run(cfg, paths)
     folds.run(cfg, paths)
     return cfg, paths

@@ -23,9 +23,9 @@ import yaml
 from PIL import Image
 
 from foldstack import cli, images, io, stack, submit
-from foldstack.config import load_pipeline
-from foldstack.errors import DataError
-from foldstack.paths import Paths
+from foldstack.pipeline import load_pipeline
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
 
 from conftest import TINY
 

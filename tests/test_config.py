@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from foldstack.config import ConfigError, load_pipeline
+from foldstack.core.config import ConfigError
+from foldstack.pipeline import load_pipeline
 
 from conftest import TINY
 

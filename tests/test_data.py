@@ -7,9 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldstack import data, folds, images
-from foldstack.errors import DataError
-from foldstack.paths import Paths
+from foldstack.data import images, sources, splits, tables
+from foldstack.data.cache import cached_images
+from foldstack.data.labels import Classes
+from foldstack.stages import download, folds
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
 
 from conftest import make_config
 
@@ -17,7 +20,7 @@ from conftest import make_config
 def test_digits_laid_out_as_kaggle_ships_it(tmp_path: Path) -> None:
     cfg = make_config(data={"source": {"type": "embedded", "dataset": "digits"}})
     paths = Paths.for_pipeline("digits", tmp_path)
-    data.download(cfg, paths)
+    download.run(cfg, paths)
     train = pd.read_csv(paths.data / "train.csv")
     sample = pd.read_csv(paths.data / "sample_submission.csv")
     solution = pd.read_csv(paths.data / "solution.csv")
@@ -35,18 +38,18 @@ def test_digits_laid_out_as_kaggle_ships_it(tmp_path: Path) -> None:
 
 def test_second_download_does_nothing(tiny_digits) -> None:
     cfg, paths = tiny_digits
-    before = (paths.data / data.MARKER).stat().st_mtime_ns
-    data.download(cfg, paths)
-    assert (paths.data / data.MARKER).stat().st_mtime_ns == before
+    before = (paths.data / sources.MARKER).stat().st_mtime_ns
+    download.run(cfg, paths)
+    assert (paths.data / sources.MARKER).stat().st_mtime_ns == before
 
 
 def test_tables(tiny_digits) -> None:
     cfg, paths = tiny_digits
-    train = data.load_train_table(cfg, paths)
-    test = data.load_test_table(cfg, paths)
+    train = tables.load_train_table(cfg, paths)
+    test = tables.load_test_table(cfg, paths)
     assert len(train) == 120 and len(test) == 30
     assert all(Path(p).is_file() for p in train["path"])
-    assert data.class_names(train["label"], "multiclass") == [str(d) for d in range(10)]
+    assert Classes.from_labels(train["label"], "multiclass").names == tuple(str(d) for d in range(10))
 
 
 def test_folds_repeat_and_stratify(tiny_digits) -> None:
@@ -64,7 +67,7 @@ def test_folds_repeat_and_stratify(tiny_digits) -> None:
 def test_class_rarer_than_folds_is_refused() -> None:
     table = pd.DataFrame({"id": list("abcdef"), "label": ["x", "x", "x", "y", "y", "z"]})
     with pytest.raises(DataError, match="class 'z' has 1 example"):
-        folds.make_folds(table, k=2, seed=0)
+        splits.make_folds(table, k=2, seed=0, task="multiclass")
 
 
 def test_missing_image_is_named(tiny_digits, tmp_path: Path) -> None:
@@ -77,7 +80,7 @@ def test_missing_image_is_named(tiny_digits, tmp_path: Path) -> None:
     shutil.copytree(paths.data, copy.data)
     train.to_csv(copy.data / "train.csv", index=False)
     with pytest.raises(DataError, match=r"row 122 \(id 'ghost'\): image .*ghost.png not found"):
-        data.load_train_table(cfg, copy)
+        tables.load_train_table(cfg, copy)
 
 
 def test_image_modes_become_rgb(tmp_path: Path) -> None:
@@ -103,11 +106,56 @@ def test_unreadable_images_are_named(tmp_path: Path) -> None:
 
 def test_cache_is_built_once(tiny_digits, tmp_path: Path) -> None:
     cfg, paths = tiny_digits
-    train = data.load_train_table(cfg, paths)
+    train = tables.load_train_table(cfg, paths)
     target = tmp_path / "cache" / "train.npy"
-    array = images.cached_images(train["path"].tolist(), train["id"].tolist(), 16, target)
+    array = cached_images(train["path"].tolist(), train["id"].tolist(), 16, target)
     assert array.shape == (120, 16, 16, 3) and array.dtype == np.uint8
     stamp = target.stat().st_mtime_ns
-    again = images.cached_images(train["path"].tolist(), train["id"].tolist(), 16, target)
+    again = cached_images(train["path"].tolist(), train["id"].tolist(), 16, target)
     assert target.stat().st_mtime_ns == stamp and np.array_equal(array, again)
     assert not list(target.parent.glob("*.tmp"))
+
+
+def test_stratified_folds_keep_class_names_with_spaces_apart() -> None:
+    """Plant seedlings' "Common wheat" and "Common Chickweed" are two classes: each is spread
+    evenly over the folds (the first word alone merged them, and "Common wheat" came out
+    11, 9, 14, 15, 16 over five folds)."""
+    labels = ["Common wheat"] * 65 + ["Common Chickweed"] * 35 + ["Loose Silky-bent"] * 50 + ["Maize"] * 50
+    table = pd.DataFrame({"id": [f"i{n}" for n in range(len(labels))], "label": labels})
+    fold = splits.make_folds(table, k=5, seed=0, task="multiclass")
+    per_fold = pd.crosstab(table["label"], fold)
+    assert (per_fold.max(axis=1) - per_fold.min(axis=1)).max() <= 1, per_fold
+    rare = splits.rare_classes(pd.Series(["Common wheat"] * 5 + ["Common Chickweed"] * 2), 5, "multiclass")
+    assert rare == ["class 'Common Chickweed' has 2 example(s), fewer than the 5 folds (folds.k); merge rare "
+                    "classes or lower folds.k"]
+
+
+def test_one_class_order_and_encoder() -> None:
+    labels = pd.Series(["10", "2", "1", "2"], index=["a", "b", "c", "d"])
+    classes = Classes.from_labels(labels, "multiclass")
+    assert classes.names == ("1", "2", "10")  # numbers in numeric order
+    assert classes.encode(labels).tolist() == [2, 1, 0, 1]
+    with pytest.raises(DataError, match=r"where.csv: id 'x' has label '3', which is not a class"):
+        classes.encode(pd.Series(["3"], index=["x"]), "where.csv")
+    tags = Classes.from_labels(pd.Series(["cat dog", "", "dog"]), "multilabel")
+    assert tags.names == ("cat", "dog") and tags.encode(pd.Series(["dog cat", "", "dog"])).tolist() == [[1, 1], [0, 0], [0, 1]]
+
+
+def test_a_cache_killed_between_its_images_and_its_ids_is_rebuilt(tiny_digits, tmp_path: Path, monkeypatch) -> None:
+    """New images under the cache's name, then a kill before the new ids file: the old ids must
+    not stay paired with the new images."""
+    cfg, paths = tiny_digits
+    train = tables.load_train_table(cfg, paths)
+    target = tmp_path / "cache" / "train.npy"
+    first, second = train.iloc[:10], train.iloc[10:20]
+    old = cached_images(first["path"].tolist(), first["id"].tolist(), 16, target).copy()
+
+    def killed(path, text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("foldstack.data.cache.write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cached_images(second["path"].tolist(), second["id"].tolist(), 16, target)
+    monkeypatch.undo()
+    again = cached_images(first["path"].tolist(), first["id"].tolist(), 16, target)
+    np.testing.assert_array_equal(again, old)

@@ -10,10 +10,11 @@ from typing import Callable
 
 import pytest
 
-from foldstack import kaggle
-from foldstack.config import PipelineConfig, load_pipeline
-from foldstack.errors import FoldstackError
-from foldstack.paths import Paths
+from foldstack.data import kaggle
+from foldstack.core.config import PipelineConfig
+from foldstack.pipeline import load_pipeline, parse_pipeline
+from foldstack.core.errors import FoldstackError
+from foldstack.core.paths import Paths
 from kaggle_standin import KaggleStandIn, make_zip
 
 USERNAME = "standin-user"
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pipeline(source: dict, name: str = "dogs") -> PipelineConfig:
-    return PipelineConfig.model_validate({
+    return parse_pipeline({
         "name": name, "metric": "log_loss", "data": {"source": source},
         "models": [{"name": "m", "backbone": "mobilenet_v2"}],
     })

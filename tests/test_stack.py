@@ -13,9 +13,10 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from foldstack import metrics, stack, stacking, submit
-from foldstack.config import ConfigError, PipelineConfig, load_pipeline
-from foldstack.errors import DataError
-from foldstack.paths import Paths
+from foldstack.core.config import ConfigError, PipelineConfig
+from foldstack.pipeline import load_pipeline, parse_pipeline
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
 from foldstack.stacking import LightGBMStacker, inputs
 
 FAST_LIGHTGBM = {"num_threads": 1}
@@ -45,7 +46,7 @@ def config(**overrides) -> PipelineConfig:
         "models": [{"name": "weak", "backbone": "mobilenet_v2"}, {"name": "strong", "backbone": "mobilenet_v2"}],
         "stack": {"lightgbm": FAST_LIGHTGBM},
     }
-    return PipelineConfig.model_validate({**raw, **overrides})
+    return parse_pipeline({**raw, **overrides})
 
 
 def build(name: str, **overrides) -> stacking.Level2Estimator:

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from foldstack import io, submit
-from foldstack.config import PipelineConfig
-from foldstack.errors import DataError
-from foldstack.paths import Paths
+from foldstack.core.config import PipelineConfig
+from foldstack.pipeline import parse_pipeline
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
 from foldstack.submit import SubmissionError
 
 CLASSES = ("cat", "dog", "owl")
@@ -145,7 +146,7 @@ def test_index_appends_new_files_and_updates_a_rewritten_one(tmp_path: Path) -> 
 def pipeline(root: Path, fmt: str = "probabilities", solution: bool = True, proba: pd.DataFrame = PROBA,
              sample_columns: tuple[str, ...] = ("dog", "cat", "owl")) -> tuple[PipelineConfig, Paths]:
     """A stack output (chosen.json, test.parquet), a sample submission and a solution."""
-    cfg = PipelineConfig.model_validate({
+    cfg = parse_pipeline({
         "name": "tiny", "metric": "log_loss", "submission": {"format": fmt},
         "data": {"source": {"type": "embedded", "dataset": "digits"}, "solution": "solution.csv"},
         "models": [{"name": "m", "backbone": "mobilenet_v2"}],

@@ -1,4 +1,5 @@
-"""`foldstack <stage>`: one subcommand per stage. The work lives in the stage modules.
+"""`foldstack <stage>`: one subcommand per stage. The work lives in the stage modules
+(:mod:`foldstack.stages`); this module parses the command line, loads the pipeline and calls them.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -11,7 +12,13 @@ import os
 import sys
 from pathlib import Path
 
-from foldstack.errors import DiskFullError, FoldstackError, is_disk_full
+from foldstack import backbones
+from foldstack.core.errors import DiskFullError, FoldstackError, is_disk_full
+from foldstack.core.logs import setup_logging
+from foldstack.core.paths import Paths
+from foldstack.data import kaggle
+from foldstack.pipeline import load_pipeline
+from foldstack.stages import check, download, folds, stack, submit, train
 
 
 def _pipeline_path(name: str) -> Path:
@@ -21,61 +28,45 @@ def _pipeline_path(name: str) -> Path:
 
 
 def _load(args: argparse.Namespace):
-    from foldstack.config import load_pipeline
-    from foldstack.paths import Paths
-
     cfg = load_pipeline(_pipeline_path(args.pipeline))
     return cfg, Paths.for_config(cfg, args.root)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from foldstack import data
-
     cfg, paths = _load(args)
-    print(f"data ready: {data.download(cfg, paths, force=args.force)}")
+    print(f"data ready: {download.run(cfg, paths, force=args.force)}")
 
 
 def cmd_folds(args: argparse.Namespace) -> None:
-    from foldstack import folds
-
     cfg, paths = _load(args)
     frame = folds.run(cfg, paths)
     print(f"folds: {len(frame)} images in {cfg.folds.k} folds -> {paths.folds}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from foldstack import train
-
     cfg, paths = _load(args)
     train.run(cfg, paths, only=args.model or None, workers=args.workers)
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
-    from foldstack import stack
-
     cfg, paths = _load(args)
     stack.run(cfg, paths)
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from foldstack import submit
-
     cfg, paths = _load(args)
     upload = None
     if args.upload:
         if not args.message:
             raise FoldstackError("submit --upload needs a message: -m 'what this submission is'")
-        from foldstack import kaggle
 
         def upload(path: Path) -> None:
-            kaggle.submit(cfg, path, args.message)
+            print(kaggle.submit(cfg, path, args.message))
 
     submit.run(cfg, paths, upload=upload)
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from foldstack import check
-
     cfg, paths = _load(args)
     report = check.run(cfg, paths)
     print(report.render())
@@ -85,8 +76,6 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:
-    from foldstack import backbones
-
     rows = backbones.describe()
     print(f"{'name':24} {'family':20} {'parameters':>12} {'default size':>12}")
     for row in rows:
@@ -129,12 +118,6 @@ def _fail(command: str, error: FoldstackError) -> int:
     """Print ``error`` as one line on stderr; return its exit status."""
     print(f"foldstack {command}: error: {error}", file=sys.stderr)
     return error.exit_code
-
-
-def setup_logging(level: int) -> None:
-    """foldstack's own lines at ``level`` (INFO: progress always shows); other libraries only warn."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("foldstack").setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import importlib
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from foldstack.backbones.registry import BackboneSpec, register
-from foldstack.errors import FoldstackError
+from foldstack.backbones.spec import BackboneSpec, register
+from foldstack.backbones.torch_pickle import load_state_dict
+from foldstack.core.errors import FoldstackError
+from foldstack.core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -229,21 +230,14 @@ def imagenet_weights(variant: LiteVariant) -> Path:
 
 
 def _convert(variant: LiteVariant, path: Path) -> None:
-    from foldstack.backbones.torch_pickle import load_state_dict
-
     start = time.perf_counter()
     source = torch_weights_path(variant)
     model = build_lite(variant, (variant.default_size, variant.default_size, 3), include_top=True)
     block_names = [layer.name.removesuffix("project_conv") for layer in model.layers
                    if layer.name.endswith("project_conv")]
     set_weights_by_name(model, torch_to_keras_weights(load_state_dict(source), block_names))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keras insists on the .weights.h5 suffix, so the temporary file lives in a temporary folder
-    # beside the cache; os.replace then makes the finished file appear at once.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".convert-") as tmp:
-        tmp_file = Path(tmp) / path.name
-        model.save_weights(tmp_file)
-        os.replace(tmp_file, path)
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras insists on the suffix
+        model.save_weights(tmp)
     log.info("converted %s to %s in %.1fs", source.name, path, time.perf_counter() - start)
 
 

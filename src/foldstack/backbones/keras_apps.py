@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from foldstack.backbones.registry import BackboneSpec, register
+from foldstack.backbones.spec import BackboneSpec, register
 
 Builder = Callable[..., Any]
 

@@ -5,7 +5,7 @@ It has no pretrained weights; ``weights`` must be ``none`` or a path to a weight
 
 from __future__ import annotations
 
-from foldstack.backbones.registry import BackboneSpec, register
+from foldstack.backbones.spec import BackboneSpec, register
 
 
 def build(input_shape, weights, widths=(32, 64, 128)):

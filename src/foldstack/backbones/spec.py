@@ -1,0 +1,103 @@
+"""The backbone registry and its factory.
+
+A backbone family registers a :class:`BackboneSpec` per backbone when its module is imported
+(``foldstack.backbones`` imports them all). :func:`create` returns a Keras model that
+takes raw RGB images (floats in 0-255, NHWC) and applies the backbone's own preprocessing inside
+the model, so training code never needs to know which backbone it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from foldstack.core.registry import Registry, UnknownNameError
+
+
+UnknownBackboneError = UnknownNameError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the registry knows about one backbone.
+
+    Attributes:
+        name: registry name, as a pipeline YAML writes it.
+        build: ``build(input_shape, weights) -> keras.Model`` without the classifier top, ending
+            in the last feature map; it takes the backbone's *own* input scaling.
+        preprocess: maps raw RGB floats 0-255 to what ``build``'s model expects (Keras ops).
+        default_size: the input size the backbone was trained at.
+        min_size: the smallest input the architecture accepts.
+        cut_layers: layer names where a ``partial`` fine-tune may cut, shallow to deep.
+        build_classifier: optional ``build_classifier(input_shape, weights) -> keras.Model``
+            with the 1,000-class ImageNet top, for checking weights.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    preprocess: Callable[[Any], Any]
+    default_size: int
+    min_size: int = 32
+    cut_layers: tuple[str, ...] = ()
+    build_classifier: Callable[..., Any] | None = None
+    family: str = field(default="", compare=False)
+
+
+_REGISTRY: Registry[BackboneSpec] = Registry("backbone")
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
+
+
+def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
+           input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None):
+    """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
+
+    The model is ``rgb_0_255`` input -> the backbone's preprocessing (Keras ops) -> the backbone,
+    a nested model that is ``model.layers[-1]`` (freeze that one to freeze the backbone).
+
+    Args:
+        name: a registered backbone.
+        weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file saved
+            from the nested backbone (``model.layers[-1].save_weights(...)``).
+        include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
+        input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
+        cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
+    """
+    import keras
+
+    spec = get(name)
+    input_shape = input_shape or (spec.default_size, spec.default_size, 3)
+    weights = None if weights in (None, "none") else weights
+    if include_top:
+        if spec.build_classifier is None:
+            raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
+        inner = spec.build_classifier(input_shape, weights)
+    else:
+        inner = spec.build(input_shape, weights)
+    if cut_at is not None:
+        try:
+            inner = keras.Model(inner.input, inner.get_layer(cut_at).output, name=f"{name}_to_{cut_at}")
+        except ValueError:
+            raise ValueError(f"backbone {name!r} has no layer {cut_at!r} to cut at; "
+                             f"suggested: {', '.join(spec.cut_layers)}") from None
+    inputs = keras.Input(input_shape, name="rgb_0_255")
+    outputs = inner(spec.preprocess(inputs))
+    return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
+
+
+def describe() -> Iterator[dict[str, Any]]:
+    """One row per registered backbone for ``foldstack backbones``.
+
+    Each row has ``name``, ``family``, ``parameters`` (without the ImageNet top) and
+    ``default_size``. Counting parameters means building each model (at its smallest size, random
+    weights), a few minutes for the whole registry on a CPU, so rows are yielded as they are ready.
+    """
+    import keras
+
+    for name in names():
+        spec = get(name)
+        model = spec.build((spec.min_size, spec.min_size, 3), None)
+        yield {"name": name, "family": spec.family, "parameters": model.count_params(),
+               "default_size": spec.default_size}
+        keras.backend.clear_session()  # the big ones (ConvNeXtXLarge) would pile up in memory

@@ -1,0 +1,37 @@
+"""``models/<model>/fold<k>/done.json``: a (model, fold) finished, and by which recipe.
+
+Written last by the train stage, once the fold's predictions are on disk, so that its presence
+means the fold is complete; read by the next ``train`` to skip the fold while its recipe (the
+fingerprint) is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from foldstack.core.files import write_json
+
+NAME = "done.json"
+
+
+def write(fold_dir: Path, record: dict) -> None:
+    """Mark the fold finished. ``record`` holds at least ``fold``, ``score`` and ``fingerprint``."""
+    missing = {"fold", "score", "fingerprint"} - record.keys()
+    if missing:
+        raise ValueError(f"done.json needs {', '.join(sorted(missing))}")
+    write_json(fold_dir / NAME, record)
+
+
+def exists(fold_dir: Path) -> bool:
+    return (fold_dir / NAME).exists()
+
+
+def finished(fold_dir: Path, fingerprint: str) -> dict | None:
+    """The fold's record if it was finished by this very recipe, else None (also for a file
+    that cannot be read: the fold then trains again)."""
+    try:
+        record = json.loads((fold_dir / NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if record.get("fingerprint") == fingerprint else None

@@ -1,0 +1,141 @@
+"""Metrics registry: a pipeline names its metric; each metric knows its direction.
+
+A metric scores class probabilities: ``metric(y_true, proba)`` where ``y_true`` holds class
+indices (shape ``(n,)``; for multilabel a 0/1 matrix ``(n, C)``) and ``proba`` is ``(n, C)``.
+Metrics on hard predictions take the arg-max class, or for multilabel every class whose
+probability is at least 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from foldstack.core.registry import Registry
+
+#: Probabilities are clipped to [EPS, 1 - EPS] before a logarithm, so one confident miss costs a
+#: large but finite loss.
+EPS = 1e-15
+
+#: A multilabel prediction holds every class whose probability reaches this.
+THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named score of ``(y_true, proba)``.
+
+    Attributes:
+        name: registry name, as a pipeline YAML writes it.
+        score: ``score(y_true, proba) -> float``.
+        greater_is_better: the direction; :meth:`better` uses it.
+        ranks: the score depends only on how each class column orders the rows (ROC AUC), so a
+            rank average of models is a fair candidate for it.
+    """
+
+    name: str
+    score: Callable[[np.ndarray, np.ndarray], float]
+    greater_is_better: bool
+    ranks: bool = False
+
+    def __call__(self, y_true: np.ndarray, proba: np.ndarray) -> float:
+        return float(self.score(np.asarray(y_true), np.asarray(proba, dtype=np.float64)))
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score ``a`` beats score ``b``."""
+        return a > b if self.greater_is_better else a < b
+
+
+_REGISTRY: Registry[Metric] = Registry("metric")
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
+
+
+def is_multilabel(y_true: np.ndarray) -> bool:
+    """Multilabel targets are a 0/1 matrix; single-label targets a vector of class indices."""
+    return np.ndim(y_true) == 2
+
+
+def hard_predictions(proba: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Predicted classes: arg-max indices, or for multilabel a 0/1 matrix (probability >= 0.5)."""
+    if multilabel:
+        return (proba >= THRESHOLD).astype(int)
+    return proba.argmax(axis=1)
+
+
+def normalise_rows(proba: np.ndarray) -> np.ndarray:
+    """Single-label probabilities scaled so that each row sums to 1 (the one place rows are
+    renormalised: averaged float32 softmax outputs drift from 1, a rank average is not a
+    distribution at all)."""
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
+def one_hot(y_true: np.ndarray, n_classes: int) -> np.ndarray:
+    """``y_true`` as a 0/1 matrix ``(n, n_classes)``; a multilabel matrix is returned as it is."""
+    if is_multilabel(y_true):
+        return np.asarray(y_true, dtype=int)
+    return np.eye(n_classes, dtype=int)[np.asarray(y_true, dtype=int)]
+
+
+def _accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
+    # For multilabel this is subset accuracy: a row counts only if every class is right.
+    return accuracy_score(y_true, hard_predictions(proba, is_multilabel(y_true)))
+
+
+def _log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    proba = np.clip(proba, EPS, 1 - EPS)
+    if is_multilabel(y_true):
+        # Each class is its own binary problem: the mean binary cross-entropy over all cells.
+        return log_loss(y_true.ravel(), proba.ravel(), labels=[0, 1])
+    return log_loss(y_true, normalise_rows(proba), labels=np.arange(proba.shape[1]))
+
+
+def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Binary ROC AUC for two single-label classes; otherwise the macro mean over classes."""
+    from sklearn.metrics import roc_auc_score
+
+    if not is_multilabel(y_true) and proba.shape[1] == 2:
+        return roc_auc_score(y_true, proba[:, 1])
+    truth = one_hot(y_true, proba.shape[1])
+    # A fold may hold no example (or only examples) of a rare class; AUC is undefined there.
+    defined = (truth.min(axis=0) == 0) & (truth.max(axis=0) == 1)
+    if not defined.any():
+        raise ValueError("ROC AUC is undefined: no class has both positive and negative rows")
+    # One-vs-rest on the indicator matrix: sklearn's multiclass 'ovr' would demand rows summing
+    # to 1, which a rank average does not give.
+    return roc_auc_score(truth[:, defined], proba[:, defined], average="macro")
+
+
+def _f1(average: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    def score(y_true: np.ndarray, proba: np.ndarray) -> float:
+        from sklearn.metrics import f1_score
+
+        labels = None if is_multilabel(y_true) else np.arange(proba.shape[1])
+        predicted = hard_predictions(proba, is_multilabel(y_true))
+        return f1_score(y_true, predicted, average=average, labels=labels, zero_division=0)
+
+    return score
+
+
+def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import cohen_kappa_score
+
+    if is_multilabel(y_true):
+        raise ValueError("quadratic weighted kappa needs ordered single-label classes, not multilabel")
+    return cohen_kappa_score(y_true, proba.argmax(axis=1), weights="quadratic",
+                             labels=np.arange(proba.shape[1]))
+
+
+register(Metric("accuracy", _accuracy, greater_is_better=True))
+register(Metric("log_loss", _log_loss, greater_is_better=False))
+register(Metric("roc_auc", _roc_auc, greater_is_better=True, ranks=True))
+register(Metric("f1_micro", _f1("micro"), greater_is_better=True))
+register(Metric("f1_macro", _f1("macro"), greater_is_better=True))
+register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True))

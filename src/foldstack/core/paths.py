@@ -1,0 +1,114 @@
+"""Where each stage reads and writes, for one pipeline.
+
+Inside a Kaggle kernel (``KAGGLE_KERNEL_RUN_TYPE`` is set) outputs go under ``/kaggle/working``
+and a Kaggle source is read where the kernel mounts it under ``/kaggle/input`` (read-only).
+``FOLDSTACK_KAGGLE_INPUT`` and ``FOLDSTACK_KAGGLE_WORKING`` move those two roots, so a kernel can
+be simulated in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from foldstack.core.config import PipelineConfig
+
+
+def in_kaggle_kernel() -> bool:
+    """Whether this process runs inside a Kaggle notebook or script."""
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+
+
+def kaggle_input_root() -> Path:
+    return Path(os.environ.get("FOLDSTACK_KAGGLE_INPUT") or "/kaggle/input")
+
+
+def kaggle_working_root() -> Path:
+    return Path(os.environ.get("FOLDSTACK_KAGGLE_WORKING") or "/kaggle/working")
+
+
+def kaggle_input_candidates(source: Any) -> list[Path]:
+    """Where a kernel may mount a Kaggle source, newest layout first; [] for other sources.
+
+    Newer kernels mount a competition under ``competitions/<slug>`` (and a dataset under
+    ``datasets/<owner>/<name>``); older ones mount both directly under the input root.
+    """
+    root = kaggle_input_root()
+    if source.type == "kaggle_competition":
+        return [root / "competitions" / source.competition, root / source.competition]
+    if source.type == "kaggle_dataset":
+        owner, name = source.dataset.split("/")
+        return [root / "datasets" / owner / name, root / name]
+    return []
+
+
+def kaggle_mounted_input(source: Any) -> Path | None:
+    """The folder where the kernel mounts ``source``, or None where it is not attached."""
+    return next((path for path in kaggle_input_candidates(source) if path.is_dir()), None)
+
+
+def _default_root() -> Path:
+    return kaggle_working_root() if in_kaggle_kernel() else Path.cwd()
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The folders of one pipeline, under a project root.
+
+    The root defaults to the working directory (``/kaggle/working`` in a Kaggle kernel).
+    ``mounted_data``, when set, is a read-only folder that replaces ``root/data/<pipeline>``.
+    """
+
+    pipeline: str
+    root: Path
+    mounted_data: Path | None = None
+
+    @classmethod
+    def for_pipeline(cls, pipeline: str, root: str | Path | None = None,
+                     mounted_data: Path | None = None) -> Paths:
+        return cls(pipeline, Path(root) if root is not None else _default_root(), mounted_data)
+
+    @classmethod
+    def for_config(cls, cfg: PipelineConfig, root: str | Path | None = None) -> Paths:
+        """The paths of ``cfg``; in a Kaggle kernel, data is the attached input if there is one."""
+        mounted = kaggle_mounted_input(cfg.data.source) if in_kaggle_kernel() else None
+        return cls.for_pipeline(cfg.name, root, mounted)
+
+    @property
+    def data(self) -> Path:
+        return self.mounted_data or self.root / "data" / self.pipeline
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts" / self.pipeline
+
+    @property
+    def folds(self) -> Path:
+        return self.artifacts / "folds.csv"
+
+    @property
+    def cache(self) -> Path:
+        return self.artifacts / "cache"
+
+    @property
+    def models(self) -> Path:
+        return self.artifacts / "models"
+
+    @property
+    def oof(self) -> Path:
+        return self.artifacts / "oof"
+
+    @property
+    def test(self) -> Path:
+        return self.artifacts / "test"
+
+    @property
+    def stack(self) -> Path:
+        return self.artifacts / "stack"
+
+    @property
+    def submissions(self) -> Path:
+        return self.root / "submissions" / self.pipeline

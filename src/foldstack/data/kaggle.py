@@ -1,0 +1,350 @@
+"""Kaggle: download a competition's or a dataset's files, and upload a submission.
+
+Everything goes through the official ``kaggle`` package (``KaggleApi``), so credentials are found
+where the Kaggle CLI finds them. Every failure a person can fix (no credentials, rules not
+accepted, a wrong slug, no network) raises a :class:`KaggleError` with one line saying what to do;
+no message, log line or file ever holds a credential.
+
+Inside a Kaggle kernel the data is already mounted under ``/kaggle/input``: :func:`download`
+returns that folder and fetches nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from foldstack.core.config import PipelineConfig
+from foldstack.core.errors import FoldstackError
+from foldstack.core.files import atomic_dir
+from foldstack.core.paths import Paths, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
+from foldstack.data.sources import MARKER, up_to_date, write_marker
+
+if TYPE_CHECKING:
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PAGE = "https://www.kaggle.com/settings/api"
+WHERE_CREDENTIALS_GO = (
+    f"set KAGGLE_API_TOKEN to an API token from {TOKEN_PAGE} (or save it in ~/.kaggle/access_token), "
+    "or set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in ~/.kaggle/, ~/.config/kaggle/ "
+    "or $KAGGLE_CONFIG_DIR (chmod 600)"
+)
+
+
+class KaggleError(FoldstackError):
+    """A Kaggle API call failed; the message says why and what to do."""
+
+
+class KaggleCredentialsError(KaggleError):
+    """No credentials were found, or Kaggle rejected them."""
+
+
+class KaggleAccessError(KaggleError):
+    """Kaggle refused access (HTTP 403), usually because the competition's rules were not accepted."""
+
+
+class KaggleNotFoundError(KaggleError):
+    """No such competition or dataset (HTTP 404)."""
+
+
+class KaggleNetworkError(KaggleError):
+    """The Kaggle API could not be reached."""
+
+
+# --- public functions ---------------------------------------------------------------------------
+
+
+def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
+    """Fetch a Kaggle competition's or dataset's files into ``paths.data``, unzipped.
+
+    The archive is fetched and extracted in a temporary folder beside ``paths.data`` and renamed
+    into place only when complete; a marker file there lists every file and its size. With that
+    marker in place and matching, nothing is fetched again unless ``force``. Inside a Kaggle
+    kernel the mounted input is used as it is.
+
+    Args:
+        cfg: a pipeline whose ``data.source`` is ``kaggle_competition`` or ``kaggle_dataset``.
+        paths: the pipeline's folders.
+        force: fetch again even when the data is up to date.
+
+    Returns:
+        The folder that holds the data.
+
+    Raises:
+        KaggleError: no credentials, rules not accepted, unknown slug, network failure, ...
+        FoldstackError: the source is not on Kaggle, or ``paths.data`` holds files that foldstack
+            did not download.
+    """
+    source = cfg.data.source
+    _check_kaggle_source(cfg)
+    if in_kaggle_kernel():
+        return _mounted_input(source, paths)
+    target = paths.data
+    if not force and up_to_date(target, source):
+        logger.info("%s is up to date with Kaggle %s (force to fetch again)", target, _describe(source))
+        return target
+    if not force and _holds_other_files(target):
+        raise FoldstackError(f"{target} holds files that foldstack did not download; "
+                             "move them away or download with force")
+    api, credentials = _authenticated_api()
+    logger.info("downloading Kaggle %s into %s", _describe(source), target)
+    # Fetched beside the target and swapped in whole: the old download goes only once the new one is complete.
+    with atomic_dir(target) as staging:
+        with _kaggle_errors(source, credentials):
+            _fetch(api, source, staging)
+        write_marker(staging, source)
+    return target
+
+
+def submit(cfg: PipelineConfig, file: Path, message: str, polls: int = 3,
+           interval_s: float = 10.0) -> str:
+    """Upload ``file`` as a submission to the pipeline's competition and report how it scored.
+
+    Polls the competition's submission list up to ``polls`` times, ``interval_s`` apart, until
+    the new submission leaves the pending state.
+
+    Args:
+        cfg: a pipeline whose ``data.source`` is a Kaggle competition.
+        file: the submission CSV.
+        message: the submission's description on Kaggle.
+        polls: how many times to ask for the submission's status.
+        interval_s: seconds between two polls.
+
+    Returns:
+        One line: the submission's status and, once scored, its public score.
+
+    Raises:
+        KaggleError: the upload or the submission failed, or Kaggle could not score the file.
+    """
+    source = cfg.data.source
+    if source.type != "kaggle_competition":
+        raise FoldstackError(f"pipeline {cfg.name!r} reads a {source.type} source; "
+                             "only a kaggle_competition takes submissions")
+    file = Path(file)
+    if not file.is_file():
+        raise FoldstackError(f"{file}: submission file not found")
+    api, credentials = _authenticated_api()
+    slug = source.competition
+    logger.info("submitting %s to Kaggle competition %s", file, slug)
+    with _kaggle_errors(source, credentials):
+        with _kaggle_output():
+            response = api.competition_submit(str(file), message, slug, quiet=False)
+        if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+            raise KaggleError(f"uploading {file} to Kaggle competition {slug!r} failed; try again")
+        return _poll_status(api, slug, response.ref, polls, interval_s)
+
+
+# --- credentials and the client -------------------------------------------------------------------
+
+
+def _authenticated_api() -> tuple[KaggleApi, str]:
+    """A ``KaggleApi`` signed in with this process's credentials, and where they came from.
+
+    The second item names the source (a variable or a file) for error messages; never the secret.
+    """
+    with _kaggle_output():
+        # Importing kaggle signs in at once and prints a page of help when it finds nothing.
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    # KaggleApi reads these when the package is first imported; read them again so the
+    # environment of this call counts. Verbose mode is left off: it prints request headers,
+    # credentials included.
+    api.config_dir = str(_config_dir())
+    api.config = os.path.join(api.config_dir, api.config_file)
+    api.args = ["--local"] if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else []
+
+    found = _credentials_source(api)
+    if found is None:
+        raise KaggleCredentialsError(f"no Kaggle credentials found: {WHERE_CREDENTIALS_GO}")
+    try:
+        with _kaggle_errors(None, found), _kaggle_output():
+            api.authenticate()
+    except SystemExit:  # the client gives up this way when no credentials work
+        raise _rejected(found, status=None) from None
+    return api, found
+
+
+def _config_dir() -> Path:
+    """Where kaggle.json lives: $KAGGLE_CONFIG_DIR, else ~/.kaggle if present, else ~/.config/kaggle."""
+    explicit = os.environ.get("KAGGLE_CONFIG_DIR")
+    if explicit:
+        return Path(explicit)
+    legacy = Path.home() / ".kaggle"
+    if legacy.exists():
+        return legacy
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def _credentials_source(api: KaggleApi) -> str | None:
+    """Where the credentials the client will use come from, in its own order; None if nowhere."""
+    from kagglesdk.kaggle_creds import KaggleCredentials
+    from kagglesdk.kaggle_env import get_access_token_from_env
+
+    token, token_source = get_access_token_from_env()
+    if token:
+        return "~/.kaggle/access_token" if token_source == "access_token" else token_source
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    with _kaggle_output():
+        in_file = api.read_config_file(quiet=True)
+    if {api.CONFIG_NAME_USER, api.CONFIG_NAME_KEY} <= in_file.keys():
+        return api.config
+    oauth = Path(KaggleCredentials.DEFAULT_CREDENTIALS_FILE).expanduser()
+    return str(oauth) if oauth.is_file() else None
+
+
+@contextlib.contextmanager
+def _kaggle_output() -> Iterator[None]:
+    """Send what the kaggle package prints to the debug log (progress bars stay on stderr)."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        if buffer.getvalue().strip():
+            logger.debug("kaggle: %s", buffer.getvalue().strip())
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import requests
+
+    return (requests.ConnectionError, requests.Timeout)
+
+
+def _network_error(error: BaseException) -> KaggleNetworkError:
+    # The exception text is a long repr of the connection pool; its class says enough.
+    return KaggleNetworkError(f"cannot reach the Kaggle API ({type(error).__name__}); check the "
+                              "network connection (in a Kaggle kernel, switch Internet on)")
+
+
+@contextlib.contextmanager
+def _kaggle_errors(source: Any, credentials: str) -> Iterator[None]:
+    """Turn the client's HTTP and network exceptions into one-line :class:`KaggleError`\\ s.
+
+    Args:
+        source: the competition or dataset being fetched; None while signing in.
+        credentials: where the credentials came from, named when Kaggle rejects them.
+    """
+    import requests
+
+    try:
+        yield
+    except requests.HTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        raise _http_error(status, str(error), source, credentials) from None
+    except _network_errors() as error:
+        raise _network_error(error) from None
+
+
+def _rejected(credentials: str, status: int | None) -> KaggleCredentialsError:
+    code = f" (HTTP {status})" if status else ""
+    return KaggleCredentialsError(f"Kaggle rejected the credentials from {credentials}{code}; "
+                                  f"create a new API token at {TOKEN_PAGE}")
+
+
+def _http_error(status: int | None, text: str, source: Any, credentials: str) -> KaggleError:
+    if status == 401:
+        return _rejected(credentials, status)
+    if source is None:
+        return KaggleError(f"signing in to Kaggle failed (HTTP {status}): {' '.join(text.split())}")
+    what = _describe(source)
+    if status == 403 and source.type == "kaggle_competition":
+        return KaggleAccessError(
+            f"Kaggle refused {what} (HTTP 403): accept the competition's rules at "
+            f"https://www.kaggle.com/competitions/{source.competition}/rules, then run again")
+    if status == 403:
+        return KaggleAccessError(f"Kaggle refused {what} (HTTP 403); it may be private to its owner")
+    if status == 404:
+        key = "competition" if source.type == "kaggle_competition" else "dataset"
+        return KaggleNotFoundError(f"Kaggle has no {what} (HTTP 404); check data.source.{key} "
+                                   "in the pipeline file")
+    return KaggleError(f"Kaggle API error for {what} (HTTP {status}): {' '.join(text.split())}")
+
+
+# --- downloading ----------------------------------------------------------------------------------
+
+
+def _check_kaggle_source(cfg: PipelineConfig) -> None:
+    if cfg.data.source.type not in ("kaggle_competition", "kaggle_dataset"):
+        raise FoldstackError(f"pipeline {cfg.name!r} reads a {cfg.data.source.type} source, "
+                             "not a Kaggle competition or dataset")
+
+
+def _describe(source: Any) -> str:
+    if source.type == "kaggle_competition":
+        return f"competition {source.competition!r}"
+    return f"dataset {source.dataset!r}"
+
+
+def _mounted_input(source: Any, paths: Paths) -> Path:
+    """Where a Kaggle kernel mounts ``source``; an error says how to attach it if it is not."""
+    mounted = kaggle_mounted_input(source)
+    if mounted is None:
+        looked = ", ".join(str(path) for path in kaggle_input_candidates(source))
+        raise FoldstackError(f"running in a Kaggle kernel, but {_describe(source)} is not attached "
+                             f"(looked in {looked}); add it with 'Add Input'")
+    if paths.data != mounted:  # later stages read paths.data and would find nothing there
+        logger.warning("%s is not the mounted input %s; build the paths with Paths.for_config",
+                       paths.data, mounted)
+    logger.info("using Kaggle %s mounted read-only at %s", _describe(source), mounted)
+    return mounted
+
+
+def _holds_other_files(target: Path) -> bool:
+    """Whether ``target`` has files but no download marker: someone else's data, not ours to replace."""
+    return target.is_dir() and not (target / MARKER).exists() and any(target.iterdir())
+
+
+def _fetch(api: KaggleApi, source: Any, folder: Path) -> None:
+    """Download the source's archive into ``folder`` and unzip it there."""
+    with _kaggle_output():
+        # quiet=False for the progress bar, which goes to stderr.
+        if source.type == "kaggle_competition":
+            api.competition_download_files(source.competition, path=str(folder), force=True,
+                                           quiet=False, unzip=True)
+        else:
+            api.dataset_download_files(source.dataset, path=str(folder), force=True, quiet=False,
+                                       unzip=True)
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+
+def _poll_status(api: KaggleApi, slug: str, ref: int, polls: int, interval_s: float) -> str:
+    """Ask for submission ``ref``'s status until it is scored or ``polls`` run out.
+
+    Only the submission with this very ``ref`` counts: the newest one listed may be another
+    upload (from another machine, a minute earlier) with another score.
+    """
+    from kagglesdk.competitions.types.submission_status import SubmissionStatus
+
+    page = f"https://www.kaggle.com/competitions/{slug}/submissions"
+    if not ref:
+        return f"submitted to {slug}; Kaggle gave no reference to follow its score, see {page}"
+    submission = None
+    for attempt in range(max(polls, 1)):
+        if attempt:
+            time.sleep(interval_s)
+        submissions = api.competition_submissions(slug) or []
+        submission = next((s for s in submissions if s.ref == ref), None)
+        if submission is not None and submission.status != SubmissionStatus.PENDING:
+            break
+    if submission is None:
+        return f"submitted to {slug}; submission {ref} is not listed yet, see {page}"
+    if submission.status == SubmissionStatus.PENDING:
+        return f"submitted to {slug}; still being scored, see {page}"
+    if submission.status == SubmissionStatus.ERROR:
+        raise KaggleError(f"Kaggle could not score the submission to {slug}: "
+                          f"{submission.error_description or 'no reason given'} (see {page})")
+    return f"submitted to {slug}: complete, public score {submission.public_score}"

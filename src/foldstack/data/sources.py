@@ -1,0 +1,113 @@
+"""Fetching a competition's files from a source that needs no Kaggle client (the embedded
+default, a local folder), and the marker that says a download finished -- one marker for every
+source, the Kaggle ones included (``foldstack.data.kaggle``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foldstack.core.config import PipelineConfig
+from foldstack.core.errors import DataError
+from foldstack.core.files import atomic_dir, write_csv, write_json
+from foldstack.core.paths import Paths
+
+log = logging.getLogger(__name__)
+
+MARKER = ".foldstack-download.json"
+
+
+def fetch(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
+    """Lay an embedded or local competition out under ``paths.data`` as the competition ships it.
+
+    A completed download leaves a marker listing its files; a later call with the marker in place
+    does nothing unless ``force``. The folder is built beside its final name and renamed, so an
+    interrupted download never looks complete.
+    """
+    source = cfg.data.source
+    if not force and up_to_date(paths.data, source):
+        log.info("%s is up to date (remove it or pass --force to fetch again)", paths.data)
+        return paths.data
+    writers = {"embedded": _write_embedded, "local": _copy_local}
+    with atomic_dir(paths.data) as tmp:
+        writers[source.type](cfg, tmp)
+        write_marker(tmp, source)
+    return paths.data
+
+
+def write_marker(folder: Path, source: Any) -> None:
+    """Record a finished download of ``source`` in ``folder``: the source and every file's size."""
+    write_json(folder / MARKER, {"source": source.model_dump(mode="json"), "files": _file_sizes(folder)})
+
+
+def up_to_date(folder: Path, source: Any) -> bool:
+    """Whether ``folder`` holds a finished download of ``source`` that nobody has changed since."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if marker.get("source") != source.model_dump(mode="json"):
+        return False
+    for name, size in marker.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (but the marker) as a relative POSIX path and its size."""
+    return {path.relative_to(folder).as_posix(): path.stat().st_size
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER}
+
+
+def _copy_local(cfg: PipelineConfig, target: Path) -> None:
+    source = Path(cfg.data.source.path).expanduser()
+    if not source.is_dir():
+        raise DataError(f"data.source.path = {str(source)!r}: folder not found")
+    shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def _write_embedded(cfg: PipelineConfig, target: Path) -> None:
+    writers = {"digits": write_digits}
+    writers[cfg.data.source.dataset](target, limit=cfg.data.source.limit)
+def write_digits(target: Path, limit: int | None = None, seed: int = 0) -> None:
+    """scikit-learn's 1,797 8x8 digits as a Kaggle competition: PNGs, train.csv, sample submission.
+
+    The images stay 8x8 grayscale, their 17 grey levels (0-16) spread over 0-255. A fixed,
+    stratified 80/20 split makes the test set; its answers go to ``solution.csv``.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target
+    index = np.arange(len(labels))
+    if limit is not None and limit < len(index):
+        index, _ = train_test_split(index, train_size=limit, stratify=labels, random_state=seed)
+        index = np.sort(index)
+    train_idx, test_idx = train_test_split(index, test_size=0.2, stratify=labels[index], random_state=seed)
+    for split, split_idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
+        folder = target / split
+        folder.mkdir(parents=True)
+        for i in split_idx:
+            Image.fromarray(images[i], mode="L").save(folder / f"{_digit_id(i)}.png")
+    train = pd.DataFrame({"id": [_digit_id(i) for i in np.sort(train_idx)], "label": labels[np.sort(train_idx)]})
+    test_ids = [_digit_id(i) for i in np.sort(test_idx)]
+    write_csv(target / "train.csv", train)
+    write_csv(target / "sample_submission.csv", pd.DataFrame({"id": test_ids, "label": 0}))
+    write_csv(target / "solution.csv", pd.DataFrame({"id": test_ids, "label": labels[np.sort(test_idx)]}))
+
+
+def _digit_id(index: int) -> str:
+    return f"digit_{index:04d}"
+
+

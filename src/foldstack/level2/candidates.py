@@ -1,0 +1,56 @@
+"""Registry of level-2 candidates: a name maps to a factory that builds an unfitted estimator
+from the pipeline config, and to the metrics it applies to.
+
+Adding a candidate is one :func:`register` call; the stage never branches on a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from foldstack.core.config import PipelineConfig
+from foldstack.core.metrics import Metric
+from foldstack.core.registry import Registry
+from foldstack.level2.base import Level2Estimator
+from foldstack.level2.blend import BestSingle, MeanBlend, RankAverage, WeightedMeanBlend
+from foldstack.level2.stackers import LightGBMStacker, LogisticStacker
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the registry knows about one candidate.
+
+    Attributes:
+        name: registry name, as ``stack.candidates`` and ``stack.force`` write it.
+        build: ``build(cfg) -> Level2Estimator``, unfitted.
+        applies: ``applies(metric) -> bool``: whether the candidate is fair for that metric.
+    """
+
+    name: str
+    build: Callable[[PipelineConfig], Level2Estimator]
+    applies: Callable[[Metric], bool] = lambda metric: True
+
+
+# Listed in registration order: simple blends first.
+_REGISTRY: Registry[Candidate] = Registry("stacking candidate", ordered=True)
+register = _REGISTRY.register
+names = _REGISTRY.names
+get = _REGISTRY.get
+
+
+def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estimator]:
+    def build(cfg: PipelineConfig) -> Level2Estimator:
+        return LightGBMStacker(params=dict(cfg.stack.lightgbm), summary_features=summary_features,
+                               seed=cfg.seed, max_negatives=cfg.stack.lightgbm_max_negatives)
+
+    return build
+
+
+register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric)))
+register(Candidate("mean", lambda cfg: MeanBlend()))
+register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend()))
+register(Candidate("rank_average", lambda cfg: RankAverage(), applies=lambda metric: metric.ranks))
+register(Candidate("logistic", lambda cfg: LogisticStacker()))
+register(Candidate("lightgbm", _lightgbm(summary_features=False)))
+register(Candidate("lightgbm_summary", _lightgbm(summary_features=True)))

@@ -1,0 +1,136 @@
+"""Run a function in a child process of its own, so everything it allocated goes back to the OS.
+
+Why the train stage needs it: TensorFlow keeps the traced graphs of every model a process has
+fit, and ``keras.backend.clear_session()`` does not free them, so memory grows fold after fold
+(measured in benchmarks/RESULTS.md, "Memory, fold over fold"). A fold in its own process hands
+all of it back when it exits.
+
+Children come from a fork server that imported the called function's module once (the first
+call's), so a call starts in milliseconds instead of paying a TensorFlow import each time. Where
+the platform has no fork server (Windows), children are spawned. The caller never imports the
+module (or Keras).
+
+A child:
+
+* ends when its parent dies, even by SIGKILL: a thread waits on the parent's sentinel, so a
+  killed ``foldstack train`` leaves no orphan writing into the fold it was training;
+* may ``send`` messages while it runs (progress ticks), handed to the caller's ``on_message``;
+* returns its result, or its error: a :class:`FoldstackError` (or a full disk) becomes the same
+  one-line error in the parent, Ctrl-C the parent's ``KeyboardInterrupt``, anything else a
+  :class:`ChildError` carrying the child's traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import traceback
+from multiprocessing.connection import wait
+from typing import Any, Callable
+
+from foldstack.core.errors import DiskFullError, FoldstackError, is_disk_full
+from foldstack.core.logs import setup_logging
+
+_INTERRUPTED = 130
+
+
+class ChildError(RuntimeError):
+    """The child failed with an unexpected error (a bug) or died; the message holds its traceback."""
+
+
+def call(function: str, *args: Any, on_message: Callable[[Any], None] | None = None) -> Any:
+    """``module:function`` run in a child process as ``function(*args, send=...)``; its result.
+
+    ``function`` is named, not passed, so that the parent never imports the module (and Keras).
+    """
+    context = _context(preload=function.split(":")[0])
+    messages = context.Queue()
+    level = logging.getLogger("foldstack").getEffectiveLevel()
+    child = context.Process(target=_child, args=(function, args, level, messages), daemon=True,
+                            name=function)
+    child.start()
+    try:
+        while True:
+            kind, payload = _next(messages, child, function)
+            if kind == "message":
+                if on_message is not None:
+                    on_message(payload)
+            elif kind == "result":
+                return payload
+            elif kind == "error":
+                raise FoldstackError(payload)
+            else:
+                raise ChildError(f"{function} failed in its own process:\n{payload}")
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():  # the parent was interrupted or failed first
+            child.terminate()
+            child.join()
+
+
+def _next(messages: multiprocessing.Queue, child: multiprocessing.Process, function: str) -> tuple[str, Any]:
+    """The child's next message; raises if it died without a last word."""
+    while True:
+        try:
+            return messages.get(timeout=0.2)
+        except queue.Empty:
+            if child.is_alive():
+                continue
+        try:  # it may have sent its result just before it ended
+            return messages.get(timeout=1.0)
+        except queue.Empty:
+            pass
+        if child.exitcode == _INTERRUPTED:
+            raise KeyboardInterrupt
+        how = (f"was killed by signal {-child.exitcode} (out of memory?)" if child.exitcode < 0
+               else f"exited with status {child.exitcode}")
+        raise ChildError(f"{function}: its process {how} without a result")
+
+
+def _context(preload: str) -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([preload])  # takes effect when the server starts (first call)
+    return context
+
+
+def _child(function: str, args: tuple, level: int, messages: multiprocessing.Queue) -> None:
+    _end_with_parent()
+    setup_logging(level)
+    try:
+        module, name = function.split(":")
+        target = getattr(importlib.import_module(module), name)
+        result = target(*args, send=lambda message: messages.put(("message", message)))
+        messages.put(("result", result))
+    except KeyboardInterrupt:
+        raise SystemExit(_INTERRUPTED) from None
+    except FoldstackError as error:
+        messages.put(("error", str(error)))
+    except OSError as error:
+        if is_disk_full(error):
+            messages.put(("error", str(DiskFullError(error.filename))))
+        else:
+            messages.put(("crash", traceback.format_exc()))
+    except BaseException:  # noqa: BLE001 - anything else is a bug: the parent shows its traceback
+        messages.put(("crash", traceback.format_exc()))
+    finally:
+        messages.close()
+        messages.join_thread()
+
+
+def _end_with_parent() -> None:
+    """Exit at once when the parent process ends, however it ends."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(_INTERRUPTED)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()

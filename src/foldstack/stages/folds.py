@@ -1,0 +1,29 @@
+"""The `folds` stage: split the train table into K folds, the same way on every run."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from foldstack.contracts import folds_file
+from foldstack.core.config import PipelineConfig
+from foldstack.core.paths import Paths
+from foldstack.data import splits, tables
+from foldstack.plots.augmentation import augmentation_preview
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
+    """Write ``folds.csv`` (``id, label, fold``) and a preview of the training augmentation."""
+    table = tables.load_train_table(cfg, paths)
+    table["fold"] = splits.make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.task, cfg.folds.strategy,
+                                      splits.read_groups(cfg, paths))
+    folds_file.write(paths.folds, table)
+    sizes = table["fold"].value_counts().sort_index()
+    log.info("folds: %d images, %d classes, fold sizes %s -> %s", len(table), table["label"].nunique(),
+             sizes.tolist(), paths.folds)
+    preview = augmentation_preview(cfg, table, paths.artifacts / "augmentation.png", seed=cfg.seed)
+    log.info("augmentation preview -> %s", preview)
+    return table[folds_file.COLUMNS]

@@ -1,0 +1,203 @@
+"""The `train` stage: every model of the pipeline on every fold, then its OOF and test files.
+
+Each fold trains in a process of its own (:mod:`foldstack.runtime.isolate`; the Keras side is
+:mod:`foldstack.training.worker`), so its model's memory is returned before the next fold starts;
+this process never imports Keras. Each finished (model, fold) leaves its ``done.json`` with a
+fingerprint of what produced it; a rerun skips every fold whose fingerprint still matches, and
+an interrupted fold resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm.auto import tqdm
+
+from foldstack.contracts import fold_done, folds_file, manifest, predictions
+from foldstack.core import metrics
+from foldstack.core.config import ModelConfig, PipelineConfig
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
+from foldstack.data import tables
+from foldstack.data.cache import cached_images
+from foldstack.data.labels import Classes
+from foldstack.runtime import isolate
+from foldstack.runtime.memory import memory_mb
+from foldstack.training.fold_task import FoldTask, features_key, recipe_fingerprint
+
+log = logging.getLogger(__name__)
+
+WORKER = "foldstack.training.worker"
+
+
+class Trainer:
+    """Trains the pipeline's models fold by fold; one instance per ``train`` run."""
+
+    def __init__(self, cfg: PipelineConfig, paths: Paths, workers: int | None = None):
+        self.cfg = cfg
+        self.paths = paths
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.metric = metrics.get(cfg.metric)
+        self.folds = folds_file.read(paths.folds, cfg.folds.k)
+        self.files = self._train_files()
+        self.test = tables.load_test_table(cfg, paths)
+        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
+        self.device: dict | None = None  # what the first trained fold ran on, logged once
+        self.folds_digest = hashlib.sha256(pd.util.hash_pandas_object(self.folds, index=False).values).hexdigest()
+
+    def _train_files(self) -> list[str]:
+        """The image of each folds.csv row, after checking that folds.csv still matches the train table."""
+        table = tables.load_train_table(self.cfg, self.paths).set_index("id")
+        unknown = self.folds.loc[~self.folds["id"].isin(table.index), "id"]
+        if len(unknown) or len(table) != len(self.folds):
+            example = unknown.iloc[0] if len(unknown) else sorted(set(table.index) - set(self.folds["id"]))[0]
+            raise DataError(f"{self.paths.folds}: ids differ from the train table (e.g. {example!r}); "
+                            "run `make folds` again")
+        # A label edited in the train table after `folds` ran would otherwise train on the old one.
+        relabelled = self.folds["label"].to_numpy() != table.loc[self.folds["id"], "label"].to_numpy()
+        if relabelled.any():
+            row = self.folds[relabelled].iloc[0]
+            raise DataError(f"{self.paths.folds}: id {row['id']!r} has label {row['label']!r} but the train "
+                            f"table says {table.loc[row['id'], 'label']!r}; run `make folds` again")
+        return table.loc[self.folds["id"], "path"].tolist()
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self, only: list[str] | None = None) -> dict[str, float]:
+        """Train every model (or those named in ``only``); returns each model's CV score."""
+        models = [self.cfg.model(name) for name in only] if only else list(self.cfg.models)
+        k = self.cfg.folds.k
+        scores = {}
+        with tqdm(total=sum(m.epochs for m in models) * k, desc="train", unit="epoch") as bar:
+            for model in models:
+                scores[model.name] = self.train_model(model, bar)
+        return scores
+
+    def train_model(self, model: ModelConfig, bar: tqdm) -> float:
+        size = model.image_size
+        ids = {"train": self.folds["id"].tolist(), "test": self.test["id"].tolist()}
+        caches = {split: self.paths.cache / str(size) / f"{split}.npy" for split in ids}
+        cached_images(self.files, ids["train"], size, caches["train"], desc="train")
+        cached_images(self.test["path"].tolist(), ids["test"], size, caches["test"], desc="test")
+        fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
+                                         self.folds_digest, ids["test"])
+        features, features_seconds = None, None
+        if model.regime == "features":
+            features = self.paths.models / model.name / "features"
+            # The backbone pass is needed only while some fold is still to train.
+            if any(fold_done.finished(self._fold_dir(model, f), fingerprint) is None for f in range(self.cfg.folds.k)):
+                started = time.perf_counter()
+                isolate.call(f"{WORKER}:build_features", model, caches, self.cfg.augment, features,
+                             features_key(model, self.cfg.augment, ids), self.workers)
+                features_seconds = round(time.perf_counter() - started, 2)
+        results = []
+        for fold in range(self.cfg.folds.k):
+            start = bar.n
+            results.append(self._train_fold(model, fold, caches, features, fingerprint, bar))
+            bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
+        return self._merge(model, results, features_seconds)
+
+    def _fold_dir(self, model: ModelConfig, fold: int) -> Path:
+        return self.paths.models / model.name / f"fold{fold}"
+
+    def _train_fold(self, model: ModelConfig, fold: int, caches: dict[str, Path], features: Path | None,
+                    fingerprint: str, bar: tqdm) -> dict:
+        fold_dir = self._fold_dir(model, fold)
+        done = fold_done.finished(fold_dir, fingerprint)
+        if done is not None:
+            tqdm.write(f"skip {model.name} fold {fold}: already trained ({self.cfg.metric} {done['score']:.4f})")
+            return done
+        if fold_done.exists(fold_dir):
+            log.info("%s fold %d: its recipe changed, training again", model.name, fold)
+        if fold_dir.exists() and _fingerprint_of(fold_dir) != fingerprint:
+            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "fingerprint").write_text(fingerprint)
+
+        is_valid = (self.folds["fold"] == fold).to_numpy()
+        task = FoldTask(
+            model=model, task=self.cfg.task, metric=self.cfg.metric, y=self.y, n_classes=len(self.classes),
+            train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
+            caches=caches, fold_dir=fold_dir, seed=self.cfg.seed + fold, workers=self.workers,
+            class_weight=self._class_weight(model, ~is_valid), features=features,
+        )
+
+        def tick(val_score: float | None) -> None:
+            bar.update(1)
+            if val_score is not None:
+                bar.set_postfix(score=f"{val_score:.4f}")
+
+        started = time.perf_counter()
+        result = isolate.call(f"{WORKER}:train_fold", task, on_message=tick)
+        seconds = time.perf_counter() - started
+        if self.device is None:
+            self.device = result["device"]
+            log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
+                     "on" if self.device["mixed_precision"] else "off")
+        score = self.metric(self.y[task.valid_index], result["oof"])
+
+        ids = self.folds["id"].to_numpy()
+        predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
+        predictions.write(fold_dir / "test.parquet", self.test["id"].to_numpy(), self.classes, result["test"])
+        done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint,
+                "epochs": _epochs_run(fold_dir), "device": result["device"],
+                "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
+                "rss_mb": memory_mb()}  # this process after the fold: should stay flat
+        fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists
+        tqdm.write(f"{model.name} fold {fold}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
+        return done
+
+    def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
+        if not model.class_weights or self.cfg.task == "multilabel":
+            return None
+        y = self.y[rows]
+        present = np.unique(y)
+        weights = compute_class_weight("balanced", classes=present, y=y)
+        return {int(c): float(w) for c, w in zip(present, weights)}
+
+    def _merge(self, model: ModelConfig, results: list[dict], features_seconds: float | None) -> float:
+        """Join the folds into ``oof/<model>.parquet`` and ``test/<model>.parquet``, with a manifest."""
+        model_dir = self.paths.models / model.name
+        fold_index = self.folds.set_index("id")
+        oof = pd.concat([
+            predictions.read_oof(self._fold_dir(model, fold) / "oof.parquet", self.classes,
+                                 fold_index[fold_index["fold"] == fold], self.paths.folds)
+            for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
+        test_ids = pd.Index(self.test["id"])
+        tests = [predictions.read_predictions(self._fold_dir(model, fold) / "test.parquet", self.classes,
+                                              expected=test_ids, reference=self.paths.data / self.cfg.data.sample_submission)
+                 for fold in range(self.cfg.folds.k)]
+        names = list(self.classes.names)
+        test = np.mean([frame[names].to_numpy(np.float64) for frame in tests], axis=0)
+        score = self.metric(self.y, oof[names].to_numpy())
+        predictions.write(self.paths.oof / f"{model.name}.parquet", oof.index.to_numpy(), self.classes,
+                          oof[names].to_numpy(), fold=oof["fold"].to_numpy())
+        predictions.write(self.paths.test / f"{model.name}.parquet", test_ids.to_numpy(), self.classes, test)
+        manifest.write(model_dir, self.cfg, model, results, score, features_seconds)
+        fold_scores = ", ".join(f"{r['score']:.4f}" for r in results)
+        tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores})")
+        return score
+
+
+def _fingerprint_of(fold_dir: Path) -> str | None:
+    marker = fold_dir / "fingerprint"
+    return marker.read_text() if marker.exists() else None
+
+
+def _epochs_run(fold_dir: Path) -> int:
+    log_file = fold_dir / "log.csv"
+    return max(0, len(log_file.read_text().splitlines()) - 1) if log_file.exists() else 0
+
+
+def run(cfg: PipelineConfig, paths: Paths, only: list[str] | None = None, workers: int | None = None) -> dict[str, float]:
+    """Train the pipeline's models (or those in ``only``) and write their OOF and test files."""
+    return Trainer(cfg, paths, workers=workers).run(only)

@@ -1,0 +1,138 @@
+"""The callbacks every phase of a fold trains with: the competition metric on the held-out fold,
+the best checkpoint, early stopping, the CSV log and resume -- Keras's own where they fit,
+written atomically where a kill could tear a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import keras
+import numpy as np
+
+from foldstack.core.files import atomic_path, write_text
+from foldstack.core.metrics import Metric
+
+#: HDF5 attributes of a best checkpoint: the score and epoch its weights reached.
+SCORE_ATTR, EPOCH_ATTR = "foldstack_val_score", "foldstack_epoch"
+
+
+class FoldScore(keras.callbacks.Callback):
+    """Adds the competition metric on the held-out fold to the epoch logs as ``val_score``.
+
+    Listed before the checkpoint and early-stopping callbacks, which then monitor ``val_score``
+    (Keras hands every callback the same logs dict, in list order).
+    """
+
+    def __init__(self, inputs, y_true: np.ndarray, metric: Metric):
+        super().__init__()
+        self.inputs = inputs
+        self.y_true = y_true
+        self.metric = metric
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        proba = self.model.predict(self.inputs, verbose=0)
+        if logs is not None:
+            logs["val_score"] = self.metric(self.y_true, proba)
+
+
+def save_weights(model: keras.Model, path: Path, attrs: dict[str, Any] | None = None) -> None:
+    """``model.save_weights`` that a kill cannot leave half-written (a torn HDF5 file fails to
+    load), with ``attrs`` stored in the same file."""
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+        if attrs:
+            with h5py.File(tmp, "a") as handle:
+                handle.attrs.update(attrs)
+
+
+def best_so_far(path: Path) -> float | None:
+    """The score stored in the best checkpoint at ``path``, or None without one."""
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as handle:
+        score = handle.attrs.get(SCORE_ATTR)
+    return None if score is None else float(score)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """The best weights by ``val_score`` over every phase of a fold and across a resume.
+
+    The score is stored inside the weights file and renamed into place with it, so a new phase
+    or a resumed run starts from the best on disk: an epoch that does worse never replaces it.
+    """
+
+    def __init__(self, path: Path, metric: Metric):
+        super().__init__()
+        self.path = Path(path)
+        self.metric = metric
+        self.best: float | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.best = best_so_far(self.path)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        score = (logs or {}).get("val_score")
+        if score is None or not np.isfinite(score):
+            return
+        if self.best is None or self.metric.better(score, self.best):
+            save_weights(self.model, self.path, {SCORE_ATTR: score, EPOCH_ATTR: epoch})
+            self.best = score
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, but a kill mid-save keeps the previous complete backup."""
+
+    def on_train_begin(self, logs=None):
+        # Keras keeps a restored start epoch on the model; a later phase must not inherit it.
+        self.model._initial_epoch = None
+        super().on_train_begin(logs)
+
+    def resume_epoch(self) -> int | None:
+        """The epoch a resumed fit starts at (the backup's next epoch), or None without a backup."""
+        metadata = Path(self._training_metadata_path)
+        return json.loads(metadata.read_text())["epoch"] if metadata.exists() else None
+
+    def _save_model(self):
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        save_weights(self.model, Path(self._weights_path))
+        write_text(self._training_metadata_path,
+                   json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger (appending), which first drops the rows of the epochs about to run.
+
+    An epoch's row is written before its backup (the backup must come last, so that a backed-up
+    epoch is fully logged); a kill between the two would otherwise leave that epoch's row in the
+    log twice once the resumed fit runs it again.
+    """
+
+    def __init__(self, filename: Path, backup: AtomicBackupAndRestore, first_epoch: int):
+        super().__init__(str(filename), append=True)
+        self.backup = backup
+        self.first_epoch = first_epoch
+
+    def on_train_begin(self, logs=None):
+        start = self.backup.resume_epoch()
+        start = self.first_epoch if start is None else start
+        path = Path(self.filename)
+        if path.exists():
+            header, *rows = path.read_text().splitlines(keepends=True) or [""]
+            kept = [row for row in rows if int(row.split(self.sep, 1)[0]) < start]
+            if len(kept) < len(rows):
+                write_text(path, "".join([header, *kept]))
+        super().on_train_begin(logs)
+
+
+class EpochTicks(keras.callbacks.Callback):
+    """``send(val_score)`` after every epoch: the train stage's progress bar, across processes."""
+
+    def __init__(self, send: Callable[[object], None]):
+        super().__init__()
+        self.send = send
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.send((logs or {}).get("val_score"))

@@ -1,0 +1,86 @@
+"""What one (model, fold) training is, as plain data: picklable, and free of Keras.
+
+The train stage builds a :class:`FoldTask` and sends it to the fold's own process
+(:mod:`foldstack.training.worker`), which opens the image caches it names and trains it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from foldstack.core.config import AugmentConfig, ModelConfig
+from foldstack.core.metrics import one_hot
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldTask:
+    """One model trained on all folds but one, and what it needs.
+
+    Attributes:
+        model: the model's config.
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        metric: the registry name of the metric that scores the held-out fold.
+        y: every training row's encoded label (class indices, or a 0/1 matrix for multilabel).
+        n_classes: the number of classes.
+        train_index: the rows it trains on.
+        valid_index: the held-out rows it predicts (its OOF rows); never trained on.
+        augment: the albumentations pipelines (train, valid, TTA views).
+        caches: each split's uint8 image cache (``train``, ``test``), a ``.npy`` file.
+        fold_dir: where its checkpoints, log and backups go.
+        seed: seeds weights, shuffling and augmentation.
+        workers: input-pipeline threads.
+        class_weight: per-class loss weights, or None.
+        features: the ``features`` regime's cache folder (see ``training.features``), else None.
+    """
+
+    model: ModelConfig
+    task: str
+    metric: str
+    y: np.ndarray
+    n_classes: int
+    train_index: np.ndarray
+    valid_index: np.ndarray
+    augment: AugmentConfig
+    caches: dict[str, Path]
+    fold_dir: Path
+    seed: int
+    workers: int = 1
+    class_weight: dict[int, float] | None = None
+    features: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Every row's float32 target for the network: one-hot rows, or the 0/1 matrix."""
+        return one_hot(self.y, self.n_classes).astype(np.float32)
+
+    def y_true(self, index: np.ndarray) -> np.ndarray:
+        """The rows' labels as the metric takes them."""
+        return self.y[index]
+
+
+def features_key(model: ModelConfig, augment: AugmentConfig, ids: dict[str, list[str]]) -> str:
+    """What the ``features`` regime's backbone pass depends on: the backbone, its weights, the
+    image size, the valid transforms and TTA views, and the images. Not the head's recipe:
+    a new learning rate or head must not run the backbone again."""
+    return _digest({"backbone": model.backbone, "weights": model.weights, "image_size": model.image_size,
+                    "valid": augment.valid, "tta": augment.tta, "ids": ids})
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
+                       folds_digest: str, test_ids: list[str]) -> str:
+    """What a fold's results depend on; a fold whose ``done.json`` holds another one trains again."""
+    return _digest({"model": model.model_dump(mode="json"), "augment": augment.model_dump(mode="json"),
+                    "task": task, "metric": metric, "seed": seed, "folds": folds_digest, "test": test_ids})

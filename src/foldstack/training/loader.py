@@ -1,0 +1,90 @@
+"""The input pipeline: numpy batches from the memory-mapped cache, augmented by albumentations.
+
+Backend-neutral: a ``keras.utils.PyDataset``, so the same code feeds TensorFlow, JAX and PyTorch.
+Augmentation runs in Keras's worker threads (``workers``); albumentations releases the GIL in
+its OpenCV calls, so threads scale without copying the cache into processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+
+import albumentations as A
+import keras
+import numpy as np
+
+from foldstack.core.config import AugmentConfig
+from foldstack.runtime.memory import keep_freed_memory
+from foldstack.training.augment import compose
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of ``(images, targets)`` from rows ``index`` of a uint8 image array.
+
+    Images stay uint8 (0-255) unless a transform makes them float: the model's float32 input
+    casts them on its device, so a batch costs a quarter of the bytes to build and to copy to a
+    GPU.
+
+    Args:
+        images: ``(N, H, W, 3)`` uint8, usually a read-only memory map.
+        index: which rows to serve, in this order (shuffled each epoch when ``shuffle``).
+        targets: per-row targets (class indices or a 0/1 matrix), or None for prediction.
+        transform: an albumentations Compose applied to each image, or None.
+        batch_size: images per batch.
+        shuffle: reshuffle ``index`` at the end of every epoch (seeded, so runs repeat).
+        seed: the shuffle and augmentation seed. Each batch's augmentation is seeded by
+            ``(seed, epoch, batch)`` in a transform of its thread's own, so a run repeats
+            exactly however the worker threads interleave.
+        workers: threads that build batches in parallel (Keras's ``PyDataset`` workers).
+    """
+
+    def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,
+                 transform: A.Compose | None = None, batch_size: int = 32, shuffle: bool = False,
+                 seed: int = 0, workers: int = 1, **kwargs):
+        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+        self.images = images
+        self.index = np.asarray(index)
+        self.targets = targets
+        self.transform = transform
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self._epoch = 0
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(self.index) if shuffle else self.index
+        self._local = threading.local()  # each worker thread's own copy of the transform
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.index) / self.batch_size)
+
+    def __getitem__(self, batch: int):
+        keep_freed_memory()  # undoes TensorFlow's malloc trim patch; see its docstring
+        rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        images = np.asarray(self.images[rows])
+        if self.transform is not None:
+            transform = self._thread_transform()
+            seed = np.random.SeedSequence([self.seed, self._epoch, batch]).generate_state(1)[0]
+            transform.set_random_seed(int(seed))
+            images = np.stack([transform(image=image)["image"] for image in images])
+        if self.targets is None:
+            return (images,)
+        return images, self.targets[rows]
+
+    def on_epoch_end(self) -> None:
+        self._epoch += 1
+        if self.shuffle:
+            self._order = self._rng.permutation(self.index)
+
+    def _thread_transform(self) -> A.Compose:
+        if not hasattr(self._local, "transform"):
+            self._local.transform = copy.deepcopy(self.transform)
+        return self._local.transform
+
+
+def view_batches(images: np.ndarray, index: np.ndarray, augment: AugmentConfig, view: list[dict],
+                 batch_size: int, workers: int = 1) -> ImageBatches:
+    """Unshuffled batches of one TTA view: the valid transforms, then the view's own."""
+    return ImageBatches(images, index, transform=compose([*augment.valid, *view]),
+                        batch_size=batch_size, workers=workers)

@@ -1,0 +1,95 @@
+"""Networks: ``backbone -> global average pooling -> head``, and how they are compiled.
+Keras 3 only (``keras``, ``keras.ops``), no ``tf.*``.
+
+The head ends in a float32 dense layer (softmax, or sigmoid for multilabel), so mixed precision
+never rounds the probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from foldstack import backbones
+from foldstack.core.config import ModelConfig
+from foldstack.training.fold_task import FoldTask
+
+_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid"}
+
+
+def create_backbone(model: ModelConfig) -> keras.Model:
+    """The backbone at the model's size; cut at ``cut_layer`` (or its deepest cut point) for ``partial``."""
+    cut = None
+    if model.regime == "partial":
+        cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
+    size = model.image_size
+    return backbones.create(model.backbone, weights=model.weights, include_top=False,
+                            input_shape=(size, size, 3), cut_at=cut)
+
+
+def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = ()):
+    """``dense_units`` hidden layers, each followed by dropout, then the classifier; a head
+    without hidden layers has one dropout before the classifier (never two in a row)."""
+    x = features
+    for units in dense_units:
+        x = keras.layers.Dense(units, activation="relu")(x)
+        x = keras.layers.Dropout(model.dropout)(x)
+    if not dense_units:
+        x = keras.layers.Dropout(model.dropout)(x)
+    return keras.layers.Dense(n_classes, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
+
+
+def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
+                  dense_units: Sequence[int] = ()) -> keras.Model:
+    """The backbone, pooled, under a head. ``frozen_statistics`` calls the backbone with
+    ``training=False``: its BatchNorm stays in inference mode even once it is unfrozen, so a
+    few small batches never overwrite the ImageNet statistics (the keras-io recipe)."""
+    inputs = keras.Input((task.size, task.size, 3), name="image")
+    x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
+
+
+def features_network(task: FoldTask, n_features: int) -> keras.Model:
+    """A head alone, on pooled backbone features (the ``features`` regime)."""
+    inputs = keras.Input((n_features,), name="features")
+    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task), name=task.model.name)
+
+
+def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, steps_per_epoch: int,
+                jit_compile: bool | str = False) -> None:
+    """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total // 2)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr * 0.01, decay_steps=max(1, total - warmup), alpha=0.01,
+        warmup_target=lr, warmup_steps=warmup)
+    loss_type = keras.losses.BinaryCrossentropy if task.task == "multilabel" else keras.losses.CategoricalCrossentropy
+    network.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=task.model.weight_decay),
+                    loss=loss_type(label_smoothing=task.model.label_smoothing), jit_compile=jit_compile)
+
+
+def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
+    """What of the backbone trains: nothing (None), ``"all"``, the top ``N`` layers, or every
+    layer from a named one on."""
+    backbone.trainable = which is not None
+    if which is None or which == "all":
+        return
+    layers = _leaf_layers(backbone)
+    if isinstance(which, int):
+        start = max(0, len(layers) - which)
+    else:
+        names = [layer.name for layer in layers]
+        if which not in names:
+            raise ValueError(f"unfreeze = {which!r}: no such layer in the backbone")
+        start = names.index(which)
+    for layer in layers[:start]:
+        layer.trainable = False
+
+
+def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    leaves = []
+    for layer in model.layers:
+        leaves.extend(_leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return leaves

@@ -1,0 +1,114 @@
+"""Training as declared phases: a regime says what each phase trains, at what learning rate and
+for how many epochs; :func:`fit_phases` is the one function that fits them.
+
+Each phase is one ``fit`` call after setting what is trainable and compiling afresh (a change of
+trainable weights needs a new compile). Across phases the epochs count on (phase two starts at
+the epoch where phase one ended) and one best checkpoint is kept: it holds the best epoch of any
+phase. A finished phase leaves its end weights as a marker file, so a rerun skips it; a phase cut
+short resumes from its last backed-up epoch (Keras's ``BackupAndRestore``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import keras
+
+from foldstack.core.metrics import Metric
+from foldstack.training.callbacks import (AtomicBackupAndRestore, BestCheckpoint, FoldScore, ResumableCSVLogger,
+                                          save_weights)
+from foldstack.training.fold_task import FoldTask
+from foldstack.training.network import compile_for, set_trainable
+
+log = logging.getLogger(__name__)
+
+BEST = "best.weights.h5"
+LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``fit`` call of a regime.
+
+    Attributes:
+        name: names the phase's marker and backup (``phase-<name>.weights.h5``, ``backup-<name>``).
+        epochs: how many epochs it trains.
+        lr: its peak learning rate.
+        backbone: what of the backbone trains: None (frozen), ``"all"``, the top N layers, or
+            every layer from a named one on. Ignored by a network without a backbone.
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    backbone: str | int | None = "all"
+
+
+@dataclass
+class Plan:
+    """A regime's network and how to train it: its phases and the data they see.
+
+    Attributes:
+        network: the model that trains, end to end.
+        backbone: the backbone inside it whose trainable layers the phases set, or None.
+        phases: what to train, in order.
+        train: makes each phase's training data, as ``fit``'s keywords (``x`` a batch sequence,
+            or ``x``, ``y``, ``batch_size`` and ``shuffle`` for arrays).
+        steps: batches per epoch (for the learning-rate schedule).
+        valid: what ``predict`` takes for the held-out fold's score each epoch.
+    """
+
+    network: keras.Model
+    backbone: keras.Model | None
+    phases: Sequence[Phase]
+    train: Callable[[], dict[str, Any]]
+    steps: int
+    valid: Any
+
+
+def fit_phases(task: FoldTask, plan: Plan, metric: Metric, callbacks: Sequence[keras.callbacks.Callback] = (),
+               jit_compile: bool | str = False) -> None:
+    """Fit every phase of ``plan`` in order, then load the best weights of any phase."""
+    best = BestCheckpoint(task.fold_dir / BEST, metric)
+    first_epoch = 0
+    for phase in plan.phases:
+        _fit_phase(task, plan, phase, first_epoch, metric, best, callbacks, jit_compile)
+        first_epoch += phase.epochs
+    if best.path.exists():
+        plan.network.load_weights(str(best.path))
+
+
+def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metric: Metric, best: BestCheckpoint,
+               callbacks: Sequence[keras.callbacks.Callback], jit_compile: bool | str) -> None:
+    """One call of ``fit``; skipped when a previous run finished it (its marker file exists)."""
+    done = task.fold_dir / f"phase-{phase.name}.weights.h5"
+    if done.exists():
+        plan.network.load_weights(str(done))
+        log.info("%s: phase %s already done, weights restored", task.fold_dir, phase.name)
+        return
+    if plan.backbone is not None:
+        set_trainable(plan.backbone, phase.backbone)
+    compile_for(task, plan.network, phase.lr, phase.epochs, plan.steps, jit_compile)
+    plan.network.fit(**plan.train(), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
+                     class_weight=task.class_weight,
+                     callbacks=_phase_callbacks(task, plan, phase, first_epoch, metric, best, callbacks))
+    save_weights(plan.network, done)
+
+
+def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metric: Metric,
+                     best: BestCheckpoint, callbacks: Sequence[keras.callbacks.Callback]) -> list:
+    """Score first (the others read its ``val_score``), then the best checkpoint shared by every
+    phase, early stopping, the log, the backup (a backed-up epoch is fully logged), then the
+    caller's."""
+    mode = "max" if metric.greater_is_better else "min"
+    backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"))
+    return [
+        FoldScore(plan.valid, task.y_true(task.valid_index), metric),
+        best,
+        keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),
+        ResumableCSVLogger(task.fold_dir / LOG, backup, first_epoch),
+        backup,
+        *callbacks,
+    ]

@@ -1,0 +1,127 @@
+"""The four transfer regimes, each a :class:`~foldstack.training.phases.Plan`: a network and the
+phases that train it. A model's YAML picks one by name (:data:`REGIMES`); :func:`fit` trains it.
+
+* ``features``: the backbone is frozen and run once per image and TTA view
+  (:mod:`foldstack.training.features`); one phase trains a head on the pooled features.
+* ``finetune``: a ``head`` phase with the backbone frozen, then an ``unfrozen`` phase with the
+  backbone unfrozen (all of it, the top N layers, or from a named layer) at ``finetune_lr``.
+* ``partial``: the backbone cut at an earlier layer and frozen; one phase trains dense layers on it.
+* ``scratch``: one phase trains everything, from pretrained or random weights.
+
+In the regimes that keep pretrained features the backbone runs with ``training=False``
+(``network.build_network``), so BatchNorm keeps its ImageNet statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from foldstack.core.metrics import Metric
+from foldstack.training.features import FeatureCache
+from foldstack.training.fold_task import FoldTask
+from foldstack.training.loader import ImageBatches, view_batches
+from foldstack.training.network import build_network, create_backbone, features_network
+from foldstack.training.phases import Phase, Plan, fit_phases
+from foldstack.training.augment import compose
+
+Predict = Callable[[str, np.ndarray], np.ndarray]
+"""``predict(split, index) -> probabilities``, averaged over the TTA views."""
+
+Images = dict[str, np.ndarray]
+"""Each split's uint8 image array (``train``, ``test``)."""
+
+
+def scratch(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
+    backbone = create_backbone(task.model)
+    network = build_network(task, backbone, frozen_statistics=False)
+    phases = [Phase("all", task.model.epochs, task.model.lr, backbone="all")]
+    return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+
+
+def finetune(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
+    model = task.model
+    backbone = create_backbone(model)
+    network = build_network(task, backbone, frozen_statistics=True)
+    head_epochs = min(model.head_epochs, model.epochs)
+    phases = []
+    if head_epochs:
+        phases.append(Phase("head", head_epochs, model.lr, backbone=None))
+    if model.epochs > head_epochs:
+        phases.append(Phase("unfrozen", model.epochs - head_epochs, model.finetune_lr, backbone=model.unfreeze))
+    return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+
+
+def partial(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
+    backbone = create_backbone(task.model)
+    network = build_network(task, backbone, frozen_statistics=True, dense_units=task.model.dense_units)
+    phases = [Phase("head", task.model.epochs, task.model.lr, backbone=None)]
+    return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+
+
+def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
+    if task.features is None:
+        raise ValueError("the features regime needs task.features (the feature cache's folder)")
+    cache = FeatureCache.load(task.features, list(images), len(task.augment.tta))
+    # Every TTA view of a training image is a training row of its own.
+    train_x = np.concatenate([view[task.train_index] for view in cache.views("train")])
+    train_y = np.concatenate([task.targets[task.train_index]] * len(task.augment.tta))
+    network = features_network(task, train_x.shape[1])
+    batch_size = task.model.batch_size
+    plan = Plan(
+        network=network, backbone=None,
+        phases=[Phase("all", task.model.epochs, task.model.lr, backbone=None)],
+        train=lambda: {"x": train_x, "y": train_y, "batch_size": batch_size, "shuffle": True},
+        steps=math.ceil(len(train_x) / batch_size),
+        # The first view's features are the plain image; validation scores it like the other regimes.
+        valid=cache.views("train")[0][task.valid_index],
+    )
+
+    def predict(split: str, index: np.ndarray) -> np.ndarray:
+        return np.mean([network.predict(view[index], verbose=0) for view in cache.views(split)], axis=0)
+
+    return plan, predict
+
+
+REGIMES: dict[str, Callable[[FoldTask, Images], tuple[Plan, Predict]]] = {
+    "features": features,
+    "finetune": finetune,
+    "partial": partial,
+    "scratch": scratch,
+}
+
+
+def fit(task: FoldTask, images: Images, metric: Metric, callbacks: Sequence[keras.callbacks.Callback] = (),
+        jit_compile: bool | str = False) -> Predict:
+    """Train one fold with the regime its model config names; returns its TTA predictor, holding
+    the best weights of any phase."""
+    plan, predict = REGIMES[task.model.regime](task, images)
+    fit_phases(task, plan, metric, callbacks, jit_compile)
+    return predict
+
+
+def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: keras.Model,
+                phases: list[Phase]) -> Plan:
+    """A plan that trains on augmented batches of the image cache; each phase gets fresh batches."""
+    batch_size = task.model.batch_size
+
+    def train() -> dict:
+        return {"x": ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
+                                  batch_size=batch_size, shuffle=True, seed=task.seed, workers=task.workers)}
+
+    return Plan(network=network, backbone=backbone, phases=phases, train=train,
+                steps=math.ceil(len(task.train_index) / batch_size),
+                valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
+
+
+def tta_predictor(task: FoldTask, network: keras.Model, images: Images) -> Predict:
+    def predict(split: str, index: np.ndarray) -> np.ndarray:
+        views = [network.predict(view_batches(images[split], index, task.augment, view, task.model.batch_size,
+                                              task.workers), verbose=0)
+                 for view in task.augment.tta]
+        return np.mean(views, axis=0)
+
+    return predict

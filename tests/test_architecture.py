@@ -1,0 +1,172 @@
+"""The layout's rules, read off the source: imports run one way, no cycles, a stage per Make target.
+
+The import graph is every ``import`` of a foldstack module anywhere in a file -- at the top, in a
+function, under ``TYPE_CHECKING`` -- so a cycle cannot hide inside a function.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "foldstack"
+MAKEFILE = PACKAGE.parents[1] / "Makefile"
+
+#: Top to bottom: a module may import its own folder and the layers below its own, never above,
+#: and never a sibling in its own layer (siblings stay independent).
+LAYERS = [
+    {"cli"},
+    {"stages", "pipeline"},
+    {"plots"},
+    {"training"},
+    {"contracts"},
+    {"data", "level2", "backbones", "runtime"},
+    {"core"},
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str) -> list[tuple[str, int, bool]]:
+    """Each foldstack module that ``name`` imports: (module, line, inside a function)."""
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    is_package = MODULES[name].name == "__init__.py"
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, child.lineno, in_function) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = _absolute(child, name, is_package)
+                for alias in child.names:
+                    target = f"{base}.{alias.name}"
+                    found.append((target if target in MODULES else base, child.lineno, in_function))
+            visit(child, nested)
+
+    visit(tree, False)
+    return [(module, line, inside) for module, line, inside in found
+            if module == "foldstack" or module.startswith("foldstack.")]
+
+
+def _absolute(node: ast.ImportFrom, name: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = name.split(".") if is_package else name.split(".")[:-1]
+    parts = parts[:len(parts) - node.level + 1]
+    return ".".join([*parts, node.module] if node.module else parts)
+
+
+def _room(module: str) -> str:
+    """The folder (or top-level module) a module lives in: ``foldstack.data.tables`` -> ``data``."""
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def _layer(room: str) -> int:
+    return next(i for i, rooms in enumerate(LAYERS) if room in rooms)
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def test_every_folder_and_top_level_module_has_a_layer() -> None:
+    rooms = {_room(name) for name in MODULES} - {""}
+    assert rooms == set().union(*LAYERS)
+
+
+def test_imports_run_one_way() -> None:
+    wrong = []
+    for name, imports in GRAPH.items():
+        room = _room(name)
+        if not room:  # foldstack/__init__.py imports nothing of foldstack's
+            assert imports == [], imports
+            continue
+        for module, line, _ in imports:
+            target = _room(module)
+            if target != room and (not target or _layer(target) <= _layer(room)):
+                wrong.append(f"{MODULES[name].relative_to(PACKAGE)}:{line} imports {module}")
+    assert not wrong, "imports against the layers (see ARCHITECTURE.md):\n" + "\n".join(wrong)
+
+
+def test_no_import_of_foldstack_inside_a_function() -> None:
+    hidden = [f"{MODULES[name].relative_to(PACKAGE)}:{line} imports {module}"
+              for name, imports in GRAPH.items() for module, line, inside in imports if inside]
+    assert not hidden, "imports hidden in functions:\n" + "\n".join(hidden)
+
+
+def test_no_import_cycle() -> None:
+    edges = {name: {module for module, _, _ in imports if module in MODULES and module != name}
+             for name, imports in GRAPH.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_rules_catch_what_they_forbid() -> None:
+    """The checks above fail on an upward import, a hidden one and a cycle."""
+    global GRAPH
+    saved = GRAPH
+    try:
+        GRAPH = {**saved, "foldstack.core.paths": [("foldstack.stages.train", 1, False)]}
+        with pytest.raises(AssertionError, match="core/paths.py:1 imports foldstack.stages.train"):
+            test_imports_run_one_way()
+        GRAPH = {**saved, "foldstack.data.tables": [("foldstack.core.paths", 9, True)]}
+        with pytest.raises(AssertionError, match="data/tables.py:9 imports foldstack.core.paths"):
+            test_no_import_of_foldstack_inside_a_function()
+        GRAPH = {**saved, "foldstack.core.paths": [("foldstack.core.config", 1, False)],
+                 "foldstack.core.config": [("foldstack.core.paths", 1, False)]}
+        with pytest.raises(pytest.fail.Exception, match="import cycle"):
+            test_no_import_cycle()
+    finally:
+        GRAPH = saved
+
+
+def test_a_stage_module_per_make_target() -> None:
+    """Every stage is found by its Make target's name, and is a ``run`` function."""
+    targets = set(re.findall(r"^([a-z]+):", MAKEFILE.read_text(), flags=re.MULTILINE))
+    stages = {path.stem for path in (PACKAGE / "stages").glob("*.py") if path.stem != "__init__"}
+    assert stages <= targets, f"stage modules without a Make target: {sorted(stages - targets)}"
+    for stage in stages:
+        tree = ast.parse((PACKAGE / "stages" / f"{stage}.py").read_text())
+        assert any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in tree.body), stage
+
+
+def test_module_names_are_distinct_and_shadow_nothing() -> None:
+    names = {path.stem for path in PACKAGE.rglob("*.py")} - {"__init__"}
+    assert not names & set(sys.stdlib_module_names), "modules named like the standard library"
+    close = [(a, b) for a, b in combinations(sorted(names), 2) if _one_letter_apart(a, b)]
+    assert not close, f"module names one letter apart: {close}"
+
+
+def _one_letter_apart(a: str, b: str) -> bool:
+    """Edit distance 1: one letter added, removed or changed."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
