@@ -56,6 +56,15 @@ class KaggleStandIn:
     calls: list[str] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     submissions: list[dict] = field(default_factory=list)
+    #: The statuses a new submission shows, one per listing, the last one staying.
+    statuses: list[str] = field(default_factory=lambda: ["COMPLETE"])
+    error_description: str = ""
+    #: Whether the create call answers with the new submission's ref (Kaggle may leave it out).
+    gives_ref: bool = True
+    #: Listed after ours, as if uploaded a moment later from elsewhere, with another score.
+    someone_elses: dict | None = None
+    listings: int = 0
+    _scripts: dict[int, list[str]] = field(default_factory=dict)
 
     def start(self) -> int:
         """Serve in a daemon thread; returns the port."""
@@ -105,13 +114,23 @@ class KaggleStandIn:
         if not self.uploads.get(body.get("blobFileTokens", "")):
             return 400, {"code": 400, "message": "Nothing was uploaded"}
         ref = len(self.submissions) + 1
-        self.submissions.insert(0, {"ref": ref, "status": "COMPLETE", "publicScore": self.public_score,
+        self.submissions.insert(0, {"ref": ref, "status": self.statuses[0], "publicScore": self.public_score,
                                     "description": body.get("submissionDescription", ""),
+                                    "errorDescription": self.error_description,
                                     "date": "2024-01-01T00:00:00.000Z"})
-        return 200, {"message": "Successfully submitted", "ref": ref}
+        self._scripts[ref] = list(self.statuses[1:])
+        if self.someone_elses is not None:
+            self.submissions.insert(0, {"ref": ref + 1000, "date": "2024-01-01T00:01:00.000Z", **self.someone_elses})
+        return 200, {"message": "Successfully submitted", **({"ref": ref} if self.gives_ref else {})}
 
     def list_submissions(self, body: dict) -> tuple[int, dict]:
-        return 200, {"submissions": self.submissions}
+        self.listings += 1
+        listed = [dict(submission) for submission in self.submissions]
+        for submission in self.submissions:  # each listing moves a submission on to its next status
+            script = self._scripts.get(submission["ref"])
+            if script:
+                submission["status"] = script.pop(0)
+        return 200, {"submissions": listed}
 
 
 _API = {

@@ -170,3 +170,11 @@ def _one_letter_apart(a: str, b: str) -> bool:
         return sum(x != y for x, y in zip(a, b)) == 1
     short, long = sorted((a, b), key=len)
     return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+@pytest.mark.parametrize("call", ["matplotlib.use(", "os.umask(", "pyplot"])
+def test_library_code_leaves_process_wide_settings_alone(call: str) -> None:
+    """A library must not pick the caller's matplotlib backend (or use pyplot's global figures),
+    nor set the umask, which changes it for every thread of the process."""
+    found = [str(path.relative_to(PACKAGE)) for path in MODULES.values() if call in path.read_text()]
+    assert not found, f"{call} in {found}"

@@ -22,10 +22,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from foldstack import cli, images, io, stack, submit
-from foldstack.pipeline import load_pipeline
+from foldstack import cli
+from foldstack.core import files as io
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
+from foldstack.data import images
+from foldstack.pipeline import load_pipeline
+from foldstack.stages import stack, submit
 
 from conftest import TINY
 
@@ -316,7 +319,7 @@ def test_ctrl_c_is_one_line_and_exit_130(comp: Competition, monkeypatch) -> None
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("foldstack.folds.run", interrupted)
+    monkeypatch.setattr("foldstack.stages.folds.run", interrupted)
     code, _, err = comp.run("folds")
     assert_one_line(code, err, r"foldstack folds: interrupted; finished work is kept, run it again to resume$",
                     status=130)
@@ -355,7 +358,7 @@ def test_disk_full_outside_an_atomic_write_is_one_line_too(comp: Competition, mo
     def checkpoint(*args, **kwargs):
         raise OSError(errno.EDQUOT, "Disk quota exceeded", "/somewhere/best.weights.h5")
 
-    monkeypatch.setattr("foldstack.folds.run", checkpoint)
+    monkeypatch.setattr("foldstack.stages.folds.run", checkpoint)
     code, _, err = comp.run("folds")
     assert_one_line(code, err, r"error: /somewhere/best.weights.h5: cannot write: the disk is full")
 

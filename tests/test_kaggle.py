@@ -238,6 +238,57 @@ def test_submit_uploads_and_reports_the_score(standin, env_credentials, tmp_path
     assert standin.submissions[0]["description"] == "stacked lgbm"
 
 
+def test_submit_follows_its_submission_from_pending_to_error(standin, env_credentials, tmp_path):
+    standin.statuses = ["PENDING", "ERROR"]
+    standin.error_description = "Submission has 1 row, expected 4"
+    file = tmp_path / "submission.csv"
+    file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
+    message = raises(kaggle.KaggleError, lambda: kaggle.submit(pipeline(COMPETITION), file, "m", interval_s=0))
+    assert "could not score" in message and "Submission has 1 row, expected 4" in message
+    assert standin.listings == 2  # pending at the first look, failed at the second
+
+
+def test_submit_still_pending_after_its_polls(standin, env_credentials, tmp_path):
+    standin.statuses = ["PENDING"]
+    file = tmp_path / "submission.csv"
+    file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
+    status = kaggle.submit(pipeline(COMPETITION), file, "m", polls=3, interval_s=0)
+    assert "still being scored" in status and standin.listings == 3
+
+
+@pytest.mark.parametrize("gives_ref", [True, False])
+def test_submit_never_reports_another_submissions_score(standin, env_credentials, tmp_path, gives_ref):
+    """A submission from elsewhere, listed first with its own score, is never taken for ours."""
+    standin.statuses = ["PENDING"]
+    standin.gives_ref = gives_ref
+    standin.someone_elses = {"status": "COMPLETE", "publicScore": "0.99999", "description": "other"}
+    file = tmp_path / "submission.csv"
+    file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
+    status = kaggle.submit(pipeline(COMPETITION), file, "m", polls=2, interval_s=0)
+    assert "0.99999" not in status and "complete" not in status
+    assert ("still being scored" if gives_ref else "no reference") in status
+
+
+def test_submit_command_prints_what_kaggle_answered(standin, env_credentials, tmp_path, monkeypatch, capfd):
+    """`foldstack submit --upload` shows the status and score that the upload came back with."""
+    import yaml
+
+    from foldstack import cli
+
+    file = tmp_path / "submission.csv"
+    file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
+    (tmp_path / "dogs.yaml").write_text(yaml.safe_dump({
+        "name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION},
+        "models": [{"name": "m", "backbone": "mobilenet_v2"}]}))
+    monkeypatch.setattr("foldstack.stages.submit.run", lambda cfg, paths, upload: upload(file))
+    monkeypatch.setattr("foldstack.data.kaggle.time.sleep", lambda seconds: None)
+    code = cli.main(["submit", "--upload", "-m", "first try", "--pipeline", str(tmp_path / "dogs.yaml"),
+                     "--root", str(tmp_path / "project")])
+    out = capfd.readouterr().out
+    assert code == 0 and f"submitted to {SLUG}: complete, public score {standin.public_score}" in out
+    assert KEY not in out and TOKEN not in out
+
+
 def test_submit_needs_a_competition_and_a_file(home, tmp_path):
     cfg = pipeline({"type": "kaggle_dataset", "dataset": DATASET})
     assert "kaggle_competition" in raises(FoldstackError, lambda: kaggle.submit(cfg, tmp_path, "m"))

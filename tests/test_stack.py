@@ -12,12 +12,16 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from foldstack import metrics, stack, stacking, submit
+from foldstack import level2
+from foldstack.contracts import folds_file, predictions
+from foldstack.core import metrics
 from foldstack.core.config import ConfigError, PipelineConfig
-from foldstack.pipeline import load_pipeline, parse_pipeline
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.stacking import LightGBMStacker, inputs
+from foldstack.data.labels import Classes
+from foldstack.level2 import LightGBMStacker, selection
+from foldstack.pipeline import load_pipeline, parse_pipeline
+from foldstack.stages import stack, submit
 
 FAST_LIGHTGBM = {"num_threads": 1}
 FOLDS = 5
@@ -49,8 +53,8 @@ def config(**overrides) -> PipelineConfig:
     return parse_pipeline({**raw, **overrides})
 
 
-def build(name: str, **overrides) -> stacking.Level2Estimator:
-    return stacking.get(name).build(config(**overrides))
+def build(name: str, **overrides) -> level2.Level2Estimator:
+    return level2.get(name).build(config(**overrides))
 
 
 def fold_of(n: int) -> np.ndarray:
@@ -59,7 +63,7 @@ def fold_of(n: int) -> np.ndarray:
 
 # --- the estimator contract, over every registered candidate -----------------------------------
 
-ALL = stacking.names()
+ALL = level2.names()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -112,18 +116,18 @@ def test_multilabel_gives_one_probability_per_class(name: str) -> None:
 
 def test_best_single_picks_the_better_model_in_the_metric_direction() -> None:
     X, y = synthetic(signal=(2.0, 0.5))
-    assert stacking.BestSingle(metric="accuracy").fit(X, y).best_ == 0
-    assert stacking.BestSingle(metric="log_loss").fit(X, y).best_ == 0
+    assert level2.BestSingle(metric="accuracy").fit(X, y).best_ == 0
+    assert level2.BestSingle(metric="log_loss").fit(X, y).best_ == 0
 
 
 def test_mean_is_the_mean_over_models() -> None:
     X, y = synthetic(n=50)
-    np.testing.assert_allclose(stacking.MeanBlend().fit(X, y).predict_proba(X), X.mean(axis=1))
+    np.testing.assert_allclose(level2.MeanBlend().fit(X, y).predict_proba(X), X.mean(axis=1))
 
 
 def test_weighted_mean_weights_are_a_convex_combination_that_drops_noise() -> None:
     X, y = synthetic(n_models=3, signal=(2.0, 0.0, 1.0))
-    weights = stacking.WeightedMeanBlend().fit(X, y).weights_
+    weights = level2.WeightedMeanBlend().fit(X, y).weights_
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
     assert weights[1] < 0.1 and weights[0] > weights[2]
 
@@ -132,19 +136,19 @@ def test_rank_average_ignores_calibration() -> None:
     X, y = synthetic(n=80)
     squashed = X.copy()
     squashed[:, 0] = squashed[:, 0] ** 3  # same order, different calibration
-    blend = stacking.RankAverage().fit(X, y)
+    blend = level2.RankAverage().fit(X, y)
     np.testing.assert_allclose(blend.predict_proba(squashed), blend.predict_proba(X))
 
 
 @pytest.mark.parametrize("name", ["weighted_mean", "logistic", "lightgbm", "lightgbm_summary"])
 def test_learned_candidates_beat_the_weaker_model(name: str) -> None:
     X, y = synthetic(n=400, signal=(0.5, 1.5))
-    result = stack.cross_validate(build(name), X, y, fold_of(400), metrics.get("accuracy"))
+    result = selection.cross_validate(build(name), X, y, fold_of(400), metrics.get("accuracy"))
     weak = metrics.get("accuracy")(y, X[:, 0])
     assert result.fold_scores.mean() > weak + 0.1
 
 
-@pytest.mark.parametrize("stacker", [stacking.LogisticStacker(wide_max_classes=2),
+@pytest.mark.parametrize("stacker", [level2.LogisticStacker(wide_max_classes=2),
                                      LightGBMStacker(params=FAST_LIGHTGBM, wide_max_classes=2),
                                      LightGBMStacker(params=FAST_LIGHTGBM, summary_features=True, wide_max_classes=2)])
 @pytest.mark.parametrize("multilabel", [False, True])
@@ -152,7 +156,7 @@ def test_shared_layout_for_many_classes_learns_and_keeps_rows_normalised(stacker
     # Forced on 3 classes to stay fast; it is the default above 10 classes (e.g. 120 dog breeds).
     X, y = synthetic(n=400, signal=(0.5, 1.5), multilabel=multilabel)
     metric = metrics.get("roc_auc" if multilabel else "accuracy")
-    result = stack.cross_validate(stacker, X, y, fold_of(400), metric)
+    result = selection.cross_validate(stacker, X, y, fold_of(400), metric)
     assert all(model.shared_ for model in result.models)
     assert result.fold_scores.mean() > metric(y, X[:, 0]) + 0.05
     if not multilabel:
@@ -162,7 +166,7 @@ def test_shared_layout_for_many_classes_learns_and_keeps_rows_normalised(stacker
 def test_logistic_gives_probability_zero_to_a_class_missing_from_training() -> None:
     X, y = synthetic(n=120)
     keep = y != 2
-    proba = stacking.LogisticStacker().fit(X[keep], y[keep]).predict_proba(X)
+    proba = level2.LogisticStacker().fit(X[keep], y[keep]).predict_proba(X)
     assert proba.shape == (120, 3) and (proba[:, 2] == 0).all()
 
 
@@ -200,7 +204,7 @@ def test_lightgbm_samples_shared_negatives_and_stays_calibrated() -> None:
     # negatives keeps about a fifth. Without the odds correction CV log loss is ~0.15 worse here.
     X, y = synthetic(n=600, n_classes=12, signal=(0.8, 1.6))
     log_loss = metrics.get("log_loss")
-    full, sampled = (stack.cross_validate(LightGBMStacker(params=FAST_LIGHTGBM, max_negatives=cap), X, y,
+    full, sampled = (selection.cross_validate(LightGBMStacker(params=FAST_LIGHTGBM, max_negatives=cap), X, y,
                                           fold_of(600), log_loss) for cap in (None, 1000))
     assert all(model.negative_rate_ == pytest.approx(1000 / 5280) for model in sampled.models)
     assert sampled.fold_scores.mean() < full.fold_scores.mean() + 0.03
@@ -222,7 +226,7 @@ def test_lightgbm_max_negatives_comes_from_the_config() -> None:
 
 def test_summary_features_are_entropy_top_probability_and_agreement() -> None:
     X = np.array([[[0.5, 0.5], [0.9, 0.1]], [[1.0, 0.0], [1.0, 0.0]]])
-    features = stacking.summary_features(X, multilabel=False)
+    features = level2.summary_features(X, multilabel=False)
     assert features.shape == (2, 5)
     np.testing.assert_allclose(features[:, 0], [np.log(2), 0.0], atol=1e-9)  # entropy of model 0
     np.testing.assert_allclose(features[:, 2:4], [[0.5, 0.9], [1.0, 1.0]])  # top probabilities
@@ -247,7 +251,7 @@ OVERFITTER = {"num_threads": 1, "early_stopping_round": 0, "num_iterations": 200
 def test_meta_model_cv_stays_at_chance_on_features_without_signal(name: str) -> None:
     X, y = noise()
     estimator = LightGBMStacker(params=OVERFITTER) if name == "overfitter" else build(name, metric="roc_auc")
-    result = stack.cross_validate(estimator, X, y, fold_of(len(y)), metrics.get("roc_auc"))
+    result = selection.cross_validate(estimator, X, y, fold_of(len(y)), metrics.get("roc_auc"))
     # 600 rows: the fold-mean AUC of a leak-free model lies within 0.5 +/- 0.08 (about 3 sd).
     assert abs(result.fold_scores.mean() - 0.5) < 0.08
 
@@ -266,11 +270,11 @@ def test_cv_never_fits_on_the_fold_it_scores() -> None:
     fold = fold_of(50)
     seen = []
 
-    class Spy(stacking.MeanBlend):
+    class Spy(level2.MeanBlend):
         def _fit(self, X, y):
             seen.append(len(X))
 
-    stack.cross_validate(Spy(), X, y, fold, metrics.get("accuracy"))
+    selection.cross_validate(Spy(), X, y, fold, metrics.get("accuracy"))
     assert seen == [40] * FOLDS
 
 
@@ -278,18 +282,18 @@ def test_cv_never_fits_on_the_fold_it_scores() -> None:
 
 
 def test_rank_average_is_a_candidate_only_for_ranking_metrics() -> None:
-    assert "rank_average" not in stack.candidate_names(config(), metrics.get("accuracy"))
-    assert "rank_average" in stack.candidate_names(config(metric="roc_auc"), metrics.get("roc_auc"))
+    assert "rank_average" not in selection.candidate_names(config(), metrics.get("accuracy"))
+    assert "rank_average" in selection.candidate_names(config(metric="roc_auc"), metrics.get("roc_auc"))
 
 
 def test_candidates_restrict_and_force_adds() -> None:
     cfg = config(stack={"candidates": ["mean", "logistic"], "force": "logistic"})
-    assert stack.candidate_names(cfg, metrics.get("accuracy")) == ["mean", "logistic"]
+    assert selection.candidate_names(cfg, metrics.get("accuracy")) == ["mean", "logistic"]
 
 
 def test_forcing_a_candidate_that_does_not_apply_is_an_error() -> None:
-    with pytest.raises(stack.StackError, match="candidate 'rank_average' does not apply to metric 'accuracy'"):
-        stack.candidate_names(config(stack={"force": "rank_average"}), metrics.get("accuracy"))
+    with pytest.raises(selection.StackError, match="candidate 'rank_average' does not apply to metric 'accuracy'"):
+        selection.candidate_names(config(stack={"force": "rank_average"}), metrics.get("accuracy"))
 
 
 def test_config_rejects_unknown_candidates(tmp_path: Path) -> None:
@@ -308,13 +312,13 @@ def test_config_rejects_force_outside_candidates() -> None:
 def test_leaderboard_sorts_by_the_metric_direction_and_marks_the_choice() -> None:
     X, y = synthetic(signal=(0.3, 2.0))
     log_loss = metrics.get("log_loss")
-    results = {name: stack.cross_validate(build(name), X, y, fold_of(300), log_loss)
+    results = {name: selection.cross_validate(build(name), X, y, fold_of(300), log_loss)
                for name in ["best_single", "mean"]}
-    board = stack.leaderboard(results, log_loss)
+    board = selection.leaderboard(results, log_loss)
     assert board["cv_mean"].is_monotonic_increasing
     assert list(board.columns) == ["candidate", "cv_mean", "cv_std", *[f"fold_{k}" for k in range(FOLDS)], "chosen"]
     assert board.loc[board["chosen"], "candidate"].item() == board["candidate"].iloc[0]
-    forced = stack.leaderboard(results, log_loss, force="mean")
+    forced = selection.leaderboard(results, log_loss, force="mean")
     assert forced.loc[forced["chosen"], "candidate"].item() == "mean"
 
 
@@ -378,8 +382,8 @@ def test_stack_and_submit_end_to_end(task: str, tmp_path: Path, capsys: pytest.C
     assert chosen["metric"] == cfg.metric
     # The stacker's own OOF has the base models' format, so it can be read like one.
     _, _, classes = TASKS[task]
-    oof = inputs.read_predictions(paths.stack / "oof.parquet", tuple(sorted(classes)), extra=("fold",),
-                                  expected=inputs.read_folds(paths.folds).index)
+    oof = predictions.read_predictions(paths.stack / "oof.parquet", Classes(tuple(sorted(classes))), extra=("fold",),
+                                       expected=folds_file.read(paths.folds, FOLDS).set_index("id").index)
     assert (oof["fold"].to_numpy() == fold_of(150)).all()
     assert (paths.stack / "leaderboard.png").stat().st_size > 0 and (paths.stack / "confusion.png").stat().st_size > 0
     out = capsys.readouterr().out
@@ -404,6 +408,39 @@ def test_forced_candidate_is_written_even_when_it_is_not_best(tmp_path: Path) ->
     assert json.loads((paths.stack / "chosen.json").read_text())["forced"] is True
 
 
+def test_a_rank_average_submission_is_what_cv_scored(tmp_path: Path) -> None:
+    """The submitted file holds exactly the chosen candidate's test predictions, and CV scored
+    OOF predictions made the same way: no row renormalisation after scoring (a rank average's
+    rows do not sum to 1, and renormalising them changed the file after CV)."""
+    cfg, paths = write_pipeline(tmp_path, "binary", stack={"candidates": ["rank_average", "mean"],
+                                                           "force": "rank_average"})
+    board = stack.run(cfg, paths)
+    submitted = pd.read_csv(submit.run(cfg, paths), dtype={"id": str}).set_index("id")["target"]
+    test = pd.read_parquet(paths.stack / "test.parquet").set_index("id")
+    np.testing.assert_allclose(submitted.to_numpy(), test.loc[submitted.index, "1"].to_numpy(), rtol=1e-12)
+    oof = pd.read_parquet(paths.stack / "oof.parquet").set_index("id")
+    folds = folds_file.read(paths.folds, FOLDS).set_index("id")
+    y = Classes(("0", "1")).encode(folds["label"])
+    row = board.set_index("candidate").loc["rank_average"]
+    for k in range(FOLDS):
+        held = (folds["fold"] == k).to_numpy()
+        scored = metrics.get("roc_auc")(y[held], oof.loc[folds.index[held], ["0", "1"]].to_numpy())
+        assert scored == pytest.approx(row[f"fold_{k}"], abs=1e-12)
+
+
+def test_single_label_outputs_are_scored_and_written_with_rows_summing_to_one() -> None:
+    """Float32 softmax outputs averaged over folds drift from 1; the level-2 output is
+    renormalised before CV scores it, so the submission is what was scored."""
+    X, y = synthetic(n=100)
+    X = X * (1 - 1e-5)
+    result = selection.cross_validate(level2.MeanBlend(), X, y, fold_of(100), metrics.get("log_loss"))
+    np.testing.assert_allclose(result.oof.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(result.predict_proba(X).sum(axis=1), 1.0, atol=1e-12)
+    tags, labels = synthetic(n=100, multilabel=True)
+    multilabel = selection.cross_validate(level2.MeanBlend(), tags, labels, fold_of(100), metrics.get("roc_auc"))
+    np.testing.assert_allclose(multilabel.oof, tags.mean(axis=1))  # independent classes: untouched
+
+
 # --- input checks -------------------------------------------------------------------------------
 
 
@@ -421,7 +458,7 @@ def test_bad_oof_files_name_the_file_and_the_id(tmp_path: Path, change, message:
     path = paths.oof / "weak.parquet"
     change(pd.read_parquet(path)).to_parquet(path, index=False)
     with pytest.raises(DataError, match=message):
-        inputs.load(cfg, paths)
+        predictions.load_level_two(cfg, paths)
 
 
 def test_test_files_must_agree_on_ids(tmp_path: Path) -> None:
@@ -429,19 +466,19 @@ def test_test_files_must_agree_on_ids(tmp_path: Path) -> None:
     path = paths.test / "strong.parquet"
     pd.read_parquet(path).iloc[:-1].to_parquet(path, index=False)
     with pytest.raises(DataError, match=r"test/strong.parquet: 1 id\(s\) of .*test/weak.parquet missing"):
-        inputs.load(cfg, paths)
+        predictions.load_level_two(cfg, paths)
 
 
 def test_a_label_outside_the_classes_names_the_id(tmp_path: Path) -> None:
     labels = pd.Series(["cat", "emu"], index=pd.Index(["a", "b"], name="id"))
     with pytest.raises(DataError, match="x.csv: id 'b' has label 'emu', which is not a class; classes: cat, dog"):
-        inputs.encode_labels(labels, ("cat", "dog"), multilabel=False, source=Path("x.csv"))
+        Classes(("cat", "dog")).encode(labels, Path("x.csv"))
     with pytest.raises(DataError, match="x.csv: id 'b' has label 'emu', which is not a class"):
-        inputs.encode_labels(labels.replace("emu", "dog emu"), ("cat", "dog"), multilabel=True, source=Path("x.csv"))
+        Classes(("cat", "dog"), multilabel=True).encode(labels.replace("emu", "dog emu"), Path("x.csv"))
 
 
 def test_missing_oof_file_says_which_stage_to_run(tmp_path: Path) -> None:
     cfg, paths = write_pipeline(tmp_path, "multiclass")
     (paths.oof / "strong.parquet").unlink()
     with pytest.raises(DataError, match="oof/strong.parquet: not found; run the train stage first"):
-        inputs.load(cfg, paths)
+        predictions.load_level_two(cfg, paths)

@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldstack import io, submit
+from foldstack.contracts import stack_output
+from foldstack.core import files as io
 from foldstack.core.config import PipelineConfig
-from foldstack.pipeline import parse_pipeline
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.submit import SubmissionError
+from foldstack.pipeline import parse_pipeline
+from foldstack.stages import submit
+from foldstack.stages.submit import SubmissionError
 
 CLASSES = ("cat", "dog", "owl")
 IDS = ["a", "b", "c"]
@@ -183,11 +185,13 @@ def test_run_without_a_solution_prints_no_local_score(tmp_path: Path, capsys: py
     assert pd.read_csv(paths.submissions / "index.csv")["local_lb"].isna().all()
 
 
-def test_run_renormalises_multiclass_rows(tmp_path: Path) -> None:
-    # Float32 softmax outputs averaged over folds: rows off 1 by more than the rule allows.
+def test_run_submits_the_stack_output_as_it_is(tmp_path: Path) -> None:
+    """Rows are renormalised where CV scores them (the stack stage), never after: a stack output
+    whose rows drift from 1 is refused, not quietly changed."""
     cfg, paths = pipeline(tmp_path, proba=PROBA * (1 - 1e-5))
-    written = pd.read_csv(submit.run(cfg, paths), dtype={"id": str})
-    np.testing.assert_allclose(written[list(CLASSES)].sum(axis=1), 1.0, atol=1e-12)
+    with pytest.raises(SubmissionError, match=r"rows sum to 1: row 1 \(id 'a'\) sums to 0.99999"):
+        submit.run(cfg, paths)
+    assert not paths.submissions.exists()
 
 
 def test_run_writes_nothing_when_validation_fails(tmp_path: Path) -> None:
@@ -212,6 +216,6 @@ def test_run_without_a_stack_output_says_which_stage_to_run(tmp_path: Path) -> N
 
 def test_read_stack_output_gives_the_choice_and_its_probabilities(tmp_path: Path) -> None:
     _, paths = pipeline(tmp_path)
-    output = submit.read_stack_output(paths)
+    output = stack_output.read(paths.stack)
     assert (output.name, output.metric, output.cv_mean) == ("mean", "log_loss", 0.61234)
     pd.testing.assert_frame_equal(output.proba, PROBA, check_names=False)

@@ -15,9 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldstack import train
-from foldstack.config import ModelConfig
-from foldstack.model import REGIMES, FeatureCache, FoldJob, fit_fold
+from foldstack.core import metrics
+from foldstack.core.config import ModelConfig
+from foldstack.stages import train
+from foldstack.training.features import FeatureCache
+from foldstack.training.fold_task import FoldTask
+from foldstack.training.regimes import REGIMES, fit
 
 from conftest import TINY, make_config
 
@@ -26,34 +29,48 @@ MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 
          "head_epochs": 1, "batch_size": 32, "cut_layer": "block1_pool", "dense_units": [16]}
 
 
-def _job(tiny_digits, tmp_path: Path, regime: str) -> FoldJob:
+def model_config(**fields) -> ModelConfig:
+    """``MODEL`` with ``fields`` replaced, validated as a pipeline's model."""
+    return make_config(models=[{**MODEL, **fields}]).models[0]
+
+
+def fold_task(tiny_digits, tmp_path: Path, model: ModelConfig, fold_dir: Path | None = None,
+              **fields) -> tuple[FoldTask, dict[str, np.ndarray]]:
+    """Fold 0 of the tiny digits folds for ``model``, on random images cached in ``tmp_path``:
+    the task (its ``fold_dir`` created) and the image arrays. ``fields`` replace the task's own."""
     cfg, paths = tiny_digits
     trainer = train.Trainer(cfg, paths, workers=1)
-    model = ModelConfig(**{**MODEL, "regime": regime})
-    size = 16
-    images = {split: np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-              for split, n in (("train", len(trainer.folds)), ("test", len(trainer.test)))}
+    size = model.image_size
+    rng = np.random.default_rng(0)
+    images, caches = {}, {}
+    for split, n in (("train", len(trainer.folds)), ("test", len(trainer.test))):
+        images[split] = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+        caches[split] = tmp_path / f"{split}-{size}.npy"
+        np.save(caches[split], images[split])
+    augment = fields.pop("augment", cfg.augment)
     features = None
-    if regime == "features":
-        features = FeatureCache.build(model, size, images, cfg.augment, tmp_path / "features", "k")
+    if model.regime == "features":
+        features = tmp_path / "features"
+        FeatureCache.build(model, images, augment, features, "k")
     fold = trainer.folds["fold"].to_numpy()
-    return FoldJob(model=model, task=cfg.task, metric=trainer.metric, size=size, images=images,
-                   targets=trainer.targets, train_index=np.flatnonzero(fold != 0),
-                   valid_index=np.flatnonzero(fold == 0), augment=cfg.augment, fold_dir=tmp_path / "fold0",
-                   seed=0, features=features)
+    task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=trainer.y, n_classes=len(trainer.classes),
+                    train_index=np.flatnonzero(fold != 0), valid_index=np.flatnonzero(fold == 0),
+                    augment=augment, caches=caches, fold_dir=fold_dir or tmp_path / "fold0", seed=0,
+                    features=features, **fields)
+    task.fold_dir.mkdir(parents=True, exist_ok=True)
+    return task, images
 
 
 @pytest.mark.parametrize("regime", sorted(REGIMES))
 def test_each_regime_trains_and_predicts(tiny_digits, tmp_path: Path, regime: str) -> None:
-    job = _job(tiny_digits, tmp_path, regime)
-    job.fold_dir.mkdir()
-    predict = fit_fold(job)
+    task, images = fold_task(tiny_digits, tmp_path, model_config(regime=regime))
+    predict = fit(task, images, metrics.get(task.metric))
     proba = predict("test", np.arange(5))
     assert proba.shape == (5, 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
-    log = pd.read_csv(job.fold_dir / "log.csv")
+    log = pd.read_csv(task.fold_dir / "log.csv")
     assert "val_score" in log.columns and len(log) >= 1
-    assert (job.fold_dir / "best.weights.h5").exists()
+    assert (task.fold_dir / "best.weights.h5").exists()
 
 
 def test_stage_writes_contract_files_and_skips_finished_folds(tiny_digits, capsys) -> None:
@@ -142,7 +159,7 @@ def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
 def test_resumed_log_keeps_each_epoch_once(tmp_path: Path) -> None:
     """Killed after epoch 2's row was logged but before its backup: the resumed fit starts at
     epoch 2 again, and the log drops the old row 2 instead of holding it twice."""
-    from foldstack.model import ResumableCSVLogger
+    from foldstack.training.callbacks import ResumableCSVLogger
 
     log = tmp_path / "log.csv"
     log.write_text("epoch,loss,val_score\n0,0.9,0.5\n1,0.5,0.7\n2,0.4,0.8\n")
@@ -215,8 +232,8 @@ def _epochs_logged(fold_dir: Path) -> int:
 def test_augmented_batches_repeat_whatever_the_thread_order() -> None:
     """The same seed gives the same augmented batches, in whatever order (and thread) they are
     built: worker threads must not share one random stream."""
-    from foldstack.augment import compose
-    from foldstack.loader import ImageBatches
+    from foldstack.training.augment import compose
+    from foldstack.training.loader import ImageBatches
 
     images = np.random.default_rng(0).integers(0, 255, (96, 16, 16, 3), dtype=np.uint8)
     augment = [{"__class_fullname__": "Affine", "rotate": [-30, 30], "translate_percent": [-0.2, 0.2], "p": 1.0}]
