@@ -72,6 +72,11 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
+def digits_cache_file(folder: Path, size: int) -> Path:
+    """Where :func:`digits_images` keeps the digits training split's cache at ``size`` px."""
+    return folder / "cache" / f"{size}.npy"
+
+
 def digits_images(folder: Path, size: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The digits training split written to ``folder`` as PNGs: ``(files, cache, labels)``.
 
@@ -80,36 +85,41 @@ def digits_images(folder: Path, size: int) -> tuple[list[str], np.ndarray, np.nd
     """
     import pandas as pd
 
-    from foldstack.data import write_digits
-    from foldstack.images import cached_images
+    from foldstack.data.cache import cached_images
+    from foldstack.data.sources import write_digits
 
     if not (folder / "train.csv").exists():
         write_digits(folder)
     table_ = pd.read_csv(folder / "train.csv", dtype={"id": str})
     files = [str(folder / "train" / f"{i}.png") for i in table_["id"]]
-    cache = cached_images(files, table_["id"].tolist(), size, folder / "cache" / f"{size}.npy")
+    cache = cached_images(files, table_["id"].tolist(), size, digits_cache_file(folder, size))
     return files, cache, table_["label"].to_numpy()
 
 
-def digits_job(folder: Path, model_name: str, fold_dir: Path, workers: int = 2, **overrides):
-    """A :class:`foldstack.model.FoldJob` for fold 0 of the digits pipeline's model ``model_name``,
-    with ``overrides`` applied to its config (``epochs=3``, ``image_size=32``...).
+def digits_task(folder: Path, model_name: str, fold_dir: Path, workers: int = 2, **overrides):
+    """``(task, images)``: a :class:`foldstack.training.fold_task.FoldTask` for fold 0 of the
+    digits pipeline's model ``model_name``, with ``overrides`` applied to its config
+    (``epochs=3``, ``image_size=32``...), and the image arrays it trains on (``{"train": cache}``),
+    as ``foldstack.training.regimes.fit`` takes them.
 
     Fold 0 is a plain stratified fifth of the training split, as the ``folds`` stage makes it.
     """
+    import pandas as pd
     from sklearn.model_selection import StratifiedKFold
 
-    from foldstack import metrics
-    from foldstack.config import load_pipeline
-    from foldstack.model import FoldJob
+    from foldstack.data.labels import Classes
+    from foldstack.pipeline import load_pipeline
+    from foldstack.training.fold_task import FoldTask
 
     cfg = load_pipeline(DIGITS_YAML)
     model = cfg.model(model_name).model_copy(update=overrides)
-    _, cache, labels = digits_images(folder, model.input_size)
+    _, cache, labels = digits_images(folder, model.image_size)
+    classes = Classes.from_labels(pd.Series(labels), cfg.task)
     train_index, valid_index = next(StratifiedKFold(cfg.folds.k, shuffle=True, random_state=cfg.folds.seed)
                                     .split(labels, labels))
     fold_dir.mkdir(parents=True, exist_ok=True)
-    return FoldJob(model=model, task=cfg.task, metric=metrics.get(cfg.metric), size=model.input_size,
-                   images={"train": cache}, targets=np.eye(10, dtype=np.float32)[labels],
-                   train_index=train_index, valid_index=valid_index, augment=cfg.augment,
-                   fold_dir=fold_dir, seed=cfg.seed, workers=workers)
+    task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=classes.encode(pd.Series(labels)),
+                    n_classes=len(classes), train_index=train_index, valid_index=valid_index,
+                    augment=cfg.augment, caches={"train": digits_cache_file(folder, model.image_size)},
+                    fold_dir=fold_dir, seed=cfg.seed, workers=workers)
+    return task, {"train": cache}

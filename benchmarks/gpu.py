@@ -20,8 +20,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before Keras is imported; nothi
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from foldstack.augment import compose  # noqa: E402
-from foldstack.loader import ImageBatches  # noqa: E402
+from foldstack.training.augment import compose  # noqa: E402
+from foldstack.training.loader import ImageBatches  # noqa: E402
 
 MODELS = {"EfficientNetB0": keras.applications.EfficientNetB0, "ResNet50": keras.applications.ResNet50}
 AUGMENT = [{"__class_fullname__": "HorizontalFlip", "p": 0.5},

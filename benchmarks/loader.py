@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import DIGITS_YAML, Row, digits_images, timed
-from foldstack.augment import compose
-from foldstack.config import load_pipeline
-from foldstack.images import cached_images
-from foldstack.loader import ImageBatches  # imported here: importing Keras must not be timed
+from foldstack.data.cache import cached_images
+from foldstack.pipeline import load_pipeline
+from foldstack.training.augment import compose
+from foldstack.training.loader import ImageBatches  # imported here: importing Keras must not be timed
 
 TARGET = 3.0
 #: Typical ImageNet-style training transforms, at the ``size`` both loaders resize to.

@@ -7,37 +7,41 @@ per-fold cost is a fifth of that (5 folds) plus its head's training.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import keras
 
-from benchmarks import Row, digits_job, timed
+from benchmarks import Row, digits_task, timed
 
 
 def features_fold(folder: Path, size: int, epochs: int) -> tuple[float, float]:
     """``(seconds to compute the feature cache, seconds to train fold 0's head)``."""
-    from foldstack.model import FeatureCache, fit_fold
+    from foldstack.core import metrics
+    from foldstack.training.features import FeatureCache
+    from foldstack.training.regimes import fit
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        job = digits_job(folder, "lite0", Path(tmp) / "fold", image_size=size, epochs=epochs)
-        build_s, job.features = timed(FeatureCache.build, job.model, size, job.images, job.augment,
-                                      Path(tmp) / "features", "key", job.workers)
-        keras.utils.set_random_seed(job.seed)
-        fit_s, _ = timed(fit_fold, job)
+        task, images = digits_task(folder, "lite0", Path(tmp) / "fold", image_size=size, epochs=epochs)
+        task = dataclasses.replace(task, features=Path(tmp) / "features")
+        build_s, _ = timed(FeatureCache.build, task.model, images, task.augment, task.features, "key", task.workers)
+        keras.utils.set_random_seed(task.seed)
+        fit_s, _ = timed(fit, task, images, metrics.get(task.metric))
         keras.backend.clear_session()
     return build_s, fit_s
 
 
 def finetune_fold(folder: Path, size: int, epochs: int) -> float:
     """Seconds to train fold 0 with ``finetune``: one head epoch, then the rest unfrozen."""
-    from foldstack.model import fit_fold
+    from foldstack.core import metrics
+    from foldstack.training.regimes import fit
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        job = digits_job(folder, "lite0", Path(tmp) / "fold", image_size=size, epochs=epochs,
-                         regime="finetune", head_epochs=1, patience=epochs + 1)
-        keras.utils.set_random_seed(job.seed)
-        seconds, _ = timed(fit_fold, job)
+        task, images = digits_task(folder, "lite0", Path(tmp) / "fold", image_size=size, epochs=epochs,
+                                   regime="finetune", head_epochs=1, patience=epochs + 1)
+        keras.utils.set_random_seed(task.seed)
+        seconds, _ = timed(fit, task, images, metrics.get(task.metric))
         keras.backend.clear_session()
     return seconds
 

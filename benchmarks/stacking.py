@@ -34,14 +34,15 @@ def synthetic_oof(rows: int, models: int = 5, classes: int = 120, folds: int = 5
 
 def measure(name: str, rows: int) -> dict:
     """Cross-validate candidate ``name`` in this process: seconds and peak resident GB."""
-    from foldstack import metrics, stacking
-    from foldstack.config import load_pipeline
-    from foldstack.stack import cross_validate
+    from foldstack.core import metrics
+    from foldstack.level2 import candidates
+    from foldstack.level2.selection import cross_validate
+    from foldstack.pipeline import load_pipeline
 
     cfg = load_pipeline(PIPELINE)
     X, y, fold = synthetic_oof(rows)
     started = time.perf_counter()
-    cross_validate(stacking.get(name).build(cfg), X, y, fold, metrics.get(cfg.metric))
+    cross_validate(candidates.get(name).build(cfg), X, y, fold, metrics.get(cfg.metric))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_gb": _peak_kib() / 2**20}
 
@@ -57,9 +58,10 @@ def _peak_kib() -> int:
 def run(rows: int, timeout_s: float = TARGET_S * 1.5) -> list[Row]:
     """One subprocess per candidate that applies to log loss; one that runs past ``timeout_s``
     is stopped and reported as slower than that."""
-    from foldstack import metrics, stacking
+    from foldstack.core import metrics
+    from foldstack.level2 import candidates
 
-    names = [n for n in stacking.names() if stacking.get(n).applies(metrics.get("log_loss"))]
+    names = [n for n in candidates.names() if candidates.get(n).applies(metrics.get("log_loss"))]
     out = []
     for name in names:
         command = [sys.executable, "-m", "benchmarks.stacking", name, str(rows)]

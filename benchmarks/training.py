@@ -1,4 +1,4 @@
-"""Training overhead: foldstack's ``scratch`` fit (its callbacks: FoldScore, ModelCheckpoint,
+"""Training overhead: foldstack's ``scratch`` fit (its callbacks: FoldScore, BestCheckpoint,
 EarlyStopping, CSVLogger, BackupAndRestore) against a bare ``model.fit`` of the same network on
 the same batches (``ImageBatches``, same augmentation, batch size and epochs).
 
@@ -16,7 +16,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from benchmarks import Row, digits_job
+from benchmarks import Row, digits_task
 
 TARGET_OVERHEAD = 0.05
 
@@ -51,28 +51,32 @@ class EpochClock(keras.callbacks.Callback):
         return np.subtract(self.last_step, self.starts)
 
 
-def foldstack_fit(job) -> EpochClock:
-    """Epoch and step times of ``model.fit_fold`` (scratch regime), prediction of the fold excluded."""
-    from foldstack.model import fit_fold
+def foldstack_fit(task, images: dict[str, np.ndarray]) -> EpochClock:
+    """Epoch and step times of ``training.regimes.fit`` (scratch regime), prediction of the fold excluded."""
+    from foldstack.core import metrics
+    from foldstack.training.regimes import fit
 
     clock = EpochClock()
-    job.callbacks = [clock]
-    keras.utils.set_random_seed(job.seed)
-    fit_fold(job)
+    keras.utils.set_random_seed(task.seed)
+    fit(task, images, metrics.get(task.metric), callbacks=[clock])
     keras.backend.clear_session()
     return clock
 
 
-def bare_fit(job) -> EpochClock:
+def bare_fit(task, images: dict[str, np.ndarray]) -> EpochClock:
     """Epoch and step times of a plain ``fit`` of the same network, schedule and batches, no callbacks."""
-    from foldstack.model import build_network, compile_for, create_backbone, train_batches
+    from foldstack.training.augment import compose
+    from foldstack.training.loader import ImageBatches
+    from foldstack.training.network import build_network, compile_for, create_backbone
 
-    keras.utils.set_random_seed(job.seed)
-    network = build_network(job, create_backbone(job.model, job.size), frozen_statistics=False)
-    data = train_batches(job)
-    compile_for(job, network, job.model.lr, job.model.epochs, len(data))
+    keras.utils.set_random_seed(task.seed)
+    network = build_network(task, create_backbone(task.model), frozen_statistics=False)
+    # The scratch regime's training batches (``training.regimes``), built the same way.
+    data = ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
+                        batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
+    compile_for(task, network, task.model.lr, task.model.epochs, len(data))
     clock = EpochClock()
-    network.fit(data, epochs=job.model.epochs, verbose=0, callbacks=[clock])
+    network.fit(data, epochs=task.model.epochs, verbose=0, callbacks=[clock])
     keras.backend.clear_session()
     return clock
 
@@ -80,12 +84,13 @@ def bare_fit(job) -> EpochClock:
 @contextlib.contextmanager
 def tensorflow_trim_patch() -> Iterator[None]:
     """The allocator as TensorFlow leaves it (trim and mmap thresholds at 128 KiB) for each batch:
-    foldstack before ``device.keep_freed_memory``, for the before/after row."""
-    from foldstack import device, loader
+    foldstack before ``runtime.memory.keep_freed_memory``, for the before/after row."""
+    from foldstack.runtime import memory
+    from foldstack.training import loader
 
     def patched() -> None:
-        device._LIBC.mallopt(device._M_MMAP_THRESHOLD, 128 << 10)
-        device._LIBC.mallopt(device._M_TRIM_THRESHOLD, 128 << 10)
+        memory._LIBC.mallopt(memory._M_MMAP_THRESHOLD, 128 << 10)
+        memory._LIBC.mallopt(memory._M_TRIM_THRESHOLD, 128 << 10)
 
     fixed, loader.keep_freed_memory = loader.keep_freed_memory, patched
     try:
@@ -102,10 +107,10 @@ def run(folder: Path, epochs: int = 5, size: int = 16, rounds: int = 2) -> list[
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             # patience above epochs: early stopping must not shorten foldstack's run
             settings = dict(epochs=epochs, image_size=size, patience=epochs + 1)
-            bare.append(bare_fit(digits_job(folder, "cnn", Path(tmp) / "bare", **settings)))
-            ours.append(foldstack_fit(digits_job(folder, "cnn", Path(tmp) / "fold", **settings)))
+            bare.append(bare_fit(*digits_task(folder, "cnn", Path(tmp) / "bare", **settings)))
+            ours.append(foldstack_fit(*digits_task(folder, "cnn", Path(tmp) / "fold", **settings)))
             with tensorflow_trim_patch():
-                before.append(foldstack_fit(digits_job(folder, "cnn", Path(tmp) / "before", **settings)))
+                before.append(foldstack_fit(*digits_task(folder, "cnn", Path(tmp) / "before", **settings)))
 
     def steady(clocks: list[EpochClock], what: str) -> float:  # epochs 2.. (the first traces)
         return float(np.mean([getattr(c, what)[1:].mean() for c in clocks]))

@@ -172,7 +172,7 @@ def _one_letter_apart(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
-@pytest.mark.parametrize("call", ["matplotlib.use(", "os.umask(", "pyplot"])
+@pytest.mark.parametrize("call", ["matplotlib.use(", "os.umask(", "matplotlib.pyplot", "from matplotlib import pyplot"])
 def test_library_code_leaves_process_wide_settings_alone(call: str) -> None:
     """A library must not pick the caller's matplotlib backend (or use pyplot's global figures),
     nor set the umask, which changes it for every thread of the process."""
