@@ -65,15 +65,12 @@ def foldstack_fit(task, images: dict[str, np.ndarray]) -> EpochClock:
 
 def bare_fit(task, images: dict[str, np.ndarray]) -> EpochClock:
     """Epoch and step times of a plain ``fit`` of the same network, schedule and batches, no callbacks."""
-    from foldstack.training.augment import compose
-    from foldstack.training.loader import ImageBatches
     from foldstack.training.network import build_network, compile_for, create_backbone
+    from foldstack.training.regimes import train_batches
 
     keras.utils.set_random_seed(task.seed)
     network = build_network(task, create_backbone(task.model), frozen_statistics=False)
-    # The scratch regime's training batches (``training.regimes``), built the same way.
-    data = ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
-                        batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
+    data = train_batches(task, images)  # the scratch regime's own
     compile_for(task, network, task.model.lr, task.model.epochs, len(data))
     clock = EpochClock()
     network.fit(data, epochs=task.model.epochs, verbose=0, callbacks=[clock])

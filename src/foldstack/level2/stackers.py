@@ -15,9 +15,9 @@ from foldstack.level2.base import Level2Estimator
 
 #: LightGBM defaults for level two: few rows and strongly correlated features, so small trees,
 #: leaves that may hold few rows, L2 regularisation and a slow learning rate with early stopping.
-#: One thread: a fixed thread count keeps runs bit-identical, and on two cores shared with a
-#: training run, two OpenMP threads spin at each barrier and ran 3-5x slower than one (uncontended
-#: they were 1.8x faster; set ``num_threads`` in ``stack.lightgbm`` on a machine of your own).
+#: One thread: a fixed thread count keeps runs bit-identical, and OpenMP threads spin at each
+#: barrier while a training run holds the other core (benchmarks/RESULTS.md, "Stacking at full
+#: size"); set ``num_threads`` in ``stack.lightgbm`` on a machine of your own.
 LIGHTGBM_DEFAULTS: dict[str, Any] = {
     "learning_rate": 0.05,
     "num_leaves": 7,

@@ -21,12 +21,12 @@ import keras
 import numpy as np
 
 from foldstack.core.metrics import Metric
+from foldstack.training.augment import compose
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
 from foldstack.training.phases import Phase, Plan, fit_phases
-from foldstack.training.augment import compose
 
 Predict = Callable[[str, np.ndarray], np.ndarray]
 """``predict(split, index) -> probabilities``, averaged over the TTA views."""
@@ -107,14 +107,15 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
                 phases: list[Phase]) -> Plan:
     """A plan that trains on augmented batches of the image cache; each phase gets fresh batches."""
     batch_size = task.model.batch_size
-
-    def train() -> dict:
-        return {"x": ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
-                                  batch_size=batch_size, shuffle=True, seed=task.seed, workers=task.workers)}
-
-    return Plan(network=network, backbone=backbone, phases=phases, train=train,
+    return Plan(network=network, backbone=backbone, phases=phases, train=lambda: {"x": train_batches(task, images)},
                 steps=math.ceil(len(task.train_index) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
+
+
+def train_batches(task: FoldTask, images: Images) -> ImageBatches:
+    """Shuffled, augmented batches of the fold's training rows, seeded by the fold's seed."""
+    return ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
+                        batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
 
 
 def tta_predictor(task: FoldTask, network: keras.Model, images: Images) -> Predict:
