@@ -69,7 +69,7 @@ def test_importing_the_registry_does_not_import_keras() -> None:
 
 def test_describe_counts_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
     # Building the whole registry again would double this file's runtime; two specs show the shape.
-    monkeypatch.setattr(backbones.registry, "names", lambda: ["efficientnet_lite0", "mobilenet_v2"])
+    monkeypatch.setattr(backbones.spec, "names", lambda: ["efficientnet_lite0", "mobilenet_v2"])
     rows = list(backbones.describe())
     assert [row["name"] for row in rows] == ["efficientnet_lite0", "mobilenet_v2"]
     assert rows[0]["family"] == "EfficientNet-Lite" and rows[0]["default_size"] == 224
