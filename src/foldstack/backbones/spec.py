@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterator
 
 from foldstack.core.registry import Registry, UnknownNameError
 
-
 UnknownBackboneError = UnknownNameError
 
 

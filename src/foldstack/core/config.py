@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from foldstack.core.errors import FoldstackError, one_line
 

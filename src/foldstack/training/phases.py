@@ -17,8 +17,13 @@ from typing import Any, Callable, Sequence
 import keras
 
 from foldstack.core.metrics import Metric
-from foldstack.training.callbacks import (AtomicBackupAndRestore, BestCheckpoint, FoldScore, ResumableCSVLogger,
-                                          save_weights)
+from foldstack.training.callbacks import (
+    AtomicBackupAndRestore,
+    BestCheckpoint,
+    FoldScore,
+    ResumableCSVLogger,
+    save_weights,
+)
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.network import compile_for, set_trainable
 
