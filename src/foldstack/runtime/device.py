@@ -38,9 +38,14 @@ def gpu_count() -> int:
 
 
 def configure() -> DeviceSettings:
-    """Mixed precision and XLA on a GPU; plain float32 on the CPU, where float16 is slower."""
+    """Mixed precision and XLA on a GPU; plain float32 on the CPU, where float16 is slower.
+
+    JAX compiles on the CPU too: without ``jit`` it runs every op eagerly, hundreds of times
+    slower per step (benchmarks/RESULTS.md); TensorFlow's graph mode needs no XLA there.
+    """
     gpus = gpu_count()
-    settings = DeviceSettings(gpus=gpus, mixed_precision=gpus > 0, jit_compile="auto" if gpus else False)
+    compile_ = "auto" if gpus or keras.config.backend() == "jax" else False
+    settings = DeviceSettings(gpus=gpus, mixed_precision=gpus > 0, jit_compile=compile_)
     keras.mixed_precision.set_global_policy("mixed_float16" if settings.mixed_precision else "float32")
     log.debug("backend %s, %d GPU(s), mixed precision %s", keras.config.backend(), gpus,
               "on" if settings.mixed_precision else "off")
