@@ -121,8 +121,11 @@ def _fail(command: str, error: FoldstackError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # TensorFlow's C++ info and warnings; the lines it writes before reading this are
+        # filtered out of the fold processes' stderr (runtime.native_logs).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
