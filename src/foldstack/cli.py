@@ -18,7 +18,7 @@ from foldstack.core.logs import setup_logging
 from foldstack.core.paths import Paths
 from foldstack.data import kaggle
 from foldstack.pipeline import load_pipeline
-from foldstack.stages import check, download, folds, stack, submit, train
+from foldstack.stages import check, download, folds, report, stack, submit, train
 
 
 def _pipeline_path(name: str) -> Path:
@@ -66,6 +66,11 @@ def cmd_submit(args: argparse.Namespace) -> None:
     submit.run(cfg, paths, upload=upload)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    cfg, paths = _load(args)
+    report.run(cfg, paths)
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     cfg, paths = _load(args)
     report = check.run(cfg, paths)
@@ -109,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
     submit.add_argument("-m", "--message", help="the submission's description on Kaggle")
+    stage("report", cmd_report, "write artifacts/<pipeline>/report.html: errors, Grad-CAM, curves, CV vs LB")
     backbones = sub.add_parser("backbones", help="list the registered backbones", parents=[common])
     backbones.set_defaults(func=cmd_backbones)
     return parser
