@@ -153,7 +153,7 @@ def cam_rows(y: np.ndarray, proba: np.ndarray, n_classes: int = CAM_CLASSES, n_r
     order = np.argsort(-confidence, kind="stable")
     wrong = [order[(y[order] == c) & (predicted[order] != c)][:1] for c in range(proba.shape[1])]
     wrong = np.concatenate(wrong)[:n_classes] if wrong else np.array([], dtype=int)
-    right = order[predicted[order] == y]
+    right = order[predicted[order] == y[order]]
     firsts = right[~pd.Series(y[right]).duplicated().to_numpy()]
     right = np.concatenate([firsts, np.setdiff1d(right, firsts, assume_unique=True)])[:n_right]
     return np.concatenate([wrong, right]).astype(int)
