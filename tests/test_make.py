@@ -63,6 +63,7 @@ def test_make_all_then_nothing_to_do(tmp_path: Path) -> None:
     # Quiet by default: no start-up line of TensorFlow's in any stage, the progress bars stay.
     assert not [line for line in START_UP if line in first.stderr], first.stderr[-3000:]
     assert "train: 100%" in first.stderr
+    assert "away from its OOF" not in first.stderr  # Grad-CAM explains the very networks that were trained
 
     # The report: one page, every picture embedded, read in a real browser at a phone's width.
     report = art / "report.html"

@@ -48,6 +48,8 @@ WORST = 18
 CAM_CLASSES = 12
 #: ... and this many right ones (the most confident, of different classes where possible).
 CAM_RIGHT = 6
+#: How far (absolute) Grad-CAM's probabilities may be from the OOF ones (mixed precision rounds).
+REPRODUCE_TOLERANCE = 0.02
 #: The most confused (true, predicted) pairs listed.
 PAIRS = 10
 
@@ -174,11 +176,21 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
                         augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / f"fold{fold}",
                         seed=cfg.seed + int(fold))
         result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None)
+        _check_reproduces(model, int(fold), result["proba"], oof[in_fold], averaged=len(cfg.augment.tta) > 1)
         found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
     titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
               for r in rows]
     return heatmaps.grid(images[rows], titles, picture, heatmaps=[found[r][0] for r in rows],
                          title=f"{model.name}: Grad-CAM of the predicted class")
+
+
+def _check_reproduces(model: ModelConfig, fold: int, proba: np.ndarray, oof: np.ndarray, averaged: bool) -> None:
+    """Warn where the network Grad-CAM rebuilt does not give the fold's OOF probabilities: its
+    heatmaps would explain another model (e.g. a ``features`` backbone whose weights changed)."""
+    gap = float(np.abs(proba - oof).max()) if len(oof) else 0.0
+    if gap > REPRODUCE_TOLERANCE and not averaged:  # TTA views average into OOF, not into one view
+        log.warning("%s fold %d: the network Grad-CAM explains gives probabilities up to %.3f away from its "
+                    "OOF; its heatmaps may not show what the trained model saw", model.name, fold, gap)
 
 
 def _train_images(cfg: PipelineConfig, paths: Paths, ids: np.ndarray, size: int) -> np.ndarray:
