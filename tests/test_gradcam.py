@@ -9,6 +9,7 @@ import pytest
 
 from conftest import make_config
 from foldstack.core import metrics
+from foldstack.core.errors import DataError
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.gradcam import explain
 from foldstack.training.regimes import fit
@@ -50,3 +51,9 @@ def test_heatmap_peaks_in_the_corner_that_defines_the_class(tmp_path: Path) -> N
     # A class asked for is the class explained, whatever the prediction.
     other = explain(task, fresh, class_index=1 - fresh_y)
     assert (other.classes == 1 - fresh_y).all()
+
+
+def test_a_fold_without_weights_is_one_line(tmp_path: Path) -> None:
+    images, y = _corner_images(4, seed=0)
+    with pytest.raises(DataError, match=r"best.weights.h5: not found; train this fold first"):
+        explain(_task(tmp_path, y), images)

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from foldstack.core.errors import DataError
 from foldstack.runtime.gradients import input_gradient
 from foldstack.training.augment import compose
 from foldstack.training.fold_task import FoldTask
@@ -53,16 +54,23 @@ class SplitNetwork:
 
 def load_fold_network(task: FoldTask) -> SplitNetwork:
     """The fold's trained network (``best.weights.h5`` in ``task.fold_dir``), split at the
-    backbone's last feature map."""
+    backbone's last feature map.
+
+    Raises:
+        DataError: the fold has no ``best.weights.h5``.
+    """
+    weights = task.fold_dir / BEST
+    if not weights.is_file():
+        raise DataError(f"{weights}: not found; train this fold first (make train)")
     backbone = create_backbone(task.model)
     if task.model.regime == "features":
         head = features_network(task, backbone.output.shape[-1])
-        head.load_weights(str(task.fold_dir / BEST))
+        head.load_weights(str(weights))
         layers = [keras.layers.GlobalAveragePooling2D(), *head.layers[1:]]
     else:
         dense_units = task.model.dense_units if task.model.regime == "partial" else ()
         network = build_network(task, backbone, frozen_statistics=True, dense_units=dense_units)
-        network.load_weights(str(task.fold_dir / BEST))
+        network.load_weights(str(weights))
         # build_network is a chain: input, backbone, pooling, head layers.
         layers = network.layers[network.layers.index(backbone) + 1:]
     *hidden, last = layers
