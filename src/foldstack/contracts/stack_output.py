@@ -68,3 +68,16 @@ def read_oof(folder: Path, classes: Classes, folds: pd.DataFrame, reference: Pat
     """The chosen candidate's OOF probabilities (``oof.parquet``), indexed by id in ``folds``'s
     order (``folds``: folds.csv indexed by id; ``reference``: its path, for messages)."""
     return predictions.read_oof(folder / OOF, classes, folds, reference).loc[folds.index]
+
+
+def read_leaderboard(folder: Path) -> pd.DataFrame:
+    """``leaderboard.csv``: every candidate's CV, best first (``candidate, cv_mean, cv_std,
+    fold_<k>..., chosen``).
+
+    Raises:
+        DataError: it is missing.
+    """
+    path = folder / LEADERBOARD
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the stack stage first")
+    return pd.read_csv(path)

@@ -71,7 +71,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
     page = Page(f"{cfg.name}: report")
     with tempfile.TemporaryDirectory(prefix="foldstack-report-") as scratch:
         pictures = Path(scratch)
-        page.section("Stack leaderboard", pd.read_csv(paths.stack / stack_output.LEADERBOARD).drop(columns="chosen"),
+        page.section("Stack leaderboard", stack_output.read_leaderboard(paths.stack).drop(columns="chosen"),
                      paths.stack / "leaderboard.png", note=f"chosen: {chosen}")
         page.section("OOF confusion matrix", None, paths.stack / "confusion.png")
         page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel))
