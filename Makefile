@@ -24,10 +24,10 @@ endif
 FOLDSTACK := $(BIN)foldstack
 RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
 
-.PHONY: all download folds train stack submit check test bench clean setup
+.PHONY: all download folds train stack submit report check test bench clean setup
 .DELETE_ON_ERROR:
 
-all: submit
+all: report
 
 setup: $(SETUP)
 
@@ -38,8 +38,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# The report's browser test drives the system's Chromium (Debian's package; we run as root).
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $@
 
 # A Kaggle kernel already has TensorFlow, Keras and the rest: install only foldstack itself.
@@ -52,6 +54,7 @@ folds: $(ART)/folds.csv
 train: $(MARK)/train
 stack: $(ART)/stack/leaderboard.csv
 submit: $(MARK)/submit
+report: $(ART)/report.html
 
 $(MARK)/download: $(CFG) | $(SETUP)
 	$(call RUN,download)
@@ -70,6 +73,9 @@ $(ART)/stack/leaderboard.csv: $(MARK)/train $(CFG)
 $(MARK)/submit: $(ART)/stack/leaderboard.csv
 	$(call RUN,submit)
 	@touch $@
+
+$(ART)/report.html: $(MARK)/submit
+	$(call RUN,report)
 
 check: | $(SETUP)
 	$(call RUN,check)

@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from browser import open_page
+
 REPO = Path(__file__).resolve().parents[1]
+
+#: TensorFlow's and absl's start-up lines on a machine without a GPU: never shown without -v.
+START_UP = ("failed call to cuInit", "oneDNN custom operations", "All log messages before absl::InitializeLog()",
+            "cudart_stub", "cpu_feature_guard")
 
 TINY_PIPELINE = {
     "name": "tiny",
@@ -53,6 +59,25 @@ def test_make_all_then_nothing_to_do(tmp_path: Path) -> None:
     written = pd.read_csv(submissions[0], dtype=str)
     assert list(written.columns) == list(sample.columns) and written["id"].tolist() == sample["id"].tolist()
     assert set(written["label"]) <= {str(d) for d in range(10)}
+
+    # Quiet by default: no start-up line of TensorFlow's in any stage, the progress bars stay.
+    assert not [line for line in START_UP if line in first.stderr], first.stderr[-3000:]
+    assert "train: 100%" in first.stderr
+    assert "away from its OOF" not in first.stderr  # Grad-CAM explains the very networks that were trained
+
+    # The report: one page, every picture embedded, read in a real browser at a phone's width.
+    report = art / "report.html"
+    text = report.read_text()
+    for heading in ("Stack leaderboard", "Per class: cnn", "Most confused pairs", "Most confidently wrong",
+                    "Grad-CAM: cnn", "Grad-CAM: lite0", "Training curves: lite0", "CV against leaderboard"):
+        assert heading in text, heading
+    assert submissions[0].name in text and 'src="data:image/png;base64,' in text and 'src="http' not in text
+    page = open_page(report, art / "report.png")
+    print(f"report screenshot: {art / 'report.png'}")
+    assert page["errors"] == []
+    assert len(page["images"]) == 9 and all(w > 0 and h > 0 for w, h in page["images"]), page["images"]
+    assert page["overflow"] <= 0, "the page is wider than a phone's screen"
+    assert (art / "report.png").stat().st_size > 10_000
 
     # Everything is up to date now: `make -q` says so, and a second run trains nothing.
     assert _make(tmp_path, "all", flags=("-q",)).returncode == 0

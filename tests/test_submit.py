@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldstack.contracts import stack_output
+from foldstack.contracts import stack_output, submission_index
 from foldstack.core import files as io
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError
@@ -134,9 +134,9 @@ def test_a_format_that_does_not_fit_the_sample_says_so(fmt: str, columns: tuple[
 
 def test_index_appends_new_files_and_updates_a_rewritten_one(tmp_path: Path) -> None:
     path = tmp_path / "index.csv"
-    submit.update_index(path, {"file": "p-mean-cv0.9000.csv", "cv_mean": 0.9, "local_lb": None})
-    submit.update_index(path, {"file": "p-lightgbm-cv0.9500.csv", "cv_mean": 0.95, "local_lb": 0.94})
-    submit.update_index(path, {"file": "p-mean-cv0.9000.csv", "cv_mean": 0.9, "local_lb": 0.91})
+    submission_index.update(path, {"file": "p-mean-cv0.9000.csv", "cv_mean": 0.9, "local_lb": None})
+    submission_index.update(path, {"file": "p-lightgbm-cv0.9500.csv", "cv_mean": 0.95, "local_lb": 0.94})
+    submission_index.update(path, {"file": "p-mean-cv0.9000.csv", "cv_mean": 0.9, "local_lb": 0.91})
     index = pd.read_csv(path)
     assert index["file"].tolist() == ["p-lightgbm-cv0.9500.csv", "p-mean-cv0.9000.csv"]
     assert index["local_lb"].tolist() == [0.94, 0.91]

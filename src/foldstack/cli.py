@@ -18,7 +18,7 @@ from foldstack.core.logs import setup_logging
 from foldstack.core.paths import Paths
 from foldstack.data import kaggle
 from foldstack.pipeline import load_pipeline
-from foldstack.stages import check, download, folds, stack, submit, train
+from foldstack.stages import check, download, folds, report, stack, submit, train
 
 
 def _pipeline_path(name: str) -> Path:
@@ -66,6 +66,11 @@ def cmd_submit(args: argparse.Namespace) -> None:
     submit.run(cfg, paths, upload=upload)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    cfg, paths = _load(args)
+    report.run(cfg, paths)
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     cfg, paths = _load(args)
     report = check.run(cfg, paths)
@@ -109,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
     submit.add_argument("-m", "--message", help="the submission's description on Kaggle")
+    stage("report", cmd_report, "write artifacts/<pipeline>/report.html: errors, Grad-CAM, curves, CV vs LB")
     backbones = sub.add_parser("backbones", help="list the registered backbones", parents=[common])
     backbones.set_defaults(func=cmd_backbones)
     return parser
@@ -121,8 +127,11 @@ def _fail(command: str, error: FoldstackError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        # TensorFlow's C++ info and warnings; the lines it writes before reading this are
+        # filtered out of the fold processes' stderr (runtime.native_logs).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)

@@ -62,3 +62,22 @@ def read(folder: Path) -> StackOutput:
     classes = Classes(tuple(str(column) for column in columns if column != "id"))
     proba = predictions.read_predictions(test_path, classes)
     return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"], proba)
+
+
+def read_oof(folder: Path, classes: Classes, folds: pd.DataFrame, reference: Path) -> pd.DataFrame:
+    """The chosen candidate's OOF probabilities (``oof.parquet``), indexed by id in ``folds``'s
+    order (``folds``: folds.csv indexed by id; ``reference``: its path, for messages)."""
+    return predictions.read_oof(folder / OOF, classes, folds, reference).loc[folds.index]
+
+
+def read_leaderboard(folder: Path) -> pd.DataFrame:
+    """``leaderboard.csv``: every candidate's CV, best first (``candidate, cv_mean, cv_std,
+    fold_<k>..., chosen``).
+
+    Raises:
+        DataError: it is missing.
+    """
+    path = folder / LEADERBOARD
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the stack stage first")
+    return pd.read_csv(path)

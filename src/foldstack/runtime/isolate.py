@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from foldstack.core.errors import DiskFullError, FoldstackError, is_disk_full
 from foldstack.core.logs import setup_logging
+from foldstack.runtime.native_logs import filtered_stderr
 
 _INTERRUPTED = 130
 
@@ -52,7 +53,10 @@ def call(function: str, *args: Any, on_message: Callable[[Any], None] | None = N
     level = logging.getLogger("foldstack").getEffectiveLevel()
     child = context.Process(target=_child, args=(function, args, level, messages), daemon=True,
                             name=function)
-    child.start()
+    # The fork server starts with the first child and passes its stderr on to every later one:
+    # TensorFlow's start-up lines are filtered out of it unless foldstack logs at debug level.
+    with filtered_stderr(enabled=level > logging.DEBUG):
+        child.start()
     try:
         while True:
             kind, payload = _next(messages, child, function)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from foldstack.contracts import stack_output
+from foldstack.contracts import stack_output, submission_index
 from foldstack.contracts.predictions import check_same_ids, first_non_probability
 from foldstack.core import metrics
 from foldstack.core.config import PipelineConfig
@@ -81,7 +81,7 @@ def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], None] | None
     path = paths.submissions / f"{cfg.name}-{chosen.name}-cv{chosen.cv_mean:.4f}.csv"
     write_csv(path, submission)
     local = _local_score(cfg, paths, proba)
-    update_index(paths.submissions / "index.csv", {
+    submission_index.update(paths.submissions / submission_index.NAME, {
         "file": path.name, "candidate": chosen.name, "metric": chosen.metric, "cv_mean": chosen.cv_mean,
         "cv_std": chosen.cv_std, "local_lb": local,
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -135,14 +135,6 @@ def validate(submission: pd.DataFrame, sample: pd.DataFrame, *, id_column: str, 
     values = submission.drop(columns=id_column).reset_index(drop=True)
     for check in FORMATS[fmt].checks:
         check(values, ids, classes, task)
-
-
-def update_index(path: Path, entry: dict) -> pd.DataFrame:
-    """Add ``entry`` to the index of submissions, replacing an older row for the same file."""
-    index = pd.read_csv(path, dtype={"file": str}) if path.is_file() else pd.DataFrame(columns=list(entry))
-    index = pd.concat([index[index["file"] != entry["file"]], pd.DataFrame([entry])], ignore_index=True)
-    write_csv(path, index)
-    return index
 
 
 # --- formats ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import keras
 
+from foldstack.contracts import training_log
 from foldstack.core.metrics import Metric
 from foldstack.training.callbacks import (
     AtomicBackupAndRestore,
@@ -30,7 +31,7 @@ from foldstack.training.network import compile_for, set_trainable
 log = logging.getLogger(__name__)
 
 BEST = "best.weights.h5"
-LOG = "log.csv"
+LOG = training_log.NAME
 
 
 @dataclass(frozen=True)

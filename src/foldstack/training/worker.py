@@ -21,6 +21,7 @@ from foldstack.runtime.memory import memory_mb
 from foldstack.training.callbacks import EpochTicks
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import FoldTask
+from foldstack.training.gradcam import explain
 from foldstack.training.regimes import fit
 
 Send = Callable[[object], None]
@@ -50,6 +51,15 @@ def train_fold(task: FoldTask, send: Send) -> dict:
                    "mixed_precision": settings.mixed_precision},
         "peak_mb": memory_mb("VmHWM"),
     }
+
+
+def explain_images(task: FoldTask, images: np.ndarray, class_index: np.ndarray | int | None,
+                   send: Send) -> dict[str, np.ndarray]:
+    """Grad-CAM of raw uint8 ``images`` by the fold ``task`` names (its ``best.weights.h5``):
+    ``heatmaps`` ``(n, size, size)`` in [0, 1], the ``classes`` they explain (the predicted one
+    where ``class_index`` is None) and the probabilities ``proba``."""
+    result = explain(task, images, class_index)
+    return {"heatmaps": result.heatmaps, "classes": result.classes, "proba": result.proba}
 
 
 def open_caches(caches: dict[str, Path]) -> dict[str, np.ndarray]:

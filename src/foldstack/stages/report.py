@@ -1,0 +1,272 @@
+"""The `report` stage: one self-contained page, ``artifacts/<pipeline>/report.html``, of what the
+models see and get wrong.
+
+It reads what the other stages wrote (every model's OOF, the stack's, each fold's ``log.csv``,
+``submissions/<pipeline>/index.csv`` and the stack and folds pictures) and shows: the stack
+leaderboard and confusion matrix, per-class precision, recall, F1 and support, the most confused
+class pairs, the most confidently wrong OOF images, Grad-CAM heatmaps of each model on its own
+wrong and right OOF images, each fold's training curves, and CV against the leaderboard. Every
+picture is embedded (a base64 data URI), so the page travels as one file; its CSS reads on a
+phone and prints.
+
+Grad-CAM runs each model's fold in a process of its own (:mod:`foldstack.runtime.isolate`), so
+this process never imports Keras. Each OOF image is explained by the fold that never saw it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_fscore_support
+from tqdm.auto import tqdm
+
+from foldstack.contracts import folds_file, predictions, stack_output, submission_index, training_log
+from foldstack.core import metrics
+from foldstack.core.config import ModelConfig, PipelineConfig
+from foldstack.core.files import write_text
+from foldstack.core.paths import Paths
+from foldstack.data import tables
+from foldstack.data.cache import cached_images
+from foldstack.plots import diagnostics, heatmaps
+from foldstack.runtime import isolate
+from foldstack.training.fold_task import FoldTask
+
+log = logging.getLogger(__name__)
+
+EXPLAIN = "foldstack.training.worker:explain_images"
+NAME = "report.html"
+#: The most confidently wrong OOF images shown, for the stack.
+WORST = 18
+#: Grad-CAM per model: the most confidently wrong image of each of up to this many classes...
+CAM_CLASSES = 12
+#: ... and this many right ones (the most confident, of different classes where possible).
+CAM_RIGHT = 6
+#: How far (absolute) Grad-CAM's probabilities may be from the OOF ones (mixed precision rounds).
+REPRODUCE_TOLERANCE = 0.02
+#: The most confused (true, predicted) pairs listed.
+PAIRS = 10
+
+
+def run(cfg: PipelineConfig, paths: Paths) -> Path:
+    """Write ``report.html`` under ``paths.artifacts`` and return its path.
+
+    Raises:
+        DataError: the stack output or a model's predictions are missing or disagree with folds.csv
+            (run the stages before it).
+    """
+    metric = metrics.get(cfg.metric)
+    data = predictions.load_level_two(cfg, paths)
+    folds = folds_file.read(paths.folds, cfg.folds.k).set_index("id")
+    chosen = stack_output.read(paths.stack).name
+    names = list(data.classes.names)
+    stack_oof = stack_output.read_oof(paths.stack, data.classes, folds, paths.folds)[names].to_numpy(np.float64)
+    multilabel = cfg.task == "multilabel"
+    page = Page(f"{cfg.name}: report")
+    with tempfile.TemporaryDirectory(prefix="foldstack-report-") as scratch:
+        pictures = Path(scratch)
+        page.section("Stack leaderboard", stack_output.read_leaderboard(paths.stack).drop(columns="chosen"),
+                     paths.stack / "leaderboard.png", note=f"chosen: {chosen}")
+        page.section("OOF confusion matrix", None, paths.stack / "confusion.png")
+        page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel))
+        for m, model in enumerate(data.models):
+            page.section(f"Per class: {model}", per_class(data.y, data.oof[:, m], names, multilabel), folded=True)
+        if not multilabel:
+            page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
+        images = _train_images(cfg, paths, data.ids, cfg.models[0].image_size)
+        worst = worst_rows(data.y, stack_oof, WORST, multilabel)
+        page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
+            images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
+        for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
+            picture = _gradcam(cfg, paths, model, data, data.oof[:, m], pictures / f"cam-{model.name}.png")
+            page.section(f"Grad-CAM: {model.name} ({model.backbone}, {model.regime})", None, picture,
+                         note="each image explained by the fold that never saw it, for its predicted class; "
+                              "red is where that class's evidence is strongest")
+        for model in cfg.models:
+            picture = _curves(paths, model, metric, pictures / f"curves-{model.name}.png")
+            if picture is not None:
+                page.section(f"Training curves: {model.name}", None, picture)
+        index = submission_index.read(paths.submissions / submission_index.NAME)
+        if index is None:
+            page.section("CV against leaderboard", None, note="no submission written yet (make submit)")
+        else:
+            page.section("CV against leaderboard", index, diagnostics.cv_against_leaderboard(
+                index, cfg.metric, pictures / "cv_lb.png"))
+        page.section("Train augmentation", None, paths.artifacts / "augmentation.png")
+        path = paths.artifacts / NAME
+        write_text(path, page.render())
+    print(f"wrote {path}")
+    return path
+
+
+# --- error analysis ------------------------------------------------------------------------------
+
+
+def per_class(y: np.ndarray, proba: np.ndarray, names: list[str], multilabel: bool) -> pd.DataFrame:
+    """Precision, recall, F1 and support of each class, from OOF probabilities."""
+    predicted = metrics.hard_predictions(proba, multilabel)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, predicted, labels=None if multilabel else np.arange(len(names)), zero_division=0)
+    return pd.DataFrame({"class": names, "precision": precision, "recall": recall, "f1": f1, "support": support})
+
+
+def confused_pairs(y: np.ndarray, proba: np.ndarray, names: list[str], limit: int = PAIRS) -> pd.DataFrame:
+    """The (true, predicted) class pairs most often confused, most first."""
+    predicted = proba.argmax(axis=1)
+    wrong = y != predicted
+    pairs = pd.DataFrame({"true": np.asarray(names)[y[wrong]], "predicted": np.asarray(names)[predicted[wrong]]})
+    counts = pairs.value_counts().rename("count").reset_index()
+    counts["share of true class"] = counts["count"] / counts["true"].map(pd.Series(np.asarray(names)[y]).value_counts())
+    return counts.head(limit)
+
+
+def worst_rows(y: np.ndarray, proba: np.ndarray, limit: int, multilabel: bool) -> np.ndarray:
+    """The rows wrong with the most confidence (the highest probability on a wrong class), worst first."""
+    truth = metrics.one_hot(y, proba.shape[1]).astype(bool)
+    if multilabel:
+        wrong = (metrics.hard_predictions(proba, multilabel=True).astype(bool) != truth).any(axis=1)
+    else:
+        wrong = proba.argmax(axis=1) != y
+    wrong_confidence = np.where(truth, -np.inf, proba).max(axis=1)
+    rows = np.flatnonzero(wrong)
+    return rows[np.argsort(-wrong_confidence[rows], kind="stable")][:limit]
+
+
+def _caption(names: list[str], y, proba: np.ndarray) -> str:
+    predicted = int(proba.argmax())
+    true = names[int(y)] if np.ndim(y) == 0 else ",".join(np.asarray(names)[np.asarray(y).astype(bool)])
+    return f"true {true} / pred {names[predicted]} ({proba[predicted]:.2f})"
+
+
+# --- Grad-CAM ---------------------------------------------------------------------------------------
+
+
+def cam_rows(y: np.ndarray, proba: np.ndarray, n_classes: int = CAM_CLASSES, n_right: int = CAM_RIGHT) -> np.ndarray:
+    """Rows to explain: each class's most confidently wrong row (for up to ``n_classes``
+    classes), then the ``n_right`` most confident right rows, of different classes first."""
+    predicted = proba.argmax(axis=1)
+    confidence = proba.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")
+    wrong = [order[(y[order] == c) & (predicted[order] != c)][:1] for c in range(proba.shape[1])]
+    wrong = np.concatenate(wrong)[:n_classes] if wrong else np.array([], dtype=int)
+    right = order[predicted[order] == y[order]]
+    firsts = right[~pd.Series(y[right]).duplicated().to_numpy()]
+    right = np.concatenate([firsts, np.setdiff1d(right, firsts, assume_unique=True)])[:n_right]
+    return np.concatenate([wrong, right]).astype(int)
+
+
+def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predictions.LevelTwoData,
+             oof: np.ndarray, picture: Path) -> Path:
+    names = list(data.classes.names)
+    multilabel = cfg.task == "multilabel"
+    y_single = data.y if not multilabel else data.y.argmax(axis=1)
+    rows = cam_rows(y_single, oof)
+    images = _train_images(cfg, paths, data.ids, model.image_size)
+    found = {}
+    for fold in np.unique(data.fold[rows]):
+        in_fold = rows[data.fold[rows] == fold]
+        task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=data.y, n_classes=len(names),
+                        train_index=np.flatnonzero(data.fold != fold), valid_index=np.flatnonzero(data.fold == fold),
+                        augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / f"fold{fold}",
+                        seed=cfg.seed + int(fold))
+        result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None)
+        _check_reproduces(model, int(fold), result["proba"], oof[in_fold], averaged=len(cfg.augment.tta) > 1)
+        found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
+    titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
+              for r in rows]
+    return heatmaps.grid(images[rows], titles, picture, heatmaps=[found[r][0] for r in rows],
+                         title=f"{model.name}: Grad-CAM of the predicted class")
+
+
+def _check_reproduces(model: ModelConfig, fold: int, proba: np.ndarray, oof: np.ndarray, averaged: bool) -> None:
+    """Warn where the network Grad-CAM rebuilt does not give the fold's OOF probabilities: its
+    heatmaps would explain another model (e.g. a ``features`` backbone whose weights changed)."""
+    gap = float(np.abs(proba - oof).max()) if len(oof) else 0.0
+    if gap > REPRODUCE_TOLERANCE and not averaged:  # TTA views average into OOF, not into one view
+        log.warning("%s fold %d: the network Grad-CAM explains gives probabilities up to %.3f away from its "
+                    "OOF; its heatmaps may not show what the trained model saw", model.name, fold, gap)
+
+
+def _train_images(cfg: PipelineConfig, paths: Paths, ids: np.ndarray, size: int) -> np.ndarray:
+    """The training images at ``size``, rows in ``ids``'s order (the train stage's cache)."""
+    table = tables.load_train_table(cfg, paths).set_index("id")
+    return cached_images(table.loc[ids, "path"].tolist(), list(ids), size, paths.cache / str(size) / "train.npy",
+                         desc="train")
+
+
+def _curves(paths: Paths, model: ModelConfig, metric: metrics.Metric, picture: Path) -> Path | None:
+    logs = {}
+    for fold_dir in sorted((paths.models / model.name).glob("fold*")):
+        frame = training_log.read(fold_dir / training_log.NAME)
+        if frame is not None:
+            logs[fold_dir.name] = frame
+    if not logs:
+        return None
+    return diagnostics.training_curves(logs, metric, f"{model.name}: each fold's training", picture)
+
+
+# --- the page ---------------------------------------------------------------------------------------
+
+STYLE = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1100px; padding: 0 12px 40px; color: #1b1f24; }
+h1 { font-size: 1.5em; margin: 18px 0 4px; }
+h2 { font-size: 1.15em; margin: 28px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
+nav { font-size: 0.9em; } nav a { margin-right: 10px; white-space: nowrap; }
+img { max-width: 100%; height: auto; display: block; margin: 6px 0; }
+.table { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.88em; margin: 6px 0; }
+th, td { border: 1px solid #d0d7de; padding: 3px 7px; text-align: right; }
+th { background: #f3f5f7; }
+.note { color: #57606a; font-size: 0.9em; }
+details > summary { cursor: pointer; color: #0969da; }
+@media (max-width: 600px) { body { font-size: 14px; } th, td { padding: 2px 4px; } }
+@media print { nav { display: none; } section { break-inside: avoid; } details { display: block; }
+               body { max-width: none; } a { color: inherit; text-decoration: none; } }
+"""
+
+
+class Page:
+    """The report's HTML, section by section: a table, a picture (embedded) and a note each."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.sections: list[tuple[str, str]] = []
+
+    def section(self, heading: str, table: pd.DataFrame | None = None, picture: Path | None = None,
+                note: str | None = None, folded: bool = False) -> None:
+        """Add a section; a picture that does not exist is skipped with a note saying so."""
+        parts = []
+        if note:
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
+        if picture is not None:
+            if picture.is_file():
+                data = base64.b64encode(picture.read_bytes()).decode("ascii")
+                parts.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{data}">')
+            else:
+                parts.append(f'<p class="note">{html.escape(picture.name)} not found</p>')
+        if table is not None:
+            rendered = table.to_html(index=False, float_format="{:.4f}".format, border=0, na_rep="")
+            parts.append(f'<div class="table">{rendered}</div>')
+        body = "\n".join(parts)
+        if folded:
+            body = f"<details><summary>show</summary>{body}</details>"
+        self.sections.append((heading, body))
+
+    def render(self) -> str:
+        links = " ".join(f'<a href="#s{i}">{html.escape(h)}</a>' for i, (h, _) in enumerate(self.sections))
+        blocks = "\n".join(f'<section id="s{i}"><h2>{html.escape(h)}</h2>\n{body}</section>'
+                           for i, (h, body) in enumerate(self.sections))
+        written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+                f"<title>{html.escape(self.title)}</title>\n<style>{STYLE}</style></head>\n"
+                f'<body><h1>{html.escape(self.title)}</h1><p class="note">written {written} by foldstack report</p>\n'
+                f"<nav>{links}</nav>\n{blocks}\n</body></html>\n")
