@@ -2,7 +2,9 @@
 stderr naming the file, the row or the key (exit 2, no traceback), and leaves no half output.
 
 Stages run in-process through ``foldstack.cli.main`` on a copy of the tiny digits competition.
-The kill-mid-epoch-and-resume case is ``tests/test_train.py::test_killed_run_resumes``.
+The kill-mid-epoch-and-resume case is ``tests/test_train.py::test_killed_run_resumes``; the
+predict stage's cases (a corrupt test image, fold weights missing or of another recipe, a bad
+``--images`` folder) are in ``tests/test_predict.py``.
 """
 
 from __future__ import annotations
@@ -410,17 +412,12 @@ def _relabel_after_folds(comp: Competition) -> None:
     _edit(lambda f: f.assign(label=f["label"].mask(f.index == 0, "7")))(comp)
 
 
-def _corrupt_test_image(comp: Competition) -> None:
-    comp.image(0, "test").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-
-
 TRAIN_INPUTS = {
     # case: (what changes after `folds`, expected stderr of `train`)
     "folds.csv from another folds.k": (_folds_of_other_k, r"folds.csv: holds folds \[0, 1\] but folds.k = 3; "
                                                           r"run `make folds` again$"),
     "label edited after folds": (_relabel_after_folds, r"folds.csv: id 'digit_\d+' has label '\d' but the train "
                                                        r"table says '7'; run `make folds` again$"),
-    "corrupt test image": (_corrupt_test_image, r"test/digit_\d+.png: cannot read image: "),
 }
 
 

@@ -91,6 +91,12 @@ def read_chosen(folder: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def model_saved(folder: Path) -> bool:
+    """Whether ``folder`` holds a chosen candidate's saved model with its classes."""
+    chosen = read_chosen(folder)
+    return chosen is not None and "classes" in chosen and (folder / LEVEL2 / f"{chosen['name']}.pkl").is_file()
+
+
 def read_model(folder: Path) -> FittedStack:
     """The saved level-two model, with its base models and classes.
 

@@ -53,7 +53,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     names = candidate_names(cfg, metric)
     key = cv_key(cfg, paths)
     chosen = stack_output.read_chosen(paths.stack)
-    if chosen is not None and "classes" in chosen and (key is None or chosen.get("cv_key") == key):
+    if stack_output.model_saved(paths.stack) and (key is None or chosen.get("cv_key") == key):
         return apply(cfg, paths, unchanged=key is not None)
     data = predictions.load_level_two(cfg, paths)
     log.info("stacking %d models x %d classes, %d rows, %d folds", len(data.models), len(data.classes),
