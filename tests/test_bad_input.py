@@ -381,14 +381,17 @@ def test_interrupted_stack_keeps_the_previous_output_and_reruns(comp: Competitio
     assert comp.run("folds")[0] == 0
     _stack_inputs(comp)
     assert comp.run("stack")[0] == 0
-    before = {p.name: p.read_bytes() for p in comp.paths.stack.iterdir()}
+    before = {p: p.read_bytes() for p in comp.paths.stack.rglob("*") if p.is_file()}
+
+    raw["stack"] = {"candidates": ["mean", "best_single"]}  # new settings: the CV runs again
+    comp.write_yaml(raw)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stack.plots, "confusion", killed)  # the last write of the stage
     assert comp.run("stack")[0] == 130
-    assert {p.name: p.read_bytes() for p in comp.paths.stack.iterdir()} == before
+    assert {p: p.read_bytes() for p in comp.paths.stack.rglob("*") if p.is_file()} == before
     assert no_temporaries(comp.root) and not list(comp.paths.artifacts.glob(".stack*"))
     monkeypatch.undo()
     assert comp.run("stack")[0] == 0  # the rerun completes
