@@ -110,8 +110,7 @@ class Predictor:
                                      on_message=lambda _: bar.update(1))
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
-                mean = np.mean(np.asarray(folds, dtype=np.float64), axis=0)
-                predictions.write_test(out, np.asarray(ids), self.classes, mean, key)
+                predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
                 tqdm.write(f"{model.name}: predicted {len(ids)} test images, {k} folds x "
                            f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
         self.reference(cfg.models[0])
@@ -136,6 +135,11 @@ class Predictor:
         features = isolate.call(f"{WORKER}:embed", self.task(model, cache, dirs[:1], "train", ids))
         held = (self.folds["fold"] == 0).to_numpy()
         reference.write(model_dir, reference.Reference.fit(features[~held], features[held], key, seed=self.cfg.seed))
+
+
+def fold_mean(folds: list[np.ndarray]) -> np.ndarray:
+    """A model's probabilities: the mean of its folds' (each already a mean over TTA views)."""
+    return np.mean(np.asarray(folds, dtype=np.float64), axis=0)
 
 
 def _weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
@@ -199,7 +203,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
         X = []
         for model in tqdm(cfg.models, desc="predict images", unit="model", disable=None):
             task = predictor.task(model, Path(tmp) / f"{model.image_size}.npy", dirs[model.name], None)
-            X.append(np.mean(isolate.call(f"{WORKER}:predict_folds", task), axis=0))
+            X.append(fold_mean(isolate.call(f"{WORKER}:predict_folds", task)))
         distance = None
         if known is not None:
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
