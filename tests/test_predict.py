@@ -58,8 +58,8 @@ def run(trained, capsys, *args: str) -> tuple[int, str, str]:
 def unseen_digits(root: Path, n: int) -> list[tuple[int, np.ndarray]]:
     """``n`` digits of scikit-learn's set that the tiny competition holds neither in train nor
     test, as (label, 8-bit image), like the competition's own images."""
-    used = {int(i.removeprefix("digit_")) for i in pd.concat([
-        pd.read_csv(root / "data" / "tiny" / name, dtype=str)["id"] for name in ("train.csv", "sample_submission.csv")])}
+    tables = [pd.read_csv(root / "data" / "tiny" / name, dtype=str) for name in ("train.csv", "sample_submission.csv")]
+    used = {int(i.removeprefix("digit_")) for table in tables for i in table["id"]}
     digits = load_digits()
     free = [i for i in range(len(digits.target)) if i not in used][:n]
     return [(int(digits.target[i]), np.rint(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)) for i in free]
@@ -184,7 +184,8 @@ def test_missing_or_foreign_fold_weights_are_one_line_and_keep_the_predictions(t
     capsys.readouterr()
     code = cli.main(["predict", "--pipeline", str(other), "--root", str(root)])
     assert_one_line(code, capsys.readouterr().err,
-                    r"fold0/done.json: fold 0 of model 'cnn' was trained by another recipe .*; run the train stage again$")
+                    r"fold0/done.json: fold 0 of model 'cnn' was trained by another recipe .*; "
+                    r"run the train stage again$")
     assert (art / "test" / "cnn.parquet").read_bytes() == before
 
 

@@ -516,7 +516,8 @@ def test_saved_model_reproduces_the_test_file_and_is_applied_without_cv(tmp_path
         frame.to_parquet(path, index=False)
     capsys.readouterr()
     stack.run(cfg, paths)
-    assert "OOF files unchanged since the last CV; applied the saved logistic to 25 test rows" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OOF files unchanged since the last CV; applied the saved logistic to 25 test rows" in out
     assert (paths.stack / "leaderboard.csv").read_bytes() == board
     applied_by_the_saved_model()
 

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="--images: predict the readable images, warn about the others")
     predict_parser.add_argument("--workers", type=int, default=None, help="input-pipeline threads")
     stage("check", cmd_check, "validate the config and every train and test file before training")
-    stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; save the best; apply it to the test predictions")
+    stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; save the best; apply it to "
+          "the test predictions")
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
     submit.add_argument("-m", "--message", help="the submission's description on Kaggle")
