@@ -1,4 +1,5 @@
-# foldstack: one target per stage. `make all PIPELINE=<name>` reads pipelines/<name>.yaml.
+# foldstack: one target per stage. `make all PIPELINE=<name>` reads pipelines/<name>.yaml:
+# download -> folds -> train -> predict -> stack -> submit.
 # Make's own dependency tracking skips stages whose inputs have not changed; inside `train`,
 # every finished (model, fold) is skipped too, so an interrupted run resumes where it stopped.
 
@@ -10,6 +11,9 @@ VENV     ?= .venv
 
 CFG   ?= pipelines/$(PIPELINE).yaml
 ART   := $(ROOT)/artifacts/$(PIPELINE)
+# The competition's files: a new test set (its top-level tables, e.g. the sample submission) makes
+# `predict` run again; the stage itself skips every model whose test predictions are current.
+DATA  ?= $(ROOT)/data/$(PIPELINE)
 MARK  := $(ART)/.make
 
 ifdef KAGGLE_KERNEL_RUN_TYPE
@@ -24,7 +28,7 @@ endif
 FOLDSTACK := $(BIN)foldstack
 RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
 
-.PHONY: all download folds train stack submit report check test bench clean setup
+.PHONY: all download folds train predict stack submit report check test bench clean setup
 .DELETE_ON_ERROR:
 
 all: report
@@ -52,7 +56,8 @@ $(ROOT)/.foldstack-installed: pyproject.toml
 download: $(MARK)/download
 folds: $(ART)/folds.csv
 train: $(MARK)/train
-stack: $(ART)/stack/leaderboard.csv
+predict: $(MARK)/predict
+stack: $(MARK)/stack
 submit: $(MARK)/submit
 report: $(ART)/report.html
 
@@ -67,10 +72,17 @@ $(MARK)/train: $(ART)/folds.csv $(CFG)
 	$(call RUN,train)
 	@touch $@
 
-$(ART)/stack/leaderboard.csv: $(MARK)/train $(CFG)
-	$(call RUN,stack)
+# Never trains: the trained folds predict whatever test set is there.
+$(MARK)/predict: $(MARK)/train $(CFG) $(wildcard $(DATA)/*.csv)
+	$(call RUN,predict)
+	@touch $@
 
-$(MARK)/submit: $(ART)/stack/leaderboard.csv
+# Cross-validates only when the OOF files changed; otherwise applies the saved level-two model.
+$(MARK)/stack: $(MARK)/predict $(CFG)
+	$(call RUN,stack)
+	@touch $@
+
+$(MARK)/submit: $(MARK)/stack
 	$(call RUN,submit)
 	@touch $@
 

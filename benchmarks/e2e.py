@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks import DIGITS_YAML, Row
 
-STAGES = ("download", "folds", "train", "stack", "submit")
+STAGES = ("download", "folds", "train", "predict", "stack", "submit")
 TARGET_S = 300.0
 
 
@@ -53,6 +53,6 @@ def run(folder: Path) -> list[Row]:
             rows.append(Row("e2e", f"foldstack {name}",
                             f"{got['wall']:.1f} s wall ({got['user']:.0f} s user, {got['sys']:.0f} s sys, "
                             f"{got['faults'] / 1e6:.1f} M minor faults), peak {got['peak_gb']:.2f} GB{folds}"))
-    rows.append(Row("e2e", "make all, digits (5 stages)", f"{total:.0f} s", target=f"<= {TARGET_S:.0f} s",
+    rows.append(Row("e2e", f"make all, digits ({len(STAGES)} stages)", f"{total:.0f} s", target=f"<= {TARGET_S:.0f} s",
                     met=total <= TARGET_S))
     return rows

@@ -25,7 +25,8 @@ def features_fold(folder: Path, size: int, epochs: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         task, images = digits_task(folder, "lite0", Path(tmp) / "fold", image_size=size, epochs=epochs)
         task = dataclasses.replace(task, features=Path(tmp) / "features")
-        build_s, _ = timed(FeatureCache.build, task.model, images, task.augment, task.features, "key", task.workers)
+        build_s, _ = timed(FeatureCache.build, task.model, images, task.augment, task.features,
+                             {split: "key" for split in images}, task.workers)
         keras.utils.set_random_seed(task.seed)
         fit_s, _ = timed(fit, task, images, metrics.get(task.metric))
         keras.backend.clear_session()

@@ -1,4 +1,4 @@
-"""The same pipeline trains under KERAS_BACKEND=jax as under the default TensorFlow.
+"""The same pipeline trains and predicts under KERAS_BACKEND=jax as under the default TensorFlow.
 
 Keras picks its backend once per process, so each backend runs the stages in a subprocess.
 """
@@ -34,17 +34,21 @@ ACCURACY_FLOOR = {"cnn": 0.5, "lite0": 0.4}
 def test_pipeline_trains_under_backend(tmp_path: Path, backend: str) -> None:
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(PIPELINE))
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
-    for stage in ("download", "folds", "train"):
+    for stage in ("download", "folds", "train", "predict"):
         run = subprocess.run([sys.executable, "-m", "foldstack.cli", stage, "--pipeline", str(tmp_path / "tiny.yaml"),
                               "--root", str(tmp_path), "--verbose"], env=env, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-3000:]
-    assert f"backend {backend}" in run.stderr  # the run really used that backend
+        if stage == "train":
+            train = run
+    assert f"backend {backend}" in train.stderr  # the run really used that backend
     folds = pd.read_csv(tmp_path / "artifacts" / "tiny" / "folds.csv", dtype={"id": str, "label": str})
-    classes = np.array([str(d) for d in range(10)])
+    classes = [str(d) for d in range(10)]
     for model, floor in ACCURACY_FLOOR.items():
         oof = pd.read_parquet(tmp_path / "artifacts" / "tiny" / "oof" / f"{model}.parquet")
         assert oof["id"].tolist() == folds["id"].tolist()
         proba = oof[classes].to_numpy()
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-4)
-        accuracy = float(np.mean(classes[proba.argmax(axis=1)] == folds["label"].to_numpy()))
+        accuracy = float(np.mean(np.array(classes)[proba.argmax(axis=1)] == folds["label"].to_numpy()))
         assert accuracy > floor, f"{model} under {backend}: OOF accuracy {accuracy:.3f}, not above {floor}"
+        test = pd.read_parquet(tmp_path / "artifacts" / "tiny" / "test" / f"{model}.parquet")
+        np.testing.assert_allclose(test[classes].to_numpy().sum(axis=1), 1.0, rtol=1e-4)

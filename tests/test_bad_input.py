@@ -2,7 +2,9 @@
 stderr naming the file, the row or the key (exit 2, no traceback), and leaves no half output.
 
 Stages run in-process through ``foldstack.cli.main`` on a copy of the tiny digits competition.
-The kill-mid-epoch-and-resume case is ``tests/test_train.py::test_killed_run_resumes``.
+The kill-mid-epoch-and-resume case is ``tests/test_train.py::test_killed_run_resumes``; the
+predict stage's cases (a corrupt test image, fold weights missing or of another recipe, a bad
+``--images`` folder) are in ``tests/test_predict.py``.
 """
 
 from __future__ import annotations
@@ -379,14 +381,17 @@ def test_interrupted_stack_keeps_the_previous_output_and_reruns(comp: Competitio
     assert comp.run("folds")[0] == 0
     _stack_inputs(comp)
     assert comp.run("stack")[0] == 0
-    before = {p.name: p.read_bytes() for p in comp.paths.stack.iterdir()}
+    before = {p: p.read_bytes() for p in comp.paths.stack.rglob("*") if p.is_file()}
+
+    raw["stack"] = {"candidates": ["mean", "best_single"]}  # new settings: the CV runs again
+    comp.write_yaml(raw)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stack.plots, "confusion", killed)  # the last write of the stage
     assert comp.run("stack")[0] == 130
-    assert {p.name: p.read_bytes() for p in comp.paths.stack.iterdir()} == before
+    assert {p: p.read_bytes() for p in comp.paths.stack.rglob("*") if p.is_file()} == before
     assert no_temporaries(comp.root) and not list(comp.paths.artifacts.glob(".stack*"))
     monkeypatch.undo()
     assert comp.run("stack")[0] == 0  # the rerun completes
@@ -410,17 +415,12 @@ def _relabel_after_folds(comp: Competition) -> None:
     _edit(lambda f: f.assign(label=f["label"].mask(f.index == 0, "7")))(comp)
 
 
-def _corrupt_test_image(comp: Competition) -> None:
-    comp.image(0, "test").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-
-
 TRAIN_INPUTS = {
     # case: (what changes after `folds`, expected stderr of `train`)
     "folds.csv from another folds.k": (_folds_of_other_k, r"folds.csv: holds folds \[0, 1\] but folds.k = 3; "
                                                           r"run `make folds` again$"),
     "label edited after folds": (_relabel_after_folds, r"folds.csv: id 'digit_\d+' has label '\d' but the train "
                                                        r"table says '7'; run `make folds` again$"),
-    "corrupt test image": (_corrupt_test_image, r"test/digit_\d+.png: cannot read image: "),
 }
 
 

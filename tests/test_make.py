@@ -1,4 +1,5 @@
-"""End to end: the Makefile on a tiny digits pipeline, then again with nothing to do."""
+"""End to end: the Makefile on a tiny digits pipeline, then again with nothing to do, then with a
+new test set: predicted, stacked and submitted, no fold trained."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from browser import open_page
 
@@ -83,3 +85,25 @@ def test_make_all_then_nothing_to_do(tmp_path: Path) -> None:
     assert _make(tmp_path, "all", flags=("-q",)).returncode == 0
     second = _make(tmp_path, "all")
     assert second.returncode == 0 and "foldstack" not in second.stdout, second.stdout
+
+    # A new test set (new ids, new images): predict, stack (applying its saved model) and submit
+    # run again; train does not.
+    data = tmp_path / "data" / "tiny"
+    done = {path: path.stat().st_mtime_ns for path in art.glob("models/*/fold*/done.json")}
+    images = sorted((data / "test").glob("*.png"))
+    ids = [f"swapped_{i:03d}" for i in range(len(images))]
+    for image, new_id in zip(images, ids):
+        rotated = Image.open(image).transpose(Image.Transpose.ROTATE_90)
+        image.unlink()
+        rotated.save(data / "test" / f"{new_id}.png")
+    pd.DataFrame({"id": ids, "label": 0}).to_csv(data / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": ids, "label": 0}).to_csv(data / "solution.csv", index=False)
+    third = _make(tmp_path, "submit")
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert " predict --pipeline" in third.stdout and " train --pipeline" not in third.stdout, third.stdout
+    assert "applied the saved" in third.stdout and "Stacking leaderboard" not in third.stdout
+    assert {path: path.stat().st_mtime_ns for path in done} == done
+    assert sorted(pd.read_parquet(art / "stack" / "test.parquet")["id"]) == ids
+    newest = max((tmp_path / "submissions" / "tiny").glob("tiny-*.csv"), key=lambda path: path.stat().st_mtime_ns)
+    assert pd.read_csv(newest, dtype=str)["id"].tolist() == ids
+    assert _make(tmp_path, "all", flags=("-q",)).returncode == 0

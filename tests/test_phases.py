@@ -1,6 +1,6 @@
 """What the phases of a fold really do, watched from inside ``fit``: which epoch's weights the best
 checkpoint keeps across phases and a resume, which weights each regime trains, and that the train
-stage's OOF and test files are made of the right fold models and TTA views."""
+stage's OOF files and the predict stage's test files are made of the right fold models and TTA views."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from foldstack.core import metrics
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
 from foldstack.runtime import isolate
-from foldstack.stages import train
+from foldstack.stages import predict, train
 from foldstack.training import regimes
 from foldstack.training.callbacks import EPOCH_ATTR, SCORE_ATTR, AtomicBackupAndRestore
 from foldstack.training.loader import view_batches
@@ -211,15 +211,15 @@ def test_finetune_trains_the_head_then_what_unfreeze_names(tiny_digits, tmp_path
     assert watch.changed(1) == head | trained
 
 
-# --- the train stage's files, made of the right fold models and views -----------------------------
+# --- the train and predict stages' files, made of the right fold models and views -----------------
 
 TTA = [[], [{"__class_fullname__": "HorizontalFlip", "p": 1.0}]]
 
 
 @pytest.fixture(scope="module")
 def staged(tiny_digits, tmp_path_factory):
-    """The train stage run on a copy of the tiny competition with two TTA views, each task sent
-    to a fold's process recorded: ``(cfg, paths, {fold: task})``."""
+    """The train then the predict stage run on a copy of the tiny competition with two TTA views,
+    each task sent to a fold's process recorded: ``(cfg, paths, {fold: task})``."""
     cfg, source = tiny_digits
     paths = Paths.for_pipeline("tiny", tmp_path_factory.mktemp("staged"))
     shutil.copytree(source.root, paths.root, dirs_exist_ok=True)
@@ -237,6 +237,7 @@ def staged(tiny_digits, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(isolate, "call", record)
         train.run(cfg, paths, workers=1)
+    predict.run(cfg, paths, workers=1)
     return cfg, paths, tasks
 
 
@@ -265,12 +266,13 @@ def test_test_predictions_average_folds_and_tta_views(staged) -> None:
     np.testing.assert_allclose(test[CLASSES].to_numpy(), np.mean(per_fold, axis=0), rtol=1e-12, atol=0)
     assert not np.allclose(per_fold[0], per_fold[1])  # two different fold models
 
+    # The network as training built it, with fold 0's best weights, on the same test images.
     task = tasks[0]
-    images = open_caches(task.caches)
-    plan, _ = regimes.REGIMES[task.model.regime](task, images)
+    plan, _ = regimes.REGIMES[task.model.regime](task, open_caches(task.caches))
     plan.network.load_weights(str(task.fold_dir / BEST))
-    index = np.arange(len(images["test"]))
-    views = [plan.network.predict(view_batches(images["test"], index, task.augment, view, 32), verbose=0)
+    test_images = np.load(paths.cache / str(task.size) / "test.npy")
+    index = np.arange(len(test_images))
+    views = [plan.network.predict(view_batches(test_images, index, task.augment, view, 32), verbose=0)
              for view in TTA]
     assert not np.allclose(views[0], views[1], rtol=0, atol=1e-5)  # the flip changes what the model says
     fold0 = pd.read_parquet(task.fold_dir / "test.parquet")[CLASSES].to_numpy()

@@ -4,6 +4,7 @@ data, the leak test, the input checks, and the stack + submit stages end to end.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from foldstack import level2
-from foldstack.contracts import folds_file, predictions
+from foldstack.contracts import folds_file, predictions, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
@@ -482,3 +483,68 @@ def test_missing_oof_file_says_which_stage_to_run(tmp_path: Path) -> None:
     (paths.oof / "strong.parquet").unlink()
     with pytest.raises(DataError, match="oof/strong.parquet: not found; run the train stage first"):
         predictions.load_level_two(cfg, paths)
+
+
+# --- the saved level-two model --------------------------------------------------------------------
+
+
+def test_saved_model_reproduces_the_test_file_and_is_applied_without_cv(tmp_path: Path, capsys) -> None:
+    """The chosen candidate, fitted on every OOF row, is saved; it alone gives stack/test.parquet.
+    A rerun with the same OOF files only applies it (to new test predictions, and without any
+    OOF file, as in a bundle); a changed OOF file runs the CV again."""
+    cfg, paths = write_pipeline(tmp_path, "multiclass", stack={"candidates": ["logistic", "mean"],
+                                                               "force": "logistic"})
+    stack.run(cfg, paths)
+    chosen = json.loads((paths.stack / "chosen.json").read_text())
+    assert chosen["classes"] == ["cat", "dog", "owl"] and chosen["cv_key"]
+    assert (paths.stack / "level2" / "logistic.pkl").is_file()
+
+    def applied_by_the_saved_model() -> None:
+        fitted = stack_output.read_model(paths.stack)
+        ids, X = predictions.load_test(paths, fitted.models, fitted.classes)
+        written = pd.read_parquet(paths.stack / "test.parquet").set_index("id").loc[ids, list(fitted.classes.names)]
+        np.testing.assert_allclose(written.to_numpy(), fitted.predict_proba(X), rtol=0, atol=1e-12)
+
+    applied_by_the_saved_model()
+    board = (paths.stack / "leaderboard.csv").read_bytes()
+
+    # New test predictions (other values, fewer rows): applied, no CV.
+    for model in cfg.models:
+        path = paths.test / f"{model.name}.parquet"
+        frame = pd.read_parquet(path).sort_values("id").iloc[5:]
+        frame[["cat", "dog", "owl"]] = frame[["owl", "cat", "dog"]].to_numpy()
+        frame.to_parquet(path, index=False)
+    capsys.readouterr()
+    stack.run(cfg, paths)
+    out = capsys.readouterr().out
+    assert "OOF files unchanged since the last CV; applied the saved logistic to 25 test rows" in out
+    assert (paths.stack / "leaderboard.csv").read_bytes() == board
+    applied_by_the_saved_model()
+
+    shutil.rmtree(paths.oof)  # a bundle ships no OOF file
+    stack.run(cfg, paths)
+    assert "no OOF files; applied the saved logistic" in capsys.readouterr().out
+    applied_by_the_saved_model()
+
+    cfg, paths = write_pipeline(tmp_path / "again", "multiclass", stack={"candidates": ["logistic", "mean"]})
+    stack.run(cfg, paths)
+    oof = pd.read_parquet(paths.oof / "weak.parquet")
+    oof[["cat", "dog", "owl"]] = oof[["dog", "owl", "cat"]].to_numpy()
+    oof.to_parquet(paths.oof / "weak.parquet", index=False)
+    capsys.readouterr()
+    stack.run(cfg, paths)
+    assert "Stacking leaderboard" in capsys.readouterr().out  # the CV ran again
+    applied_by_the_saved_model()
+
+
+def test_apply_without_a_saved_model_or_for_other_models_says_what_to_run(tmp_path: Path) -> None:
+    cfg, paths = write_pipeline(tmp_path, "multiclass", stack={"candidates": ["mean"]})
+    stack.run(cfg, paths)
+    (paths.stack / "level2" / "mean.pkl").unlink()
+    with pytest.raises(DataError, match=r"level2/mean.pkl: not found; run the stack stage again"):
+        stack.apply(cfg, paths)
+    stack.run(cfg, paths)  # OOF files here: the CV runs again and saves the model
+    other = config(models=[{"name": "weak", "backbone": "mobilenet_v2"}],
+                   stack={"candidates": ["mean"]})
+    with pytest.raises(DataError, match=r"chosen.json: stacks models weak, strong but the pipeline has weak"):
+        stack.apply(other, paths)

@@ -17,6 +17,7 @@ import pytest
 
 from foldstack.core import metrics
 from foldstack.core.config import ModelConfig
+from foldstack.data import tables
 from foldstack.stages import train
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import FoldTask
@@ -43,7 +44,8 @@ def fold_task(tiny_digits, tmp_path: Path, model: ModelConfig, fold_dir: Path | 
     size = model.image_size
     rng = np.random.default_rng(0)
     images, caches = {}, {}
-    for split, n in (("train", len(trainer.folds)), ("test", len(trainer.test))):
+    n_test = len(tables.load_test_table(cfg, paths))
+    for split, n in (("train", len(trainer.folds)), ("test", n_test)):
         images[split] = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
         caches[split] = tmp_path / f"{split}-{size}.npy"
         np.save(caches[split], images[split])
@@ -51,7 +53,7 @@ def fold_task(tiny_digits, tmp_path: Path, model: ModelConfig, fold_dir: Path | 
     features = None
     if model.regime == "features":
         features = tmp_path / "features"
-        FeatureCache.build(model, images, augment, features, "k")
+        FeatureCache.build(model, images, augment, features, {"train": "k", "test": "k"})
     fold = trainer.folds["fold"].to_numpy()
     task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=trainer.y, n_classes=len(trainer.classes),
                     train_index=np.flatnonzero(fold != 0), valid_index=np.flatnonzero(fold == 0),
@@ -79,12 +81,10 @@ def test_stage_writes_contract_files_and_skips_finished_folds(tiny_digits, capsy
     scores = train.run(cfg, paths, workers=1)
     folds = pd.read_csv(paths.folds, dtype={"id": str})
     oof = pd.read_parquet(paths.oof / "m.parquet")
-    test = pd.read_parquet(paths.test / "m.parquet")
     classes = [str(d) for d in range(10)]
     assert list(oof.columns) == ["id", "fold", *classes]
     assert oof["id"].tolist() == folds["id"].tolist() and (oof["fold"] == folds["fold"]).all()
-    assert list(test.columns) == ["id", *classes]
-    assert test["id"].tolist() == pd.read_csv(paths.data / "sample_submission.csv", dtype=str)["id"].tolist()
+    assert not paths.test.exists()  # the test set is the predict stage's
     manifest = json.loads((paths.models / "m" / "manifest.json").read_text())
     assert manifest["cv_score"] == pytest.approx(scores["m"])
     assert len(manifest["folds"]) == 2 and "keras" in manifest["versions"]

@@ -18,7 +18,7 @@ from foldstack.core.logs import setup_logging
 from foldstack.core.paths import Paths
 from foldstack.data import kaggle
 from foldstack.pipeline import load_pipeline
-from foldstack.stages import check, download, folds, report, stack, submit, train
+from foldstack.stages import check, download, folds, predict, report, stack, submit, train
 
 
 def _pipeline_path(name: str) -> Path:
@@ -46,6 +46,17 @@ def cmd_folds(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     cfg, paths = _load(args)
     train.run(cfg, paths, only=args.model or None, workers=args.workers)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    cfg, paths = _load(args)
+    if args.images is None:
+        if args.out is not None or args.skip_unreadable:
+            raise FoldstackError("predict: --out and --skip-unreadable go with --images DIR")
+        predict.run(cfg, paths, workers=args.workers)
+        return
+    predict.images(cfg, paths, Path(args.images), Path(args.out or "predictions.csv"),
+                   skip_unreadable=args.skip_unreadable, workers=args.workers)
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
@@ -106,11 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     stage("download", cmd_download, "fetch the competition's files into data/<pipeline>/").add_argument(
         "--force", action="store_true", help="fetch again even if already downloaded")
     stage("folds", cmd_folds, "write artifacts/<pipeline>/folds.csv")
-    train = stage("train", cmd_train, "fine-tune every model on every fold; write OOF and test predictions")
+    train = stage("train", cmd_train, "fine-tune every model on every fold; write OOF predictions")
     train.add_argument("--model", action="append", help="train only this model (repeatable)")
     train.add_argument("--workers", type=int, default=None, help="input-pipeline threads")
+    predict_parser = stage("predict", cmd_predict, "predict the test set with every trained fold (TTA); "
+                           "--images DIR predicts a folder of images with the models and the stack")
+    predict_parser.add_argument("--images", metavar="DIR", help="a folder of images (sub-folders too) to predict")
+    predict_parser.add_argument("--out", metavar="FILE", help="--images: the CSV to write (default: predictions.csv)")
+    predict_parser.add_argument("--skip-unreadable", action="store_true",
+                                help="--images: predict the readable images, warn about the others")
+    predict_parser.add_argument("--workers", type=int, default=None, help="input-pipeline threads")
     stage("check", cmd_check, "validate the config and every train and test file before training")
-    stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; choose the best")
+    stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; save the best; apply it to "
+          "the test predictions")
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
     submit.add_argument("-m", "--message", help="the submission's description on Kaggle")

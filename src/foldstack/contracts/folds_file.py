@@ -3,6 +3,7 @@ same seed. Written by the folds stage; read, with its checks, by the train and s
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -40,3 +41,29 @@ def read(path: Path, k: int) -> pd.DataFrame:
     if found != list(range(k)):
         raise DataError(f"{path}: holds folds {found} but folds.k = {k}; run `make folds` again")
     return frame[COLUMNS]
+
+
+def digest(frame: pd.DataFrame) -> str:
+    """A sha256 of the folds' rows: part of every fold's recipe, so new folds train again."""
+    return hashlib.sha256(pd.util.hash_pandas_object(frame[COLUMNS], index=False).values).hexdigest()
+
+
+def image_files(folds: pd.DataFrame, table: pd.DataFrame, path: Path) -> list[str]:
+    """The image of each row of ``folds`` (read from ``path``), after checking that it still
+    matches the train ``table`` (``id, label, path``).
+
+    Raises:
+        DataError: an id or a label differs; run `make folds` again.
+    """
+    table = table.set_index("id")
+    unknown = folds.loc[~folds["id"].isin(table.index), "id"]
+    if len(unknown) or len(table) != len(folds):
+        example = unknown.iloc[0] if len(unknown) else sorted(set(table.index) - set(folds["id"]))[0]
+        raise DataError(f"{path}: ids differ from the train table (e.g. {example!r}); run `make folds` again")
+    # A label edited in the train table after `folds` ran would otherwise train on the old one.
+    relabelled = folds["label"].to_numpy() != table.loc[folds["id"], "label"].to_numpy()
+    if relabelled.any():
+        row = folds[relabelled].iloc[0]
+        raise DataError(f"{path}: id {row['id']!r} has label {row['label']!r} but the train "
+                        f"table says {table.loc[row['id'], 'label']!r}; run `make folds` again")
+    return table.loc[folds["id"], "path"].tolist()

@@ -1,9 +1,10 @@
 """Prediction files: ``oof/<model>.parquet`` (``id, fold``, then one probability column per
-class) and ``test/<model>.parquet`` (``id``, then the same class columns), and the per-fold
-files of the same shapes under ``models/<model>/fold<k>/``.
+class) and ``test/<model>.parquet`` (``id``, then the same class columns) with its key
+``test/<model>.key`` (what made it), and the per-fold files of the same shapes under
+``models/<model>/fold<k>/``.
 
-The train stage writes them, the stack stage reads them; readers check them and align them by id
-and class name, never by row or column order.
+The train stage writes the OOF files, the predict stage the test files, the stack stage reads
+both; readers check them and align them by id and class name, never by row or column order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from foldstack.contracts import folds_file
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError, shorten
-from foldstack.core.files import write_parquet
+from foldstack.core.files import write_parquet, write_text
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes
 
@@ -37,6 +38,24 @@ def write(path: Path, ids: np.ndarray, classes: Classes, proba: np.ndarray,
     table = frame(ids, classes, proba, fold)
     _check_probabilities(path, table.set_index("id")[list(classes.names)])
     write_parquet(path, table)
+
+
+def write_test(path: Path, ids: np.ndarray, classes: Classes, proba: np.ndarray, key: str) -> None:
+    """Write test predictions with the key of what made them (:func:`is_current` compares it).
+
+    The old key goes first, so a kill between the two writes leaves predictions that count as
+    stale, never new predictions under an old key or old ones under a new key.
+    """
+    key_file = path.with_suffix(".key")
+    key_file.unlink(missing_ok=True)
+    write(path, ids, classes, proba)
+    write_text(key_file, key)
+
+
+def is_current(path: Path, key: str) -> bool:
+    """Whether ``path`` holds test predictions made with ``key``."""
+    key_file = path.with_suffix(".key")
+    return path.is_file() and key_file.is_file() and key_file.read_text(encoding="utf-8") == key
 
 
 @dataclass(frozen=True)
@@ -75,11 +94,7 @@ def load_level_two(cfg: PipelineConfig, paths: Paths) -> LevelTwoData:
     classes = Classes.from_labels(folds["label"], cfg.task)
     models = tuple(model.name for model in cfg.models)
     oof = [read_oof(paths.oof / f"{model}.parquet", classes, folds, paths.folds) for model in models]
-    # Test ids have no folds.csv to agree with: every model must agree with the first one.
-    first = paths.test / f"{models[0]}.parquet"
-    test_ids = read_predictions(first, classes).index
-    test = [read_predictions(paths.test / f"{model}.parquet", classes, expected=test_ids, reference=first)
-            for model in models]
+    test_ids, test = load_test(paths, models, classes)
     names = list(classes.names)
     return LevelTwoData(
         models=models,
@@ -88,9 +103,21 @@ def load_level_two(cfg: PipelineConfig, paths: Paths) -> LevelTwoData:
         fold=folds["fold"].to_numpy(),
         y=classes.encode(folds["label"], paths.folds),
         oof=np.stack([table[names].to_numpy(np.float64) for table in oof], axis=1),
-        test_ids=test_ids.to_numpy(),
-        test=np.stack([table[names].to_numpy(np.float64) for table in test], axis=1),
+        test_ids=test_ids,
+        test=test,
     )
+
+
+def load_test(paths: Paths, models: tuple[str, ...], classes: Classes) -> tuple[np.ndarray, np.ndarray]:
+    """Every model's test predictions: the ids (the first model's order) and the probabilities
+    ``(n_test, n_models, C)``. Raises DataError as :func:`read_predictions` does."""
+    # Test ids have no folds.csv to agree with: every model must agree with the first one.
+    first = paths.test / f"{models[0]}.parquet"
+    test_ids = read_predictions(first, classes).index
+    names = list(classes.names)
+    tables = [read_predictions(paths.test / f"{model}.parquet", classes, expected=test_ids, reference=first)
+              for model in models]
+    return test_ids.to_numpy(), np.stack([table[names].to_numpy(np.float64) for table in tables], axis=1)
 
 
 def read_predictions(path: Path, classes: Classes, *, extra: tuple[str, ...] = (),
@@ -104,7 +131,8 @@ def read_predictions(path: Path, classes: Classes, *, extra: tuple[str, ...] = (
         reference: the file ``expected`` came from, for messages.
     """
     if not path.is_file():
-        raise DataError(f"{path}: not found; run the train stage first")
+        stage = "predict" if path.parent.name == "test" else "train"
+        raise DataError(f"{path}: not found; run the {stage} stage first")
     table = pd.read_parquet(path)
     table.columns = [str(column) for column in table.columns]
     names = list(classes.names)

@@ -1,15 +1,19 @@
-"""``stack/``: what the stack stage chose and its predictions, read by ``submit``.
+"""``stack/``: what the stack stage chose, the level-two model it fitted, and its predictions,
+read by ``submit`` and by ``predict --images``.
 
 ``leaderboard.csv`` (every candidate's CV, fold by fold), ``chosen.json`` (the chosen
-candidate, its metric and CV, the base models), and the chosen candidate's ``oof.parquet`` and
-``test.parquet`` in the shapes of :mod:`foldstack.contracts.predictions`. The stage writes them
-into one folder that replaces the old one whole, so ``submit`` never pairs a new leaderboard with
-an old ``chosen.json``.
+candidate, its metric and CV, the base models, the classes in order, and ``cv_key``: what the
+CV was run on), ``level2/<candidate>.pkl`` (the chosen candidate fitted on every OOF row), and
+its ``oof.parquet`` (from CV) and ``test.parquet`` (from the saved model) in the shapes of
+:mod:`foldstack.contracts.predictions`. After a CV the stage writes them into one folder that
+replaces the old one whole, so ``submit`` never pairs a new leaderboard with an old
+``chosen.json``; applying the saved model to new test predictions rewrites ``test.parquet`` alone.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +22,16 @@ import pandas as pd
 
 from foldstack.contracts import predictions
 from foldstack.core.errors import DataError
-from foldstack.core.files import write_csv, write_json
+from foldstack.core.files import atomic_path, write_csv, write_json
 from foldstack.data.labels import Classes
+from foldstack.level2.base import Level2Estimator
+from foldstack.level2.selection import as_submitted
 
 CHOSEN = "chosen.json"
 LEADERBOARD = "leaderboard.csv"
 OOF = "oof.parquet"
 TEST = "test.parquet"
+LEVEL2 = "level2"
 
 
 @dataclass(frozen=True)
@@ -38,13 +45,74 @@ class StackOutput:
     proba: pd.DataFrame
 
 
-def write(folder: Path, board: pd.DataFrame, chosen: dict, classes: Classes, ids: np.ndarray,
+@dataclass(frozen=True)
+class FittedStack:
+    """The chosen candidate fitted on every OOF row, as saved.
+
+    Attributes:
+        name: the candidate.
+        models: the base models whose predictions it takes, in the order of its model axis.
+        classes: the classes, in the order of its class axis.
+        estimator: the fitted level-two estimator.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    classes: Classes
+    estimator: Level2Estimator
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, C)`` from base-model probabilities ``(n, n_models, C)``, as
+        submitted (single-label rows summing to 1, as CV scored them)."""
+        return as_submitted(self.estimator.predict_proba(X), self.classes.multilabel)
+
+
+def write(folder: Path, board: pd.DataFrame, chosen: dict, fitted: FittedStack, ids: np.ndarray,
           fold: np.ndarray, oof: np.ndarray, test_ids: np.ndarray, test: np.ndarray) -> None:
-    """Write the leaderboard, ``chosen.json`` and the chosen candidate's OOF and test predictions."""
+    """Write the leaderboard, the fitted model, ``chosen.json`` (with the fitted model's base
+    models and classes) and the chosen candidate's OOF and test predictions."""
     write_csv(folder / LEADERBOARD, board)
-    predictions.write(folder / OOF, ids, classes, oof, fold=fold)
+    with atomic_path(folder / LEVEL2 / f"{fitted.name}.pkl") as tmp:
+        tmp.write_bytes(pickle.dumps(fitted.estimator))
+    predictions.write(folder / OOF, ids, fitted.classes, oof, fold=fold)
+    write_test(folder, test_ids, fitted.classes, test)
+    write_json(folder / CHOSEN, {**chosen, "name": fitted.name, "models": list(fitted.models),
+                                 "classes": list(fitted.classes.names), "multilabel": fitted.classes.multilabel})
+
+
+def write_test(folder: Path, test_ids: np.ndarray, classes: Classes, test: np.ndarray) -> None:
+    """Write (or replace) the chosen candidate's test predictions."""
     predictions.write(folder / TEST, test_ids, classes, test)
-    write_json(folder / CHOSEN, chosen)
+
+
+def read_chosen(folder: Path) -> dict | None:
+    """``chosen.json`` as written, or None where there is none."""
+    path = folder / CHOSEN
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def model_saved(folder: Path) -> bool:
+    """Whether ``folder`` holds a chosen candidate's saved model with its classes."""
+    chosen = read_chosen(folder)
+    return chosen is not None and "classes" in chosen and (folder / LEVEL2 / f"{chosen['name']}.pkl").is_file()
+
+
+def read_model(folder: Path) -> FittedStack:
+    """The saved level-two model, with its base models and classes.
+
+    Raises:
+        DataError: ``chosen.json`` or the model file is missing, or was written without them.
+    """
+    chosen = read_chosen(folder)
+    if chosen is None:
+        raise DataError(f"{folder / CHOSEN}: not found; run the stack stage first")
+    path = folder / LEVEL2 / f"{chosen['name']}.pkl"
+    if not path.is_file() or "classes" not in chosen:
+        raise DataError(f"{path}: not found; run the stack stage again (with the OOF files) to fit and save it")
+    # Our own file, written by the stack stage: the same trust as the model weights beside it.
+    estimator = pickle.loads(path.read_bytes())
+    classes = Classes(tuple(chosen["classes"]), multilabel=bool(chosen["multilabel"]))
+    return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator)
 
 
 def read(folder: Path) -> StackOutput:

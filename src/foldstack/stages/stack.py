@@ -1,9 +1,17 @@
 """The `stack` stage: score every level-2 candidate by cross-validation on the base models' own
-folds (:mod:`foldstack.level2.selection`), pick the best (or the forced one), and write its OOF
-and test predictions with the leaderboard (:mod:`foldstack.contracts.stack_output`)."""
+folds (:mod:`foldstack.level2.selection`), pick the best (or the forced one), fit it on every
+OOF row and save it, then apply it to the base models' test predictions
+(:mod:`foldstack.contracts.stack_output`).
+
+CV runs only when what it scores changed: ``chosen.json`` keeps ``cv_key``, a digest of
+folds.csv, every OOF file's bytes and the settings that shape the candidates; while it matches
+(or where the OOF files are absent, as in a bundle), the stage only applies the saved model to
+the current ``test/*.parquet``, so a new test set costs a prediction, not a CV.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -14,21 +22,25 @@ from tqdm import tqdm
 from foldstack.contracts import predictions, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import PipelineConfig
+from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
 from foldstack.level2 import candidates
 from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard
 from foldstack.plots import stacking as plots
+from foldstack.training.fold_task import digest
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
-    """Score the candidates, write the leaderboard and the chosen candidate's predictions.
+    """Score the candidates (unless their inputs are unchanged), save the chosen one fitted on
+    every OOF row, and write its test predictions.
 
     Writes under ``paths.stack``: ``leaderboard.csv``, ``oof.parquet``, ``test.parquet``,
-    ``chosen.json``, ``leaderboard.png`` and ``confusion.png``.
+    ``chosen.json``, ``level2/<candidate>.pkl``, ``leaderboard.png`` and ``confusion.png``; when
+    only applying, ``test.parquet`` alone.
 
     Returns:
         The leaderboard, best first: ``candidate, cv_mean, cv_std, fold_<k>..., chosen``.
@@ -39,6 +51,10 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """
     metric = metrics.get(cfg.metric)
     names = candidate_names(cfg, metric)
+    key = cv_key(cfg, paths)
+    chosen = stack_output.read_chosen(paths.stack)
+    if stack_output.model_saved(paths.stack) and (key is None or chosen.get("cv_key") == key):
+        return apply(cfg, paths, unchanged=key is not None)
     data = predictions.load_level_two(cfg, paths)
     log.info("stacking %d models x %d classes, %d rows, %d folds", len(data.models), len(data.classes),
              len(data.ids), len(np.unique(data.fold)))
@@ -49,26 +65,59 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
     chosen = board.loc[board["chosen"], "candidate"].item()
-    _write(paths, data, board, results[chosen], chosen, metric, forced=cfg.stack.force is not None)
+    # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row.
+    fitted = stack_output.FittedStack(chosen, data.models, data.classes,
+                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y))
+    _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
     _show(board, chosen, metric)
     return board
 
 
-def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, result: CVResult, name: str,
-           metric: Metric, forced: bool) -> None:
+def cv_key(cfg: PipelineConfig, paths: Paths) -> str | None:
+    """What the CV depends on: folds.csv, every OOF file's bytes, the task, metric, seed and
+    stack settings; None where an OOF file or folds.csv is absent (a bundle: apply only)."""
+    files = [paths.folds, *(paths.oof / f"{model.name}.parquet" for model in cfg.models)]
+    if not all(path.is_file() for path in files):
+        return None
+    return digest({"files": [hashlib.sha256(path.read_bytes()).hexdigest() for path in files],
+                   "models": [model.name for model in cfg.models], "task": cfg.task, "metric": cfg.metric,
+                   "seed": cfg.seed, "stack": cfg.stack.model_dump(mode="json")})
+
+
+def apply(cfg: PipelineConfig, paths: Paths, unchanged: bool = True) -> pd.DataFrame:
+    """Apply the saved level-two model to the current ``test/*.parquet``; no CV, no OOF file.
+
+    Raises:
+        DataError: no saved model, a model list other than the pipeline's, or bad test files.
+    """
+    fitted = stack_output.read_model(paths.stack)
+    models = tuple(model.name for model in cfg.models)
+    if fitted.models != models:
+        raise DataError(f"{paths.stack / stack_output.CHOSEN}: stacks models {', '.join(fitted.models)} but the "
+                        f"pipeline has {', '.join(models)}; run the stack stage with their OOF files")
+    test_ids, test = predictions.load_test(paths, models, fitted.classes)
+    stack_output.write_test(paths.stack, test_ids, fitted.classes, fitted.predict_proba(test))
+    why = "OOF files unchanged since the last CV" if unchanged else "no OOF files"
+    print(f"stack: {why}; applied the saved {fitted.name} to {len(test_ids)} test rows -> "
+          f"{paths.stack / stack_output.TEST}")
+    return pd.read_csv(paths.stack / stack_output.LEADERBOARD)
+
+
+def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, result: CVResult,
+           fitted: stack_output.FittedStack, metric: Metric, forced: bool, key: str | None) -> None:
     """Write the stack folder as a whole: an interrupted stage leaves the previous folder intact."""
-    row = board.set_index("candidate").loc[name]
+    row = board.set_index("candidate").loc[fitted.name]
     chosen = {
-        "name": name, "metric": metric.name, "greater_is_better": metric.greater_is_better,
+        "metric": metric.name, "greater_is_better": metric.greater_is_better,
         "cv_mean": float(row["cv_mean"]), "cv_std": float(row["cv_std"]), "forced": forced,
-        "fold_scores": {str(k): float(s) for k, s in zip(result.folds, result.fold_scores)},
-        "models": list(data.models),
+        "fold_scores": {str(k): float(s) for k, s in zip(result.folds, result.fold_scores)}, "cv_key": key,
     }
     with atomic_dir(paths.stack) as folder:
-        stack_output.write(folder, board, chosen, data.classes, data.ids, data.fold, result.oof,
-                           data.test_ids, result.predict_proba(data.test))
+        stack_output.write(folder, board, chosen, fitted, data.ids, data.fold, result.oof,
+                           data.test_ids, fitted.predict_proba(data.test))
         plots.leaderboard(board, metric, folder / "leaderboard.png")
-        plots.confusion(data.y, result.oof, data.classes.names, f"OOF confusion: {name}", folder / "confusion.png")
+        plots.confusion(data.y, result.oof, data.classes.names, f"OOF confusion: {fitted.name}",
+                        folder / "confusion.png")
 
 
 def _show(board: pd.DataFrame, chosen: str, metric: Metric) -> None:

@@ -1,4 +1,6 @@
-"""The `train` stage: every model of the pipeline on every fold, then its OOF and test files.
+"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It never
+reads the test set: the predict stage (:mod:`foldstack.stages.predict`) predicts it with the
+trained folds, so a new test set trains nothing.
 
 Each fold trains in a process of its own (:mod:`foldstack.runtime.isolate`; the Keras side is
 :mod:`foldstack.training.worker`), so its model's memory is returned before the next fold starts;
@@ -9,7 +11,6 @@ an interrupted fold resumes from its last epoch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -24,7 +25,6 @@ from tqdm.auto import tqdm
 from foldstack.contracts import fold_done, folds_file, manifest, predictions
 from foldstack.core import metrics
 from foldstack.core.config import ModelConfig, PipelineConfig
-from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
@@ -48,27 +48,13 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.test = tables.load_test_table(cfg, paths)
         self.classes = Classes.from_labels(self.folds["label"], cfg.task)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
-        self.folds_digest = hashlib.sha256(pd.util.hash_pandas_object(self.folds, index=False).values).hexdigest()
+        self.folds_digest = folds_file.digest(self.folds)
 
     def _train_files(self) -> list[str]:
-        """The image of each folds.csv row, after checking that folds.csv still matches the train table."""
-        table = tables.load_train_table(self.cfg, self.paths).set_index("id")
-        unknown = self.folds.loc[~self.folds["id"].isin(table.index), "id"]
-        if len(unknown) or len(table) != len(self.folds):
-            example = unknown.iloc[0] if len(unknown) else sorted(set(table.index) - set(self.folds["id"]))[0]
-            raise DataError(f"{self.paths.folds}: ids differ from the train table (e.g. {example!r}); "
-                            "run `make folds` again")
-        # A label edited in the train table after `folds` ran would otherwise train on the old one.
-        relabelled = self.folds["label"].to_numpy() != table.loc[self.folds["id"], "label"].to_numpy()
-        if relabelled.any():
-            row = self.folds[relabelled].iloc[0]
-            raise DataError(f"{self.paths.folds}: id {row['id']!r} has label {row['label']!r} but the train "
-                            f"table says {table.loc[row['id'], 'label']!r}; run `make folds` again")
-        return table.loc[self.folds["id"], "path"].tolist()
+        return folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
 
     # --- running -----------------------------------------------------------------------------
 
@@ -84,12 +70,11 @@ class Trainer:
 
     def train_model(self, model: ModelConfig, bar: tqdm) -> float:
         size = model.image_size
-        ids = {"train": self.folds["id"].tolist(), "test": self.test["id"].tolist()}
-        caches = {split: self.paths.cache / str(size) / f"{split}.npy" for split in ids}
-        cached_images(self.files, ids["train"], size, caches["train"], desc="train")
-        cached_images(self.test["path"].tolist(), ids["test"], size, caches["test"], desc="test")
+        ids = self.folds["id"].tolist()
+        caches = {"train": self.paths.cache / str(size) / "train.npy"}
+        cached_images(self.files, ids, size, caches["train"], desc="train")
         fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
-                                         self.folds_digest, ids["test"])
+                                         self.folds_digest)
         features, features_seconds = None, None
         if model.regime == "features":
             features = self.paths.models / model.name / "features"
@@ -97,7 +82,7 @@ class Trainer:
             if any(fold_done.finished(self._fold_dir(model, f), fingerprint) is None for f in range(self.cfg.folds.k)):
                 started = time.perf_counter()
                 isolate.call(f"{WORKER}:build_features", model, caches, self.cfg.augment, features,
-                             features_key(model, self.cfg.augment, ids), self.workers)
+                             {"train": features_key(model, self.cfg.augment, ids)}, self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
         results = []
         for fold in range(self.cfg.folds.k):
@@ -147,7 +132,6 @@ class Trainer:
 
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
-        predictions.write(fold_dir / "test.parquet", self.test["id"].to_numpy(), self.classes, result["test"])
         done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint,
                 "epochs": _epochs_run(fold_dir), "device": result["device"],
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
@@ -165,23 +149,17 @@ class Trainer:
         return {int(c): float(w) for c, w in zip(present, weights)}
 
     def _merge(self, model: ModelConfig, results: list[dict], features_seconds: float | None) -> float:
-        """Join the folds into ``oof/<model>.parquet`` and ``test/<model>.parquet``, with a manifest."""
+        """Join the folds into ``oof/<model>.parquet``, with a manifest."""
         model_dir = self.paths.models / model.name
         fold_index = self.folds.set_index("id")
         oof = pd.concat([
             predictions.read_oof(self._fold_dir(model, fold) / "oof.parquet", self.classes,
                                  fold_index[fold_index["fold"] == fold], self.paths.folds)
             for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
-        test_ids = pd.Index(self.test["id"])
-        tests = [predictions.read_predictions(self._fold_dir(model, fold) / "test.parquet", self.classes,
-                                              expected=test_ids, reference=self.paths.data / self.cfg.data.sample_submission)
-                 for fold in range(self.cfg.folds.k)]
         names = list(self.classes.names)
-        test = np.mean([frame[names].to_numpy(np.float64) for frame in tests], axis=0)
         score = self.metric(self.y, oof[names].to_numpy())
         predictions.write(self.paths.oof / f"{model.name}.parquet", oof.index.to_numpy(), self.classes,
                           oof[names].to_numpy(), fold=oof["fold"].to_numpy())
-        predictions.write(self.paths.test / f"{model.name}.parquet", test_ids.to_numpy(), self.classes, test)
         manifest.write(model_dir, self.cfg, model, results, score, features_seconds)
         fold_scores = ", ".join(f"{r['score']:.4f}" for r in results)
         tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores})")
@@ -199,5 +177,5 @@ def _epochs_run(fold_dir: Path) -> int:
 
 
 def run(cfg: PipelineConfig, paths: Paths, only: list[str] | None = None, workers: int | None = None) -> dict[str, float]:
-    """Train the pipeline's models (or those in ``only``) and write their OOF and test files."""
+    """Train the pipeline's models (or those in ``only``) and write their OOF files."""
     return Trainer(cfg, paths, workers=workers).run(only)

@@ -1,5 +1,7 @@
 """The ``features`` regime's cache: pooled backbone features of every image and TTA view,
-computed once per backbone, size, views and images (see ``fold_task.features_key``)."""
+computed once per backbone, size, views and images (see ``fold_task.features_key``), each split
+(``train``, ``test``) under a key of its own, so a new test set leaves the training images'
+features in place."""
 
 from __future__ import annotations
 
@@ -13,11 +15,10 @@ from foldstack.core.files import atomic_path, write_text
 from foldstack.training.loader import view_batches
 from foldstack.training.network import create_backbone
 
-KEY = "key.json"
-
 
 class FeatureCache:
-    """Features stored as ``<folder>/<split>-view<k>.npy`` beside the key that made them."""
+    """Features stored as ``<folder>/<split>-view<k>.npy`` beside ``<split>.key``, the key that
+    made them."""
 
     def __init__(self, views: dict[str, list[np.ndarray]]):
         self._views = views
@@ -31,22 +32,46 @@ class FeatureCache:
         return cls({split: [np.load(folder / f"{split}-view{v}.npy") for v in range(n_views)] for split in splits})
 
     @staticmethod
-    def build(model: ModelConfig, images: dict[str, np.ndarray], augment: AugmentConfig, folder: Path, key: str,
-              workers: int = 1) -> None:
-        """Run the backbone over every image and view unless ``folder`` already holds ``key``'s features."""
-        key_file = folder / KEY
-        if key_file.exists() and key_file.read_text() == key:
+    def build(model: ModelConfig, images: dict[str, np.ndarray], augment: AugmentConfig, folder: Path,
+              keys: dict[str, str], workers: int = 1) -> None:
+        """Run the backbone over every image and view of each split unless ``folder`` already
+        holds that split's features under ``keys[split]``."""
+        stale = {split: array for split, array in images.items() if _key(folder, split) != keys[split]}
+        if not stale:
             return
-        key_file.unlink(missing_ok=True)  # the old features stop counting before any is replaced
-        size = model.image_size
-        inputs = keras.Input((size, size, 3), name="image")
-        pooled = keras.layers.GlobalAveragePooling2D()(create_backbone(model)(inputs, training=False))
-        extractor = keras.Model(inputs, pooled)
-        for split, array in images.items():
-            for v, view in enumerate(augment.tta):
-                batches = view_batches(array, np.arange(len(array)), augment, view, model.batch_size, workers)
+        extractor = _extractor(model)
+        for split, array in stale.items():
+            key_file = folder / f"{split}.key"
+            key_file.unlink(missing_ok=True)  # the old features stop counting before any is replaced
+            for v, features in enumerate(_views(extractor, model, array, augment, workers)):
                 with atomic_path(folder / f"{split}-view{v}.npy") as tmp:
                     with open(tmp, "wb") as handle:
-                        np.save(handle, extractor.predict(batches, verbose=0).astype(np.float32))
-        write_text(key_file, key)
+                        np.save(handle, features)
+            write_text(key_file, keys[split])
         keras.backend.clear_session()
+
+
+def extract(model: ModelConfig, images: np.ndarray, augment: AugmentConfig, workers: int = 1) -> list[np.ndarray]:
+    """The pooled backbone features of ``images``, one array per TTA view, cached nowhere (new
+    images predicted once)."""
+    return _views(_extractor(model), model, images, augment, workers)
+
+
+def _key(folder: Path, split: str) -> str | None:
+    key_file = folder / f"{split}.key"
+    return key_file.read_text() if key_file.exists() else None
+
+
+def _extractor(model: ModelConfig) -> keras.Model:
+    size = model.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(create_backbone(model)(inputs, training=False))
+    return keras.Model(inputs, pooled)
+
+
+def _views(extractor: keras.Model, model: ModelConfig, images: np.ndarray, augment: AugmentConfig,
+           workers: int) -> list[np.ndarray]:
+    index = np.arange(len(images))
+    return [extractor.predict(view_batches(images, index, augment, view, model.batch_size, workers),
+                              verbose=0).astype(np.float32)
+            for view in augment.tta]

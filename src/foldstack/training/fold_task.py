@@ -1,7 +1,9 @@
-"""What one (model, fold) training is, as plain data: picklable, and free of Keras.
+"""What one (model, fold) training is, and what one model's prediction is, as plain data:
+picklable, and free of Keras.
 
 The train stage builds a :class:`FoldTask` and sends it to the fold's own process
-(:mod:`foldstack.training.worker`), which opens the image caches it names and trains it.
+(:mod:`foldstack.training.worker`), which opens the image caches it names and trains it; the
+predict stage builds a :class:`PredictTask` the same way.
 """
 
 from __future__ import annotations
@@ -67,20 +69,58 @@ class FoldTask:
         return self.y[index]
 
 
-def features_key(model: ModelConfig, augment: AugmentConfig, ids: dict[str, list[str]]) -> str:
-    """What the ``features`` regime's backbone pass depends on: the backbone, its weights, the
-    image size, the valid transforms and TTA views, and the images. Not the head's recipe:
-    a new learning rate or head must not run the backbone again."""
-    return _digest({"backbone": model.backbone, "weights": model.weights, "image_size": model.image_size,
-                    "valid": augment.valid, "tta": augment.tta, "ids": ids})
+@dataclass(frozen=True, kw_only=True)
+class PredictTask:
+    """One model's trained folds predicting a set of images, and what they need.
+
+    Attributes:
+        model: the model's config.
+        task: ``binary``, ``multiclass`` or ``multilabel``.
+        n_classes: the number of classes.
+        augment: the valid transforms and the TTA views.
+        images: the images' uint8 array at the model's size, a ``.npy`` file.
+        fold_dirs: each fold's folder, holding its ``best.weights.h5``.
+        workers: input-pipeline threads.
+        features: the ``features`` regime's cache folder for these images, or None to compute
+            their features without caching them (a one-off folder of new images).
+        features_key: what the cached features depend on (:func:`features_key`).
+        split: the name the features are cached under (``train``, ``test``).
+    """
+
+    model: ModelConfig
+    task: str
+    n_classes: int
+    augment: AugmentConfig
+    images: Path
+    fold_dirs: tuple[Path, ...]
+    workers: int = 1
+    features: Path | None = None
+    features_key: str | None = None
+    split: str = "test"
+
+    @property
+    def size(self) -> int:
+        return self.model.image_size
 
 
-def _digest(value: object) -> str:
+def features_key(model: ModelConfig, augment: AugmentConfig, ids: list[str]) -> str:
+    """What the ``features`` regime's backbone pass over one split depends on: the backbone, its
+    weights, the image size, the valid transforms and TTA views, and the split's images. Not the
+    head's recipe: a new learning rate or head must not run the backbone again. Each split has
+    its own key, so a new test set leaves the training images' features in place."""
+    return digest({"backbone": model.backbone, "weights": model.weights, "image_size": model.image_size,
+                   "valid": augment.valid, "tta": augment.tta, "ids": ids})
+
+
+def digest(value: object) -> str:
+    """A stable sha256 of a JSON-able value (keys sorted): the key of what produced a file."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
-                       folds_digest: str, test_ids: list[str]) -> str:
-    """What a fold's results depend on; a fold whose ``done.json`` holds another one trains again."""
-    return _digest({"model": model.model_dump(mode="json"), "augment": augment.model_dump(mode="json"),
-                    "task": task, "metric": metric, "seed": seed, "folds": folds_digest, "test": test_ids})
+                       folds_digest: str) -> str:
+    """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
+    Never the test set: a new one is predicted by the trained folds (the predict stage)."""
+    return digest({"model": model.model_dump(mode="json"), "augment": augment.model_dump(mode="json"),
+                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest})
+

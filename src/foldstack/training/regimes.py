@@ -15,18 +15,21 @@ In the regimes that keep pretrained features the backbone runs with ``training=F
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
 import numpy as np
 
+from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
 from foldstack.training.augment import compose
 from foldstack.training.features import FeatureCache
-from foldstack.training.fold_task import FoldTask
+from foldstack.training.fold_task import FoldTask, PredictTask
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
-from foldstack.training.phases import Phase, Plan, fit_phases
+from foldstack.training.phases import BEST, Phase, Plan, fit_phases
 
 Predict = Callable[[str, np.ndarray], np.ndarray]
 """``predict(split, index) -> probabilities``, averaged over the TTA views."""
@@ -36,16 +39,14 @@ Images = dict[str, np.ndarray]
 
 
 def scratch(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
-    backbone = create_backbone(task.model)
-    network = build_network(task, backbone, frozen_statistics=False)
+    network, backbone = image_network(task)
     phases = [Phase("all", task.model.epochs, task.model.lr, backbone="all")]
     return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
 
 
 def finetune(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     model = task.model
-    backbone = create_backbone(model)
-    network = build_network(task, backbone, frozen_statistics=True)
+    network, backbone = image_network(task)
     head_epochs = min(model.head_epochs, model.epochs)
     phases = []
     if head_epochs:
@@ -56,10 +57,21 @@ def finetune(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
 
 
 def partial(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
-    backbone = create_backbone(task.model)
-    network = build_network(task, backbone, frozen_statistics=True, dense_units=task.model.dense_units)
+    network, backbone = image_network(task)
     phases = [Phase("head", task.model.epochs, task.model.lr, backbone=None)]
     return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+
+
+def image_network(task: FoldTask | PredictTask) -> tuple[keras.Model, keras.Model]:
+    """The network of an image regime (``scratch``, ``finetune``, ``partial``) and its backbone.
+
+    ``scratch`` lets BatchNorm learn the new images' statistics; the others keep the backbone's.
+    """
+    model = task.model
+    backbone = create_backbone(model)
+    network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
+                            dense_units=model.dense_units if model.regime == "partial" else ())
+    return network, backbone
 
 
 def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
@@ -81,9 +93,14 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     )
 
     def predict(split: str, index: np.ndarray) -> np.ndarray:
-        return np.mean([network.predict(view[index], verbose=0) for view in cache.views(split)], axis=0)
+        return features_tta(network, [view[index] for view in cache.views(split)])
 
     return plan, predict
+
+
+def features_tta(network: keras.Model, views: list[np.ndarray]) -> np.ndarray:
+    """A features-regime head's probabilities averaged over the TTA views' features."""
+    return np.mean([network.predict(view, verbose=0) for view in views], axis=0)
 
 
 REGIMES: dict[str, Callable[[FoldTask, Images], tuple[Plan, Predict]]] = {
@@ -103,6 +120,31 @@ def fit(task: FoldTask, images: Images, metric: Metric, callbacks: Sequence[kera
     return predict
 
 
+def trained_network(task: PredictTask, fold_dir: Path, n_features: int | None = None) -> keras.Model:
+    """A fold's network as its regime built it, holding the fold's best weights.
+
+    An image regime's backbone is built with random weights: every weight comes from the file,
+    so predicting needs no ImageNet download. ``n_features`` is the ``features`` regime's input
+    width.
+
+    Raises:
+        DataError: the weights file is missing or does not fit the network.
+    """
+    if task.model.regime == "features":
+        network = features_network(task, n_features)
+    else:
+        network, _ = image_network(replace(task, model=task.model.model_copy(update={"weights": "none"})))
+    path = fold_dir / BEST
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the train stage first")
+    try:
+        network.load_weights(str(path))
+    except (ValueError, OSError, KeyError) as error:
+        raise DataError(f"{path}: does not fit model {task.model.name!r} as the pipeline defines it "
+                        f"({one_line(str(error))}); run the train stage again") from None
+    return network
+
+
 def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: keras.Model,
                 phases: list[Phase]) -> Plan:
     """A plan that trains on augmented batches of the image cache; each phase gets fresh batches."""
@@ -118,7 +160,7 @@ def train_batches(task: FoldTask, images: Images) -> ImageBatches:
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
 
 
-def tta_predictor(task: FoldTask, network: keras.Model, images: Images) -> Predict:
+def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:
     def predict(split: str, index: np.ndarray) -> np.ndarray:
         views = [network.predict(view_batches(images[split], index, task.augment, view, task.model.batch_size,
                                               task.workers), verbose=0)

@@ -1,9 +1,10 @@
-"""The Keras side of the train stage, run in a process of its own per call
+"""The Keras side of the train and predict stages, run in a process of its own per call
 (:func:`foldstack.runtime.isolate.call`).
 
-The parent (``stages.train``) decides what to train and writes the results; the functions here
-build the model, fit it and predict, then return plain arrays. Each ends with its process, so
-the memory its model took goes back to the operating system before the next fold starts.
+The parent (``stages.train``, ``stages.predict``) decides what to train or predict and writes
+the results; the functions here build the model, fit it or load its weights, and predict, then
+return plain arrays. Each ends with its process, so the memory its model took goes back to the
+operating system before the next call starts.
 """
 
 from __future__ import annotations
@@ -19,23 +20,24 @@ from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.runtime import device
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.callbacks import EpochTicks
-from foldstack.training.features import FeatureCache
-from foldstack.training.fold_task import FoldTask
+from foldstack.training.features import FeatureCache, extract
+from foldstack.training.fold_task import FoldTask, PredictTask
 from foldstack.training.gradcam import explain
-from foldstack.training.regimes import fit
+from foldstack.training.loader import view_batches
+from foldstack.training.regimes import features_tta, fit, trained_network, tta_predictor
 
 Send = Callable[[object], None]
 
 
 def build_features(model: ModelConfig, caches: dict[str, Path], augment: AugmentConfig, folder: Path,
-                   key: str, workers: int, send: Send) -> None:
+                   keys: dict[str, str], workers: int, send: Send) -> None:
     """The ``features`` regime's pooled backbone features of every image and view, into ``folder``."""
     device.configure()
-    FeatureCache.build(model, open_caches(caches), augment, folder, key, workers)
+    FeatureCache.build(model, open_caches(caches), augment, folder, keys, workers)
 
 
 def train_fold(task: FoldTask, send: Send) -> dict:
-    """Fit one fold; its OOF and test probabilities, the device it ran on and its peak memory.
+    """Fit one fold; its OOF probabilities, the device it ran on and its peak memory.
 
     ``send(val_score)`` after every epoch, for the parent's progress bar.
     """
@@ -46,7 +48,6 @@ def train_fold(task: FoldTask, send: Send) -> dict:
                   jit_compile=settings.jit_compile)
     return {
         "oof": predict("train", task.valid_index),
-        "test": predict("test", np.arange(len(images["test"]))),
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
                    "mixed_precision": settings.mixed_precision},
         "peak_mb": memory_mb("VmHWM"),
@@ -60,6 +61,57 @@ def explain_images(task: FoldTask, images: np.ndarray, class_index: np.ndarray |
     where ``class_index`` is None) and the probabilities ``proba``."""
     result = explain(task, images, class_index)
     return {"heatmaps": result.heatmaps, "classes": result.classes, "proba": result.proba}
+
+
+def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
+    """Each fold's probabilities of the task's images, averaged over the TTA views, in the order
+    of ``task.fold_dirs``; ``send(None)`` after each fold."""
+    device.configure()
+    images = np.load(task.images, mmap_mode="r")
+    features = _features(task, images)
+    index = np.arange(len(images))
+    folds = []
+    for fold_dir in task.fold_dirs:
+        if features is None:
+            network = trained_network(task, fold_dir)
+            folds.append(tta_predictor(task, network, {task.split: images})(task.split, index))
+        else:
+            network = trained_network(task, fold_dir, features[0].shape[1])
+            folds.append(features_tta(network, features))
+        keras.backend.clear_session()  # the next fold's network replaces this one
+        send(None)
+    return folds
+
+
+def embed(task: PredictTask, send: Send) -> np.ndarray:
+    """What the first fold's head sees of each image (its first TTA view): the pooled features
+    ``(n_images, n_features)`` that tell images like the training ones from the others."""
+    device.configure()
+    images = np.load(task.images, mmap_mode="r")
+    features = _features(task, images)
+    if features is not None:
+        return features[0]
+    network = trained_network(task, task.fold_dirs[0])
+    pooled = next(layer for layer in network.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+    embedder = keras.Model(network.inputs, pooled.output)
+    batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
+                           task.workers)
+    return embedder.predict(batches, verbose=0).astype(np.float32)
+
+
+def _features(task: PredictTask, images: np.ndarray) -> list[np.ndarray] | None:
+    """The ``features`` regime's backbone features of ``images`` per TTA view (cached when the
+    task names a folder); None for the image regimes, which take the images themselves."""
+    if task.model.regime != "features":
+        return None
+    if task.features is None:
+        views = extract(task.model, images, task.augment, task.workers)
+    else:
+        FeatureCache.build(task.model, {task.split: images}, task.augment, task.features,
+                           {task.split: task.features_key}, task.workers)
+        views = FeatureCache.load(task.features, [task.split], len(task.augment.tta)).views(task.split)
+    keras.backend.clear_session()
+    return views
 
 
 def open_caches(caches: dict[str, Path]) -> dict[str, np.ndarray]:

@@ -1,0 +1,257 @@
+"""The `predict` stage: every trained fold of every model predicts the test images (the sample
+submission's ids) with the pipeline's TTA views, into ``models/<m>/fold<k>/test.parquet`` and
+``test/<m>.parquet`` (the mean over folds and views); and ``foldstack predict --images``, the
+same models and the saved stack on any folder of images.
+
+Each model's folds run in a process of their own (:mod:`foldstack.training.worker`), so this
+process never imports Keras. A model's test file is up to date while its key holds: the folds'
+recipe and weights, the test ids and the transforms; a new test set predicts again and trains
+nothing. The first model also leaves ``models/<m>/reference.npz``
+(:mod:`foldstack.contracts.reference`), how the training images look to it, against which
+``--images`` names the images unlike them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from foldstack.contracts import fold_done, folds_file, predictions, reference, stack_output
+from foldstack.core.config import ModelConfig, PipelineConfig
+from foldstack.core.errors import DataError, shorten
+from foldstack.core.files import write_csv
+from foldstack.core.metrics import hard_predictions
+from foldstack.core.paths import Paths
+from foldstack.data import tables
+from foldstack.data.cache import cached_images
+from foldstack.data.images import load_rgb, resize
+from foldstack.data.labels import Classes
+from foldstack.runtime import isolate
+from foldstack.training.fold_task import PredictTask, digest, features_key, recipe_fingerprint
+from foldstack.training.phases import BEST
+
+log = logging.getLogger(__name__)
+
+WORKER = "foldstack.training.worker"
+
+
+class Predictor:
+    """The pipeline's trained folds, checked against the pipeline; one instance per run."""
+
+    def __init__(self, cfg: PipelineConfig, paths: Paths, workers: int | None = None):
+        self.cfg = cfg
+        self.paths = paths
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.folds = folds_file.read(paths.folds, cfg.folds.k)
+        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.folds_digest = folds_file.digest(self.folds)
+
+    def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
+        """Each fold's folder, once it is checked to hold weights of the pipeline's recipe.
+
+        Raises:
+            DataError: a fold is untrained, trained by another recipe, or lacks its weights.
+        """
+        fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
+                                         self.folds_digest)
+        dirs = tuple(self.paths.models / model.name / f"fold{fold}" for fold in range(self.cfg.folds.k))
+        for fold, fold_dir in enumerate(dirs):
+            done = fold_dir / fold_done.NAME
+            if not fold_done.exists(fold_dir):
+                raise DataError(f"{done}: not found: fold {fold} of model {model.name!r} is not trained; "
+                                "run the train stage first")
+            if fold_done.finished(fold_dir, fingerprint) is None:
+                raise DataError(f"{done}: fold {fold} of model {model.name!r} was trained by another recipe "
+                                "(model, augmentation, folds or seed changed since); run the train stage again")
+            if not (fold_dir / BEST).is_file():
+                raise DataError(f"{fold_dir / BEST}: not found; run the train stage again")
+        return dirs
+
+    def task(self, model: ModelConfig, images: Path, fold_dirs: tuple[Path, ...], split: str | None,
+             ids: list[str] | None = None) -> PredictTask:
+        """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``; a
+        ``split`` caches the ``features`` regime's backbone pass under its ids' key."""
+        cached = model.regime == "features" and split is not None
+        return PredictTask(model=model, task=self.cfg.task, n_classes=len(self.classes), augment=self.cfg.augment,
+                           images=images, fold_dirs=fold_dirs, workers=self.workers,
+                           features=self.paths.models / model.name / "features" if cached else None,
+                           features_key=features_key(model, self.cfg.augment, ids) if cached else None,
+                           split=split or "images")
+
+    def test_set(self) -> None:
+        """Predict the test set with every model whose test file is stale; refresh the reference."""
+        cfg, paths = self.cfg, self.paths
+        test = tables.load_test_table(cfg, paths)
+        ids = test["id"].tolist()
+        k = cfg.folds.k
+        with tqdm(total=len(cfg.models) * k, desc="predict", unit="fold") as bar:
+            for model in cfg.models:
+                dirs = self.fold_dirs(model)
+                key = digest({"weights": _weights_digest(dirs), "ids": ids, "task": cfg.task,
+                              "model": model.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json")})
+                out = paths.test / f"{model.name}.parquet"
+                if predictions.is_current(out, key):
+                    tqdm.write(f"skip {model.name}: test predictions up to date")
+                    bar.update(k)
+                    continue
+                started = time.perf_counter()
+                cache = paths.cache / str(model.image_size) / "test.npy"
+                cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
+                folds = isolate.call(f"{WORKER}:predict_folds", self.task(model, cache, dirs, "test", ids),
+                                     on_message=lambda _: bar.update(1))
+                for fold_dir, proba in zip(dirs, folds):
+                    predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
+                predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
+                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {k} folds x "
+                           f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
+        self.reference(cfg.models[0])
+
+    def reference(self, model: ModelConfig) -> None:
+        """Write how the training images look to ``model``'s fold 0, unless it is up to date or
+        the training images are not here (a machine with the trained models only)."""
+        dirs = self.fold_dirs(model)
+        model_dir = self.paths.models / model.name
+        key = digest({"weights": _weights_digest(dirs[:1]), "model": model.model_dump(mode="json")})
+        if reference.read(model_dir, key) is not None:
+            return
+        try:
+            files = folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
+        except DataError as error:
+            log.warning("no reference of the training images for %s (%s): `predict --images` will not flag "
+                        "images unlike them", model.name, error)
+            return
+        ids = self.folds["id"].tolist()
+        cache = self.paths.cache / str(model.image_size) / "train.npy"
+        cached_images(files, ids, model.image_size, cache, desc="train")
+        features = isolate.call(f"{WORKER}:embed", self.task(model, cache, dirs[:1], "train", ids))
+        held = (self.folds["fold"] == 0).to_numpy()
+        reference.write(model_dir, reference.Reference.fit(features[~held], features[held], key, seed=self.cfg.seed))
+
+
+def fold_mean(folds: list[np.ndarray]) -> np.ndarray:
+    """A model's probabilities: the mean of its folds' (each already a mean over TTA views)."""
+    return np.mean(np.asarray(folds, dtype=np.float64), axis=0)
+
+
+def _weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
+    return [hashlib.sha256((fold_dir / BEST).read_bytes()).hexdigest() for fold_dir in fold_dirs]
+
+
+def run(cfg: PipelineConfig, paths: Paths, workers: int | None = None) -> None:
+    """Predict the test set with every model's trained folds; writes ``test/<m>.parquet``."""
+    Predictor(cfg, paths, workers).test_set()
+
+
+# --- foldstack predict --images --------------------------------------------------------------------
+
+#: What counts as an image in a folder: every extension Pillow can open.
+IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` and its sub-folders (hidden ones aside), sorted.
+
+    Raises:
+        DataError: the folder is missing or holds no image.
+    """
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = sorted(path for path in folder.rglob("*")
+                   if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    if not files:
+        raise DataError(f"{folder}: no images in it or its sub-folders (any format Pillow reads: png, jpg, ...)")
+    return files
+
+
+def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unreadable: bool = False,
+           workers: int | None = None) -> pd.DataFrame:
+    """Predict every image under ``folder`` with every model's folds and the saved stack; write
+    ``out``, a CSV: ``image`` (the path under ``folder``), ``label``, one probability column per
+    class, ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
+    ``unfamiliar``. Images unlike the training images are named in a warning.
+
+    Raises:
+        DataError: the folder is missing or empty, an image is unreadable (unless
+            ``skip_unreadable``), or the trained folds or the saved stack are missing or stale.
+            Nothing is written then.
+    """
+    started = time.perf_counter()
+    files = image_files(folder)
+    fitted = stack_output.read_model(paths.stack)
+    predictor = Predictor(cfg, paths, workers)
+    dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
+    if fitted.models != tuple(dirs):
+        raise DataError(f"{paths.stack / stack_output.CHOSEN}: stacks models {', '.join(fitted.models)} but the "
+                        f"pipeline has {', '.join(dirs)}; run the stack stage again")
+    sizes = sorted({model.image_size for model in cfg.models})
+    files, arrays = _decode(files, sizes, skip_unreadable)
+    first = cfg.models[0]
+    known = reference.read(paths.models / first.name)
+    with tempfile.TemporaryDirectory(prefix="foldstack-images-") as tmp:
+        for size, array in arrays.items():
+            np.save(Path(tmp) / f"{size}.npy", array)
+        X = []
+        for model in tqdm(cfg.models, desc="predict images", unit="model", disable=None):
+            task = predictor.task(model, Path(tmp) / f"{model.image_size}.npy", dirs[model.name], None)
+            X.append(fold_mean(isolate.call(f"{WORKER}:predict_folds", task)))
+        distance = None
+        if known is not None:
+            task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
+            distance = known.distances(isolate.call(f"{WORKER}:embed", task))
+    proba = fitted.predict_proba(np.stack(X, axis=1))
+    frame = _table(folder, files, fitted.classes, proba, distance, known)
+    write_csv(out, frame)
+    seconds = time.perf_counter() - started
+    print(f"predicted {len(files)} images in {seconds:.1f} s ({len(files) / seconds:.1f} images/s) -> {out}")
+    if known is None:
+        log.warning("%s: not found, so no image is checked against the training images; run the predict "
+                    "stage where the training images are", paths.models / first.name / reference.NAME)
+    elif frame["unfamiliar"].any():
+        strange = frame.loc[frame["unfamiliar"], "image"]
+        log.warning("%d of %d image(s) look unlike the training images (distance above %.3f); their "
+                    "predictions are guesses: %s", len(strange), len(frame), known.threshold, shorten(strange))
+    return frame
+
+
+def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple[list[Path], dict[int, np.ndarray]]:
+    """The readable files and their images at each size, uint8 ``(n, size, size, 3)``."""
+    kept, resized, skipped = [], {size: [] for size in sizes}, []
+    for path in tqdm(files, desc="decode", unit="img", leave=False, disable=None):
+        try:
+            image = load_rgb(path)
+        except DataError as error:
+            if not skip_unreadable:
+                raise DataError(f"{error}; pass --skip-unreadable to predict the other images") from None
+            skipped.append(str(error))
+            continue
+        kept.append(path)
+        for size in sizes:
+            resized[size].append(resize(image, size))
+    for message in skipped:
+        log.warning("skipped: %s", message)
+    if not kept:
+        raise DataError(f"{files[0].parent}: none of the {len(files)} image(s) could be read")
+    return kept, {size: np.stack(arrays) for size, arrays in resized.items()}
+
+
+def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray, distance: np.ndarray | None,
+           known: reference.Reference | None) -> pd.DataFrame:
+    hard = hard_predictions(proba, classes.multilabel)
+    names = np.array(classes.names)
+    labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
+    frame = pd.DataFrame(proba, columns=list(classes.names))
+    frame.insert(0, "image", [path.relative_to(folder).as_posix() for path in files])
+    frame.insert(1, "label", labels)
+    frame["distance"] = distance if distance is not None else np.nan
+    frame["unfamiliar"] = distance > known.threshold if distance is not None else False
+    return frame
