@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -178,3 +179,12 @@ def test_library_code_leaves_process_wide_settings_alone(call: str) -> None:
     nor set the umask, which changes it for every thread of the process."""
     found = [str(path.relative_to(PACKAGE)) for path in MODULES.values() if call in path.read_text()]
     assert not found, f"{call} in {found}"
+
+
+def test_the_stage_process_never_imports_keras() -> None:
+    """Keras work runs in fold processes: the command line and every stage import no Keras (and
+    no TensorFlow, whose start-up lines and memory the stage process must not carry)."""
+    code = ("import sys, foldstack.cli; "
+            "loaded = [m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -36,8 +36,7 @@ from foldstack.data.cache import cached_images
 from foldstack.data.images import load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import PredictTask, digest, features_key, recipe_fingerprint
-from foldstack.training.phases import BEST
+from foldstack.training.fold_task import BEST, PredictTask, digest, features_key, recipe_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,9 @@ import numpy as np
 from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.core.metrics import one_hot
 
+#: A fold's best weights, in its folder: written by training, read by prediction and Grad-CAM.
+BEST = "best.weights.h5"
+
 
 @dataclass(frozen=True, kw_only=True)
 class FoldTask:

@@ -22,9 +22,8 @@ from keras import ops
 from foldstack.core.errors import DataError
 from foldstack.runtime.gradients import input_gradient
 from foldstack.training.augment import compose
-from foldstack.training.fold_task import FoldTask
+from foldstack.training.fold_task import BEST, FoldTask
 from foldstack.training.network import build_network, create_backbone, features_network
-from foldstack.training.phases import BEST
 
 
 @dataclass(frozen=True)

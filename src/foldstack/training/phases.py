@@ -25,12 +25,11 @@ from foldstack.training.callbacks import (
     ResumableCSVLogger,
     save_weights,
 )
-from foldstack.training.fold_task import FoldTask
+from foldstack.training.fold_task import BEST, FoldTask
 from foldstack.training.network import compile_for, set_trainable
 
 log = logging.getLogger(__name__)
 
-BEST = "best.weights.h5"
 LOG = training_log.NAME
 
 

@@ -26,10 +26,10 @@ from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
 from foldstack.training.augment import compose
 from foldstack.training.features import FeatureCache
-from foldstack.training.fold_task import FoldTask, PredictTask
+from foldstack.training.fold_task import BEST, FoldTask, PredictTask
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
-from foldstack.training.phases import BEST, Phase, Plan, fit_phases
+from foldstack.training.phases import Phase, Plan, fit_phases
 
 Predict = Callable[[str, np.ndarray], np.ndarray]
 """``predict(split, index) -> probabilities``, averaged over the TTA views."""
