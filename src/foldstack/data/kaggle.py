@@ -166,8 +166,10 @@ def publish_dataset(folder: Path, notes: str) -> str:
     Raises:
         KaggleError: no credentials, the upload failed, or Kaggle refused the dataset.
     """
+    meta_file = Path(folder) / DATASET_METADATA
+    meta = _read_metadata(meta_file)
     api, credentials = _authenticated_api()
-    meta = _with_owner(Path(folder) / DATASET_METADATA, api, ("id",))
+    meta = _with_owner(meta_file, meta, api, ("id",))
     ref = meta["id"]
     source = SimpleNamespace(type="bundle", dataset=ref)
     with _kaggle_errors(source, credentials), _client_refusals(ref), _kaggle_output():
@@ -192,8 +194,10 @@ def push_kernel(folder: Path) -> str:
     Raises:
         KaggleError: no credentials, or Kaggle refused the kernel (its error, one line).
     """
+    meta_file = Path(folder) / KERNEL_METADATA
+    meta = _read_metadata(meta_file)
     api, credentials = _authenticated_api()
-    meta = _with_owner(Path(folder) / KERNEL_METADATA, api, ("id", "dataset_sources"))
+    meta = _with_owner(meta_file, meta, api, ("id", "dataset_sources"))
     ref = meta["id"]
     with _kaggle_errors(SimpleNamespace(type="kernel", ref=ref), credentials), _client_refusals(ref), \
             _kaggle_output():
@@ -203,12 +207,17 @@ def push_kernel(folder: Path) -> str:
     return f"pushed kernel {response.ref or ref} version {response.version_number}: {response.url}"
 
 
-def _with_owner(path: Path, api: KaggleApi, keys: tuple[str, ...]) -> dict:
-    """The metadata in ``path``, its placeholder owner replaced by the signed-in user (and saved)."""
+def _read_metadata(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FoldstackError(f"{path}: not found; build it with `make bundle`") from None
+    except ValueError as error:
+        raise FoldstackError(f"{path}: not valid JSON ({error}); build it again with `make bundle`") from None
+
+
+def _with_owner(path: Path, meta: dict, api: KaggleApi, keys: tuple[str, ...]) -> dict:
+    """``meta`` (read from ``path``) with its placeholder owner replaced by the signed-in user, saved."""
     user = api.get_config_value(api.CONFIG_NAME_USER)
     placeholder = f"{OWNER_PLACEHOLDER}/"
 
