@@ -47,7 +47,7 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 # otherwise fill with setuptools from the Internet); the image's own setuptools builds it.
 $(ROOT)/.foldstack-installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
-	touch $@
+	@mkdir -p $(@D) && touch $@
 
 download: $(MARK)/download
 folds: $(ART)/folds.csv

@@ -30,6 +30,7 @@ def trained_tree(root: Path, **model_changes) -> tuple:
     raw = {**TINY, "models": [MODEL]}
     cfg = make_config(models=[MODEL])
     pipeline_file = root / "tiny.yaml"
+    root.mkdir(parents=True, exist_ok=True)
     pipeline_file.write_text(yaml.safe_dump(raw))
     paths = Paths.for_pipeline("tiny", root)
     paths.folds.parent.mkdir(parents=True)
