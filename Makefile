@@ -75,7 +75,7 @@ $(MARK)/submit: $(ART)/stack/leaderboard.csv
 
 # One folder to upload as a Kaggle dataset (bundle/<pipeline>/) and the inference kernel
 # (kernel/<pipeline>/). `make bundle UPLOAD="notes"` also creates or versions the dataset.
-bundle: $(ART)/stack/leaderboard.csv | $(SETUP)
+bundle: stack | $(SETUP)
 	$(call RUN,bundle) $(if $(UPLOAD),--upload -m "$(UPLOAD)")
 
 kernel-push: | $(SETUP)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import TINY, make_config
+from foldstack import cli
 from foldstack.backbones import pretrained
 from foldstack.backbones.efficientnet_lite import weights_cache_dir
 from foldstack.contracts import bundle_file, fold_done, manifest
@@ -124,3 +125,13 @@ def test_imagenet_files_are_the_ones_the_backbone_reads() -> None:
     found = pretrained.imagenet_files("efficientnet_lite0", 32)
     assert found == [(pretrained.FOLDSTACK, str((weights_cache_dir() / "efficientnet_lite0.weights.h5").resolve()))]
     assert pretrained.cache_dir(pretrained.FOLDSTACK) == weights_cache_dir()
+
+
+def test_commands_name_what_is_missing_in_one_line(tmp_path: Path, capfd) -> None:
+    assert cli.main(["kernel", "--bundle", str(tmp_path)]) == 2
+    assert capfd.readouterr().err == (f"foldstack kernel: error: {tmp_path}: not a foldstack bundle "
+                                      "(no foldstack-bundle.json); build one with `make bundle`\n")
+    cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
+    assert cli.main(["bundle", "--upload", "--pipeline", str(pipeline_file), "--root", str(paths.root)]) == 2
+    assert capfd.readouterr().err == "foldstack bundle: error: bundle --upload needs version notes: -m 'what changed'\n"
+    assert not paths.bundle.exists()

@@ -35,7 +35,7 @@ PIPELINE = {
     "augment": {"tta": [[], [{"__class_fullname__": "HorizontalFlip", "p": 1.0}]]},
     "models": [{"name": "cnn", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
                 "epochs": 1, "batch_size": 32, "lr": 0.003}],
-    "stack": {"force": "lightgbm"},
+    "stack": {"candidates": ["mean", "lightgbm"], "force": "lightgbm"},  # a fitted level-two model
 }
 #: Same machine, same packages: the kernel's probabilities may differ from the training
 #: machine's by float32 rounding at most.
@@ -94,7 +94,7 @@ def test_kernel_predicts_a_new_test_set_offline_as_the_training_machine_does(tmp
     train_env = {**kernel_like, "FOLDSTACK_KAGGLE_INPUT": str(tmp_path / "input-original"),
                  "FOLDSTACK_KAGGLE_WORKING": str(trained)}
     common = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(trained)]
-    for stage in ("folds", "train", "predict", "stack", "submit", "bundle"):
+    for stage in ("folds", "train", "predict", "stack", "bundle"):
         foldstack(stage, *common, env=train_env)
     bundle = trained / "bundle" / "tiny"
     done_files = {path: path.read_bytes() for path in (trained / "artifacts" / "tiny" / "models").rglob("done.json")}
@@ -119,7 +119,7 @@ def test_kernel_predicts_a_new_test_set_offline_as_the_training_machine_does(tmp
 
     # The training machine predicts the same new images with its own installation.
     check_env = {**train_env, "FOLDSTACK_KAGGLE_INPUT": str(new_input)}
-    for stage in ("predict", "stack", "submit"):
+    for stage in ("predict", "stack"):
         foldstack(stage, *common, env=check_env)
     expected, got = probabilities(trained), probabilities(working)
     assert got.index.tolist() == sorted(sample["id"]) and list(got.columns) == list(expected.columns)

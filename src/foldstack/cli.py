@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from foldstack import backbones
+from foldstack.contracts import bundle_file
 from foldstack.core.errors import DiskFullError, FoldstackError, is_disk_full
 from foldstack.core.logs import setup_logging
 from foldstack.core.paths import Paths
@@ -78,7 +79,8 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
 def cmd_kernel(args: argparse.Namespace) -> None:
     bundle_dir = Path(args.bundle)
-    cfg = load_pipeline(bundle_dir / "pipeline.yaml")
+    bundle_file.read(bundle_dir)  # a folder that is no bundle, or lacks a file, is named before anything else
+    cfg = load_pipeline(bundle_dir / bundle_file.PIPELINE)
     kernel.run(cfg, Paths.for_config(cfg, args.root), bundle_dir)
 
 

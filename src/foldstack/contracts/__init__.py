@@ -9,5 +9,6 @@ file (under ``artifacts/<pipeline>/``)      module                 written by ->
 ``models/<m>/fold<k>/done.json``            ``fold_done``          train -> train (resume)
 ``models/<m>/manifest.json``                ``manifest``           train -> people, report
 ``stack/`` (``chosen.json`` and the rest)   ``stack_output``       stack -> submit
+``bundle/<p>/foldstack-bundle.json``        ``bundle_file``        bundle -> kernel
 =========================================  =====================  ==============================
 """
