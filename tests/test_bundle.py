@@ -63,6 +63,7 @@ def relative_files(folder: Path) -> set[str]:
 
 def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> None:
     cfg, paths, pipeline_file = trained_tree(tmp_path)
+    src_before, had_build = sorted((SOURCE_TREE / "src").iterdir()), (SOURCE_TREE / "build").exists()
     folder = bundle.run(cfg, paths, pipeline_file)
 
     art = "artifacts/tiny/"
@@ -81,7 +82,7 @@ def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> N
     # The wheel is built from this source tree, and the build leaves nothing in it.
     with zipfile.ZipFile(folder / "wheels" / record["wheels"][0]) as wheel:
         assert "foldstack/stages/bundle.py" in wheel.namelist()
-    assert not list((SOURCE_TREE / "src").glob("*.egg-info")) and not (SOURCE_TREE / "build").exists()
+    assert sorted((SOURCE_TREE / "src").iterdir()) == src_before and (SOURCE_TREE / "build").exists() == had_build
 
     dataset = json.loads((folder / "dataset-metadata.json").read_text())
     assert dataset["id"] == "your-kaggle-username/foldstack-tiny" and len(dataset["licenses"]) == 1
