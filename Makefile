@@ -83,7 +83,7 @@ kernel-push: | $(SETUP)
 
 # What the inference kernel runs once foldstack is installed: `make kernel BUNDLE=<folder>`.
 kernel: | $(SETUP)
-	$(FOLDSTACK) kernel --bundle $(BUNDLE) --root $(ROOT)
+	$(FOLDSTACK) kernel --bundle $(or $(BUNDLE),$(error name the bundle: make kernel BUNDLE=<folder>)) --root $(ROOT)
 
 check: | $(SETUP)
 	$(call RUN,check)
