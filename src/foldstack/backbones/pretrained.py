@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from foldstack.backbones import efficientnet_lite
 from foldstack.backbones.spec import create
@@ -20,12 +21,13 @@ from foldstack.backbones.spec import create
 KERAS, FOLDSTACK = "keras", "foldstack"
 
 
-def imagenet_files(backbone: str, image_size: int) -> list[tuple[str, str]]:
+def imagenet_files(backbone: str, image_size: int, send: Callable[[Any], None] | None = None) -> list[tuple[str, str]]:
     """Build ``backbone`` with ImageNet weights; the weight files it read, as ``(kind, path)``.
 
     Args:
         backbone: a registered backbone name.
         image_size: the input size the pipeline builds it at (some files depend on it).
+        send: unused; ``runtime.isolate`` hands every child function one.
 
     Returns:
         ``(KERAS, path)`` for a file under Keras's cache, ``(FOLDSTACK, path)`` for one under
