@@ -140,3 +140,33 @@ def test_commands_name_what_is_missing_in_one_line(tmp_path: Path, capfd) -> Non
     assert cli.main(["bundle", "--upload", "--pipeline", str(pipeline_file), "--root", str(paths.root)]) == 2
     assert capfd.readouterr().err == "foldstack bundle: error: bundle --upload needs version notes: -m 'what changed'\n"
     assert not paths.bundle.exists()
+
+
+def test_kernel_lays_the_bundle_out_and_stops_at_a_failed_stage(tmp_path: Path, monkeypatch, capfd) -> None:
+    """`foldstack kernel`: the bundle's artifacts under the working root (times kept), its weight files
+    into the caches (a file already cached is kept), then predict -> stack -> submit; a stage that
+    fails (here `predict`: these stand-in weights are no model) stops it in one line, no submission."""
+    cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
+    folder = bundle.run(cfg, paths, pipeline_file)
+    for name, content in (("lite.weights.h5", b"imagenet"), ("cached.weights.h5", b"from the bundle")):
+        (folder / "weights" / "foldstack").mkdir(parents=True, exist_ok=True)
+        (folder / "weights" / "foldstack" / name).write_bytes(content)
+    record = bundle_file.read(folder)
+    bundle_file.write(folder, {**record, "weights": {"keras": [], "foldstack": ["lite.weights.h5", "cached.weights.h5"]}})
+    cache = tmp_path / "cache"
+    (cache / "weights").mkdir(parents=True)
+    (cache / "weights" / "cached.weights.h5").write_bytes(b"already here")
+    working = tmp_path / "working"
+    for name, value in (("KAGGLE_KERNEL_RUN_TYPE", "Batch"), ("FOLDSTACK_KAGGLE_WORKING", str(working)),
+                        ("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input")), ("FOLDSTACK_CACHE", str(cache))):
+        monkeypatch.setenv(name, value)
+
+    assert cli.main(["kernel", "--bundle", str(folder)]) == 2
+    assert capfd.readouterr().err.splitlines()[-1] == ("foldstack kernel: error: `foldstack predict` failed (see above); "
+                                                       "the kernel stopped before submission.csv")
+    laid_out = working / "artifacts" / "tiny" / "models" / "m" / "fold1" / "best.weights.h5"
+    original = paths.models / "m" / "fold1" / "best.weights.h5"
+    assert laid_out.read_bytes() == original.read_bytes() and laid_out.stat().st_mtime == original.stat().st_mtime
+    assert (cache / "weights" / "lite.weights.h5").read_bytes() == b"imagenet"
+    assert (cache / "weights" / "cached.weights.h5").read_bytes() == b"already here"
+    assert not (working / "submission.csv").exists()
