@@ -387,6 +387,7 @@ def test_publish_for_another_owner_is_refused(standin, env_credentials, tmp_path
 
 
 def test_push_kernel_sends_the_script_offline_with_the_bundle_attached(standin, env_credentials, tmp_path):
+    kaggle.publish_dataset(bundle_like(tmp_path / "bundle"), "first")
     cfg = pipeline(COMPETITION)
     kernel_dir = tmp_path / "kernel"
     bundle._kernel(cfg, kernel_dir, kaggle.OWNER_PLACEHOLDER, f"{kaggle.OWNER_PLACEHOLDER}/foldstack-dogs")
@@ -399,6 +400,13 @@ def test_push_kernel_sends_the_script_offline_with_the_bundle_attached(standin, 
     assert pushed["competitionDataSources"] == [SLUG] and pushed["kernelType"] == "script"
     assert pushed["text"] == (kernel_dir / "foldstack_kernel.py").read_text()
     assert kaggle.push_kernel(kernel_dir).endswith(f"version 2: https://www.kaggle.com/code/{ref}")
+
+
+def test_push_kernel_before_its_bundle_is_uploaded(standin, env_credentials, tmp_path):
+    bundle._kernel(pipeline(COMPETITION), tmp_path, USERNAME, f"{USERNAME}/foldstack-dogs")
+    message = raises(kaggle.KaggleError, lambda: kaggle.push_kernel(tmp_path))
+    assert message == (f"pushed kernel {USERNAME}/foldstack-dogs-inference, but Kaggle has no dataset "
+                       f"{USERNAME}/foldstack-dogs to attach; upload the bundle (`make bundle UPLOAD=...`), then push again")
 
 
 def test_push_kernel_needs_its_folder_and_credentials(standin, tmp_path, monkeypatch):

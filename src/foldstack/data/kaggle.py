@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import FoldstackError
+from foldstack.core.errors import FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json
 from foldstack.core.paths import Paths, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
 from foldstack.data.sources import MARKER, up_to_date, write_marker
@@ -179,7 +179,7 @@ def publish_dataset(folder: Path, notes: str) -> str:
         else:
             response = api.dataset_create_new(str(folder), public=False, quiet=False, dir_mode="zip")
     if response.error:
-        raise KaggleError(f"Kaggle refused dataset {ref!r}: {' '.join(str(response.error).split())}")
+        raise KaggleError(f"Kaggle refused dataset {ref!r}: {one_line(str(response.error))}")
     what = "new version of dataset" if exists else "created dataset"
     return f"{what} {ref}: {response.url or f'https://www.kaggle.com/datasets/{ref}'}"
 
@@ -203,7 +203,12 @@ def push_kernel(folder: Path) -> str:
             _kaggle_output():
         response = api.kernels_push(str(folder))
     if response.error:
-        raise KaggleError(f"Kaggle refused kernel {ref!r}: {' '.join(str(response.error).split())}")
+        raise KaggleError(f"Kaggle refused kernel {ref!r}: {one_line(str(response.error))}")
+    if response.invalid_dataset_sources:
+        # Saved, but it would run without its bundle and fail: say so now, not after the run.
+        raise KaggleError(f"pushed kernel {ref}, but Kaggle has no dataset "
+                          f"{', '.join(response.invalid_dataset_sources)} to attach; upload the bundle "
+                          "(`make bundle UPLOAD=...`), then push again")
     return f"pushed kernel {response.ref or ref} version {response.version_number}: {response.url}"
 
 
@@ -252,7 +257,7 @@ def _client_refusals(ref: str) -> Iterator[None]:
     try:
         yield
     except ValueError as error:
-        raise KaggleError(f"{ref}: {' '.join(str(error).split())}") from None
+        raise KaggleError(f"{ref}: {one_line(str(error))}") from None
 
 
 # --- credentials and the client -------------------------------------------------------------------
