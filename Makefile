@@ -28,7 +28,7 @@ endif
 FOLDSTACK := $(BIN)foldstack
 RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
 
-.PHONY: all download folds train predict stack submit report check test bench clean setup
+.PHONY: all download folds train predict stack submit report check test bench clean setup bundle kernel kernel-push
 .DELETE_ON_ERROR:
 
 all: report
@@ -49,9 +49,11 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	touch $@
 
 # A Kaggle kernel already has TensorFlow, Keras and the rest: install only foldstack itself.
+# Offline too: no index, no dependencies, and no isolated build environment (which pip would
+# otherwise fill with setuptools from the Internet); the image's own setuptools builds it.
 $(ROOT)/.foldstack-installed: pyproject.toml
-	$(PYTHON) -m pip install --quiet --no-deps -e .
-	touch $@
+	$(PYTHON) -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+	@mkdir -p $(@D) && touch $@
 
 download: $(MARK)/download
 folds: $(ART)/folds.csv
@@ -89,6 +91,18 @@ $(MARK)/submit: $(MARK)/stack
 $(ART)/report.html: $(MARK)/submit
 	$(call RUN,report)
 
+# One folder to upload as a Kaggle dataset (bundle/<pipeline>/) and the inference kernel
+# (kernel/<pipeline>/). `make bundle UPLOAD="notes"` also creates or versions the dataset.
+bundle: stack | $(SETUP)
+	$(call RUN,bundle) $(if $(UPLOAD),--upload -m "$(UPLOAD)")
+
+kernel-push: | $(SETUP)
+	$(call RUN,kernel-push)
+
+# What the inference kernel runs once foldstack is installed: `make kernel BUNDLE=<folder>`.
+kernel: | $(SETUP)
+	$(FOLDSTACK) kernel --bundle $(or $(BUNDLE),$(error name the bundle: make kernel BUNDLE=<folder>)) --root $(ROOT)
+
 check: | $(SETUP)
 	$(call RUN,check)
 
@@ -100,4 +114,4 @@ bench: | $(SETUP)
 	$(BIN)python -m benchmarks
 
 clean:
-	rm -rf $(ART) $(ROOT)/data/$(PIPELINE) $(ROOT)/submissions/$(PIPELINE)
+	rm -rf $(ART) $(ROOT)/data/$(PIPELINE) $(ROOT)/submissions/$(PIPELINE) $(ROOT)/bundle/$(PIPELINE) $(ROOT)/kernel/$(PIPELINE)

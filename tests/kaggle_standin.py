@@ -14,6 +14,9 @@ What it serves, as kagglesdk expects it (POST with a JSON body, JSON back, error
   ``datasets.DatasetApiService/DownloadDataset``: 302 to a signed ``.zip`` URL, served by GET.
 - ``competitions.CompetitionApiService/StartSubmissionUpload``: a blob token and an upload URL,
   then ``PUT`` of the file to that URL, then ``CreateSubmission`` and ``ListSubmissions``.
+- ``blobs.BlobApiService/StartBlobUpload`` (then ``PUT``), ``datasets.DatasetApiService/GetDatasetStatus``,
+  ``CreateDataset`` and ``CreateDatasetVersion``: datasets published, each version's files by name.
+- ``kernels.KernelsApiService/SaveKernel``: a kernel pushed, its request kept, versions counted.
 
 Every API call needs ``Authorization``: HTTP Basic with the known username and key, or Bearer with
 the known token; anything else is a 401.
@@ -64,6 +67,12 @@ class KaggleStandIn:
     #: Listed after ours, as if uploaded a moment later from elsewhere, with another score.
     someone_elses: dict | None = None
     listings: int = 0
+    #: Published datasets: ref -> one {file name: content} per version, and the create request.
+    published: dict[str, list[dict[str, bytes]]] = field(default_factory=dict)
+    published_requests: dict[str, dict] = field(default_factory=dict)
+    #: Pushed kernels: ref -> every SaveKernel request, oldest first.
+    kernels: dict[str, list[dict]] = field(default_factory=dict)
+    blob_names: dict[str, str] = field(default_factory=dict)
     _scripts: dict[int, list[str]] = field(default_factory=dict)
 
     def start(self) -> int:
@@ -123,6 +132,57 @@ class KaggleStandIn:
             self.submissions.insert(0, {"ref": ref + 1000, "date": "2024-01-01T00:01:00.000Z", **self.someone_elses})
         return 200, {"message": "Successfully submitted", **({"ref": ref} if self.gives_ref else {})}
 
+    def start_blob_upload(self, body: dict) -> tuple[int, dict]:
+        blob = f"blob-{len(self.uploads) + 1}"
+        self.uploads[blob] = b""
+        self.blob_names[blob] = body.get("name", "")
+        return 200, {"token": blob, "createUrl": f"{HOST}/upload/{blob}"}
+
+    def dataset_status(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.published:
+            return 404, {"code": 404, "message": "Dataset not found"}
+        return 200, {"status": "READY"}
+
+    def _files(self, files: list[dict]) -> dict[str, bytes] | None:
+        tokens = [f.get("token", "") for f in files]
+        if not all(self.uploads.get(token) for token in tokens):
+            return None
+        return {self.blob_names[token]: self.uploads[token] for token in tokens}
+
+    def create_dataset(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+        if body.get("ownerSlug") != self.username:
+            return 403, {"code": 403, "message": "You cannot create datasets for another user"}
+        if ref in self.published:
+            return 200, {"error": f"The slug {body.get('slug')} is already in use"}
+        files = self._files(body.get("files", []))
+        if files is None:
+            return 400, {"code": 400, "message": "A file was not uploaded"}
+        self.published[ref] = [files]
+        self.published_requests[ref] = body
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
+
+    def create_dataset_version(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.published:
+            return 404, {"code": 404, "message": "Dataset not found"}
+        files = self._files(body.get("body", {}).get("files", []))
+        if files is None:
+            return 400, {"code": 400, "message": "A file was not uploaded"}
+        self.published[ref].append(files)
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
+
+    def save_kernel(self, body: dict) -> tuple[int, dict]:
+        ref = body.get("slug", "")
+        if not ref.startswith(f"{self.username}/"):
+            return 403, {"code": 403, "message": "You cannot push kernels for another user"}
+        missing = [source for source in body.get("datasetDataSources", []) if source not in self.published]
+        self.kernels.setdefault(ref, []).append(body)
+        return 200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}",
+                     "versionNumber": len(self.kernels[ref]),
+                     **({"invalidDatasetSources": missing} if missing else {})}
+
     def list_submissions(self, body: dict) -> tuple[int, dict]:
         self.listings += 1
         listed = [dict(submission) for submission in self.submissions]
@@ -141,6 +201,11 @@ _API = {
         (KaggleStandIn.start_submission_upload, True),
     "competitions.CompetitionApiService/CreateSubmission": (KaggleStandIn.create_submission, True),
     "competitions.CompetitionApiService/ListSubmissions": (KaggleStandIn.list_submissions, True),
+    "blobs.BlobApiService/StartBlobUpload": (KaggleStandIn.start_blob_upload, True),
+    "datasets.DatasetApiService/GetDatasetStatus": (KaggleStandIn.dataset_status, True),
+    "datasets.DatasetApiService/CreateDataset": (KaggleStandIn.create_dataset, True),
+    "datasets.DatasetApiService/CreateDatasetVersion": (KaggleStandIn.create_dataset_version, True),
+    "kernels.KernelsApiService/SaveKernel": (KaggleStandIn.save_kernel, True),
 }
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import socket
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +17,7 @@ from foldstack.core.config import PipelineConfig
 from foldstack.pipeline import load_pipeline, parse_pipeline
 from foldstack.core.errors import FoldstackError
 from foldstack.core.paths import Paths
+from foldstack.stages import bundle
 from kaggle_standin import KaggleStandIn, make_zip
 
 USERNAME = "standin-user"
@@ -343,3 +346,74 @@ def test_dog_breed_pipeline_is_valid():
     cfg = load_pipeline(REPO / "pipelines" / "dog-breed-identification.yaml")
     assert cfg.data.source.competition == SLUG
     assert (cfg.metric, cfg.submission.format, cfg.data.label_column) == ("log_loss", "probabilities", "breed")
+
+
+# --- publishing the bundle and pushing the kernel ------------------------------------------------
+
+
+def bundle_like(folder: Path) -> Path:
+    """A folder shaped like a bundle: metadata with the placeholder owner, a file and a sub-folder."""
+    (folder / "wheels").mkdir(parents=True)
+    (folder / "wheels" / "foldstack-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (folder / "foldstack-bundle.json").write_text("{}")
+    (folder / "dataset-metadata.json").write_text(json.dumps({
+        "id": f"{kaggle.OWNER_PLACEHOLDER}/foldstack-dogs", "title": "foldstack dogs",
+        "licenses": [{"name": "CC0-1.0"}]}))
+    return folder
+
+
+def test_publish_creates_the_dataset_then_versions_it(standin, env_credentials, tmp_path):
+    folder = bundle_like(tmp_path / "bundle")
+    ref = f"{USERNAME}/foldstack-dogs"
+    assert kaggle.publish_dataset(folder, "first") == f"created dataset {ref}: https://www.kaggle.com/datasets/{ref}"
+    # The placeholder owner became the signed-in user, in the file too (the kernel names the same id).
+    assert json.loads((folder / "dataset-metadata.json").read_text())["id"] == ref
+    (first,) = standin.published[ref]
+    assert set(first) == {"foldstack-bundle.json", "wheels.zip"} and standin.published_requests[ref]["isPrivate"]
+    with zipfile.ZipFile(io.BytesIO(first["wheels.zip"])) as archive:  # a sub-folder travels as a zip
+        assert archive.read("foldstack-0.1.0-py3-none-any.whl") == b"wheel"
+
+    (folder / "foldstack-bundle.json").write_text('{"v": 2}')
+    assert kaggle.publish_dataset(folder, "second").startswith(f"new version of dataset {ref}")
+    assert len(standin.published[ref]) == 2 and standin.published[ref][1]["foldstack-bundle.json"] == b'{"v": 2}'
+
+
+def test_publish_for_another_owner_is_refused(standin, env_credentials, tmp_path):
+    folder = bundle_like(tmp_path / "bundle")
+    meta = folder / "dataset-metadata.json"
+    meta.write_text(meta.read_text().replace(kaggle.OWNER_PLACEHOLDER, "someone-else"))
+    message = raises(kaggle.KaggleAccessError, lambda: kaggle.publish_dataset(folder, "m"))
+    assert "someone-else/foldstack-dogs" in message and "HTTP 403" in message
+
+
+def test_push_kernel_sends_the_script_offline_with_the_bundle_attached(standin, env_credentials, tmp_path):
+    kaggle.publish_dataset(bundle_like(tmp_path / "bundle"), "first")
+    cfg = pipeline(COMPETITION)
+    kernel_dir = tmp_path / "kernel"
+    bundle._kernel(cfg, kernel_dir, kaggle.OWNER_PLACEHOLDER, f"{kaggle.OWNER_PLACEHOLDER}/foldstack-dogs")
+    ref = f"{USERNAME}/foldstack-dogs-inference"
+    assert kaggle.push_kernel(kernel_dir) == (f"pushed kernel /code/{ref} version 1: "
+                                               f"https://www.kaggle.com/code/{ref}")
+    (pushed,) = standin.kernels[ref]
+    assert pushed["enableInternet"] is False and pushed["enableGpu"] is True and pushed["isPrivate"] is True
+    assert pushed["datasetDataSources"] == [f"{USERNAME}/foldstack-dogs"]
+    assert pushed["competitionDataSources"] == [SLUG] and pushed["kernelType"] == "script"
+    assert pushed["text"] == (kernel_dir / "foldstack_kernel.py").read_text()
+    assert kaggle.push_kernel(kernel_dir).endswith(f"version 2: https://www.kaggle.com/code/{ref}")
+
+
+def test_push_kernel_before_its_bundle_is_uploaded(standin, env_credentials, tmp_path):
+    bundle._kernel(pipeline(COMPETITION), tmp_path, USERNAME, f"{USERNAME}/foldstack-dogs")
+    message = raises(kaggle.KaggleError, lambda: kaggle.push_kernel(tmp_path))
+    assert message == (f"pushed kernel {USERNAME}/foldstack-dogs-inference, but Kaggle has no dataset "
+                       f"{USERNAME}/foldstack-dogs to attach; upload the bundle (`make bundle UPLOAD=...`), then push again")
+
+
+def test_push_kernel_needs_its_folder_and_credentials(standin, tmp_path, monkeypatch):
+    message = raises(FoldstackError, lambda: kaggle.push_kernel(tmp_path))
+    assert "kernel-metadata.json: not found; build it with `make bundle`" in message
+    bundle._kernel(pipeline(COMPETITION), tmp_path / "kernel", USERNAME, f"{USERNAME}/foldstack-dogs")
+    monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
+    monkeypatch.setenv("KAGGLE_KEY", "wrong")
+    message = raises(kaggle.KaggleCredentialsError, lambda: kaggle.push_kernel(tmp_path / "kernel"))
+    assert "rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (HTTP 401)" in message

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 from foldstack import backbones
+from foldstack.contracts import bundle_file
 from foldstack.core.errors import DiskFullError, FoldstackError, is_disk_full
 from foldstack.core.logs import setup_logging
 from foldstack.core.paths import Paths
 from foldstack.data import kaggle
 from foldstack.pipeline import load_pipeline
-from foldstack.stages import check, download, folds, predict, report, stack, submit, train
+from foldstack.stages import bundle, check, download, folds, kernel, predict, report, stack, submit, train
 
 
 def _pipeline_path(name: str) -> Path:
@@ -82,6 +83,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     report.run(cfg, paths)
 
 
+def cmd_bundle(args: argparse.Namespace) -> None:
+    cfg, paths = _load(args)
+    if args.upload and not args.message:
+        raise FoldstackError("bundle --upload needs version notes: -m 'what changed'")
+    folder = bundle.run(cfg, paths, _pipeline_path(args.pipeline), owner=args.owner, wheels=tuple(args.wheel or ()),
+                        find_links=tuple(Path(link) for link in args.find_links or ()), python=args.python)
+    if args.upload:
+        print(kaggle.publish_dataset(folder, args.message))
+
+
+def cmd_kernel(args: argparse.Namespace) -> None:
+    bundle_dir = Path(args.bundle)
+    bundle_file.read(bundle_dir)  # a folder that is no bundle, or lacks a file, is named before anything else
+    cfg = load_pipeline(bundle_dir / bundle_file.PIPELINE)
+    kernel.run(cfg, Paths.for_config(cfg, args.root), bundle_dir)
+
+
+def cmd_kernel_push(args: argparse.Namespace) -> None:
+    _, paths = _load(args)
+    print(kaggle.push_kernel(paths.kernel))
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     cfg, paths = _load(args)
     report = check.run(cfg, paths)
@@ -134,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--upload", action="store_true", help="submit the file through the Kaggle API")
     submit.add_argument("-m", "--message", help="the submission's description on Kaggle")
     stage("report", cmd_report, "write artifacts/<pipeline>/report.html: errors, Grad-CAM, curves, CV vs LB")
+
+
+    bundle_cmd = stage("bundle", cmd_bundle, "one folder to upload as a Kaggle dataset: wheels, models, weights; "
+                                            "and the inference kernel beside it")
+    bundle_cmd.add_argument("--upload", action="store_true", help="create the dataset, or a new version of it")
+    bundle_cmd.add_argument("-m", "--message", help="the new version's notes on Kaggle")
+    bundle_cmd.add_argument("--owner", help="Kaggle user owning the dataset and kernel (default: the signed-in one)")
+    bundle_cmd.add_argument("--wheel", action="append", metavar="REQUIREMENT",
+                            help="also ship this requirement's wheel (the kernel image lacks it); repeatable")
+    bundle_cmd.add_argument("--find-links", action="append", metavar="DIR", help="take those wheels from DIR")
+    bundle_cmd.add_argument("--python", help="the kernel's Python version, e.g. 3.11 (default: this one)")
+    kernel_cmd = sub.add_parser("kernel", parents=[common],
+                                help="in a Kaggle kernel: predict, stack and submit with an attached bundle")
+    kernel_cmd.add_argument("--bundle", required=True, help="the bundle folder (under /kaggle/input)")
+    kernel_cmd.add_argument("--root", default=None, help="where to write (default: /kaggle/working in a kernel)")
+    kernel_cmd.set_defaults(func=cmd_kernel)
+    stage("kernel-push", cmd_kernel_push, "push kernel/<pipeline>/ to Kaggle, which runs it")
     backbones = sub.add_parser("backbones", help="list the registered backbones", parents=[common])
     backbones.set_defaults(func=cmd_backbones)
     return parser

@@ -12,5 +12,6 @@ file (under ``artifacts/<pipeline>/``)      module                 written by ->
 ``models/<m>/reference.npz``                ``reference``          predict -> predict --images
 ``stack/`` (``chosen.json``, ``level2/``)   ``stack_output``       stack -> stack, submit,
                                                                    predict --images
+``bundle/<p>/foldstack-bundle.json``        ``bundle_file``        bundle -> kernel
 =========================================  =====================  ==============================
 """

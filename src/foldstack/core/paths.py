@@ -112,3 +112,13 @@ class Paths:
     @property
     def submissions(self) -> Path:
         return self.root / "submissions" / self.pipeline
+
+    @property
+    def bundle(self) -> Path:
+        """The folder ``make bundle`` fills, uploaded as one Kaggle dataset."""
+        return self.root / "bundle" / self.pipeline
+
+    @property
+    def kernel(self) -> Path:
+        """The inference kernel ``make kernel-push`` pushes: its script and ``kernel-metadata.json``."""
+        return self.root / "kernel" / self.pipeline

