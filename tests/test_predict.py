@@ -239,3 +239,21 @@ def test_a_new_test_set_is_predicted_stacked_and_submitted_without_training(trai
     submission = sorted((root / "submissions" / "tiny").glob("tiny-*.csv"))[-1]
     assert pd.read_csv(submission, dtype=str)["id"].tolist() == ids
     assert "skip cnn: test predictions up to date" in stage("predict")
+
+
+def test_explain_writes_each_images_heatmap_beside_its_prediction(trained, capsys, tmp_path: Path) -> None:
+    root, _ = trained
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for name in sorted((root / "data" / "tiny" / "test").glob("*.png"))[:3]:
+        shutil.copy(name, folder / name.name)
+    code, _, err = run(trained, capsys, "--images", str(folder), "--out", str(tmp_path / "few.csv"), "--explain")
+    assert code == 0, err
+    frame = pd.read_csv(tmp_path / "few.csv")
+    assert len(frame) == 3 and frame["heatmap"].str.startswith("few-explain/").all()
+    for picture in frame["heatmap"]:
+        with Image.open(tmp_path / picture) as image:
+            assert image.size[0] > 100 and image.size[1] > 50
+    assert sorted(p.name for p in (tmp_path / "few-explain").iterdir()) == sorted(Path(p).name for p in frame["heatmap"])
+    code, _, err = run(trained, capsys, "--explain")  # without --images there is nothing to explain
+    assert code == 2 and "--explain go with --images" in err

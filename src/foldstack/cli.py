@@ -52,12 +52,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     cfg, paths = _load(args)
     if args.images is None:
-        if args.out is not None or args.skip_unreadable:
-            raise FoldstackError("predict: --out and --skip-unreadable go with --images DIR")
+        if args.out is not None or args.skip_unreadable or args.explain:
+            raise FoldstackError("predict: --out, --skip-unreadable and --explain go with --images DIR")
         predict.run(cfg, paths, workers=args.workers)
         return
     predict.images(cfg, paths, Path(args.images), Path(args.out or "predictions.csv"),
-                   skip_unreadable=args.skip_unreadable, workers=args.workers)
+                   skip_unreadable=args.skip_unreadable, workers=args.workers, explain=args.explain)
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "--images DIR predicts a folder of images with the models and the stack")
     predict_parser.add_argument("--images", metavar="DIR", help="a folder of images (sub-folders too) to predict")
     predict_parser.add_argument("--out", metavar="FILE", help="--images: the CSV to write (default: predictions.csv)")
+    predict_parser.add_argument("--explain", action="store_true",
+                                help="--images: write each image's Grad-CAM heatmap into <out>-explain/")
     predict_parser.add_argument("--skip-unreadable", action="store_true",
                                 help="--images: predict the readable images, warn about the others")
     predict_parser.add_argument("--workers", type=int, default=None, help="input-pipeline threads")

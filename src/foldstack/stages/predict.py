@@ -28,15 +28,16 @@ from tqdm.auto import tqdm
 from foldstack.contracts import fold_done, folds_file, predictions, reference, stack_output
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, shorten
-from foldstack.core.files import write_csv
+from foldstack.core.files import atomic_dir, write_csv
 from foldstack.core.metrics import hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
 from foldstack.data.images import load_rgb, resize
 from foldstack.data.labels import Classes
+from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import BEST, PredictTask, digest, features_key, recipe_fingerprint
+from foldstack.training.fold_task import BEST, FoldTask, PredictTask, digest, features_key, recipe_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,13 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unreadable: bool = False,
-           workers: int | None = None) -> pd.DataFrame:
+           workers: int | None = None, explain: bool = False) -> pd.DataFrame:
     """Predict every image under ``folder`` with every model's folds and the saved stack; write
     ``out``, a CSV: ``image`` (the path under ``folder``), ``label``, one probability column per
     class, ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
-    ``unfamiliar``. Images unlike the training images are named in a warning.
+    ``unfamiliar``. Images unlike the training images are named in a warning. With ``explain``,
+    each image's Grad-CAM heatmap (see :func:`explain`) goes into a folder beside ``out`` and
+    its path into a ``heatmap`` column.
 
     Raises:
         DataError: the folder is missing or empty, an image is unreadable (unless
@@ -209,6 +212,9 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
     frame = _table(folder, files, fitted.classes, proba, distance, known)
+    if explain:
+        frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
+                                    frame, out)
     write_csv(out, frame)
     seconds = time.perf_counter() - started
     print(f"predicted {len(files)} images in {seconds:.1f} s ({len(files) / seconds:.1f} images/s) -> {out}")
@@ -220,6 +226,29 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
         log.warning("%d of %d image(s) look unlike the training images (distance above %.3f); their "
                     "predictions are guesses: %s", len(strange), len(frame), known.threshold, shorten(strange))
     return frame
+
+
+def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir: Path, images: np.ndarray,
+             frame: pd.DataFrame, out: Path) -> list[str]:
+    """Each image's Grad-CAM by the first model's fold 0, for the class the stack predicts
+    (multilabel: the network's own top class), as a PNG in ``<out stem>-explain/``; their paths
+    relative to ``out``'s folder."""
+    # Explaining needs the fold's weights and recipe, not its rows: no labels, no indices.
+    task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=np.zeros(0, dtype=np.int64),
+                    n_classes=len(classes), train_index=np.zeros(0, dtype=np.int64),
+                    valid_index=np.zeros(0, dtype=np.int64), augment=cfg.augment, caches={}, fold_dir=fold_dir,
+                    seed=cfg.seed)
+    names = list(classes.names)
+    target = None if classes.multilabel else np.array([names.index(label) for label in frame["label"]])
+    result = isolate.call(f"{WORKER}:explain_images", task, images, target)
+    folder = out.with_name(f"{out.stem}-explain")
+    pictures = [f"{Path(image).with_suffix('').as_posix().replace('/', '__')}.png" for image in frame["image"]]
+    with atomic_dir(folder) as tmp:
+        for image, heatmap, cls, picture, name in zip(images, result["heatmaps"], result["classes"], pictures,
+                                                      frame["image"]):
+            overlay(image, heatmap, tmp / picture, title=f"{name}: where {names[int(cls)]} shows")
+    log.info("Grad-CAM of %d image(s) by %s fold 0 -> %s", len(pictures), model.name, folder)
+    return [f"{folder.name}/{picture}" for picture in pictures]
 
 
 def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple[list[Path], dict[int, np.ndarray]]:
