@@ -16,7 +16,7 @@ from foldstack import cli
 from foldstack.backbones import pretrained
 from foldstack.backbones.efficientnet_lite import weights_cache_dir
 from foldstack.contracts import bundle_file, fold_done, manifest
-from foldstack.core.errors import DataError
+from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.stages import bundle
 
@@ -57,6 +57,27 @@ def trained_tree(root: Path, **model_changes) -> tuple:
     return cfg, paths, pipeline_file
 
 
+def build(cfg, paths: Paths, pipeline_file: Path, **options) -> Path:
+    """``bundle.run``, shipping no third-party wheel unless ``requirements`` is given (tests have no network)."""
+    if "requirements" not in options:
+        options["requirements"] = paths.root / "no-requirements.txt"
+        options["requirements"].write_text("# nothing to ship\n")
+    return bundle.run(cfg, paths, pipeline_file, **options)
+
+
+def wheel(folder: Path, name: str, version: str) -> Path:
+    """A tiny pure-Python wheel of ``name`` (one module saying its version), written by hand: milliseconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}.py", f"VERSION = {version!r}\n")
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return path
+
+
 def relative_files(folder: Path) -> set[str]:
     return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
 
@@ -64,11 +85,12 @@ def relative_files(folder: Path) -> set[str]:
 def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> None:
     cfg, paths, pipeline_file = trained_tree(tmp_path)
     src_before, had_build = sorted((SOURCE_TREE / "src").iterdir()), (SOURCE_TREE / "build").exists()
-    folder = bundle.run(cfg, paths, pipeline_file)
+    folder = build(cfg, paths, pipeline_file)
 
     art = "artifacts/tiny/"
     assert relative_files(folder) == {
-        "foldstack-bundle.json", "dataset-metadata.json", "pipeline.yaml", "wheels/foldstack-0.1.0-py3-none-any.whl",
+        "foldstack-bundle.json", "dataset-metadata.json", "pipeline.yaml", "requirements.txt",
+        "wheels/foldstack-0.1.0-py3-none-any.whl",
         f"{art}folds.csv", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
         f"{art}oof/m.parquet",
         *(f"{art}models/m/fold{k}/{name}" for k in (0, 1) for name in ("best.weights.h5", "done.json", "log.csv")),
@@ -77,6 +99,7 @@ def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> N
     assert (folder / "pipeline.yaml").read_text() == pipeline_file.read_text()
     record = bundle_file.read(folder)
     assert record["pipeline"] == "tiny" and record["wheels"] == ["foldstack-0.1.0-py3-none-any.whl"]
+    assert record["requirements"] == [] and (folder / "requirements.txt").read_text() == ""
     assert record["weights"] == {"keras": [], "foldstack": []}  # weights: none loads no ImageNet file
 
     # The wheel is built from this source tree, and the build leaves nothing in it.
@@ -92,11 +115,48 @@ def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> N
     script = (paths.kernel / kernel["code_file"]).read_text()
     ast.parse(script)
     assert '"--no-index", "--no-build-isolation"' in script and '"foldstack.cli", "kernel"' in script
+    assert '"-r", str(requirements), str(wheels / foldstack)' in script
 
     # A kernel whose attached bundle lacks a wheel is stopped with the wheel's name.
     (folder / "wheels" / record["wheels"][0]).unlink()
     with pytest.raises(DataError, match="lacks the wheel wheels/foldstack-0.1.0-py3-none-any.whl"):
         bundle_file.read(folder)
+
+
+def test_bundle_ships_the_pinned_requirements_but_those_left_out(tmp_path: Path) -> None:
+    """Every pin of requirements.txt but the left-out ones (tensorflow) travels as a wheel, taken
+    here from a --find-links folder; the bundle's requirements.txt names them. A wheel or pin the
+    bundle then lacks is named in one line; so is a pin no folder holds, at build time."""
+    cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
+    links = tmp_path / "links"
+    for name, version in (("alpha", "1.0"), ("beta", "2.0"), ("beta", "1.0"), ("tensorflow", "9.9")):
+        wheel(links, name, version)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# pinned\nalpha==1.0\nbeta==2.0  # the image has 1.0\ntensorflow==9.9\n")
+    folder = build(cfg, paths, pipeline_file, requirements=requirements, find_links=(links,))
+    record = bundle_file.read(folder)
+    assert record["requirements"] == ["alpha==1.0", "beta==2.0"]
+    assert (folder / "requirements.txt").read_text() == "alpha==1.0\nbeta==2.0\n"
+    assert record["wheels"] == ["alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl",
+                                "foldstack-0.1.0-py3-none-any.whl"]
+    # --wheel ships a left-out one all the same; --leave-out leaves another out.
+    folder = build(cfg, paths, pipeline_file, requirements=requirements, find_links=(links,), wheels=("TensorFlow",),
+                   leave_out=("tensorflow", "beta"))
+    assert bundle_file.read(folder)["requirements"] == ["alpha==1.0", "tensorflow==9.9"]
+
+    (folder / "wheels" / "alpha-1.0-py3-none-any.whl").unlink()
+    with pytest.raises(DataError, match=r"^\S+: the bundle lacks the wheel wheels/alpha-1.0-py3-none-any.whl; "):
+        bundle_file.read(folder)
+    bundle_file.write(folder, {**record, "wheels": ["foldstack-0.1.0-py3-none-any.whl"], "requirements": ["gamma==3.1"]})
+    with pytest.raises(DataError, match=r"the bundle lacks the wheel of gamma==3.1 \(wheels/gamma-\*.whl\); build"):
+        bundle_file.read(folder)
+
+    requirements.write_text("alpha==1.0\ndelta==0.5\n")
+    with pytest.raises(FoldstackError, match=r"^pip could not get wheels for Python 3\.\d+: .*delta==0\.5$"):
+        build(cfg, paths, pipeline_file, requirements=requirements, find_links=(links,))
+    requirements.write_text("alpha>=1.0\n")
+    with pytest.raises(FoldstackError, match=r"'alpha>=1.0' is not pinned \(name==version\)"):
+        build(cfg, paths, pipeline_file, requirements=requirements, find_links=(links,))
 
 
 @pytest.mark.parametrize("breakage, message", [
@@ -111,14 +171,14 @@ def test_bundle_refuses_unfinished_training(tmp_path: Path, breakage, message: s
     paths.bundle.mkdir(parents=True)
     (paths.bundle / "earlier.txt").write_text("an earlier bundle")
     with pytest.raises(DataError, match=message):
-        bundle.run(cfg, paths, pipeline_file)
+        build(cfg, paths, pipeline_file)
     assert relative_files(paths.bundle) == {"earlier.txt"}  # the earlier bundle is left as it was
 
 
 def test_bundle_refuses_weights_of_another_recipe(tmp_path: Path) -> None:
     cfg, paths, pipeline_file = trained_tree(tmp_path, epochs=3)
     with pytest.raises(DataError, match=r"manifest.json: model 'm' was trained with another recipe \(epochs differ"):
-        bundle.run(cfg, paths, pipeline_file)
+        build(cfg, paths, pipeline_file)
 
 
 def test_the_bundle_carries_the_imagenet_files_the_backbone_reads(tmp_path: Path) -> None:
@@ -147,7 +207,7 @@ def test_kernel_lays_the_bundle_out_and_stops_at_a_failed_stage(tmp_path: Path, 
     into the caches (a file already cached is kept), then predict -> stack -> submit; a stage that
     fails (here `predict`: these stand-in weights are no model) stops it in one line, no submission."""
     cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
-    folder = bundle.run(cfg, paths, pipeline_file)
+    folder = build(cfg, paths, pipeline_file)
     for name, content in (("lite.weights.h5", b"imagenet"), ("cached.weights.h5", b"from the bundle")):
         (folder / "weights" / "foldstack").mkdir(parents=True, exist_ok=True)
         (folder / "weights" / "foldstack" / name).write_bytes(content)

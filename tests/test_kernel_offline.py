@@ -94,8 +94,10 @@ def test_kernel_predicts_a_new_test_set_offline_as_the_training_machine_does(tmp
     train_env = {**kernel_like, "FOLDSTACK_KAGGLE_INPUT": str(tmp_path / "input-original"),
                  "FOLDSTACK_KAGGLE_WORKING": str(trained)}
     common = ["--pipeline", str(tmp_path / "tiny.yaml"), "--root", str(trained)]
+    (tmp_path / "no-requirements.txt").write_text("")  # the image has every requirement; no network here
     for stage in ("folds", "train", "predict", "stack", "bundle"):
-        foldstack(stage, *common, env=train_env)
+        extra = ("--requirements", str(tmp_path / "no-requirements.txt")) if stage == "bundle" else ()
+        foldstack(stage, *common, *extra, env=train_env)
     bundle = trained / "bundle" / "tiny"
     done_files = {path: path.read_bytes() for path in (trained / "artifacts" / "tiny" / "models").rglob("done.json")}
 

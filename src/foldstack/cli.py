@@ -88,7 +88,9 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     if args.upload and not args.message:
         raise FoldstackError("bundle --upload needs version notes: -m 'what changed'")
     folder = bundle.run(cfg, paths, _pipeline_path(args.pipeline), owner=args.owner, wheels=tuple(args.wheel or ()),
-                        find_links=tuple(Path(link) for link in args.find_links or ()), python=args.python)
+                        find_links=tuple(Path(link) for link in args.find_links or ()), python=args.python,
+                        requirements=Path(args.requirements) if args.requirements else None,
+                        leave_out=(*bundle.LEAVE_OUT, *(args.leave_out or ())))
     if args.upload:
         print(kaggle.publish_dataset(folder, args.message))
 
@@ -167,8 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_cmd.add_argument("-m", "--message", help="the new version's notes on Kaggle")
     bundle_cmd.add_argument("--owner", help="Kaggle user owning the dataset and kernel (default: the signed-in one)")
     bundle_cmd.add_argument("--wheel", action="append", metavar="REQUIREMENT",
-                            help="also ship this requirement's wheel (the kernel image lacks it); repeatable")
-    bundle_cmd.add_argument("--find-links", action="append", metavar="DIR", help="take those wheels from DIR")
+                            help="ship this requirement too, though left out by default "
+                                 f"({', '.join(bundle.LEAVE_OUT)}); repeatable")
+    bundle_cmd.add_argument("--leave-out", action="append", metavar="REQUIREMENT",
+                            help="do not ship this requirement (the kernel image has it at a version that works); "
+                                 "repeatable")
+    bundle_cmd.add_argument("--requirements", metavar="FILE",
+                            help="the pins to ship (default: the checkout's requirements.txt)")
+    bundle_cmd.add_argument("--find-links", action="append", metavar="DIR",
+                            help="take the wheels from DIR, not the package index")
     bundle_cmd.add_argument("--python", help="the kernel's Python version, e.g. 3.11 (default: this one)")
     kernel_cmd = sub.add_parser("kernel", parents=[common],
                                 help="in a Kaggle kernel: predict, stack and submit with an attached bundle")

@@ -1,34 +1,40 @@
 """``foldstack-bundle.json``: what a bundle holds, written by the bundle stage, read by the kernel.
 
 The record names the pipeline, the foldstack version, the Python the wheels were chosen for, every
-wheel (the kernel installs exactly these, offline) and every pretrained weight file with the cache
-it goes back to. :func:`read` checks that each listed wheel and weight file is in the folder, so a
-kernel whose attached bundle lacks a file stops with one line naming it, before installing or
-predicting anything.
+wheel, the requirement pins the bundle ships and every pretrained weight file with the cache it
+goes back to. Beside it, ``requirements.txt`` holds those pins, one a line, for the kernel's
+``pip install --no-index --find-links wheels -r requirements.txt``: pip keeps each one the image
+already has at the pin and installs the others from ``wheels/``. :func:`read` checks that each
+listed wheel and weight file is in the folder and that each pin has its wheel, so a kernel whose
+attached bundle lacks a file stops with one line naming it, before installing or predicting anything.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from foldstack.core.errors import DataError
-from foldstack.core.files import write_json
+from foldstack.core.files import write_json, write_text
 
 NAME = "foldstack-bundle.json"
-FORMAT = 1
+FORMAT = 2  # 2: requirements.txt and the record's "requirements"
 WHEELS = "wheels"
+REQUIREMENTS = "requirements.txt"
 WEIGHTS = "weights"
 ARTIFACTS = "artifacts"
 PIPELINE = "pipeline.yaml"
 
 
 def write(folder: Path, record: dict) -> None:
-    """Write the bundle's record. ``record`` holds ``pipeline``, ``foldstack``, ``python``,
-    ``wheels`` (file names under ``wheels/``) and ``weights`` (``{kind: [file names]}``)."""
-    missing = {"pipeline", "foldstack", "python", "wheels", "weights"} - record.keys()
+    """Write the bundle's record and its ``requirements.txt``. ``record`` holds ``pipeline``,
+    ``foldstack``, ``python``, ``wheels`` (file names under ``wheels/``), ``requirements`` (pins
+    such as ``keras==3.15.1``, each with its wheel there) and ``weights`` (``{kind: [file names]}``)."""
+    missing = {"pipeline", "foldstack", "python", "wheels", "requirements", "weights"} - record.keys()
     if missing:
         raise ValueError(f"{NAME} needs {', '.join(sorted(missing))}")
+    write_text(folder / REQUIREMENTS, "".join(f"{pin}\n" for pin in record["requirements"]))
     write_json(folder / NAME, {"format": FORMAT, **record})
 
 
@@ -45,7 +51,8 @@ def read(folder: Path) -> dict:
     """The record of the bundle in ``folder``, after checking every file it lists is there.
 
     Raises:
-        DataError: no record, a record of another format, or a listed wheel or weight file missing.
+        DataError: no record, a record of another format, a listed wheel or weight file missing, or
+            a pin of ``requirements.txt`` without its wheel.
     """
     path = Path(folder) / NAME
     try:
@@ -61,9 +68,35 @@ def read(folder: Path) -> dict:
         if not (folder / WHEELS / name).is_file():
             raise DataError(f"{folder}: the bundle lacks the wheel {WHEELS}/{name}; "
                             "build and upload the bundle again")
+    try:
+        pins = (Path(folder) / REQUIREMENTS).read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        raise DataError(f"{folder}: the bundle lacks {REQUIREMENTS}; build and upload the bundle again") from None
+    shipped = {wheel_pin(path.name) for path in (Path(folder) / WHEELS).glob("*.whl")}
+    for pin in pins:
+        if normal_pin(pin) not in shipped:
+            raise DataError(f"{folder}: the bundle lacks the wheel of {pin} ({WHEELS}/{pin.split('==')[0]}-*.whl); "
+                            "build and upload the bundle again")
     for kind, names in record["weights"].items():
         for name in names:
             if not (folder / WEIGHTS / kind / name).is_file():
                 raise DataError(f"{folder}: the bundle lacks the weight file {WEIGHTS}/{kind}/{name}; "
                                 "build and upload the bundle again")
     return record
+
+
+def normal_name(name: str) -> str:
+    """A distribution's name as pip compares them: ``Foo_Bar.baz`` -> ``foo-bar-baz``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def normal_pin(pin: str) -> str:
+    """``Foo_Bar==1.0`` -> ``foo-bar==1.0``."""
+    name, _, version = pin.partition("==")
+    return f"{normal_name(name.strip())}=={version.strip()}"
+
+
+def wheel_pin(file_name: str) -> str:
+    """The pin a wheel file satisfies: ``foo_bar-1.0-py3-none-any.whl`` -> ``foo-bar==1.0``."""
+    name, version = file_name.split("-")[:2]
+    return f"{normal_name(name)}=={version}"

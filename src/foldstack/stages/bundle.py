@@ -3,8 +3,10 @@ kernel installs foldstack and predicts a hidden test set; and beside it the kern
 
 ``bundle/<pipeline>/`` holds:
 
-* ``wheels/``: the foldstack wheel, and the wheels of the requirements named with ``wheels``
-  (those a Kaggle image lacks or has at an incompatible version), for the kernel's Python;
+* ``wheels/``: the foldstack wheel and, for the kernel's Python, the wheels of every requirement
+  ``requirements.txt`` pins (but those of :data:`LEAVE_OUT`) and of their own dependencies;
+* ``requirements.txt``: those pins, for the kernel's ``pip install -r``, which keeps each one the
+  image already has at the pin and installs the others from ``wheels/``;
 * ``pipeline.yaml``: the pipeline, as written;
 * ``artifacts/<pipeline>/``: ``folds.csv``, ``models/`` (each fold's best weights, ``done.json``,
   log and the model's manifest; no ``backup-*``, ``features/`` or per-phase weights), ``oof/`` and
@@ -47,10 +49,23 @@ KERNEL_SCRIPT = "foldstack_kernel.py"
 SOURCE_TREE = Path(__file__).resolve().parents[3]
 #: Files of a fold folder that inference never reads: resume points and per-phase checkpoints.
 NOT_FOR_INFERENCE = ("backup-*", "features", "phase-*", ".*")
+#: Requirements the bundle leaves out unless named with ``wheels`` (``foldstack bundle --wheel``):
+#: a Kaggle GPU image carries them and foldstack needs no particular version of them. TensorFlow's
+#: wheel alone is about 600 MB, and the image's build is the one matched to its CUDA and cuDNN (a
+#: PyPI wheel of another version would run on the CPU or bring gigabytes of nvidia-* wheels); Keras
+#: 3, shipped at its pin, runs on the image's TensorFlow. Everything else is shipped at its pin:
+#: the fitted level-two model is a scikit-learn or LightGBM pickle, read back only by the version
+#: that wrote it, and the others are small.
+LEAVE_OUT = ("tensorflow",)
+#: The platforms the wheels are chosen for: a Kaggle image runs x86-64 Linux with glibc 2.35
+#: (Ubuntu 22.04). pip's ``manylinux2014`` alone (glibc 2.17, with 2010 and 1) would miss the
+#: wheels built only for a newer glibc (``manylinux_2_28``).
+PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)), "manylinux2014_x86_64")
 
 
 def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | None = None,
-        wheels: tuple[str, ...] = (), find_links: tuple[Path, ...] = (), python: str | None = None) -> Path:
+        wheels: tuple[str, ...] = (), find_links: tuple[Path, ...] = (), python: str | None = None,
+        requirements: Path | None = None, leave_out: tuple[str, ...] = LEAVE_OUT) -> Path:
     """Build ``paths.bundle`` and ``paths.kernel``; returns the bundle folder.
 
     Everything is checked before anything is written, and both folders are built beside their
@@ -61,9 +76,11 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
         paths: its folders.
         pipeline_file: the YAML ``cfg`` was read from, copied into the bundle.
         owner: the Kaggle user owning the dataset and the kernel (default: filled in at upload).
-        wheels: requirement names to ship as wheels too, at the version ``requirements.txt`` pins.
-        find_links: folders to take those wheels from instead of the package index.
+        wheels: requirement names of ``leave_out`` to ship all the same, at their pins.
+        find_links: folders to take the wheels from instead of the package index.
         python: the kernel's Python version (``3.11``) the wheels are chosen for; default this one.
+        requirements: the pins to ship; default this checkout's ``requirements.txt``.
+        leave_out: requirement names not shipped (the image has them; see :data:`LEAVE_OUT`).
 
     Raises:
         DataError: training or stacking has not finished, or was done with another recipe.
@@ -75,7 +92,8 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
     owner = owner or OWNER_PLACEHOLDER
     dataset = f"{owner}/{_slug(f'foldstack-{cfg.name}')}"
     with atomic_dir(paths.bundle) as folder:
-        shipped = _wheels(folder / bundle_file.WHEELS, wheels, find_links, python)
+        shipped, pins = _wheels(folder / bundle_file.WHEELS, requirements or SOURCE_TREE / "requirements.txt",
+                                wheels, leave_out, find_links, python)
         weights = _pretrained_weights(cfg, folder / bundle_file.WEIGHTS)
         for relative in tqdm(files, desc="bundle", unit="file", disable=None):
             target = folder / bundle_file.ARTIFACTS / cfg.name / relative
@@ -83,7 +101,7 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
             shutil.copy2(paths.artifacts / relative, target)  # mtimes kept: predict reads them as up to date
         shutil.copy2(pipeline_file, folder / bundle_file.PIPELINE)
         bundle_file.write(folder, {"pipeline": cfg.name, "foldstack": metadata.version("foldstack"),
-                                   "python": python, "wheels": shipped, "weights": weights})
+                                   "python": python, "wheels": shipped, "requirements": pins, "weights": weights})
         write_json(folder / "dataset-metadata.json", {
             "id": dataset, "title": f"foldstack {cfg.name}"[:50], "licenses": [{"name": "CC0-1.0"}],
             "subtitle": f"foldstack models, wheels and weights for {cfg.name}"[:80],
@@ -157,19 +175,37 @@ def _pretrained_weights(cfg: PipelineConfig, folder: Path) -> dict[str, list[str
 # --- wheels -----------------------------------------------------------------------------------
 
 
-def _wheels(folder: Path, names: tuple[str, ...], find_links: tuple[Path, ...], python: str) -> list[str]:
-    """The foldstack wheel and those of ``names`` in ``folder``; their file names."""
+def _wheels(folder: Path, requirements: Path, also: tuple[str, ...], leave_out: tuple[str, ...],
+            find_links: tuple[Path, ...], python: str) -> tuple[list[str], list[str]]:
+    """The foldstack wheel, and those of the pins of ``requirements`` but ``leave_out`` (less
+    ``also``) with their dependencies, in ``folder``; their file names, and the pins shipped.
+
+    The dependencies come too (pip resolves them for the kernel's Python and platform): a pinned
+    requirement newer than the image's may need newer dependencies than the image has. The
+    kernel's ``pip install -r`` takes from ``wheels/`` only what the image does not satisfy.
+    """
     folder.mkdir(parents=True)
     _foldstack_wheel(folder)
-    if names:
-        pins = _pins(SOURCE_TREE / "requirements.txt")
-        unknown = [name for name in names if _normal(name) not in pins]
-        if unknown:
-            raise FoldstackError(f"--wheel {unknown[0]}: not a requirement in {SOURCE_TREE / 'requirements.txt'}")
+    pins = _pins(requirements)
+    unknown = [name for name in also if _normal(name) not in pins]
+    if unknown:
+        raise FoldstackError(f"--wheel {unknown[0]}: not a requirement in {requirements}")
+    left = {_normal(name) for name in leave_out} - {_normal(name) for name in also}
+    shipped = [pin for name, pin in pins.items() if name not in left]
+    loose = [pin for pin in shipped if not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!_-]+", pin)]
+    if loose:
+        raise FoldstackError(f"{requirements}: {loose[0]!r} is not pinned (name==version); the kernel installs pins")
+    if shipped:
         index = [arg for link in find_links for arg in ("--no-index", "--find-links", str(link))]
-        _pip("download", "--no-deps", "--only-binary=:all:", "--python-version", python, "--dest", str(folder),
-             *dict.fromkeys(index), *(pins[_normal(name)] for name in names), what=f"wheels for Python {python}")
-    return sorted(path.name for path in folder.glob("*.whl"))
+        platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+        _pip("download", "--only-binary=:all:", "--python-version", python, *platforms, "--dest", str(folder),
+             *dict.fromkeys(index), *shipped, what=f"wheels for Python {python}")
+    names = sorted(path.name for path in folder.glob("*.whl"))
+    have = {bundle_file.wheel_pin(name) for name in names}
+    missing = [pin for pin in shipped if bundle_file.normal_pin(pin) not in have]
+    if missing:  # pip found another version's wheel name, or none: say so here, not in the kernel
+        raise FoldstackError(f"pip fetched no wheel named for {missing[0]} into {folder}")
+    return names, shipped
 
 
 def _foldstack_wheel(folder: Path) -> None:
@@ -203,8 +239,7 @@ def _pins(requirements: Path) -> dict[str, str]:
     return pins
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+_normal = bundle_file.normal_name
 
 
 def _slug(text: str) -> str:
@@ -239,6 +274,7 @@ submission is copied to /kaggle/working/submission.csv."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,6 +284,10 @@ BUNDLE_FILE = "{BUNDLE_FILE}"
 
 def fail(message):
     sys.exit(f"foldstack kernel: error: {message}")
+
+
+def pin(name, version):
+    return re.sub(r"[-_.]+", "-", name.strip()).lower() + "==" + version.strip()
 
 
 def find_bundle():
@@ -266,10 +306,17 @@ def main():
     missing = [name for name in names if not (wheels / name).is_file()]
     if missing:
         fail(f"the bundle {bundle} lacks the wheel wheels/{missing[0]}; build and upload it again")
-    # --no-index: nothing comes from the Internet; --no-build-isolation: nothing is built.
+    requirements = bundle / "requirements.txt"
+    have = {pin(*name.split("-")[:2]) for name in names}
+    missing = [line for line in requirements.read_text(encoding="utf-8").split() if pin(*line.split("==")) not in have]
+    if missing:
+        fail(f"the bundle {bundle} lacks the wheel of {missing[0]}; build and upload it again")
+    (foldstack,) = [name for name in names if name.startswith("foldstack-")]
+    # --no-index: nothing comes from the Internet; --no-build-isolation: nothing is built. pip keeps
+    # each pinned requirement the image already has at its pin and installs the others from wheels/.
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                            "--no-index", "--no-build-isolation", "--find-links", str(wheels),
-                           *(str(wheels / name) for name in names)], capture_output=True, text=True)
+                           "-r", str(requirements), str(wheels / foldstack)], capture_output=True, text=True)
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or done.stderr.splitlines()
         fail(f"installing foldstack from {wheels} offline failed: {lines[0] if lines else done.returncode}")
