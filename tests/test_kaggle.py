@@ -235,8 +235,9 @@ def test_no_credentials_says_where_to_put_them(standin, paths):
 def test_submit_uploads_and_reports_the_score(standin, env_credentials, tmp_path):
     file = tmp_path / "submission.csv"
     file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
-    status = kaggle.submit(pipeline(COMPETITION), file, "stacked lgbm", interval_s=0)
-    assert "complete" in status and standin.public_score in status
+    submitted = kaggle.submit(pipeline(COMPETITION), file, "stacked lgbm", interval_s=0)
+    assert "complete" in submitted.status and standin.public_score in submitted.status
+    assert submitted.public_score == float(standin.public_score)
     assert list(standin.uploads.values()) == [file.read_bytes()]
     assert standin.submissions[0]["description"] == "stacked lgbm"
 
@@ -255,8 +256,9 @@ def test_submit_still_pending_after_its_polls(standin, env_credentials, tmp_path
     standin.statuses = ["PENDING"]
     file = tmp_path / "submission.csv"
     file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
-    status = kaggle.submit(pipeline(COMPETITION), file, "m", polls=3, interval_s=0)
-    assert "still being scored" in status and standin.listings == 3
+    submitted = kaggle.submit(pipeline(COMPETITION), file, "m", polls=3, interval_s=0)
+    assert "still being scored" in submitted.status and standin.listings == 3
+    assert submitted.public_score is None
 
 
 @pytest.mark.parametrize("gives_ref", [True, False])
@@ -267,9 +269,10 @@ def test_submit_never_reports_another_submissions_score(standin, env_credentials
     standin.someone_elses = {"status": "COMPLETE", "publicScore": "0.99999", "description": "other"}
     file = tmp_path / "submission.csv"
     file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
-    status = kaggle.submit(pipeline(COMPETITION), file, "m", polls=2, interval_s=0)
-    assert "0.99999" not in status and "complete" not in status
-    assert ("still being scored" if gives_ref else "no reference") in status
+    submitted = kaggle.submit(pipeline(COMPETITION), file, "m", polls=2, interval_s=0)
+    assert "0.99999" not in submitted.status and "complete" not in submitted.status
+    assert submitted.public_score is None
+    assert ("still being scored" if gives_ref else "no reference") in submitted.status
 
 
 def test_submit_command_prints_what_kaggle_answered(standin, env_credentials, tmp_path, monkeypatch, capfd):
@@ -283,13 +286,15 @@ def test_submit_command_prints_what_kaggle_answered(standin, env_credentials, tm
     (tmp_path / "dogs.yaml").write_text(yaml.safe_dump({
         "name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION},
         "models": [{"name": "m", "backbone": "mobilenet_v2"}]}))
-    monkeypatch.setattr("foldstack.stages.submit.run", lambda cfg, paths, upload: upload(file))
+    scores = []
+    monkeypatch.setattr("foldstack.stages.submit.run", lambda cfg, paths, upload: scores.append(upload(file)))
     monkeypatch.setattr("foldstack.data.kaggle.time.sleep", lambda seconds: None)
     code = cli.main(["submit", "--upload", "-m", "first try", "--pipeline", str(tmp_path / "dogs.yaml"),
                      "--root", str(tmp_path / "project")])
     out = capfd.readouterr().out
     assert code == 0 and f"submitted to {SLUG}: complete, public score {standin.public_score}" in out
     assert KEY not in out and TOKEN not in out
+    assert scores == [float(standin.public_score)]  # handed to the submit stage for index.csv
 
 
 def test_submit_needs_a_competition_and_a_file(home, tmp_path):

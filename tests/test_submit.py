@@ -178,6 +178,15 @@ def test_run_writes_a_named_file_scores_it_and_calls_upload(tmp_path: Path, caps
     assert "CV log_loss 0.6123 +/- 0.0200 (mean)" in out and f"local LB log_loss {lb:.4f}" in out
 
 
+def test_run_records_the_public_score_the_upload_returns(tmp_path: Path) -> None:
+    cfg, paths = pipeline(tmp_path)
+    path = submit.run(cfg, paths, upload=lambda written: 0.5123)
+    index = pd.read_csv(paths.submissions / "index.csv")
+    assert index["file"].tolist() == [path.name] and index["public_lb"].tolist() == [0.5123]
+    submit.run(cfg, paths, upload=lambda written: None)  # not scored yet: the row has no public score
+    assert pd.read_csv(paths.submissions / "index.csv")["public_lb"].isna().all()
+
+
 def test_run_without_a_solution_prints_no_local_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg, paths = pipeline(tmp_path, solution=False)
     submit.run(cfg, paths)

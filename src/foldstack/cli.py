@@ -72,8 +72,10 @@ def cmd_submit(args: argparse.Namespace) -> None:
         if not args.message:
             raise FoldstackError("submit --upload needs a message: -m 'what this submission is'")
 
-        def upload(path: Path) -> None:
-            print(kaggle.submit(cfg, path, args.message))
+        def upload(path: Path) -> float | None:
+            submitted = kaggle.submit(cfg, path, args.message)
+            print(submitted.status)
+            return submitted.public_score
 
     submit.run(cfg, paths, upload=upload)
 

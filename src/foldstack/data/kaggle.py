@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
@@ -110,8 +111,16 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What Kaggle said of an upload: one line for a person, and the public score once scored."""
+
+    status: str
+    public_score: float | None = None
+
+
 def submit(cfg: PipelineConfig, file: Path, message: str, polls: int = 3,
-           interval_s: float = 10.0) -> str:
+           interval_s: float = 10.0) -> Submitted:
     """Upload ``file`` as a submission to the pipeline's competition and report how it scored.
 
     Polls the competition's submission list up to ``polls`` times, ``interval_s`` apart, until
@@ -125,7 +134,8 @@ def submit(cfg: PipelineConfig, file: Path, message: str, polls: int = 3,
         interval_s: seconds between two polls.
 
     Returns:
-        One line: the submission's status and, once scored, its public score.
+        One line for a person (the status and, once scored, the public score) and the public
+        score as a number where Kaggle gave one.
 
     Raises:
         KaggleError: the upload or the submission failed, or Kaggle could not score the file.
@@ -444,7 +454,7 @@ def _fetch(api: KaggleApi, source: Any, folder: Path) -> None:
 # --- submitting -----------------------------------------------------------------------------------
 
 
-def _poll_status(api: KaggleApi, slug: str, ref: int, polls: int, interval_s: float) -> str:
+def _poll_status(api: KaggleApi, slug: str, ref: int, polls: int, interval_s: float) -> Submitted:
     """Ask for submission ``ref``'s status until it is scored or ``polls`` run out.
 
     Only the submission with this very ``ref`` counts: the newest one listed may be another
@@ -454,7 +464,7 @@ def _poll_status(api: KaggleApi, slug: str, ref: int, polls: int, interval_s: fl
 
     page = f"https://www.kaggle.com/competitions/{slug}/submissions"
     if not ref:
-        return f"submitted to {slug}; Kaggle gave no reference to follow its score, see {page}"
+        return Submitted(f"submitted to {slug}; Kaggle gave no reference to follow its score, see {page}")
     submission = None
     for attempt in range(max(polls, 1)):
         if attempt:
@@ -464,10 +474,19 @@ def _poll_status(api: KaggleApi, slug: str, ref: int, polls: int, interval_s: fl
         if submission is not None and submission.status != SubmissionStatus.PENDING:
             break
     if submission is None:
-        return f"submitted to {slug}; submission {ref} is not listed yet, see {page}"
+        return Submitted(f"submitted to {slug}; submission {ref} is not listed yet, see {page}")
     if submission.status == SubmissionStatus.PENDING:
-        return f"submitted to {slug}; still being scored, see {page}"
+        return Submitted(f"submitted to {slug}; still being scored, see {page}")
     if submission.status == SubmissionStatus.ERROR:
         raise KaggleError(f"Kaggle could not score the submission to {slug}: "
                           f"{submission.error_description or 'no reason given'} (see {page})")
-    return f"submitted to {slug}: complete, public score {submission.public_score}"
+    return Submitted(f"submitted to {slug}: complete, public score {submission.public_score}",
+                     _score(submission.public_score))
+
+
+def _score(text: str | None) -> float | None:
+    """Kaggle's public score (a string, empty while hidden) as a number, or None."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None

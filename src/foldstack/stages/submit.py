@@ -51,7 +51,7 @@ class Format:
     checks: tuple[Callable[[pd.DataFrame, pd.Series, tuple[str, ...], str], None], ...]
 
 
-def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], None] | None = None) -> Path:
+def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], float | None] | None = None) -> Path:
     """Write the submission of the stack stage's chosen candidate and return its path.
 
     The file is ``submissions/<pipeline>/<pipeline>-<candidate>-cv<score>.csv``; it is validated
@@ -61,7 +61,8 @@ def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], None] | None
     Args:
         cfg: the pipeline.
         paths: its folders.
-        upload: called with the written file's path, when given (e.g. a Kaggle upload).
+        upload: called with the written file's path, when given (e.g. a Kaggle upload); the
+            public score it returns, if any, joins the file's row in ``index.csv``.
 
     Raises:
         DataError: the stack output, sample submission or solution is missing or disagrees on ids.
@@ -81,17 +82,21 @@ def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], None] | None
     path = paths.submissions / f"{cfg.name}-{chosen.name}-cv{chosen.cv_mean:.4f}.csv"
     write_csv(path, submission)
     local = _local_score(cfg, paths, proba)
-    submission_index.update(paths.submissions / submission_index.NAME, {
+    entry = {
         "file": path.name, "candidate": chosen.name, "metric": chosen.metric, "cv_mean": chosen.cv_mean,
         "cv_std": chosen.cv_std, "local_lb": local,
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+    }
+    index = paths.submissions / submission_index.NAME
+    submission_index.update(index, entry)
     print(f"wrote {path}")
     print(f"CV {chosen.metric} {chosen.cv_mean:.4f} +/- {chosen.cv_std:.4f} ({chosen.name})")
     if local is not None:
         print(f"local LB {chosen.metric} {local:.4f}")
     if upload is not None:
-        upload(path)
+        public = upload(path)
+        if public is not None:  # the report's CV-against-leaderboard plot reads it
+            submission_index.update(index, {**entry, "public_lb": public})
     return path
 
 
