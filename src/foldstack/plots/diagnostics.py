@@ -29,7 +29,8 @@ def training_curves(logs: dict[str, pd.DataFrame], metric: Metric, title: str, p
                           markeredgecolor="black", linestyle="none")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
     direction = "higher" if metric.greater_is_better else "lower"
-    score_ax.set(xlabel="epoch", ylabel=metric.name, title=f"held-out {metric.name} ({direction} is better; * best)")
+    score_ax.set(xlabel="epoch", ylabel=metric.name)
+    score_ax.set_title(f"held-out {metric.name}\n({direction} is better; star: best epoch)", fontsize=9)
     for ax in (loss_ax, score_ax):
         ax.grid(alpha=0.3)
         if ax.has_data():
