@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,11 +36,18 @@ from foldstack.data.images import load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import BEST, FoldTask, PredictTask, digest, features_key, recipe_fingerprint
+from foldstack.training.fold_task import (
+    BEST,
+    DEFAULT_WORKERS,
+    WORKER,
+    FoldTask,
+    PredictTask,
+    digest,
+    features_key,
+    recipe_fingerprint,
+)
 
 log = logging.getLogger(__name__)
-
-WORKER = "foldstack.training.worker"
 
 
 class Predictor:
@@ -50,7 +56,7 @@ class Predictor:
     def __init__(self, cfg: PipelineConfig, paths: Paths, workers: int | None = None):
         self.cfg = cfg
         self.paths = paths
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.classes = Classes.from_labels(self.folds["label"], cfg.task)
         self.folds_digest = folds_file.digest(self.folds)

@@ -36,11 +36,11 @@ from foldstack.data import tables
 from foldstack.data.cache import cached_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import FoldTask
+from foldstack.training.fold_task import WORKER, FoldTask
 
 log = logging.getLogger(__name__)
 
-EXPLAIN = "foldstack.training.worker:explain_images"
+EXPLAIN = f"{WORKER}:explain_images"
 NAME = "report.html"
 #: The most confidently wrong OOF images shown, for the stack.
 WORST = 18

@@ -12,7 +12,6 @@ an interrupted fold resumes from its last epoch.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,11 +30,9 @@ from foldstack.data.cache import cached_images
 from foldstack.data.labels import Classes
 from foldstack.runtime import isolate
 from foldstack.runtime.memory import memory_mb
-from foldstack.training.fold_task import FoldTask, features_key, recipe_fingerprint
+from foldstack.training.fold_task import DEFAULT_WORKERS, WORKER, FoldTask, features_key, recipe_fingerprint
 
 log = logging.getLogger(__name__)
-
-WORKER = "foldstack.training.worker"
 
 
 class Trainer:
@@ -44,7 +41,7 @@ class Trainer:
     def __init__(self, cfg: PipelineConfig, paths: Paths, workers: int | None = None):
         self.cfg = cfg
         self.paths = paths
-        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.workers = workers or DEFAULT_WORKERS
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,13 @@ import numpy as np
 
 from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.core.metrics import one_hot
+
+#: The module whose functions run a task in its own process (by name, through
+#: ``runtime.isolate.call``, so that the caller never imports Keras).
+WORKER = "foldstack.training.worker"
+
+#: Input-pipeline threads when the caller names none: a Kaggle kernel's four cores at most.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 #: A fold's best weights, in its folder: written by training, read by prediction and Grad-CAM.
 BEST = "best.weights.h5"
