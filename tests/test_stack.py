@@ -500,7 +500,7 @@ def test_saved_model_reproduces_the_test_file_and_is_applied_without_cv(tmp_path
     assert (paths.stack / "level2" / "logistic.pkl").is_file()
 
     def applied_by_the_saved_model() -> None:
-        fitted = stack_output.read_model(paths.stack)
+        fitted = stack_output.read_model(paths.stack, ("weak", "strong"))
         ids, X = predictions.load_test(paths, fitted.models, fitted.classes)
         written = pd.read_parquet(paths.stack / "test.parquet").set_index("id").loc[ids, list(fitted.classes.names)]
         np.testing.assert_allclose(written.to_numpy(), fitted.predict_proba(X), rtol=0, atol=1e-12)

@@ -97,11 +97,13 @@ def model_saved(folder: Path) -> bool:
     return chosen is not None and "classes" in chosen and (folder / LEVEL2 / f"{chosen['name']}.pkl").is_file()
 
 
-def read_model(folder: Path) -> FittedStack:
-    """The saved level-two model, with its base models and classes.
+def read_model(folder: Path, models: tuple[str, ...]) -> FittedStack:
+    """The saved level-two model, with its base models and classes, for a pipeline whose base
+    models are ``models`` (in order).
 
     Raises:
-        DataError: ``chosen.json`` or the model file is missing, or was written without them.
+        DataError: ``chosen.json`` or the model file is missing, was written without them, or
+            stacks other base models than ``models``.
     """
     chosen = read_chosen(folder)
     if chosen is None:
@@ -112,6 +114,9 @@ def read_model(folder: Path) -> FittedStack:
     # Our own file, written by the stack stage: the same trust as the model weights beside it.
     estimator = pickle.loads(path.read_bytes())
     classes = Classes(tuple(chosen["classes"]), multilabel=bool(chosen["multilabel"]))
+    if tuple(chosen["models"]) != tuple(models):
+        raise DataError(f"{folder / CHOSEN}: stacks models {', '.join(chosen['models'])} but the pipeline has "
+                        f"{', '.join(models)}; run the stack stage again with their OOF files")
     return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator)
 
 

@@ -2,10 +2,10 @@
 folds, and the leaderboard of their scores.
 
 CV is nested so that no label leaks into level two: for fold k a fresh candidate is fitted on
-the OOF rows of the other folds and predicts fold k. Test predictions average the K fitted
-candidates rather than refitting one on all rows: the test predictions then come from exactly
-the models whose CV is reported (a refit would be a model nobody scored, with LightGBM's number
-of rounds tuned for less data), and averaging K models reduces their variance for free.
+the OOF rows of the other folds and predicts fold k. CV scores the recipe; the stack stage then
+fits the chosen recipe on every OOF row and saves that model, so new test predictions need only
+the saved model (:mod:`foldstack.contracts.stack_output`). :meth:`CVResult.predict_proba`, the
+mean of the K fold models, stays for inspecting a CV run.
 
 What CV scores is what is submitted: single-label outputs are renormalised row by row
 (:func:`as_submitted`) before they are scored, not after.

@@ -195,12 +195,9 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     """
     started = time.perf_counter()
     files = image_files(folder)
-    fitted = stack_output.read_model(paths.stack)
+    fitted = stack_output.read_model(paths.stack, tuple(model.name for model in cfg.models))
     predictor = Predictor(cfg, paths, workers)
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
-    if fitted.models != tuple(dirs):
-        raise DataError(f"{paths.stack / stack_output.CHOSEN}: stacks models {', '.join(fitted.models)} but the "
-                        f"pipeline has {', '.join(dirs)}; run the stack stage again")
     sizes = sorted({model.image_size for model in cfg.models})
     files, arrays = _decode(files, sizes, skip_unreadable)
     first = cfg.models[0]

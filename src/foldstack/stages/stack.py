@@ -22,7 +22,6 @@ from tqdm import tqdm
 from foldstack.contracts import predictions, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
@@ -90,11 +89,8 @@ def apply(cfg: PipelineConfig, paths: Paths, unchanged: bool = True) -> pd.DataF
     Raises:
         DataError: no saved model, a model list other than the pipeline's, or bad test files.
     """
-    fitted = stack_output.read_model(paths.stack)
     models = tuple(model.name for model in cfg.models)
-    if fitted.models != models:
-        raise DataError(f"{paths.stack / stack_output.CHOSEN}: stacks models {', '.join(fitted.models)} but the "
-                        f"pipeline has {', '.join(models)}; run the stack stage with their OOF files")
+    fitted = stack_output.read_model(paths.stack, models)
     test_ids, test = predictions.load_test(paths, models, fitted.classes)
     stack_output.write_test(paths.stack, test_ids, fitted.classes, fitted.predict_proba(test))
     why = "OOF files unchanged since the last CV" if unchanged else "no OOF files"
