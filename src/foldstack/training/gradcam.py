@@ -23,7 +23,8 @@ from foldstack.core.errors import DataError
 from foldstack.runtime.gradients import input_gradient
 from foldstack.training.augment import compose
 from foldstack.training.fold_task import BEST, FoldTask
-from foldstack.training.network import build_network, create_backbone, features_network
+from foldstack.training.network import create_backbone, features_network
+from foldstack.training.regimes import image_network, without_pretrained
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,14 @@ def load_fold_network(task: FoldTask) -> SplitNetwork:
     weights = task.fold_dir / BEST
     if not weights.is_file():
         raise DataError(f"{weights}: not found; train this fold first (make train)")
-    backbone = create_backbone(task.model)
     if task.model.regime == "features":
+        # The file holds the head alone: the backbone keeps its pretrained weights.
+        backbone = create_backbone(task.model)
         head = features_network(task, backbone.output.shape[-1])
         head.load_weights(str(weights))
         layers = [keras.layers.GlobalAveragePooling2D(), *head.layers[1:]]
     else:
-        dense_units = task.model.dense_units if task.model.regime == "partial" else ()
-        network = build_network(task, backbone, frozen_statistics=True, dense_units=dense_units)
+        network, backbone = image_network(without_pretrained(task))
         network.load_weights(str(weights))
         # build_network is a chain: input, backbone, pooling, head layers.
         layers = network.layers[network.layers.index(backbone) + 1:]

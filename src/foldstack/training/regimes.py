@@ -133,7 +133,7 @@ def trained_network(task: PredictTask, fold_dir: Path, n_features: int | None = 
     if task.model.regime == "features":
         network = features_network(task, n_features)
     else:
-        network, _ = image_network(replace(task, model=task.model.model_copy(update={"weights": "none"})))
+        network, _ = image_network(without_pretrained(task))
     path = fold_dir / BEST
     if not path.is_file():
         raise DataError(f"{path}: not found; run the train stage first")
@@ -143,6 +143,12 @@ def trained_network(task: PredictTask, fold_dir: Path, n_features: int | None = 
         raise DataError(f"{path}: does not fit model {task.model.name!r} as the pipeline defines it "
                         f"({one_line(str(error))}); run the train stage again") from None
     return network
+
+
+def without_pretrained(task: FoldTask | PredictTask) -> FoldTask | PredictTask:
+    """``task`` with its backbone built from random weights: for a network whose every weight
+    is then loaded from a fold's file, so no ImageNet file is read (or downloaded)."""
+    return replace(task, model=task.model.model_copy(update={"weights": "none"}))
 
 
 def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: keras.Model,
