@@ -79,12 +79,15 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
             page.section(f"Per class: {model}", per_class(data.y, data.oof[:, m], names, multilabel), folded=True)
         if not multilabel:
             page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
-        images = _train_images(cfg, paths, data.ids, cfg.models[0].image_size)
+        # Read once: reading the train table checks every image file is there.
+        train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
+        images = _train_images(paths, train_files, data.ids, cfg.models[0].image_size)
         worst = worst_rows(data.y, stack_oof, WORST, multilabel)
         page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
             images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
         for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
-            picture = _gradcam(cfg, paths, model, data, data.oof[:, m], pictures / f"cam-{model.name}.png")
+            picture = _gradcam(cfg, paths, model, data, train_files, data.oof[:, m],
+                               pictures / f"cam-{model.name}.png")
             page.section(f"Grad-CAM: {model.name} ({model.backbone}, {model.regime})", None, picture,
                          note="each image explained by the fold that never saw it, for its predicted class; "
                               "red is where that class's evidence is strongest")
@@ -162,12 +165,12 @@ def cam_rows(y: np.ndarray, proba: np.ndarray, n_classes: int = CAM_CLASSES, n_r
 
 
 def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predictions.LevelTwoData,
-             oof: np.ndarray, picture: Path) -> Path:
+             train_files: list[str], oof: np.ndarray, picture: Path) -> Path:
     names = list(data.classes.names)
     multilabel = cfg.task == "multilabel"
     y_single = data.y if not multilabel else data.y.argmax(axis=1)
     rows = cam_rows(y_single, oof)
-    images = _train_images(cfg, paths, data.ids, model.image_size)
+    images = _train_images(paths, train_files, data.ids, model.image_size)
     found = {}
     for fold in np.unique(data.fold[rows]):
         in_fold = rows[data.fold[rows] == fold]
@@ -193,11 +196,9 @@ def _check_reproduces(model: ModelConfig, fold: int, proba: np.ndarray, oof: np.
                     "OOF; its heatmaps may not show what the trained model saw", model.name, fold, gap)
 
 
-def _train_images(cfg: PipelineConfig, paths: Paths, ids: np.ndarray, size: int) -> np.ndarray:
-    """The training images at ``size``, rows in ``ids``'s order (the train stage's cache)."""
-    table = tables.load_train_table(cfg, paths).set_index("id")
-    return cached_images(table.loc[ids, "path"].tolist(), list(ids), size, paths.cache / str(size) / "train.npy",
-                         desc="train")
+def _train_images(paths: Paths, files: list[str], ids: np.ndarray, size: int) -> np.ndarray:
+    """The training images ``files`` (rows in ``ids``'s order) at ``size``: the train stage's cache."""
+    return cached_images(files, list(ids), size, paths.cache / str(size) / "train.npy", desc="train")
 
 
 def _curves(paths: Paths, model: ModelConfig, metric: metrics.Metric, picture: Path) -> Path | None:
