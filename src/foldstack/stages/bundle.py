@@ -41,6 +41,7 @@ from foldstack.core.files import atomic_dir, write_json, write_text
 from foldstack.core.paths import Paths
 from foldstack.data.kaggle import OWNER_PLACEHOLDER
 from foldstack.runtime import isolate
+from foldstack.training.fold_task import BEST
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +128,14 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
         model_dir = paths.models / model.name
         for fold in range(cfg.folds.k):
             fold_dir = model_dir / f"fold{fold}"
-            if not fold_done.exists(fold_dir) or not (fold_dir / "best.weights.h5").is_file():
+            if not fold_done.exists(fold_dir) or not (fold_dir / BEST).is_file():
                 raise DataError(f"{fold_dir}: fold not finished (no {fold_done.NAME} or best.weights.h5); "
                                 "run `make train` before `make bundle`")
         if not (model_dir / manifest.NAME).is_file():
             raise DataError(f"{model_dir / manifest.NAME}: not found; run `make train` before `make bundle`")
-        trained = manifest.read(model_dir)["model"]
-        if trained != model.model_dump(mode="json"):
-            changed = sorted(key for key in trained.keys() | model.model_dump().keys()
-                             if trained.get(key) != model.model_dump(mode="json").get(key))
+        trained, wanted = manifest.read(model_dir)["model"], model.model_dump(mode="json")
+        if trained != wanted:
+            changed = sorted(key for key in trained.keys() | wanted.keys() if trained.get(key) != wanted.get(key))
             raise DataError(f"{model_dir / manifest.NAME}: model {model.name!r} was trained with another recipe "
                             f"({', '.join(changed)} differ from the pipeline); run `make train` again")
         if model.weights not in ("imagenet", "none"):
