@@ -18,7 +18,7 @@ import pandas as pd
 from foldstack.contracts import folds_file
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError, shorten
-from foldstack.core.files import write_parquet, write_text
+from foldstack.core.files import has_key, rekeyed, write_parquet
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes
 
@@ -41,21 +41,14 @@ def write(path: Path, ids: np.ndarray, classes: Classes, proba: np.ndarray,
 
 
 def write_test(path: Path, ids: np.ndarray, classes: Classes, proba: np.ndarray, key: str) -> None:
-    """Write test predictions with the key of what made them (:func:`is_current` compares it).
-
-    The old key goes first, so a kill between the two writes leaves predictions that count as
-    stale, never new predictions under an old key or old ones under a new key.
-    """
-    key_file = path.with_suffix(".key")
-    key_file.unlink(missing_ok=True)
-    write(path, ids, classes, proba)
-    write_text(key_file, key)
+    """Write test predictions with the key of what made them (:func:`is_current` compares it)."""
+    with rekeyed(path.with_suffix(".key"), key):
+        write(path, ids, classes, proba)
 
 
 def is_current(path: Path, key: str) -> bool:
     """Whether ``path`` holds test predictions made with ``key``."""
-    key_file = path.with_suffix(".key")
-    return path.is_file() and key_file.is_file() and key_file.read_text(encoding="utf-8") == key
+    return path.is_file() and has_key(path.with_suffix(".key"), key)
 
 
 @dataclass(frozen=True)

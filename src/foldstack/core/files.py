@@ -106,6 +106,21 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+def has_key(key_file: Path, key: str) -> bool:
+    """Whether ``key_file`` says the files it vouches for were made by ``key``."""
+    return key_file.is_file() and key_file.read_text(encoding="utf-8") == key
+
+
+@contextmanager
+def rekeyed(key_file: Path, key: str) -> Iterator[None]:
+    """Around the writes of files that ``key_file`` vouches for: the old key goes first and the
+    new one is written last, so a kill in between leaves files that count as stale, never new
+    files under an old key or old ones under a new key."""
+    key_file.unlink(missing_ok=True)
+    yield
+    write_text(key_file, key)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from foldstack.core.files import atomic_path, write_text
+from foldstack.core.files import atomic_path, has_key, write_text
 from foldstack.data.images import load_rgb, resize
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def cached_images(files: list[str], ids: list[str], size: int, cache_file: Path,
     """
     ids_file = cache_file.with_suffix(".ids")
     wanted = "\n".join(ids) + "\n"
-    if cache_file.exists() and ids_file.exists() and ids_file.read_text() == wanted:
+    if cache_file.exists() and has_key(ids_file, wanted):
         return np.load(cache_file, mmap_mode="r")
     with atomic_path(cache_file) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))

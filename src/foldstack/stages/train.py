@@ -173,6 +173,7 @@ def _epochs_run(fold_dir: Path) -> int:
     return max(0, len(log_file.read_text().splitlines()) - 1) if log_file.exists() else 0
 
 
-def run(cfg: PipelineConfig, paths: Paths, only: list[str] | None = None, workers: int | None = None) -> dict[str, float]:
+def run(cfg: PipelineConfig, paths: Paths, only: list[str] | None = None,
+        workers: int | None = None) -> dict[str, float]:
     """Train the pipeline's models (or those in ``only``) and write their OOF files."""
     return Trainer(cfg, paths, workers=workers).run(only)

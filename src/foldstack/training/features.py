@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from foldstack.core.config import AugmentConfig, ModelConfig
-from foldstack.core.files import atomic_path, write_text
+from foldstack.core.files import atomic_path, has_key, rekeyed
 from foldstack.training.loader import view_batches
 from foldstack.training.network import create_backbone
 
@@ -36,18 +36,16 @@ class FeatureCache:
               keys: dict[str, str], workers: int = 1) -> None:
         """Run the backbone over every image and view of each split unless ``folder`` already
         holds that split's features under ``keys[split]``."""
-        stale = {split: array for split, array in images.items() if _key(folder, split) != keys[split]}
+        stale = {split: array for split, array in images.items() if not has_key(_key_file(folder, split), keys[split])}
         if not stale:
             return
         extractor = _extractor(model)
         for split, array in stale.items():
-            key_file = folder / f"{split}.key"
-            key_file.unlink(missing_ok=True)  # the old features stop counting before any is replaced
-            for v, features in enumerate(_views(extractor, model, array, augment, workers)):
-                with atomic_path(folder / f"{split}-view{v}.npy") as tmp:
-                    with open(tmp, "wb") as handle:
-                        np.save(handle, features)
-            write_text(key_file, keys[split])
+            with rekeyed(_key_file(folder, split), keys[split]):
+                for v, features in enumerate(_views(extractor, model, array, augment, workers)):
+                    with atomic_path(folder / f"{split}-view{v}.npy") as tmp:
+                        with open(tmp, "wb") as handle:
+                            np.save(handle, features)
         keras.backend.clear_session()
 
 
@@ -57,9 +55,8 @@ def extract(model: ModelConfig, images: np.ndarray, augment: AugmentConfig, work
     return _views(_extractor(model), model, images, augment, workers)
 
 
-def _key(folder: Path, split: str) -> str | None:
-    key_file = folder / f"{split}.key"
-    return key_file.read_text() if key_file.exists() else None
+def _key_file(folder: Path, split: str) -> Path:
+    return folder / f"{split}.key"
 
 
 def _extractor(model: ModelConfig) -> keras.Model:
