@@ -4,6 +4,11 @@ A metric scores class probabilities: ``metric(y_true, proba)`` where ``y_true`` 
 indices (shape ``(n,)``; for multilabel a 0/1 matrix ``(n, C)``) and ``proba`` is ``(n, C)``.
 Metrics on hard predictions take the arg-max class, or for multilabel every class whose
 probability is at least 0.5.
+
+An ordinal task's predictions are one score per row ``(n, 1)``, on the scale of the grade's
+position (0 for the lowest grade): the metrics of grades (``on_grades``: accuracy, F1, quadratic
+kappa) score the grades it is cut into (:func:`grades`: rounded, or cut at fitted cut points);
+the others refuse a score.
 """
 
 from __future__ import annotations
@@ -33,15 +38,26 @@ class Metric:
         greater_is_better: the direction; :meth:`better` uses it.
         ranks: the score depends only on how each class column orders the rows (ROC AUC), so a
             rank average of models is a fair candidate for it.
+        on_grades: the score depends only on the hard predictions, so it also scores an ordinal
+            score's grades.
     """
 
     name: str
     score: Callable[[np.ndarray, np.ndarray], float]
     greater_is_better: bool
     ranks: bool = False
+    on_grades: bool = False
 
-    def __call__(self, y_true: np.ndarray, proba: np.ndarray) -> float:
-        return float(self.score(np.asarray(y_true), np.asarray(proba, dtype=np.float64)))
+    def __call__(self, y_true: np.ndarray, proba: np.ndarray, n_classes: int | None = None) -> float:
+        """The score of ``proba``; an ordinal score ``(n, 1)`` is rounded to the nearest of
+        ``n_classes`` grades first (default: the grades ``y_true`` reaches)."""
+        y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+        if is_score(y_true, proba):
+            if not self.on_grades:
+                raise ValueError(f"metric {self.name!r} needs class probabilities, not an ordinal score")
+            n_classes = int(y_true.max()) + 1 if n_classes is None else n_classes
+            proba = one_hot(grades(proba, n_classes), n_classes)
+        return float(self.score(y_true, proba))
 
     def better(self, a: float, b: float) -> bool:
         """Whether score ``a`` beats score ``b``."""
@@ -57,6 +73,26 @@ get = _REGISTRY.get
 def is_multilabel(y_true: np.ndarray) -> bool:
     """Multilabel targets are a 0/1 matrix; single-label targets a vector of class indices."""
     return np.ndim(y_true) == 2
+
+
+def is_score(y_true: np.ndarray, proba: np.ndarray) -> bool:
+    """Whether ``proba`` is an ordinal score: one column for single-label targets (a binary
+    task's probabilities have two)."""
+    return not is_multilabel(y_true) and np.ndim(proba) == 2 and np.shape(proba)[1] == 1
+
+
+def rounding_cuts(n_classes: int) -> np.ndarray:
+    """The cut points of plain rounding: 0.5, 1.5, ..., ``n_classes - 1.5``."""
+    return np.arange(n_classes - 1) + 0.5
+
+
+def grades(score: np.ndarray, n_classes: int, cuts: np.ndarray | None = None) -> np.ndarray:
+    """Grade indices ``(n,)`` of an ordinal score ``(n, 1)`` or ``(n,)``: the number of cut
+    points at or below each score (default :func:`rounding_cuts`), so 0 .. ``n_classes - 1``."""
+    cuts = rounding_cuts(n_classes) if cuts is None else np.sort(np.asarray(cuts, dtype=np.float64))
+    if len(cuts) != n_classes - 1:
+        raise ValueError(f"{len(cuts)} cut points for {n_classes} grades; expected {n_classes - 1}")
+    return np.searchsorted(cuts, np.asarray(score, dtype=np.float64).reshape(-1), side="right")
 
 
 def hard_predictions(proba: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -133,9 +169,9 @@ def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
                              labels=np.arange(proba.shape[1]))
 
 
-register(Metric("accuracy", _accuracy, greater_is_better=True))
+register(Metric("accuracy", _accuracy, greater_is_better=True, on_grades=True))
 register(Metric("log_loss", _log_loss, greater_is_better=False))
 register(Metric("roc_auc", _roc_auc, greater_is_better=True, ranks=True))
-register(Metric("f1_micro", _f1("micro"), greater_is_better=True))
-register(Metric("f1_macro", _f1("macro"), greater_is_better=True))
-register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True))
+register(Metric("f1_micro", _f1("micro"), greater_is_better=True, on_grades=True))
+register(Metric("f1_macro", _f1("macro"), greater_is_better=True, on_grades=True))
+register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True, on_grades=True))

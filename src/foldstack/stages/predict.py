@@ -58,7 +58,7 @@ class Predictor:
         self.paths = paths
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = Classes.from_labels(self.folds["label"], cfg.task, paths.folds)
         self.folds_digest = folds_file.digest(self.folds)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
@@ -183,7 +183,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
            workers: int | None = None, explain: bool = False) -> pd.DataFrame:
     """Predict every image under ``folder`` with every model's folds and the saved stack; write
     ``out``, a CSV: ``image`` (the path under ``folder``), ``label``, one probability column per
-    class, ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
+    class (an ordinal task: ``score``, and ``label`` the grade its saved cut points give), ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
     ``unfamiliar``. Images unlike the training images are named in a warning. With ``explain``,
     each image's Grad-CAM heatmap (see :func:`explain`) goes into a folder beside ``out`` and
     its path into a ``heatmap`` column.
@@ -214,7 +214,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
-    frame = _table(folder, files, fitted.classes, proba, distance, known)
+    frame = _table(folder, files, fitted, proba, distance, known)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
                                     frame, out)
@@ -242,14 +242,16 @@ def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir
                     valid_index=np.zeros(0, dtype=np.int64), augment=cfg.augment, caches={}, fold_dir=fold_dir,
                     seed=cfg.seed)
     names = list(classes.names)
-    target = None if classes.multilabel else np.array([names.index(label) for label in frame["label"]])
+    # A multilabel network's own top class; an ordinal network's one output, its score.
+    target = None if classes.multilabel or classes.ordinal else np.array([names.index(label) for label in frame["label"]])
     result = isolate.call(f"{WORKER}:explain_images", task, images, target)
     folder = out.with_name(f"{out.stem}-explain")
     pictures = [f"{Path(image).with_suffix('').as_posix().replace('/', '__')}.png" for image in frame["image"]]
     with atomic_dir(folder) as tmp:
         for image, heatmap, cls, picture, name in zip(images, result["heatmaps"], result["classes"], pictures,
                                                       frame["image"]):
-            overlay(image, heatmap, tmp / picture, title=f"{name}: where {names[int(cls)]} shows")
+            shows = "a higher grade" if classes.ordinal else names[int(cls)]
+            overlay(image, heatmap, tmp / picture, title=f"{name}: where {shows} shows")
     log.info("Grad-CAM of %d image(s) by %s fold 0 -> %s", len(pictures), model.name, folder)
     return [f"{folder.name}/{picture}" for picture in pictures]
 
@@ -275,12 +277,16 @@ def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple
     return kept, {size: np.stack(arrays) for size, arrays in resized.items()}
 
 
-def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray, distance: np.ndarray | None,
-           known: reference.Reference | None) -> pd.DataFrame:
-    hard = hard_predictions(proba, classes.multilabel)
+def _table(folder: Path, files: list[Path], fitted: stack_output.FittedStack, proba: np.ndarray,
+           distance: np.ndarray | None, known: reference.Reference | None) -> pd.DataFrame:
+    classes = fitted.classes
     names = np.array(classes.names)
-    labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
-    frame = pd.DataFrame(proba, columns=list(classes.names))
+    if classes.ordinal:
+        labels = list(names[fitted.grades(proba)])
+    else:
+        hard = hard_predictions(proba, classes.multilabel)
+        labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
+    frame = pd.DataFrame(proba, columns=list(classes.columns))
     frame.insert(0, "image", [path.relative_to(folder).as_posix() for path in files])
     frame.insert(1, "label", labels)
     frame["distance"] = distance if distance is not None else np.nan

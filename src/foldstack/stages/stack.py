@@ -26,7 +26,7 @@ from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
 from foldstack.level2 import candidates
-from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard
+from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard, left_out
 from foldstack.plots import stacking as plots
 from foldstack.training.fold_task import digest
 
@@ -60,15 +60,18 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     results = {}
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
-        results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric)
+        results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric,
+                                       len(data.classes))
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
     chosen = board.loc[board["chosen"], "candidate"].item()
     # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row.
+    # An ordinal task's cut points are those fitted on the chosen candidate's OOF scores.
+    cuts = None if results[chosen].cuts is None else tuple(results[chosen].cuts)
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
-                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y))
+                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y), cuts)
     _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
-    _show(board, chosen, metric)
+    _show(board, chosen, metric, left_out(cfg, metric) if cfg.stack.candidates is None else [], cfg.task)
     return board
 
 
@@ -112,11 +115,13 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
         stack_output.write(folder, board, chosen, fitted, data.ids, data.fold, result.oof,
                            data.test_ids, fitted.predict_proba(data.test))
         plots.leaderboard(board, metric, folder / "leaderboard.png")
-        plots.confusion(data.y, result.oof, data.classes.names, f"OOF confusion: {fitted.name}",
-                        folder / "confusion.png")
+        oof = result.oof
+        if fitted.cuts is not None:  # the grades its cut points give, as 0/1 rows
+            oof = metrics.one_hot(fitted.grades(oof), len(data.classes))
+        plots.confusion(data.y, oof, data.classes.names, f"OOF confusion: {fitted.name}", folder / "confusion.png")
 
 
-def _show(board: pd.DataFrame, chosen: str, metric: Metric) -> None:
+def _show(board: pd.DataFrame, chosen: str, metric: Metric, left: list[str], task: str) -> None:
     direction = "higher" if metric.greater_is_better else "lower"
     n_folds = sum(column.startswith("fold_") for column in board.columns)
     print(f"Stacking leaderboard: {metric.name}, {direction} is better, {n_folds} folds")
@@ -124,3 +129,7 @@ def _show(board: pd.DataFrame, chosen: str, metric: Metric) -> None:
     row = board.set_index("candidate").loc[chosen]
     forced = "" if chosen == board["candidate"].iloc[0] else " (forced)"
     print(f"chosen: {chosen}{forced}, CV {row['cv_mean']:.4f} +/- {row['cv_std']:.4f}")
+    if "cv_rounded" in board.columns:
+        print("cv_mean: each fold's scores cut at points fitted on the other folds; cv_rounded: rounded instead")
+    if left:
+        print(f"not scored for task {task!r} (they need class probabilities): {', '.join(left)}")

@@ -45,7 +45,7 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = Classes.from_labels(self.folds["label"], cfg.task, paths.folds)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
@@ -125,7 +125,7 @@ class Trainer:
             self.device = result["device"]
             log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
                      "on" if self.device["mixed_precision"] else "off")
-        score = self.metric(self.y[task.valid_index], result["oof"])
+        score = self.metric(self.y[task.valid_index], result["oof"], len(self.classes))
 
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
@@ -153,8 +153,8 @@ class Trainer:
             predictions.read_oof(self._fold_dir(model, fold) / "oof.parquet", self.classes,
                                  fold_index[fold_index["fold"] == fold], self.paths.folds)
             for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
-        names = list(self.classes.names)
-        score = self.metric(self.y, oof[names].to_numpy())
+        names = list(self.classes.columns)
+        score = self.metric(self.y, oof[names].to_numpy(), len(self.classes))
         predictions.write(self.paths.oof / f"{model.name}.parquet", oof.index.to_numpy(), self.classes,
                           oof[names].to_numpy(), fold=oof["fold"].to_numpy())
         manifest.write(model_dir, self.cfg, model, results, score, features_seconds)

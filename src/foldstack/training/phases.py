@@ -110,7 +110,7 @@ def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int,
     mode = "max" if metric.greater_is_better else "min"
     backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"))
     return [
-        FoldScore(plan.valid, task.y_true(task.valid_index), metric),
+        FoldScore(plan.valid, task.y_true(task.valid_index), metric, task.n_classes),
         best,
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),
         ResumableCSVLogger(task.fold_dir / LOG, backup, first_epoch),
