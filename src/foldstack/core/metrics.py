@@ -161,12 +161,19 @@ def _f1(average: str) -> Callable[[np.ndarray, np.ndarray], float]:
 
 
 def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
+    """Cohen's kappa with quadratic weights over the classes in order (scikit-learn's
+    ``cohen_kappa_score(..., weights="quadratic")``, NaN where undefined). Computed from the
+    confusion matrix here: an ordinal task's cut points are searched by hundreds of calls, and
+    scikit-learn's input checks made each one a hundred times slower."""
     if is_multilabel(y_true):
         raise ValueError("quadratic weighted kappa needs ordered single-label classes, not multilabel")
-    return cohen_kappa_score(y_true, proba.argmax(axis=1), weights="quadratic",
-                             labels=np.arange(proba.shape[1]))
+    n = proba.shape[1]
+    observed = np.bincount(np.asarray(y_true, dtype=np.int64) * n + proba.argmax(axis=1),
+                           minlength=n * n).reshape(n, n).astype(np.float64)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / max(observed.sum(), 1.0)
+    weights = (np.arange(n)[:, None] - np.arange(n)[None, :]) ** 2.0
+    denominator = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denominator) if denominator else float("nan")
 
 
 register(Metric("accuracy", _accuracy, greater_is_better=True, on_grades=True))
