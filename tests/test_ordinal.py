@@ -8,17 +8,20 @@ The end-to-end run trains small_cnn at 16 px on digits 0-4 laid out as aptos2019
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.metrics import cohen_kappa_score
 
-from foldstack import level2
+from foldstack import cli, level2
 from foldstack.contracts import predictions, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError
@@ -28,7 +31,7 @@ from foldstack.data.labels import Classes
 from foldstack.level2 import selection
 from foldstack.level2.ordinal import cross_validated_cuts, fit_cuts
 from foldstack.pipeline import parse_pipeline
-from foldstack.stages import download, folds, predict, stack, submit, train
+from foldstack.stages import download, folds, predict, report, stack, submit, train
 
 KAPPA = metrics.get("quadratic_kappa")
 GRADES = 5
@@ -199,20 +202,26 @@ def write_aptos(folder: Path, n_train: int = 50, n_test: int = 15) -> pd.Series:
 
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory) -> tuple:
-    """The aptos-shaped competition downloaded, folded, trained, predicted and stacked."""
+    """The aptos-shaped competition downloaded, folded, trained, predicted and stacked: the
+    config, its paths, the test grades, the leaderboard and what the stack stage printed."""
     root = tmp_path_factory.mktemp("aptos")
     truth = write_aptos(root / "competition")
-    cfg = parse_pipeline(aptos(data={**aptos()["data"], "source": {"type": "local", "path": str(root / "competition")}}))
+    raw = aptos(data={**aptos()["data"], "source": {"type": "local", "path": str(root / "competition")}})
+    (root / "aptos.yaml").write_text(yaml.safe_dump(raw))
+    cfg = parse_pipeline(raw)
     paths = Paths.for_pipeline("aptos", root)
     download.run(cfg, paths)
     folds.run(cfg, paths)
     train.run(cfg, paths, workers=1)
     predict.run(cfg, paths, workers=1)
-    return cfg, paths, truth
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        board = stack.run(cfg, paths)
+    return cfg, paths, truth, board, printed.getvalue()
 
 
 def test_each_network_regresses_one_score_into_the_prediction_files(stacked) -> None:
-    cfg, paths, _ = stacked
+    cfg, paths, *_ = stacked
     classes = Classes(tuple(str(g) for g in range(GRADES)), ordinal=True)
     oof = pd.read_parquet(paths.oof / "cnn.parquet")
     assert list(oof.columns) == ["id", "fold", "score"]
@@ -228,10 +237,8 @@ def test_each_network_regresses_one_score_into_the_prediction_files(stacked) -> 
         assert weights["layers/dense/vars/0"].shape == (128, 1)
 
 
-def test_stack_and_submit_write_integer_grades_in_the_sample_order(stacked, capsys) -> None:
-    cfg, paths, truth = stacked
-    board = stack.run(cfg, paths)
-    out = capsys.readouterr().out
+def test_stack_and_submit_write_integer_grades_in_the_sample_order(stacked) -> None:
+    cfg, paths, truth, board, out = stacked
     assert set(board["candidate"]) == {"best_single", "mean", "weighted_mean", "lightgbm"}
     assert "not scored for task 'ordinal' (they need class probabilities): logistic, lightgbm_summary" in out
     chosen = json.loads((paths.stack / "chosen.json").read_text())
@@ -253,3 +260,24 @@ def test_stack_and_submit_write_integer_grades_in_the_sample_order(stacked, caps
                                                      weights="quadratic", labels=range(GRADES)))
     model = stack_output.read_model(paths.stack, ("cnn",))
     assert model.cuts == tuple(chosen["cuts"])
+
+
+def test_predict_images_gives_the_score_and_the_grade_submit_gives(stacked, tmp_path: Path) -> None:
+    cfg, paths, *_ = stacked
+    out = tmp_path / "graded.csv"
+    code = cli.main(["predict", "--pipeline", str(paths.root / "aptos.yaml"), "--root", str(paths.root),
+                     "--images", str(paths.data / "test_images"), "--out", str(out)])
+    assert code == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["image", "label", "score", "distance", "unfamiliar"]
+    stacked_test = pd.read_parquet(paths.stack / "test.parquet").set_index("id")
+    ids = frame["image"].str.removesuffix(".png")
+    np.testing.assert_allclose(frame["score"], stacked_test.loc[ids, "score"], atol=1e-5)
+    cuts = json.loads((paths.stack / "chosen.json").read_text())["cuts"]
+    assert frame["label"].tolist() == np.searchsorted(cuts, frame["score"], side="right").tolist()
+
+
+def test_report_shows_an_ordinal_pipeline_by_its_grades(stacked) -> None:
+    cfg, paths, *_ = stacked
+    page = report.run(cfg, paths).read_text()
+    assert "Per class: " in page and "Grad-CAM: cnn" in page
