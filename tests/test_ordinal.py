@@ -93,13 +93,13 @@ def test_grades_count_the_cut_points_at_or_below_the_score() -> None:
 # --- cut points -----------------------------------------------------------------------------------
 
 
-def shrunk_scores(n: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def shrunk_scores(n: int = 150, seed: int = 0, noise: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
     """Grades and scores that order them well but at half their scale (as a network that
     regresses to the mean does): rounding sends grades 3 and 4 to 1 and 2; cut points at
     0.25, 0.75, ... recover them."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(GRADES), n // GRADES)
-    return y, 0.5 * y + rng.normal(0, 0.08, len(y))
+    return y, 0.5 * y + rng.normal(0, noise, len(y))
 
 
 def test_fitted_cut_points_beat_rounding_where_they_must() -> None:
@@ -130,6 +130,9 @@ def test_cross_validate_reports_the_nested_cut_points_cv() -> None:
                for k in range(3)]
     np.testing.assert_allclose(result.fold_scores, by_hand)
     np.testing.assert_allclose(result.cuts, fit_cuts(oof, y, GRADES, KAPPA))
+    in_sample = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, result.cuts)[:, None], GRADES)
+                 for k in range(3)]
+    assert np.mean(in_sample) > np.mean(by_hand)
     np.testing.assert_allclose(result.rounded_scores, [KAPPA(y[fold == k], oof[fold == k, None], GRADES)
                                                        for k in range(3)])
     board = selection.leaderboard({"mean": result}, KAPPA)
