@@ -305,6 +305,16 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"task 'ordinal' needs a metric of grades: {', '.join(grade_metrics)}")
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _no_smoothing_of_a_score(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        if info.data.get("task") == "ordinal":
+            smoothed = [model.name for model in value if model.label_smoothing]
+            if smoothed:
+                raise ValueError(f"label_smoothing smooths class probabilities; task 'ordinal' regresses a "
+                                 f"score (model {smoothed[0]!r})")
+        return value
+
     @field_validator("submission")
     @classmethod
     def _ordinal_submits_grades(cls, value: SubmissionConfig, info: ValidationInfo) -> SubmissionConfig:
