@@ -265,6 +265,13 @@ def test_stack_and_submit_write_integer_grades_in_the_sample_order(stacked) -> N
                                                      weights="quadratic", labels=range(GRADES)))
     model = stack_output.read_model(paths.stack, ("cnn",))
     assert model.cuts == tuple(chosen["cuts"])
+    # Unchanged OOF files: the stack stage only applies the saved model, and submit the saved cuts.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        stack.run(cfg, paths)
+        again = submit.run(cfg, paths)
+    assert "applied the saved" in printed.getvalue()
+    assert pd.read_csv(again).equals(written)
 
 
 def test_predict_images_gives_the_score_and_the_grade_submit_gives(stacked, tmp_path: Path) -> None:
