@@ -12,6 +12,7 @@ module needs none of the packages that fill the registries: ``foldstack.pipeline
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
@@ -97,21 +98,60 @@ Source = Annotated[
 class DataConfig(_Frozen):
     """Where the data comes from and how the competition lays it out on disk.
 
-    ``layout: csv`` is a table of ids and labels beside a folder of images; ``layout: folders`` is
-    one sub-folder of ``train_dir`` per class. Test ids always come from the sample submission.
+    Layouts: ``csv`` is a table of ids and labels (one ``label_column``, or one-hot
+    ``label_columns``) beside a folder of images; ``folders`` is one sub-folder of ``train_dir``
+    per class; ``file_names`` takes each train image's label from its file name
+    (``label_pattern``). Test ids come from ``test_csv`` when it is set, else from the sample
+    submission; the submission follows the sample submission's order either way.
     """
 
     source: Source
-    layout: Literal["csv", "folders"] = "csv"
+    layout: Literal["csv", "folders", "file_names"] = "csv"
     train_csv: str = "train.csv"
     id_column: str = "id"
     label_column: str = "label"
+    label_columns: list[str] | None = Field(
+        None, min_length=2, description="csv layout: one-hot (0/1) label columns, each named after its class")
+    label_pattern: str | None = Field(
+        None, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
     test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     ids_have_extension: bool = False
+    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
     sample_submission: str = "sample_submission.csv"
     solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
+    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
+
+    @field_validator("label_columns")
+    @classmethod
+    def _distinct_columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("label columns must be distinct")
+        return value
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _pattern_with_label(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression ({error})") from None
+        if "label" not in compiled.groupindex:
+            raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_the_layout(self) -> DataConfig:
+        if self.layout == "file_names" and self.label_pattern is None:
+            raise ValueError("layout 'file_names' needs label_pattern")
+        if self.layout != "file_names" and self.label_pattern is not None:
+            raise ValueError(f"label_pattern is for layout 'file_names', not {self.layout!r}")
+        if self.layout != "csv" and self.label_columns is not None:
+            raise ValueError(f"label_columns is for layout 'csv', not {self.layout!r}")
+        return self
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
@@ -285,6 +325,8 @@ class PipelineConfig(_Frozen):
     models: list[ModelConfig] = Field(min_length=1)
     stack: StackConfig = StackConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    positive_class: str | None = Field(
+        None, description="binary task: the class whose probability is scored and submitted (class index 1)")
 
     @field_validator("metric")
     @classmethod
@@ -299,6 +341,12 @@ class PipelineConfig(_Frozen):
         if repeated:
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
         return value
+
+    @model_validator(mode="after")
+    def _positive_class_for_binary(self) -> PipelineConfig:
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError(f"positive_class is for task 'binary', not {self.task!r}")
+        return self
 
     def model(self, name: str) -> ModelConfig:
         """The model called ``name``; a ConfigError lists the ones that exist."""

@@ -27,7 +27,7 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json
 from foldstack.core.paths import Paths, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
-from foldstack.data.sources import MARKER, up_to_date, write_marker
+from foldstack.data.sources import MARKER, complete, up_to_date
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -70,7 +70,8 @@ class KaggleNetworkError(KaggleError):
 
 
 def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
-    """Fetch a Kaggle competition's or dataset's files into ``paths.data``, unzipped.
+    """Fetch a Kaggle competition's or dataset's files into ``paths.data``, unzipped (the zips inside
+    too, with ``data.unpack``: ``sources.complete``).
 
     The archive is fetched and extracted in a temporary folder beside ``paths.data`` and renamed
     into place only when complete; a marker file there lists every file and its size. With that
@@ -107,7 +108,7 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     with atomic_dir(target) as staging:
         with _kaggle_errors(source, credentials):
             _fetch(api, source, staging)
-        write_marker(staging, source)
+        complete(staging, cfg, target)
     return target
 
 
