@@ -149,6 +149,8 @@ def _tiff_rgb(path: Path) -> np.ndarray:
         array = np.asarray(tifffile.imread(path, key=0))
     except Exception as error:  # tifffile raises many types for a broken file
         raise DataError(f"{path}: cannot read image: {_reason(error)}") from None
+    if array.size == 0:
+        raise DataError(f"{path}: cannot read image: no pixels in it")
     array = _scaled(array)
     if array.ndim == 2:
         return np.repeat(array[..., None], 3, axis=2)

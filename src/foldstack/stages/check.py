@@ -71,7 +71,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Report:
     _warn_unlisted(cfg, paths, train, test, report)
     _check_images([*_existing(train), *_existing(test)], report)
     if train is not None:
-        _check_solution(cfg, paths, Classes.from_labels(train["label"], cfg.task), report)
+        _check_solution(cfg, paths, _names(train["label"], cfg.task), report)
     return report
 
 
@@ -95,20 +95,25 @@ def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFr
         return None
     report.problem(*tables.train_problems(table, source), *_fold_problems(cfg, paths, table))
     labelled = table[~table["label"].isin(tables.EMPTY_LABELS)]
-    classes = Classes.from_labels(labelled["label"], cfg.task).names
+    classes = _names(labelled["label"], cfg.task)
     if cfg.task == "binary" and len(classes) != 2:
         report.problem([f"{source}: task 'binary' needs 2 classes; the labels hold {len(classes)}"])
     elif cfg.task == "binary":
         try:
             classes = tables.classes(cfg, paths, labelled["label"]).names
         except ConfigError as error:
-            report.problem([f"{cfg.name}: {error}"])
+            report.problem([str(error)])
     report.summary.append(f"train: {len(table)} images in {len(classes)} classes ({source.name})")
     counts = _class_counts(labelled["label"], cfg.task)
     report.summary.append("  per class: " + ", ".join(f"{name}: {counts[name]}" for name in classes))
     if cfg.task == "binary" and len(classes) == 2:
         report.summary.append(f"  positive class: {classes[1]}")
     return labelled.assign(source=str(source))
+
+
+def _names(labels: pd.Series, task: str) -> tuple[str, ...]:
+    """The class names in ``labels``, sorted; a binary task's positive class aside (reported apart)."""
+    return Classes.from_labels(labels, "multilabel" if task == "multilabel" else "multiclass").names
 
 
 def _fold_problems(cfg: PipelineConfig, paths: Paths, table: pd.DataFrame) -> list[list[str]]:
@@ -190,7 +195,7 @@ def _counted(counts: Counter, name, most: int = 5) -> str:
     return ", ".join(f"{name(value)} ({count})" for value, count in counts.most_common(most))
 
 
-def _check_solution(cfg: PipelineConfig, paths: Paths, classes: Classes, report: Report) -> None:
+def _check_solution(cfg: PipelineConfig, paths: Paths, classes: tuple[str, ...], report: Report) -> None:
     """Warn about solution labels that no model can predict (they were never in training)."""
     if cfg.data.solution is None or not (paths.data / cfg.data.solution).is_file():
         return
@@ -200,7 +205,7 @@ def _check_solution(cfg: PipelineConfig, paths: Paths, classes: Classes, report:
     except DataError as error:
         report.problem([str(error)])
         return
-    unseen = sorted(set(Classes.from_labels(labels, cfg.task).names) - set(classes.names))
+    unseen = sorted(set(_names(labels, cfg.task)) - set(classes))
     if unseen:
         report.warnings.append(f"{path}: label(s) {', '.join(map(repr, unseen))} never appear in training; "
                                "no model can predict them, so the local score counts those rows as wrong")
