@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_config
 from PIL import Image
 
 from foldstack.core.config import ConfigError
@@ -21,8 +22,6 @@ from foldstack.core.paths import Paths
 from foldstack.data import images, sources, tables
 from foldstack.data.labels import Classes
 from foldstack.stages import check, download
-
-from conftest import make_config
 
 RNG = np.random.default_rng(0)
 
@@ -306,8 +305,7 @@ def test_tiff_images_are_read(tmp_path: Path) -> None:
 
 def _dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME1", window: bool = True) -> Path:
     """A CT-like DICOM: 12 bits stored, HU = 2 * stored - 1000, a window of [-1000, 1000]."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
