@@ -126,6 +126,25 @@ def test_download_competition_unzips_into_data_with_a_marker(standin, env_creden
                                  f"GET /signed/competitions/{SLUG}.zip"]
 
 
+def test_download_unpacks_the_zips_inside_the_competition(home, env_credentials, paths, monkeypatch):
+    """aerial-cactus ships train.zip (members under train/) and test.zip (flat members) inside the
+    competition's archive: both are unpacked before the folder takes its place, the same as a
+    local source."""
+    files = {"train.csv": b"id,has_cactus\na1.jpg,1\n", "sample_submission.csv": b"id,has_cactus\nc3.jpg,0.5\n",
+             "train.zip": make_zip({"train/a1.jpg": b"\xff\xd8jpeg-a1"}), "test.zip": make_zip({"c3.jpg": b"\xff\xd8c3"})}
+    server = KaggleStandIn(USERNAME, KEY, TOKEN, competitions={SLUG: make_zip(files)}, rules_accepted={SLUG})
+    route_to(server.start(), monkeypatch)
+    try:
+        kaggle.download(pipeline(COMPETITION), paths)
+    finally:
+        server.stop()
+    assert (paths.data / "train" / "a1.jpg").read_bytes() == b"\xff\xd8jpeg-a1"
+    assert (paths.data / "test" / "c3.jpg").read_bytes() == b"\xff\xd8c3"
+    assert not list(paths.data.glob("*.zip")) and leftovers(paths) == []
+    assert set(json.loads((paths.data / kaggle.MARKER).read_text())["files"]) == {
+        "train.csv", "sample_submission.csv", "train/a1.jpg", "test/c3.jpg"}
+
+
 def test_download_dataset(standin, env_credentials, paths):
     cfg = pipeline({"type": "kaggle_dataset", "dataset": DATASET})
     kaggle.download(cfg, paths)
