@@ -294,10 +294,14 @@ def test_tiff_images_are_read(tmp_path: Path) -> None:
     rgb = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "plain.tif")
     assert (images.load_rgb(tmp_path / "plain.tif") == rgb).all()
-    # 16-bit RGB: beyond Pillow, read through tifffile and scaled by the type's range.
-    tifffile.imwrite(tmp_path / "deep.tif", np.array([[[0, 257, 65535]]], dtype=np.uint16))
-    assert images.load_rgb(tmp_path / "deep.tif").tolist() == [[[0, 1, 255]]]
-    assert images.inspect(tmp_path / "deep.tif").size == (1, 1)
+    # Float RGB: beyond Pillow, read through tifffile; a float image is scaled by its own range.
+    tifffile.imwrite(tmp_path / "float.tif", np.array([[[0, 0.5, 1.0], [0.25, 0.25, 0.25]]], dtype=np.float32),
+                     photometric="rgb")
+    assert images.load_rgb(tmp_path / "float.tif").tolist() == [[[0, 128, 255], [64, 64, 64]]]
+    assert images.inspect(tmp_path / "float.tif") == images.ImageInfo((2, 1), "TIFF")
+    # Float grey: Pillow reads it, and it is scaled the same way (not cast to 0 and 1).
+    tifffile.imwrite(tmp_path / "grey.tif", np.array([[0, 0.5, 1.0]], dtype=np.float32))
+    assert images.load_rgb(tmp_path / "grey.tif")[0, :, 0].tolist() == [0, 128, 255]
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(DataError, match=re.escape(str(tmp_path / "broken.tif")) + ": cannot read image: "):
         images.load_rgb(tmp_path / "broken.tif")

@@ -205,6 +205,8 @@ def _to_rgb(image: Image.Image, file_format: str | None = None) -> np.ndarray:
         # 16-bit range, so the whole range maps onto 8 bits and a dark image stays dark.
         grey = _scaled(np.asarray(image, dtype=np.uint16))
         return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":  # float grey (a TIFF): no fixed range, so its own minimum and maximum
+        return np.repeat(_scaled(np.asarray(image, dtype=np.float32))[..., None], 3, axis=2)
     if image.mode == "I":
         # 32-bit int grey from other formats: no fixed range is in use; 8 or 16 bits, as the values say.
         array = np.asarray(image, dtype=np.float64)
