@@ -16,12 +16,13 @@ import pytest
 from conftest import make_config
 from PIL import Image
 
+from foldstack.core import metrics
 from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import images, sources, tables
 from foldstack.data.labels import Classes
-from foldstack.stages import check, download
+from foldstack.stages import check, download, submit
 
 RNG = np.random.default_rng(0)
 
@@ -394,6 +395,16 @@ def test_positive_class_from_the_key_or_the_sample_submission(tmp_path: Path) ->
     assert tables.classes(cfg, paths, labels).names == ("cat", "dog")
 
 
+def test_auc_and_binary_submission_follow_the_positive_class() -> None:
+    """'cactus' sorts first, yet it is the positive class: its probability is scored and submitted."""
+    classes = Classes.from_labels(pd.Series(["none", "cactus", "none"]), "binary", positive="cactus")
+    proba = pd.DataFrame([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], columns=list(classes.names), index=["a", "b", "c"])
+    built = submit.build(proba, pd.DataFrame({"id": ["a", "b", "c"], "has_cactus": "0"}), "id", "binary")
+    assert built["has_cactus"].tolist() == [0.1, 0.8, 0.4]
+    y = classes.encode(pd.Series(["none", "cactus", "none"]))
+    assert y.tolist() == [0, 1, 0] and metrics.get("roc_auc")(y, proba.to_numpy()) == 1.0
+
+
 def test_positive_class_is_only_for_binary_tasks() -> None:
     with pytest.raises(ConfigError, match=r"positive_class is for task 'binary', not 'multiclass'"):
         make_config(positive_class="cat")
@@ -421,3 +432,26 @@ def test_check_names_a_missing_group_column(tmp_path: Path) -> None:
     grouped = make_config(task="binary", data=cfg.data.model_dump(mode="json"),
                           folds={"k": 2, "strategy": "grouped", "group_column": "patient_id"})
     assert any("missing column 'patient_id'" in p for p in _problems(grouped, paths))
+
+
+def test_download_and_check_from_the_command_line(tmp_path: Path, capsys) -> None:
+    """A YAML alone: `foldstack download` lays out the competition, `foldstack check` lists what a
+    binary task with unnamed classes lacks and exits non-zero; with positive_class it passes."""
+    import yaml
+
+    from foldstack import cli
+
+    source = _cats_dogs(tmp_path / "competition", ["cat.0.png", "dog.0.png", "cat.1.png", "dog.1.png"])
+    raw = make_config(task="binary", data={"source": {"type": "local", "path": str(source)}, "layout": "file_names",
+                                           "label_pattern": CAT_DOG}).model_dump(mode="json", exclude_defaults=True)
+    pipeline = tmp_path / "cats.yaml"
+    root = ["--pipeline", str(pipeline), "--root", str(tmp_path / "root")]
+    pipeline.write_text(yaml.safe_dump(raw))
+    assert cli.main(["download", *root]) == 0
+    capsys.readouterr()
+    assert cli.main(["check", *root]) == 2
+    out = capsys.readouterr().out
+    assert "problems (1):\n  binary task: say which class is positive with positive_class: cat|dog" in out
+    pipeline.write_text(yaml.safe_dump({**raw, "positive_class": "dog"}))
+    assert cli.main(["check", *root]) == 0
+    assert "train: 4 images in 2 classes (train)\n  per class: cat: 2, dog: 2\n  positive class: dog" in capsys.readouterr().out
