@@ -113,7 +113,7 @@ class DataConfig(_Frozen):
     label_columns: list[str] | None = Field(
         None, min_length=2, description="csv layout: one-hot (0/1) label columns, each named after its class")
     label_pattern: str | None = Field(
-        None, description="file_names layout: a regex with a named group 'label', searched in each file name")
+        None, validate_default=True, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
     test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
@@ -125,16 +125,26 @@ class DataConfig(_Frozen):
 
     @field_validator("label_columns")
     @classmethod
-    def _distinct_columns(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
+    def _columns_of_a_table(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        layout = info.data.get("layout")
+        if layout != "csv":
+            raise ValueError(f"label_columns is for layout 'csv', not {layout!r}")
+        if len(set(value)) != len(value):
             raise ValueError("label columns must be distinct")
         return value
 
     @field_validator("label_pattern")
     @classmethod
-    def _pattern_with_label(cls, value: str | None) -> str | None:
+    def _pattern_with_label(cls, value: str | None, info: ValidationInfo) -> str | None:
+        layout = info.data.get("layout")
         if value is None:
+            if layout == "file_names":
+                raise ValueError("layout 'file_names' needs label_pattern, e.g. '^(?P<label>cat|dog)\\.'")
             return value
+        if layout != "file_names":
+            raise ValueError(f"label_pattern is for layout 'file_names', not {layout!r}")
         try:
             compiled = re.compile(value)
         except re.error as error:
@@ -142,16 +152,6 @@ class DataConfig(_Frozen):
         if "label" not in compiled.groupindex:
             raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
         return value
-
-    @model_validator(mode="after")
-    def _keys_of_the_layout(self) -> DataConfig:
-        if self.layout == "file_names" and self.label_pattern is None:
-            raise ValueError("layout 'file_names' needs label_pattern")
-        if self.layout != "file_names" and self.label_pattern is not None:
-            raise ValueError(f"label_pattern is for layout 'file_names', not {self.layout!r}")
-        if self.layout != "csv" and self.label_columns is not None:
-            raise ValueError(f"label_columns is for layout 'csv', not {self.layout!r}")
-        return self
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
@@ -342,11 +342,13 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
         return value
 
-    @model_validator(mode="after")
-    def _positive_class_for_binary(self) -> PipelineConfig:
-        if self.positive_class is not None and self.task != "binary":
-            raise ValueError(f"positive_class is for task 'binary', not {self.task!r}")
-        return self
+    @field_validator("positive_class")
+    @classmethod
+    def _positive_class_for_binary(cls, value: str | None, info: ValidationInfo) -> str | None:
+        task = info.data.get("task")
+        if value is not None and task != "binary":
+            raise ValueError(f"positive_class is for task 'binary', not {task!r}")
+        return value
 
     def model(self, name: str) -> ModelConfig:
         """The model called ``name``; a ConfigError lists the ones that exist."""
