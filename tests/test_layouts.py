@@ -68,12 +68,13 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def _cactus(folder: Path) -> Path:
-    """aerial-cactus's shape: train.csv, sample_submission.csv, train.zip holding ``train/``,
-    test.zip with flat members, and a zip inside a zip."""
+    """aerial-cactus's shape: train.csv, train.zip holding ``train/``, test.zip with flat members;
+    also a zip inside a zip, and sample_submission.csv.zip holding that one file."""
     ids = [f"img{i}.png" for i in range(6)]
     _csv(folder / "train.csv", pd.DataFrame({"id": ids, "has_cactus": [0, 1] * 3}))
-    _csv(folder / "sample_submission.csv", pd.DataFrame({"id": ["t0.png", "t1.png"], "has_cactus": 0.5}))
     pngs = folder.parent / "pngs"
+    _csv(pngs / "sample_submission.csv", pd.DataFrame({"id": ["t0.png", "t1.png"], "has_cactus": 0.5}))
+    _zip(folder / "sample_submission.csv.zip", {"sample_submission.csv": (pngs / "sample_submission.csv").read_bytes()})
     _zip(folder / "train.zip", {f"train/{i}": _png(pngs / i).read_bytes() for i in ids})
     _zip(folder / "test.zip", {i: _png(pngs / i).read_bytes() for i in ("t0.png", "t1.png")})
     inner = _zip(pngs / "inner.zip", {"notes.txt": b"hello"})
@@ -88,6 +89,7 @@ def test_archives_are_unpacked_once_as_part_of_the_download(tmp_path: Path) -> N
     assert sorted(p.name for p in (data / "train").iterdir()) == [f"img{i}.png" for i in range(6)]
     assert sorted(p.name for p in (data / "test").iterdir()) == ["t0.png", "t1.png"]  # flat: a folder by its stem
     assert (data / "extra" / "inner" / "notes.txt").read_bytes() == b"hello"  # the zip inside the zip
+    assert (data / "sample_submission.csv").is_file()  # one file named by its stem: beside it
     assert not list(data.rglob("*.zip")) and (source / "train.zip").is_file()  # the source stays as shipped
     assert len(tables.load_train_table(cfg, paths)) == 6 and len(tables.load_test_table(cfg, paths)) == 2
     assert _problems(cfg, paths) == []
@@ -268,6 +270,14 @@ def test_class_folders_with_a_flat_test_folder(tmp_path: Path, caplog) -> None:
                                                       "102.png": "blast", "103.png": "normal"}
     assert tables.load_test_table(cfg, paths)["id"].tolist() == ["200.png", "201.png"]
     assert check.run(cfg, paths).problems == [] and "not used" not in caplog.text
+
+
+def test_a_file_name_in_two_class_folders_is_a_repeated_id(tmp_path: Path) -> None:
+    source = _paddy(tmp_path / "competition")
+    _png(source / "train_images" / "normal" / "100.png")  # 100.png is also in blast/
+    cfg, paths = _paddy_config(tmp_path, source)
+    with pytest.raises(DataError, match=re.escape(str(paths.data / "train_images")) + r": row \d+ repeats id '100\.png'"):
+        tables.load_train_table(cfg, paths)
 
 
 def test_images_outside_class_folders_are_one_line(tmp_path: Path) -> None:

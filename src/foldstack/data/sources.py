@@ -61,8 +61,9 @@ def unpack_archives(folder: Path, shown: Path | None = None) -> list[str]:
     """Unpack every ``.zip`` under ``folder``, zips found inside zips too, each once; an archive
     goes once it is unpacked. Returns the archives unpacked (relative POSIX paths).
 
-    An archive whose members all sit under one top folder (``train.zip`` holding ``train/...``)
-    is unpacked beside itself; one whose members are flat, into a folder named by its stem
+    An archive whose members all sit under one top folder (``train.zip`` holding ``train/...``),
+    or that holds one file named by its stem (``train.csv.zip`` holding ``train.csv``), is
+    unpacked beside itself; one whose members are flat, into a folder named by its stem
     (``test.zip`` -> ``test/``). ``shown``: the folder's final name, for messages.
 
     Raises:
@@ -91,7 +92,8 @@ def unpack(archive: Path, shown: Path | None = None) -> Path:
             members = [m for m in zipped.infolist() if not m.filename.startswith(_NOT_DATA)]
             names = [m.filename for m in members]
             _check_members(names, shown)
-            target = archive.parent if _one_top_folder(names) else archive.parent / archive.stem
+            beside = _one_top_folder(names) or names == [archive.stem]  # train/..., or train.csv.zip
+            target = archive.parent if beside else archive.parent / archive.stem
             clash = next((name for name in names if not name.endswith("/") and (target / name).exists()), None)
             if clash is not None:
                 raise DataError(f"{shown}: member {clash!r} would overwrite {(target / clash).name}, already there")
