@@ -177,10 +177,12 @@ def test_one_hot_columns_give_the_labels(tmp_path: Path, caplog) -> None:
 
 
 def test_one_hot_multilabel_rows_hold_every_class(tmp_path: Path) -> None:
-    source = _pathology(tmp_path / "competition", [[1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1]])
+    source = _pathology(tmp_path / "competition", [[1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
     cfg, paths = _pathology_config(tmp_path, source, task="multilabel")
-    assert tables.load_train_table(cfg, paths)["label"].tolist() == [
-        "healthy scab", "rust", "multiple_diseases rust scab"]
+    train = tables.load_train_table(cfg, paths)  # a row of zeros is a row with no class, not an error
+    assert train["label"].tolist() == ["healthy scab", "rust", "multiple_diseases rust scab", ""]
+    assert Classes.from_labels(train["label"], "multilabel").encode(train["label"]).tolist() == [
+        [1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]]
 
 
 @pytest.mark.parametrize("row, message", [

@@ -53,7 +53,7 @@ def load_train_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     table, source = read_train_table(cfg, paths)
     if table.empty:
         raise DataError(f"{source}: the train set is empty")
-    raise_first(train_problems(table, source))
+    raise_first(train_problems(table, source, cfg.task))
     _warn_unlisted(cfg.data, table, paths.data / cfg.data.train_dir, source, _shared_paths(cfg, paths, "train"))
     return table
 
@@ -212,10 +212,11 @@ EMPTY_LABELS = ("", "nan", "NaN", "None")
 Problems = list[list[str]]
 
 
-def train_problems(table: pd.DataFrame, source: Path) -> Problems:
+def train_problems(table: pd.DataFrame, source: Path, task: str) -> Problems:
     """Empty or repeated ids, empty labels, missing images of a train table (rows counted as in
-    the CSV: the header is row 1)."""
-    empty = table.index[table["label"].isin(EMPTY_LABELS)]
+    the CSV: the header is row 1). A multilabel row may hold no class at all (a one-hot row of
+    zeros: nothing found in that image)."""
+    empty = [] if task == "multilabel" else table.index[table["label"].isin(EMPTY_LABELS)]
     labels = [f"{source}: row {i + 2} (id {table['id'][i]!r}) has an empty label" for i in empty]
     return [*id_problems(table, source), labels, file_problems(table, source)]
 

@@ -85,7 +85,8 @@ def _read(read_table, cfg: PipelineConfig, paths: Paths, report: Report) -> tupl
 
 
 def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFrame | None:
-    """Check the train table; returns it with its empty labels dropped, or None if unreadable."""
+    """Check the train table; returns it with its empty labels dropped (a multilabel row may have
+    none), or None if unreadable."""
     read = _read(tables.read_train_table, cfg, paths, report)
     if read is None:
         return None
@@ -93,8 +94,8 @@ def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFr
     if table.empty:
         report.problem([f"{source}: the train set is empty"])
         return None
-    report.problem(*tables.train_problems(table, source), *_fold_problems(cfg, paths, table))
-    labelled = table[~table["label"].isin(tables.EMPTY_LABELS)]
+    report.problem(*tables.train_problems(table, source, cfg.task), *_fold_problems(cfg, paths, table))
+    labelled = table if cfg.task == "multilabel" else table[~table["label"].isin(tables.EMPTY_LABELS)]
     classes = _names(labelled["label"], cfg.task)
     if cfg.task == "binary" and len(classes) != 2:
         report.problem([f"{source}: task 'binary' needs 2 classes; the labels hold {len(classes)}"])
