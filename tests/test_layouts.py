@@ -358,6 +358,35 @@ def test_dicom_is_rescaled_windowed_and_monochrome1_inverted(tmp_path: Path) -> 
     assert (images.load_rgb(tmp_path / "noext") == windowed).all()
 
 
+def test_jpeg_compressed_colour_dicom_is_rgb(tmp_path: Path) -> None:
+    """siim-isic ships its DICOMs as baseline JPEG in YBR_FULL_422: decoded, converted to RGB."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, :8], rgb[:, 8:] = (200, 30, 30), (20, 40, 220)
+    jpeg = io.BytesIO()
+    Image.fromarray(rgb).save(jpeg, format="JPEG", quality=95)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 16
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([jpeg.getvalue()])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    ds.save_as(tmp_path / "ISIC_0000000.dcm", enforce_file_format=True)
+    decoded = images.load_rgb(tmp_path / "ISIC_0000000.dcm")
+    assert decoded.shape == (16, 16, 3) and decoded.dtype == np.uint8
+    assert (np.abs(decoded.astype(int) - rgb).max(axis=2)[:, [2, 13]] < 8).all()  # JPEG's loss aside
+
+
 def test_unreadable_dicom_is_one_line_and_a_check_problem(tmp_path: Path) -> None:
     source = tmp_path / "competition"
     _csv(source / "train.csv", pd.DataFrame({"image_name": ["a", "b", "c", "d"], "target": [0, 1, 0, 1]}))

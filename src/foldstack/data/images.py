@@ -109,18 +109,22 @@ def _dicom_rgb(path: Path) -> np.ndarray:
     zero) is inverted. Colour images are converted to RGB by pydicom and scaled by their type.
     """
     import pydicom  # slow to import and needed only for DICOM competitions
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
+        return _dicom_pixels(dataset, dataset.pixel_array)
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
     except Exception as error:  # pydicom raises many types for a broken or unsupported file
         raise DataError(f"{path}: cannot read DICOM image: {_reason(error)}") from None
+
+
+def _dicom_pixels(dataset, pixels: np.ndarray) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
-    if int(dataset.get("SamplesPerPixel", 1)) > 1:
+    if int(dataset.get("SamplesPerPixel", 1)) > 1:  # colour, already RGB (pydicom converts YBR)
         return _scaled(pixels)[..., :3]
     values = apply_modality_lut(pixels, dataset)
     windowed = "WindowCenter" in dataset and "VOILUTSequence" not in dataset
