@@ -200,6 +200,18 @@ def test_bad_one_hot_row_is_one_line(row: list[int], message: str, tmp_path: Pat
     assert [p for p in _problems(cfg, paths) if re.match(pattern, p)]
 
 
+def test_multilabel_class_with_a_space_is_refused(tmp_path: Path) -> None:
+    """ranzcr's columns ('ETT - Abnormal') cannot be multilabel classes while a label cell
+    separates its classes by spaces: refused in one line rather than split into 'ETT', '-', ..."""
+    source = _pathology(tmp_path / "competition", [[1, 0, 0, 1]])
+    frame = pd.read_csv(source / "train.csv").rename(columns={"rust": "ETT - Abnormal"})
+    _csv(source / "train.csv", frame)
+    cfg, paths = _local(tmp_path, source, "multilabel", id_column="image_id", train_dir="images", test_dir="images",
+                        label_columns=["healthy", "multiple_diseases", "ETT - Abnormal", "scab"])
+    with pytest.raises(DataError, match=r"train\.csv: label column 'ETT - Abnormal' names a class with a space"):
+        tables.load_train_table(cfg, paths)
+
+
 def test_missing_one_hot_column_is_named(tmp_path: Path) -> None:
     source = _pathology(tmp_path / "competition", [[1, 0, 0, 0]])
     cfg, paths = _local(tmp_path, source, id_column="image_id", label_columns=["healthy", "blight"],

@@ -96,6 +96,11 @@ def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:
 def _one_hot_labels(cells: pd.DataFrame, ids: pd.Series, task: str, path: Path) -> pd.Series:
     """Each row's classes from one-hot columns (a class is its column's name): the one class of a
     single-label task, a multilabel row's classes space-separated."""
+    spaced = [name for name in cells.columns if len(name.split()) != 1] if task == "multilabel" else []
+    if spaced:
+        # A multilabel cell lists its classes space-separated (folds.csv, every reader of it).
+        raise DataError(f"{path}: label column {spaced[0]!r} names a class with a space, which a multilabel "
+                        "label (classes separated by spaces) cannot hold")
     values = cells.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce"))
     bad = ~values.isin([0, 1]).to_numpy()
     if bad.any():
