@@ -98,6 +98,23 @@ def test_archives_are_unpacked_once_as_part_of_the_download(tmp_path: Path) -> N
     assert (data / sources.MARKER).stat().st_mtime_ns == before
 
 
+def test_interrupted_unpacking_keeps_the_previous_download(tmp_path: Path, monkeypatch) -> None:
+    source = _cactus(tmp_path / "competition")
+    cfg, paths = _local(tmp_path, source, task="binary", label_column="has_cactus", ids_have_extension=True)
+    before = sorted(p.relative_to(paths.data).as_posix() for p in paths.data.rglob("*"))
+    unpack = sources.unpack
+
+    def killed_midway(archive: Path, shown: Path | None = None) -> Path:
+        unpack(archive, shown)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources, "unpack", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        download.run(cfg, paths, force=True)
+    assert sorted(p.relative_to(paths.data).as_posix() for p in paths.data.rglob("*")) == before
+    assert [p.name for p in paths.data.parent.iterdir()] == [paths.data.name]  # no half-unpacked folder left
+
+
 @pytest.mark.parametrize("case, members, message", [
     ("escape", {"../evil.png": b"x"}, r"member '\.\./evil\.png' would land outside the folder it unpacks into"),
     ("absolute", {"/tmp/evil.png": b"x"}, r"member '/tmp/evil\.png' would land outside"),
