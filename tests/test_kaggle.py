@@ -351,6 +351,27 @@ def test_kernel_uses_the_mounted_input(kernel, tmp_path, source, mount):
     assert kaggle.download(cfg, paths) == kernel / mount
 
 
+def test_kernel_unpacks_a_mounted_competition_that_ships_archives(kernel, tmp_path):
+    """aerial-cactus is mounted with train.zip and test.zip: the read-only mount cannot hold them
+    unpacked, so the data becomes an unpacked copy under the working root, made once."""
+    mount = kernel / "competitions" / SLUG
+    mount.mkdir(parents=True)
+    (mount / "train.csv").write_bytes(b"id,has_cactus\na1.jpg,1\n")
+    (mount / "train.zip").write_bytes(make_zip({"train/a1.jpg": b"\xff\xd8jpeg-a1"}))
+    cfg = pipeline(COMPETITION)
+    paths = Paths.for_config(cfg)
+    assert paths.data == tmp_path / "working" / "data" / "dogs"
+    assert kaggle.download(cfg, paths) == paths.data
+    assert (paths.data / "train" / "a1.jpg").read_bytes() == b"\xff\xd8jpeg-a1" and (paths.data / "train.csv").is_file()
+    assert (mount / "train.zip").is_file() and not (paths.data / "train.zip").exists()
+    before = (paths.data / kaggle.MARKER).stat().st_mtime_ns
+    kaggle.download(cfg, paths)
+    assert (paths.data / kaggle.MARKER).stat().st_mtime_ns == before
+    packed = parse_pipeline({"name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION, "unpack": False},
+                             "models": [{"name": "m", "backbone": "mobilenet_v2"}]})
+    assert Paths.for_config(packed).data == mount
+
+
 def test_kernel_without_the_input_attached(kernel):
     cfg = pipeline(COMPETITION)
     message = raises(FoldstackError, lambda: kaggle.download(cfg, Paths.for_config(cfg)))
