@@ -109,10 +109,20 @@ def fbeta_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, beta: floa
 
 
 def _accuracy(y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
-    from sklearn.metrics import accuracy_score
-
     # For multilabel this is subset accuracy: a row counts only if every class is right.
-    return accuracy_score(y_true, hard_predictions(proba, is_multilabel(y_true), thresholds))
+    right = hard_predictions(proba, is_multilabel(y_true), thresholds) == y_true
+    return float(right.all(axis=1).mean() if right.ndim == 2 else right.mean())
+
+
+def confusion_counts(y_true: np.ndarray, proba: np.ndarray,
+                     thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: true positives, false positives and false negatives of the hard predictions,
+    counted on the one-hot (or multilabel) matrices."""
+    n_classes = proba.shape[1]
+    truth = one_hot(y_true, n_classes).astype(bool)
+    predicted = one_hot(hard_predictions(proba, is_multilabel(y_true), thresholds), n_classes).astype(bool)
+    tp = (truth & predicted).sum(axis=0)
+    return tp, predicted.sum(axis=0) - tp, truth.sum(axis=0) - tp
 
 
 def _log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -149,23 +159,17 @@ def _mean_column_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     return roc_auc_score(truth[:, defined], proba[:, defined], average="macro")
 
 
-def _f1_macro(y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
-    from sklearn.metrics import f1_score
-
-    labels = None if is_multilabel(y_true) else np.arange(proba.shape[1])
-    predicted = hard_predictions(proba, is_multilabel(y_true), thresholds)
-    return f1_score(y_true, predicted, average="macro", labels=labels, zero_division=0)
-
-
-def _fbeta_micro(beta: float) -> Callable[..., float]:
-    """Micro-averaged F-beta: F-beta of the confusion counts summed over every (row, class) cell
-    of the label matrix (single-label: the one-hot matrices, where it equals accuracy)."""
+def _fbeta(beta: float, average: str) -> Callable[..., float]:
+    """F-beta of the hard predictions. ``micro``: of the confusion counts summed over every (row,
+    class) cell of the label matrix (single-label: the one-hot matrices, where it equals
+    accuracy); ``macro``: the mean of every class's own F-beta (0 for a class neither true nor
+    predicted, as sklearn's ``zero_division=0``)."""
 
     def score(y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
-        truth = one_hot(y_true, proba.shape[1]).astype(bool)
-        predicted = one_hot(hard_predictions(proba, is_multilabel(y_true), thresholds), proba.shape[1]).astype(bool)
-        tp = (truth & predicted).sum()
-        return float(fbeta_from_counts(tp, predicted.sum() - tp, truth.sum() - tp, beta))
+        tp, fp, fn = confusion_counts(y_true, proba, thresholds)
+        if average == "micro":
+            return float(fbeta_from_counts(tp.sum(), fp.sum(), fn.sum(), beta))
+        return float(fbeta_from_counts(tp, fp, fn, beta).mean())
 
     return score
 
@@ -195,10 +199,10 @@ register(Metric("accuracy", _accuracy, greater_is_better=True, thresholded=True)
 register(Metric("log_loss", _log_loss, greater_is_better=False))
 register(Metric("roc_auc", _roc_auc, greater_is_better=True, ranks=True))
 register(Metric("mean_column_auc", _mean_column_auc, greater_is_better=True, ranks=True))
-register(Metric("f1_micro", _fbeta_micro(1.0), greater_is_better=True, thresholded=True,
+register(Metric("f1_micro", _fbeta(1.0, "micro"), greater_is_better=True, thresholded=True,
                 from_counts=partial(fbeta_from_counts, beta=1.0)))
-register(Metric("f2_micro", _fbeta_micro(2.0), greater_is_better=True, thresholded=True,
+register(Metric("f2_micro", _fbeta(2.0, "micro"), greater_is_better=True, thresholded=True,
                 from_counts=partial(fbeta_from_counts, beta=2.0)))
-register(Metric("f1_macro", _f1_macro, greater_is_better=True, thresholded=True))
+register(Metric("f1_macro", _fbeta(1.0, "macro"), greater_is_better=True, thresholded=True))
 register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True))
 register(Metric("map_at_5", partial(map_at_k, k=5), greater_is_better=True))
