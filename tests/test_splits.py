@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_config
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
-from conftest import make_config
 from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
