@@ -67,17 +67,14 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     results, choices = {}, {}
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
-        results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric)
-        if data.classes.multilabel:
-            choices[name] = thresholds.choose(data.y, results[name].oof, data.fold, metric, cfg.stack.thresholds)
-            results[name] = dataclasses.replace(results[name], fold_scores=choices[name].fold_scores)
+        results[name], choices[name] = _cross_validate(cfg, data, name, metric)
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
-    if choices:
+    if data.classes.multilabel:
         board.insert(board.columns.get_loc("chosen"), "thresholds", board["candidate"].map(lambda n: choices[n].mode))
     chosen = board.loc[board["chosen"], "candidate"].item()
     # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row.
-    choice = choices.get(chosen)
+    choice = choices[chosen]
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
                                       candidates.get(chosen).build(cfg).fit(data.oof, data.y),
                                       thresholds=None if choice is None else tuple(choice.values.tolist()),
@@ -85,6 +82,17 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
     _show(board, chosen, metric, choice)
     return board
+
+
+def _cross_validate(cfg: PipelineConfig, data: predictions.LevelTwoData, name: str,
+                    metric: Metric) -> tuple[CVResult, thresholds.Choice | None]:
+    """One candidate's CV; multilabel: scored at the thresholds ``stack.thresholds`` gives its OOF
+    (nested), which the returned choice holds."""
+    result = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric)
+    if not data.classes.multilabel:
+        return result, None
+    choice = thresholds.choose(data.y, result.oof, data.fold, metric, cfg.stack.thresholds)
+    return dataclasses.replace(result, fold_scores=choice.fold_scores), choice
 
 
 def cv_key(cfg: PipelineConfig, paths: Paths) -> str | None:
@@ -128,7 +136,7 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
                            data.test_ids, fitted.predict_proba(data.test))
         plots.leaderboard(board, metric, folder / "leaderboard.png")
         plots.confusion(data.y, result.oof, data.classes.names, f"OOF confusion: {fitted.name}",
-                        folder / "confusion.png")
+                        folder / "confusion.png", fitted.thresholds)
 
 
 def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.Choice | None) -> None:
