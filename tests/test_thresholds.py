@@ -19,7 +19,7 @@ from foldstack.data.labels import Classes
 from foldstack.level2 import thresholds
 from foldstack.level2.selection import StackError
 from foldstack.pipeline import parse_pipeline
-from foldstack.stages import stack, submit
+from foldstack.stages import predict, stack, submit
 
 CLASSES = ("motif", "portrait", "river")
 FOLDS = 4
@@ -215,3 +215,12 @@ def test_submit_build_uses_thresholds_by_class_name() -> None:
     built = submit.build(proba, sample, "id", "multilabel", by_name)
     assert built["attribute_ids"].tolist() == ["motif", "portrait"]
     assert submit.build(proba, sample, "id", "multilabel")["attribute_ids"].tolist() == ["portrait river", "portrait"]
+
+
+def test_predict_images_labels_classes_at_their_thresholds(tmp_path: Path) -> None:
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+    proba = np.array([[0.3, 0.6, 0.5], [0.1, 0.9, 0.2]])
+    table = predict._table(tmp_path, files, Classes(CLASSES, multilabel=True), proba, None, None, (0.25, 0.7, 0.55))
+    assert table["label"].tolist() == ["motif", "portrait"]
+    at_half = predict._table(tmp_path, files, Classes(CLASSES, multilabel=True), proba, None, None)
+    assert at_half["label"].tolist() == ["portrait river", "portrait"]
