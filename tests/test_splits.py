@@ -106,6 +106,8 @@ def test_grouped_strategies_need_enough_groups() -> None:
     few = groups.where(groups < "IP_0003", "IP_0003")
     with pytest.raises(DataError, match=r"folds.group_column: 4 group\(s\), fewer than the 5 folds"):
         splits.make_folds(table, K, seed=0, task="binary", strategy="stratified_grouped", groups=few)
+    with pytest.raises(DataError, match=r"folds.group_column: \d+ row\(s\) of groups for \d+ training images"):
+        splits.make_folds(table, K, seed=0, task="binary", strategy="grouped", groups=groups.iloc[1:])
 
 
 @pytest.mark.parametrize(("column", "cells", "message"), [

@@ -47,6 +47,9 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
             groups is smaller than the number of folds, so some fold would never see it.
     """
     if strategy in GROUPED:
+        if len(groups) != len(table):  # read row for row from the train table: it must be this table
+            raise DataError(f"folds.group_column: {len(groups)} row(s) of groups for {len(table)} training images; "
+                            "the groups are read row for row from data.train_csv")
         if groups.nunique() < k:  # sklearn's own ValueError would be a traceback
             raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
                             "(folds.k); lower folds.k")
