@@ -76,29 +76,23 @@ def choose(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric, s
     check(setting, metric)
     if setting == "fixed":
         fixed = np.full(proba.shape[1], THRESHOLD)
-        return Choice("fixed", fixed, _fold_scores(y, proba, fold, metric, lambda rows: fixed), {})
+        return Choice("fixed", fixed, _fold_scores(y, proba, fold, metric, lambda k: fixed), {})
+    whole, without = _sweeps(y, proba, fold, metric)
     modes = FITTED if setting == "auto" else (setting,)
-    scores = {mode: cross_validate(y, proba, fold, metric, mode) for mode in modes}
+    scores = {mode: _fold_scores(y, proba, fold, metric, lambda k: _search(without[k], metric, mode))
+              for mode in modes}
     best = modes[0]
     for mode in modes[1:]:
         if metric.better(scores[mode].mean(), scores[best].mean()):
             best = mode
     cv = {mode: float(s.mean()) for mode, s in scores.items()} if setting == "auto" else {}
-    return Choice(best, fit(y, proba, metric, best), scores[best], cv)
+    return Choice(best, _search(whole, metric, best), scores[best], cv)
 
 
 def cross_validate(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric, mode: str) -> np.ndarray:
     """The metric on each fold with ``mode`` thresholds fitted on the other folds' rows."""
-    return _fold_scores(y, proba, fold, metric, lambda rows: fit(y[rows], proba[rows], metric, mode))
-
-
-def _fold_scores(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric,
-                 fitted: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    scores = []
-    for k in np.unique(fold):
-        held = fold == k
-        scores.append(metric(y[held], proba[held], fitted(~held)))
-    return np.array(scores)
+    _, without = _sweeps(y, proba, fold, metric)
+    return _fold_scores(y, proba, fold, metric, lambda k: _search(without[k], metric, mode))
 
 
 def fit(y: np.ndarray, proba: np.ndarray, metric: Metric, mode: str) -> np.ndarray:
@@ -107,11 +101,19 @@ def fit(y: np.ndarray, proba: np.ndarray, metric: Metric, mode: str) -> np.ndarr
     Of equally good grid values a class keeps the one nearest to where it was (0.5, then the
     global threshold), so a class these rows cannot tell apart stays put.
     """
-    sweep = _CountSweep(y, proba, metric) if metric.from_counts is not None else _ScoreSweep(y, proba, metric)
-    n_classes = proba.shape[1]
-    every = np.arange(n_classes)
+    return _search(_sweeps(y, proba, np.zeros(len(y), int), metric)[0], metric, mode)
+
+
+def _fold_scores(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric,
+                 fitted: Callable[[int], np.ndarray]) -> np.ndarray:
+    """The metric on each fold ``k`` at the thresholds ``fitted(k)``."""
+    return np.array([metric(y[fold == k], proba[fold == k], fitted(k)) for k in np.unique(fold)])
+
+
+def _search(sweep: _CountSweep | _ScoreSweep, metric: Metric, mode: str) -> np.ndarray:
+    n_classes = sweep.n_classes
     index = np.full(n_classes, _nearest(np.ones(len(GRID), bool), THRESHOLD))
-    index[:] = _best(sweep.scores(index, every), metric, index[0])
+    index[:] = _best(sweep.scores(index, np.arange(n_classes)), metric, index[0])
     if mode == "per_class":
         for _ in range(PASSES):
             for c in range(n_classes):
@@ -131,11 +133,28 @@ def _nearest(allowed: np.ndarray, value: float) -> int:
     return int(candidates[np.argmin(np.abs(GRID[candidates] - value))])
 
 
+def _sweeps(y: np.ndarray, proba: np.ndarray, fold: np.ndarray,
+            metric: Metric) -> tuple[_CountSweep | _ScoreSweep, dict[int, _CountSweep | _ScoreSweep]]:
+    """The search over every row, and over every row but fold k's for each fold k.
+
+    Counts add up over rows, so for a metric of counts each fold's are made once and the others'
+    are the total less that fold's: one pass over the probabilities serves the whole nested CV.
+    """
+    folds = np.unique(fold)
+    if metric.from_counts is None:
+        return (_ScoreSweep(y, proba, metric),
+                {k: _ScoreSweep(y[fold != k], proba[fold != k], metric) for k in folds})
+    parts = {k: _CountSweep.of(y[fold == k], proba[fold == k], metric) for k in folds}
+    whole = sum(parts.values(), _CountSweep.empty(proba.shape[1], metric))
+    return whole, {k: whole - parts[k] for k in folds}
+
+
 class _ScoreSweep:
     """Scores the metric from scratch at each grid value."""
 
     def __init__(self, y: np.ndarray, proba: np.ndarray, metric: Metric) -> None:
         self.y, self.proba, self.metric = y, proba, metric
+        self.n_classes = proba.shape[1]
 
     def scores(self, index: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """The metric with ``columns`` set to each grid value, the other classes at ``index``."""
@@ -147,25 +166,45 @@ class _ScoreSweep:
         return out
 
 
+@dataclass(frozen=True)
 class _CountSweep:
-    """Scores a metric of summed counts from per-class counts at or above each grid value."""
+    """A metric of summed counts, scored from each class's rows at or above each grid value:
+    ``tp[c, g]`` positives and ``fp[c, g]`` negatives of class c with probability >= GRID[g],
+    and ``positives[c]``."""
 
-    def __init__(self, y: np.ndarray, proba: np.ndarray, metric: Metric) -> None:
-        self.from_counts = metric.from_counts
-        n_classes = proba.shape[1]
-        # How many grid values each probability reaches: it is predicted at grid[g] for g < that.
+    tp: np.ndarray
+    fp: np.ndarray
+    positives: np.ndarray
+    from_counts: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+    @classmethod
+    def of(cls, y: np.ndarray, proba: np.ndarray, metric: Metric) -> _CountSweep:
+        n_classes, width = proba.shape[1], len(GRID) + 1
+        # How many grid values each probability reaches: it is predicted at GRID[g] for g < that.
         reached = np.searchsorted(GRID, proba, side="right")
-        cell = np.arange(n_classes)[None, :] * (len(GRID) + 1) + reached
-        shape = (n_classes, len(GRID) + 1)
-        positive = np.asarray(y, bool)
-        pos = np.bincount(cell[positive], minlength=shape[0] * shape[1]).reshape(shape)
-        neg = np.bincount(cell[~positive], minlength=shape[0] * shape[1]).reshape(shape)
-        # at_or_above[c, g]: rows of class c with probability >= GRID[g].
-        self.tp = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1][:, 1:]
-        self.fp = np.cumsum(neg[:, ::-1], axis=1)[:, ::-1][:, 1:]
-        self.positives = positive.sum(axis=0)
+        # One histogram of (class, reached, label) over every cell.
+        key = (np.arange(n_classes) * width + reached) * 2 + np.asarray(y, dtype=np.intp)
+        counts = np.bincount(key.ravel(), minlength=n_classes * width * 2).reshape(n_classes, width, 2)
+        at_or_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        return cls(at_or_above[..., 1], at_or_above[..., 0], counts[..., 1].sum(axis=1), metric.from_counts)
+
+    @classmethod
+    def empty(cls, n_classes: int, metric: Metric) -> _CountSweep:
+        zeros = np.zeros((n_classes, len(GRID)), np.int64)
+        return cls(zeros, zeros, np.zeros(n_classes, np.int64), metric.from_counts)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.positives)
+
+    def __add__(self, other: _CountSweep) -> _CountSweep:
+        return _CountSweep(self.tp + other.tp, self.fp + other.fp, self.positives + other.positives, self.from_counts)
+
+    def __sub__(self, other: _CountSweep) -> _CountSweep:
+        return _CountSweep(self.tp - other.tp, self.fp - other.fp, self.positives - other.positives, self.from_counts)
 
     def scores(self, index: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """The metric with ``columns`` set to each grid value, the other classes at ``index``."""
         rows = np.arange(len(index))
         others = np.ones(len(index), bool)
         others[columns] = False
