@@ -13,9 +13,11 @@ level-two model's own OOF, made by models that saw fold k's rows at level two, a
 CV uses them.) The thresholds that go on to ``submit`` are then fitted on every OOF row.
 
 Metrics that are F-beta of counts summed over every cell (``Metric.from_counts``) are searched
-from per-class counts of positives and negatives above each grid value, computed once: a sweep
-costs a few array sums, which keeps thousands of classes (imet) tractable. Any other metric is
-scored from scratch at each grid value.
+from per-class counts of positives and negatives at or above each grid value, made once per fold
+(the other folds' counts are the total less the fold's): a sweep costs a few array sums, which
+keeps thousands of classes (imet) tractable, and ``auto``'s nested CV costs one pass over the
+probabilities (9.5 s for 20,000 rows x 1,000 classes on this 2-core machine, busy). Any other
+metric is scored from scratch at each grid value (``per_class``: classes x 99 x passes scores).
 """
 
 from __future__ import annotations
