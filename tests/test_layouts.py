@@ -501,7 +501,7 @@ def test_check_names_a_missing_group_column(tmp_path: Path) -> None:
     cfg, paths = _local(tmp_path, source, task="binary", label_column="has_cactus", ids_have_extension=True)
     grouped = make_config(task="binary", data=cfg.data.model_dump(mode="json"),
                           folds={"k": 2, "strategy": "grouped", "group_column": "patient_id"})
-    assert any("missing column 'patient_id'" in p for p in _problems(grouped, paths))
+    assert any("no group column 'patient_id' (folds.group_column)" in p for p in _problems(grouped, paths))
 
 
 def test_download_and_check_from_the_command_line(tmp_path: Path, capsys) -> None:
