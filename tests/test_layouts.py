@@ -197,7 +197,7 @@ def test_one_hot_multilabel_rows_hold_every_class(tmp_path: Path) -> None:
     source = _pathology(tmp_path / "competition", [[1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
     cfg, paths = _pathology_config(tmp_path, source, task="multilabel")
     train = tables.load_train_table(cfg, paths)  # a row of zeros is a row with no class, not an error
-    assert train["label"].tolist() == ["healthy scab", "rust", "multiple_diseases rust scab", ""]
+    assert train["label"].tolist() == ["healthy|scab", "rust", "multiple_diseases|rust|scab", ""]
     assert Classes.from_labels(train["label"], "multilabel").encode(train["label"]).tolist() == [
         [1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]]
 
@@ -217,15 +217,31 @@ def test_bad_one_hot_row_is_one_line(row: list[int], message: str, tmp_path: Pat
     assert [p for p in _problems(cfg, paths) if re.match(pattern, p)]
 
 
-def test_multilabel_class_with_a_space_is_refused(tmp_path: Path) -> None:
-    """ranzcr's columns ('ETT - Abnormal') cannot be multilabel classes while a label cell
-    separates its classes by spaces: refused in one line rather than split into 'ETT', '-', ..."""
-    source = _pathology(tmp_path / "competition", [[1, 0, 0, 1]])
+def test_multilabel_classes_may_hold_spaces_and_imet_cells_are_space_separated(tmp_path: Path) -> None:
+    """ranzcr's one-hot columns ('ETT - Abnormal') are multilabel classes whole, not split into
+    'ETT', '-', ...; a competition's own space-separated label column (imet) still reads; only the
+    separator itself cannot be in a class name."""
+    source = _pathology(tmp_path / "competition", [[1, 0, 0, 1], [0, 0, 1, 0]])
     frame = pd.read_csv(source / "train.csv").rename(columns={"rust": "ETT - Abnormal"})
     _csv(source / "train.csv", frame)
+    columns = ["healthy", "multiple_diseases", "ETT - Abnormal", "scab"]
     cfg, paths = _local(tmp_path, source, "multilabel", id_column="image_id", train_dir="images", test_dir="images",
-                        label_columns=["healthy", "multiple_diseases", "ETT - Abnormal", "scab"])
-    with pytest.raises(DataError, match=r"train\.csv: label column 'ETT - Abnormal' names a class with a space"):
+                        label_columns=columns)
+    train = tables.load_train_table(cfg, paths)
+    classes = Classes.from_labels(train["label"], "multilabel")
+    assert classes.names == ("ETT - Abnormal", "healthy", "scab")
+    assert classes.encode(train["label"]).tolist() == [[0, 1, 1], [1, 0, 0]]
+
+    _csv(source / "train.csv", pd.DataFrame({"image_id": ["Train_0", "Train_1"], "tags": ["13 405", ""]}))
+    cfg, paths = _local(tmp_path / "imet", source, "multilabel", id_column="image_id", train_dir="images",
+                        test_dir="images", label_column="tags")
+    train = tables.load_train_table(cfg, paths)
+    assert Classes.from_labels(train["label"], "multilabel").encode(train["label"]).tolist() == [[1, 1], [0, 0]]
+
+    _csv(source / "train.csv", frame.rename(columns={"ETT - Abnormal": "ETT|Abnormal"}))
+    cfg, paths = _local(tmp_path / "bar", source, "multilabel", id_column="image_id", train_dir="images",
+                        test_dir="images", label_columns=[*columns[:2], "ETT|Abnormal", "scab"])
+    with pytest.raises(DataError, match=r"train\.csv: label column 'ETT\|Abnormal' names a class with '\|'"):
         tables.load_train_table(cfg, paths)
 
 

@@ -23,7 +23,7 @@ class Classes:
     Attributes:
         names: the class names: sorted, numerically when every name is a number (``2`` before
             ``10``), else as strings.
-        multilabel: a label cell holds several space-separated classes (or none).
+        multilabel: a label cell holds several classes joined by :data:`SEPARATOR` (or none).
     """
 
     names: tuple[str, ...]
@@ -44,7 +44,7 @@ class Classes:
         """
         multilabel = task == "multilabel"
         # A multilabel row may hold no label at all; explode turns it into NaN, not a class.
-        values = labels.astype(str).str.split().explode().dropna() if multilabel else labels.astype(str)
+        values = split_labels(labels).explode().dropna() if multilabel else labels.astype(str)
         unique = sorted(set(values))
         if unique and all(_is_number(name) for name in unique):
             unique.sort(key=float)
@@ -67,8 +67,8 @@ class Classes:
         cells = labels.astype(str)
         if self.multilabel:
             matrix = np.zeros((len(cells), len(self.names)), dtype=np.int64)
-            for row, (key, cell) in enumerate(cells.items()):
-                for name in cell.split():
+            for row, (key, names) in enumerate(split_labels(cells).items()):
+                for name in names:
                     if name not in position:
                         self._unknown(source, key, name)
                     matrix[row, position[name]] = 1
@@ -88,6 +88,22 @@ class Classes:
     def _unknown(self, source: Path | str, key, label: str) -> None:
         raise DataError(f"{source}: id {key!r} has label {label!r}, which is not a class; "
                         f"classes: {shorten(self.names)}")
+
+
+#: What separates a multilabel cell's classes in the train table and ``folds.csv``. Not a space:
+#: a class named after a one-hot column may hold spaces (ranzcr's ``ETT - Abnormal``). A
+#: competition's own space-separated label column (imet's ``attribute_ids``) is converted on reading.
+SEPARATOR = "|"
+
+
+def split_labels(cells: pd.Series) -> pd.Series:
+    """Each multilabel cell as the list of its classes (an empty cell: no class)."""
+    return cells.astype(str).map(lambda cell: [name for name in cell.split(SEPARATOR) if name])
+
+
+def join_labels(names) -> str:
+    """One multilabel cell holding ``names``."""
+    return SEPARATOR.join(names)
 
 
 #: Binary classes whose positive one is plain without a ``positive_class`` (the second of each).

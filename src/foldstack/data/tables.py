@@ -18,7 +18,7 @@ import pandas as pd
 from foldstack.core.config import DataConfig, PipelineConfig
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.paths import Paths
-from foldstack.data.labels import Classes
+from foldstack.data.labels import SEPARATOR, Classes, join_labels
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,7 @@ def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:
     label_columns = data.label_columns or [data.label_column]
     require_columns(frame, [data.id_column, *label_columns], path)
     ids = frame[data.id_column].str.strip()
-    if data.label_columns:
-        labels = _one_hot_labels(frame[data.label_columns], ids, task, path)
-    else:
-        labels = frame[data.label_column].str.strip()
+    labels = _labels(frame, ids, data, task, path)
     return pd.DataFrame({
         "id": ids,
         "label": labels,
@@ -93,14 +90,24 @@ def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:
     })
 
 
+def _labels(frame: pd.DataFrame, ids: pd.Series, data: DataConfig, task: str, path: Path) -> pd.Series:
+    """A table's label cells as the train table holds them: from ``label_columns`` (one-hot)
+    where set, else from ``label_column`` (a multilabel cell's space-separated classes joined by
+    ``labels.SEPARATOR``)."""
+    if data.label_columns:
+        return _one_hot_labels(frame[data.label_columns], ids, task, path)
+    if task == "multilabel":
+        return frame[data.label_column].str.split().map(join_labels)
+    return frame[data.label_column].str.strip()
+
+
 def _one_hot_labels(cells: pd.DataFrame, ids: pd.Series, task: str, path: Path) -> pd.Series:
     """Each row's classes from one-hot columns (a class is its column's name): the one class of a
-    single-label task, a multilabel row's classes space-separated."""
-    spaced = [name for name in cells.columns if len(name.split()) != 1] if task == "multilabel" else []
-    if spaced:
-        # A multilabel cell lists its classes space-separated (folds.csv, every reader of it).
-        raise DataError(f"{path}: label column {spaced[0]!r} names a class with a space, which a multilabel "
-                        "label (classes separated by spaces) cannot hold")
+    single-label task, a multilabel row's classes (``labels.join_labels``)."""
+    joined = [name for name in cells.columns if SEPARATOR in name] if task == "multilabel" else []
+    if joined:
+        raise DataError(f"{path}: label column {joined[0]!r} names a class with {SEPARATOR!r}, which separates "
+                        "the classes of a multilabel label")
     values = cells.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce"))
     bad = ~values.isin([0, 1]).to_numpy()
     if bad.any():
@@ -115,7 +122,7 @@ def _one_hot_labels(cells: pd.DataFrame, ids: pd.Series, task: str, path: Path) 
                       f"1 in the label columns {', '.join(cells.columns)}; task {task!r} needs exactly one"
                       for row in np.flatnonzero(counts != 1)]])
     names = np.asarray(cells.columns, dtype=object)
-    return pd.Series([" ".join(names[row]) for row in hot], index=cells.index, dtype=object)
+    return pd.Series([join_labels(names[row]) for row in hot], index=cells.index, dtype=object)
 
 
 def _train_from_folders(data: DataConfig, root: Path) -> pd.DataFrame:
@@ -178,10 +185,7 @@ def read_solution_labels(cfg: PipelineConfig, path: Path) -> pd.Series:
     frame = read_csv(path, "solution")
     require_columns(frame, [data.id_column, *(data.label_columns or [data.label_column])], path)
     ids = frame[data.id_column]
-    if data.label_columns:
-        labels = _one_hot_labels(frame[data.label_columns], ids, cfg.task, path)
-    else:
-        labels = frame[data.label_column]
+    labels = _labels(frame, ids, data, cfg.task, path)
     return pd.Series(labels.to_numpy(), index=pd.Index(ids, name=data.id_column), name="label")
 
 

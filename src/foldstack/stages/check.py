@@ -21,7 +21,7 @@ from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import images, sources, splits, tables
-from foldstack.data.labels import Classes
+from foldstack.data.labels import Classes, split_labels
 
 #: Messages of one kind shown before the rest are counted (a missing folder can be 10,000 rows).
 SHOWN_PER_KIND = 10
@@ -131,7 +131,7 @@ def _fold_problems(cfg: PipelineConfig, paths: Paths, table: pd.DataFrame) -> li
 
 
 def _class_counts(labels: pd.Series, task: str) -> Counter:
-    tokens = labels.str.split().explode().dropna() if task == "multilabel" else labels
+    tokens = split_labels(labels).explode().dropna() if task == "multilabel" else labels
     return Counter(tokens)
 
 
