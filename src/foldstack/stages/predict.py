@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from foldstack.contracts import fold_done, folds_file, predictions, reference, stack_output
+from foldstack.contracts import folds_file, predictions, reference, stack_output
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, shorten
 from foldstack.core.files import atomic_dir, write_csv
