@@ -12,6 +12,7 @@ module needs none of the packages that fill the registries: ``foldstack.pipeline
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
@@ -97,21 +98,60 @@ Source = Annotated[
 class DataConfig(_Frozen):
     """Where the data comes from and how the competition lays it out on disk.
 
-    ``layout: csv`` is a table of ids and labels beside a folder of images; ``layout: folders`` is
-    one sub-folder of ``train_dir`` per class. Test ids always come from the sample submission.
+    Layouts: ``csv`` is a table of ids and labels (one ``label_column``, or one-hot
+    ``label_columns``) beside a folder of images; ``folders`` is one sub-folder of ``train_dir``
+    per class; ``file_names`` takes each train image's label from its file name
+    (``label_pattern``). Test ids come from ``test_csv`` when it is set, else from the sample
+    submission; the submission follows the sample submission's order either way.
     """
 
     source: Source
-    layout: Literal["csv", "folders"] = "csv"
+    layout: Literal["csv", "folders", "file_names"] = "csv"
     train_csv: str = "train.csv"
     id_column: str = "id"
     label_column: str = "label"
+    label_columns: list[str] | None = Field(
+        None, min_length=2, description="csv layout: one-hot (0/1) label columns, each named after its class")
+    label_pattern: str | None = Field(
+        None, validate_default=True, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
     test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     ids_have_extension: bool = False
+    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
     sample_submission: str = "sample_submission.csv"
     solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
+    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
+
+    @field_validator("label_columns")
+    @classmethod
+    def _columns_of_a_table(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        layout = info.data.get("layout")
+        if layout != "csv":
+            raise ValueError(f"label_columns is for layout 'csv', not {layout!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("label columns must be distinct")
+        return value
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _pattern_with_label(cls, value: str | None, info: ValidationInfo) -> str | None:
+        layout = info.data.get("layout")
+        if value is None:
+            if layout == "file_names":
+                raise ValueError("layout 'file_names' needs label_pattern, e.g. '^(?P<label>cat|dog)\\.'")
+            return value
+        if layout != "file_names":
+            raise ValueError(f"label_pattern is for layout 'file_names', not {layout!r}")
+        try:
+            compiled = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression ({error})") from None
+        if "label" not in compiled.groupindex:
+            raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
+        return value
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
@@ -348,6 +388,8 @@ class PipelineConfig(_Frozen):
     models: list[ModelConfig] = Field(min_length=1)
     stack: StackConfig = StackConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    positive_class: str | None = Field(
+        None, description="binary task: the class whose probability is scored and submitted (class index 1)")
 
     @field_validator("metric")
     @classmethod
@@ -383,6 +425,14 @@ class PipelineConfig(_Frozen):
         task = info.data.get("task")
         if value.thresholds != "fixed" and task is not None and task != "multilabel":
             raise ValueError(f"thresholds {value.thresholds!r} needs task 'multilabel' (task is {task!r})")
+        return value
+
+    @field_validator("positive_class")
+    @classmethod
+    def _positive_class_for_binary(cls, value: str | None, info: ValidationInfo) -> str | None:
+        task = info.data.get("task")
+        if value is not None and task != "binary":
+            raise ValueError(f"positive_class is for task 'binary', not {task!r}")
         return value
 
     def model(self, name: str) -> ModelConfig:

@@ -57,7 +57,7 @@ class Predictor:
         self.paths = paths
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = tables.classes(cfg, paths, self.folds["label"])
         self.folds_digest = folds_file.digest(self.folds)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:

@@ -29,7 +29,6 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.data.labels import Classes
 from foldstack.runtime import isolate
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import DEFAULT_WORKERS, WORKER, FoldTask, features_key, recipe_fingerprint
@@ -48,7 +47,7 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = tables.classes(cfg, paths, self.folds["label"])
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
