@@ -217,6 +217,42 @@ def _check_albumentations(transforms: Transforms, known: Known) -> None:
 Regime = Literal["features", "finetune", "partial", "scratch"]
 
 
+class _Teachers(_Frozen):
+    """Models of the pipeline listed before this one (``from`` in the YAML), whose trained folds
+    this model learns from: a second round of training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    teachers: list[str] = Field(alias="from", min_length=1, description="earlier models of the pipeline")
+
+
+class PseudoLabelsConfig(_Teachers):
+    """Pseudo-labels: confident test images join each fold's training rows.
+
+    Fold k's pseudo-labels are the mean of the ``from`` models' **fold-k** models' test
+    predictions (models that never saw fold k's rows), so no fold's labels reach its own OOF
+    through a pseudo-label; never the stack or other folds' models. A test image joins when its
+    top probability reaches ``threshold`` (multilabel: every class's probability is at least
+    ``threshold`` or at most ``1 - threshold``), labelled with its top class (``soft: false``) or
+    the probabilities themselves (``soft: true``).
+    """
+
+    threshold: float = Field(0.9, ge=0, le=1, description="the confidence a test image needs to join")
+    soft: bool = Field(False, description="train on the teachers' probabilities instead of their top class")
+
+
+class DistillConfig(_Teachers):
+    """OOF soft-label distillation: each training row's target is ``alpha`` times its one-hot
+    label plus ``1 - alpha`` times the ``from`` models' probabilities.
+
+    Fold k's soft labels come from the ``from`` models' fold-k models (trained on exactly the
+    rows fold k trains on, never on fold k), so fold k's OOF stays honest; the models' plain OOF
+    would not be (a row of fold j was predicted by fold j's model, which trained on fold k).
+    """
+
+    alpha: float = Field(0.5, ge=0, le=1, description="the weight of the one-hot label")
+
+
 class ModelConfig(_Frozen):
     """One base model: a backbone, its weights, and how it is fine-tuned.
 
@@ -247,6 +283,17 @@ class ModelConfig(_Frozen):
     dense_units: list[int] = Field([256], description="partial: the dense layers on the cut")
     patience: int = Field(3, ge=1, description="early stopping on the fold's metric")
     class_weights: bool = False
+    pseudo_labels: PseudoLabelsConfig | None = Field(
+        None, description="train also on confident test images labelled by earlier models' folds")
+    distill: DistillConfig | None = Field(
+        None, description="train on the one-hot labels mixed with earlier models' folds' probabilities")
+
+    @property
+    def teachers(self) -> list[str]:
+        """The earlier models this one learns from (pseudo-labels, distillation), each once."""
+        names = [*(self.pseudo_labels.teachers if self.pseudo_labels else []),
+                 *(self.distill.teachers if self.distill else [])]
+        return list(dict.fromkeys(names))
 
     @field_validator("backbone")
     @classmethod
@@ -356,6 +403,20 @@ class PipelineConfig(_Frozen):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _teachers_listed_before(cls, value: list[ModelConfig]) -> list[ModelConfig]:
+        """A model learns only from models listed before it: the train stage trains them first."""
+        for i, model in enumerate(value):
+            earlier = [m.name for m in value[:i]]
+            for key in ("pseudo_labels", "distill"):
+                setting = getattr(model, key)
+                for name in setting.teachers if setting else []:
+                    if name not in earlier:
+                        raise ValueError(f"models[{i}].{key}.from: {name!r} is not a model listed before "
+                                         f"{model.name!r} (listed before it: {', '.join(earlier) or 'none'})")
         return value
 
     @field_validator("stack")
