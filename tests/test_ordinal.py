@@ -175,7 +175,7 @@ def test_an_ordinal_pipeline_needs_a_metric_of_grades_label_submissions_and_no_s
 
 def test_ordinal_grades_must_be_numbers() -> None:
     with pytest.raises(DataError, match="train.csv: task 'ordinal' needs numeric grades; label 'mild'"):
-        Classes.from_labels(pd.Series(["0", "mild", "2"]), "ordinal", "train.csv")
+        Classes.from_labels(pd.Series(["0", "mild", "2"]), "ordinal", source="train.csv")
     classes = Classes.from_labels(pd.Series(["10", "2", "0"]), "ordinal")
     assert classes.names == ("0", "2", "10") and classes.columns == ("score",)
 

@@ -129,7 +129,7 @@ def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fol
         held = fold == k
         model = clone(estimator).fit(X[~held], y[~held])
         oof[held] = as_submitted(model.predict_proba(X[held]), multilabel)
-        scores.append(metric(y[held], oof[held], n_classes))
+        scores.append(metric(y[held], oof[held], n_classes=n_classes))
         models.append(model)
     if not is_score(y, oof):
         return CVResult(oof, np.array(scores), folds, tuple(models), multilabel)

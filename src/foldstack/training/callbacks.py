@@ -36,7 +36,7 @@ class FoldScore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         proba = self.model.predict(self.inputs, verbose=0)
         if logs is not None:
-            logs["val_score"] = self.metric(self.y_true, proba, self.n_classes)
+            logs["val_score"] = self.metric(self.y_true, proba, n_classes=self.n_classes)
 
 
 def save_weights(model: keras.Model, path: Path, attrs: dict[str, Any] | None = None) -> None:
