@@ -166,7 +166,7 @@ def test_only_score_candidates_stack_an_ordinal_task_and_each_gives_a_score() ->
     ({"metric": "log_loss"}, "metric = 'log_loss': .*task 'ordinal' needs a metric of grades"),
     ({"submission": {"format": "probabilities"}}, "submission = .*the format must be 'label'"),
     ({"models": [{"name": "m", "backbone": "small_cnn", "weights": "none", "label_smoothing": 0.1}]},
-     "models = .*task 'ordinal' regresses a score \\(model 'm'\\)"),
+     "models = .*models\\[0\\].label_smoothing: not for task 'ordinal'.*\\(model 'm'\\)"),
 ])
 def test_an_ordinal_pipeline_needs_a_metric_of_grades_label_submissions_and_no_smoothing(overrides, key) -> None:
     with pytest.raises(ConfigError, match=key):

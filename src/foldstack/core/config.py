@@ -412,12 +412,14 @@ class PipelineConfig(_Frozen):
 
     @field_validator("models")
     @classmethod
-    def _no_smoothing_of_a_score(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
-        if info.data.get("task") == "ordinal":
-            smoothed = [model.name for model in value if model.label_smoothing]
-            if smoothed:
-                raise ValueError(f"label_smoothing smooths class probabilities; task 'ordinal' regresses a "
-                                 f"score (model {smoothed[0]!r})")
+    def _recipes_of_a_score(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """An ordinal task's networks regress a score: the recipes made for class probabilities
+        (label smoothing, pseudo-labels and distillation from a teacher's probabilities) do not apply."""
+        for i, model in (enumerate(value) if info.data.get("task") == "ordinal" else ()):
+            for key in ("label_smoothing", "pseudo_labels", "distill"):
+                if getattr(model, key):
+                    raise ValueError(f"models[{i}].{key}: not for task 'ordinal', whose networks regress a "
+                                     f"score (model {model.name!r})")
         return value
 
     @field_validator("submission")
