@@ -44,6 +44,7 @@ from foldstack.training.fold_task import (
     PredictTask,
     digest,
     features_key,
+    members,
     recipe_fingerprint,
 )
 
@@ -62,21 +63,24 @@ class Predictor:
         self.folds_digest = folds_file.digest(self.folds)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
-        """Each fold's folder, once it is checked to hold weights of the pipeline's recipe.
+        """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
+        is checked to hold weights of the pipeline's recipe.
 
         Raises:
             DataError: a fold is untrained, trained by another recipe, or lacks its weights.
         """
-        fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
-                                         self.folds_digest)
-        dirs = tuple(self.paths.models / model.name / f"fold{fold}" for fold in range(self.cfg.folds.k))
-        for fold, fold_dir in enumerate(dirs):
+        runs = members(model, self.cfg.folds.k, self.cfg.seed)
+        dirs = tuple(self.paths.models / model.name / run.name for run in runs)
+        for run, fold_dir in zip(runs, dirs):
+            fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed,
+                                             self.folds_digest)
+            what = f"fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
             done = fold_dir / fold_done.NAME
             if not fold_done.exists(fold_dir):
-                raise DataError(f"{done}: not found: fold {fold} of model {model.name!r} is not trained; "
+                raise DataError(f"{done}: not found: {what} of model {model.name!r} is not trained; "
                                 "run the train stage first")
             if fold_done.finished(fold_dir, fingerprint) is None:
-                raise DataError(f"{done}: fold {fold} of model {model.name!r} was trained by another recipe "
+                raise DataError(f"{done}: {what} of model {model.name!r} was trained by another recipe "
                                 "(model, augmentation, folds or seed changed since); run the train stage again")
             if not (fold_dir / BEST).is_file():
                 raise DataError(f"{fold_dir / BEST}: not found; run the train stage again")
@@ -98,10 +102,11 @@ class Predictor:
         cfg, paths = self.cfg, self.paths
         test = tables.load_test_table(cfg, paths)
         ids = test["id"].tolist()
-        k = cfg.folds.k
-        with tqdm(total=len(cfg.models) * k, desc="predict", unit="fold") as bar:
+        with tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
+                  unit="fold") as bar:
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
+                k = len(dirs)
                 key = digest({"weights": _weights_digest(dirs), "ids": ids, "task": cfg.task,
                               "model": model.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json")})
                 out = paths.test / f"{model.name}.parquet"
@@ -117,7 +122,8 @@ class Predictor:
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {k} folds x "
+                runs = f"{cfg.folds.k} folds" + (f" x {len(model.seeds)} seeds" if model.seeds else "")
+                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {runs} x "
                            f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
         self.reference(cfg.models[0])
 
@@ -144,7 +150,9 @@ class Predictor:
 
 
 def fold_mean(folds: list[np.ndarray]) -> np.ndarray:
-    """A model's probabilities: the mean of its folds' (each already a mean over TTA views)."""
+    """A model's probabilities: the mean of its folds' (each already a mean over TTA views).
+    Under seed bagging every fold has one run per seed, so the mean of all runs is the mean over
+    folds of each fold's seed mean."""
     return np.mean(np.asarray(folds, dtype=np.float64), axis=0)
 
 

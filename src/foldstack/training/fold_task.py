@@ -114,6 +114,39 @@ class PredictTask:
         return self.model.image_size
 
 
+def train_split(size: int | None) -> str:
+    """The name of the training images' cache at ``size`` among a task's ``caches``: ``train``
+    at the model's own size (None), ``train-<size>`` at a progressive-resizing size."""
+    return "train" if size is None else f"train-{size}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One training run of a fold: the fold, its seed and its folder's name under ``models/<m>/``.
+
+    Without ``seeds`` a fold has one member, seeded by the pipeline seed plus the fold, in
+    ``fold<k>`` (the layout before seed bagging). With ``seeds`` it has one per listed seed ``s``,
+    seeded by ``s`` plus the fold, in ``fold<k>-seed<s>`` -- or ``fold<k>`` where ``s`` is the
+    pipeline seed, which is the same run, so bagging keeps a fold already trained.
+    """
+
+    fold: int
+    seed: int
+    name: str
+
+    @property
+    def run_seed(self) -> int:
+        """What seeds the run's weights, shuffling and augmentation."""
+        return self.seed + self.fold
+
+
+def members(model: ModelConfig, k: int, pipeline_seed: int) -> list[Member]:
+    """Every run of the model's ``k`` folds, fold by fold, then by seed in the YAML's order."""
+    seeds = model.seeds or [pipeline_seed]
+    return [Member(fold, seed, f"fold{fold}" if seed == pipeline_seed else f"fold{fold}-seed{seed}")
+            for fold in range(k) for seed in seeds]
+
+
 def features_key(model: ModelConfig, augment: AugmentConfig, ids: list[str]) -> str:
     """What the ``features`` regime's backbone pass over one split depends on: the backbone, its
     weights, the image size, the valid transforms and TTA views, and the split's images. Not the
@@ -131,7 +164,10 @@ def digest(value: object) -> str:
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
                        folds_digest: str) -> str:
     """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
-    Never the test set: a new one is predicted by the trained folds (the predict stage)."""
-    return digest({"model": model.model_dump(mode="json"), "augment": augment.model_dump(mode="json"),
+    Never the test set: a new one is predicted by the trained folds (the predict stage).
+
+    ``seed`` is the run's own (a :class:`Member`'s), not the model's list of ``seeds``: adding a
+    seed to the list trains only the new seed."""
+    return digest({"model": model.model_dump(mode="json", exclude={"seeds"}), "augment": augment.model_dump(mode="json"),
                    "task": task, "metric": metric, "seed": seed, "folds": folds_digest})
 
