@@ -226,46 +226,49 @@ def test_seed_bagging_averages_its_seeds_and_skips_finished_runs(tiny_digits, tm
     paths = Paths.for_pipeline("tiny", tmp_path)
     shutil.copytree(source.root, paths.root, dirs_exist_ok=True)
     model = {**MODEL, "regime": "features", "epochs": 1}
-    train.run(make_config(models=[model]), paths, workers=1)  # one run per fold, as before bagging
-    single = pd.read_parquet(paths.oof / "m.parquet")
-
     bagged = make_config(models=[{**model, "seeds": [cfg.seed, 7]}])
-    capsys.readouterr()
     train.run(bagged, paths, workers=1)
-    out = capsys.readouterr().out
-    assert f"skip m fold 0 seed {cfg.seed}" in out and f"skip m fold 1 seed {cfg.seed}" in out
-    assert "m fold 0 seed 7:" in out and "m fold 1 seed 7:" in out
 
     models = paths.models / "m"
+    # The pipeline seed's runs sit where a model without seeds puts its folds.
     runs = {(fold, seed): models / (f"fold{fold}" if seed == cfg.seed else f"fold{fold}-seed{seed}")
             for fold in (0, 1) for seed in (cfg.seed, 7)}
+    assert all((folder / "done.json").is_file() for folder in runs.values())
     assert any(not np.array_equal(a, b) for a, b in zip(_weights(runs[0, cfg.seed] / BEST), _weights(runs[0, 7] / BEST)))
 
     oof = pd.read_parquet(paths.oof / "m.parquet").set_index("id")
     own = {run: pd.read_parquet(folder / "oof.parquet").set_index("id") for run, folder in runs.items()}
     for fold in (0, 1):
         rows = own[fold, cfg.seed].index
+        assert (oof.loc[rows, "fold"] == fold).all()
         mean = (own[fold, cfg.seed][CLASSES] + own[fold, 7].loc[rows, CLASSES]) / 2
         np.testing.assert_allclose(oof.loc[rows, CLASSES].to_numpy(), mean.to_numpy(), rtol=1e-12)
-    assert not np.allclose(oof[CLASSES].to_numpy(), single.set_index("id").loc[oof.index, CLASSES].to_numpy())
 
     manifest = json.loads((models / "manifest.json").read_text())
     folds = pd.read_csv(paths.folds, dtype={"id": str}).set_index("id")
     y = folds.loc[oof.index, "label"].astype(int).to_numpy()
     accuracy = metrics.get("accuracy")
     assert manifest["cv_score"] == pytest.approx(accuracy(y, oof[CLASSES].to_numpy()))
+    seed_scores = {}
     for seed in (cfg.seed, 7):
         seed_oof = pd.concat([own[0, seed], own[1, seed]]).loc[oof.index, CLASSES].to_numpy()
         record = manifest["seed_runs"][str(seed)]
+        seed_scores[seed] = record["cv_score"]
         assert record["cv_score"] == pytest.approx(accuracy(y, seed_oof))
         assert [fold["fold"] for fold in record["folds"]] == [0, 1]
 
     capsys.readouterr()
     train.run(bagged, paths, workers=1)
-    assert capsys.readouterr().out.count("skip m fold") == 4  # every (fold, seed) already finished
+    out = capsys.readouterr().out
+    assert out.count("skip m fold") == 4 and "seed 7: already trained" in out  # every (fold, seed) finished
 
-    predict.run(bagged, paths, workers=1)
-    test = pd.read_parquet(paths.test / "m.parquet").set_index("id")
-    per_run = [pd.read_parquet(folder / "test.parquet").set_index("id").loc[test.index, CLASSES].to_numpy()
-               for folder in runs.values()]
-    np.testing.assert_allclose(test[CLASSES].to_numpy(), np.mean(per_run, axis=0), rtol=1e-12)
+    # Without seeds, the model is the pipeline seed's runs alone: nothing trains again.
+    single = make_config(models=[model])
+    train.run(single, paths, workers=1)
+    out = capsys.readouterr().out
+    assert "skip m fold 0" in out and "skip m fold 1" in out and "seed" not in out
+    assert json.loads((models / "manifest.json").read_text())["cv_score"] == pytest.approx(seed_scores[cfg.seed])
+
+    # The predict stage runs every (fold, seed), fold by fold, and averages them all.
+    assert predict.Predictor(bagged, paths).fold_dirs(bagged.models[0]) == tuple(runs[fold, seed] for fold in (0, 1)
+                                                                                   for seed in (cfg.seed, 7))
