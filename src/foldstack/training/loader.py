@@ -20,7 +20,6 @@ from foldstack.core.config import AugmentConfig
 from foldstack.runtime.memory import keep_freed_memory
 from foldstack.training.augment import compose
 
-
 Mix = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 """``mix(images, targets, rng) -> (images, targets)``: a whole batch mixed (MixUp, CutMix)."""
 
