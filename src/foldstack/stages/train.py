@@ -1,6 +1,8 @@
-"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It never
-reads the test set: the predict stage (:mod:`foldstack.stages.predict`) predicts it with the
-trained folds, so a new test set trains nothing.
+"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It reads
+the test set only for a pseudo-labelled model (``pseudo_labels``: its teachers' fold-k models
+label the test images its fold k trains on, :mod:`foldstack.training.rounds`); otherwise the
+predict stage (:mod:`foldstack.stages.predict`) predicts it with the trained folds, so a new test
+set trains nothing.
 
 Each fold trains in a process of its own (:mod:`foldstack.runtime.isolate`; the Keras side is
 :mod:`foldstack.training.worker`), so its model's memory is returned before the next fold starts;
@@ -28,7 +30,6 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.data.labels import Classes
 from foldstack.runtime import isolate
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import (
@@ -41,6 +42,7 @@ from foldstack.training.fold_task import (
     recipe_fingerprint,
     train_split,
 )
+from foldstack.training.rounds import Teachers, round_fields
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,12 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = tables.classes(cfg, paths, self.folds["label"])
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
+        self.teachers = Teachers(cfg, paths, len(self.classes), self.folds_digest, self.files,
+                                 self.folds["id"].tolist(), self.workers)
 
     def _train_files(self) -> list[str]:
         return folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
@@ -80,25 +84,32 @@ class Trainer:
         ids = self.folds["id"].tolist()
         # The model's own size, then each progressive-resizing size (a cache of its own).
         caches = {}
+        keys = {"train": features_key(model, self.cfg.augment, ids)}
         for size in [model.image_size, *(step.size for step in model.progressive or [])]:
-            split = train_split(None if size == model.image_size else size)
-            caches[split] = self.paths.cache / str(size) / "train.npy"
-            cached_images(self.files, ids, size, caches[split], desc=f"train {size}px")
+            own = None if size == model.image_size else size
+            caches[train_split(own)] = self.paths.cache / str(size) / "train.npy"
+            cached_images(self.files, ids, size, caches[train_split(own)], desc=f"train {size}px")
+            if model.pseudo_labels:  # its folds train on test images too
+                caches[train_split(own, "test")] = self.teachers.cache("test", size)
+        if model.pseudo_labels:
+            keys["test"] = features_key(model, self.cfg.augment, self.teachers.ids("test"))
         runs = members(model, self.cfg.folds.k, self.cfg.seed)
         fingerprints = {run: self._fingerprint(model, run) for run in runs}
+        sources = [self.teachers.source_key(model, fold) for fold in range(self.cfg.folds.k)]
         features, features_seconds = None, None
         if model.regime == "features":
             features = self.paths.models / model.name / "features"
             # The backbone pass is needed only while some fold is still to train.
-            if any(fold_done.finished(self._fold_dir(model, run), fingerprints[run]) is None for run in runs):
+            if any(fold_done.finished(self._fold_dir(model, run), fingerprints[run], sources[run.fold]) is None
+                   for run in runs):
                 started = time.perf_counter()
-                isolate.call(f"{WORKER}:build_features", model, {"train": caches["train"]}, self.cfg.augment,
-                             features, {"train": features_key(model, self.cfg.augment, ids)}, self.workers)
+                isolate.call(f"{WORKER}:build_features", model, {split: caches[split] for split in keys},
+                             self.cfg.augment, features, keys, self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
         results = {}
         for run in runs:
             start = bar.n
-            results[run] = self._train_fold(model, run, caches, features, fingerprints[run], bar)
+            results[run] = self._train_fold(model, run, caches, features, fingerprints[run], bar, sources[run.fold])
             bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
         return self._merge(model, results, features_seconds)
 
@@ -109,20 +120,21 @@ class Trainer:
         return self.paths.models / model.name / run.name
 
     def _train_fold(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
-                    fingerprint: str, bar: tqdm) -> dict:
+                    fingerprint: str, bar: tqdm, source: str | None = None) -> dict:
         fold = run.fold
         fold_dir = self._fold_dir(model, run)
         what = f"{model.name} fold {fold}" + (f" seed {run.seed}" if model.seeds else "")
-        done = fold_done.finished(fold_dir, fingerprint)
+        done = fold_done.finished(fold_dir, fingerprint, source)
         if done is not None:
             tqdm.write(f"skip {what}: already trained ({self.cfg.metric} {done['score']:.4f})")
             return done
         if fold_done.exists(fold_dir):
-            log.info("%s: its recipe changed, training again", what)
-        if fold_dir.exists() and _fingerprint_of(fold_dir) != fingerprint:
-            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe
+            log.info("%s: its recipe or teachers changed, training again", what)
+        trained_by = fingerprint if source is None else f"{fingerprint} {source}"
+        if fold_dir.exists() and _fingerprint_of(fold_dir) != trained_by:
+            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe or teacher
         fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "fingerprint").write_text(fingerprint)
+        (fold_dir / "fingerprint").write_text(trained_by)
 
         is_valid = (self.folds["fold"] == fold).to_numpy()
         task = FoldTask(
@@ -130,6 +142,8 @@ class Trainer:
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
             caches=caches, fold_dir=fold_dir, seed=run.run_seed, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features,
+            **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
+                           self.teachers.predictions),
         )
 
         def tick(val_score: float | None) -> None:
@@ -149,7 +163,9 @@ class Trainer:
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
         done = {"fold": fold, "seed": run.seed, "score": score, "seconds": round(seconds, 2),
-                "fingerprint": fingerprint, "epochs": _epochs_run(fold_dir), "device": result["device"],
+                "fingerprint": fingerprint, "source": source,
+                "pseudo_labelled": None if task.pseudo is None else len(task.pseudo.index),
+                "epochs": _epochs_run(fold_dir), "device": result["device"],
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat
         fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists
