@@ -82,8 +82,9 @@ class Plan:
         network: the model that trains, end to end.
         backbone: the backbone inside it whose trainable layers the phases set, or None.
         phases: what to train, in order.
-        train: makes a phase's training data (at its size), as ``fit``'s keywords (``x`` a batch
-            sequence, or ``x``, ``y``, ``batch_size`` and ``shuffle`` for arrays).
+        train: makes a phase's training data (at its size; without a phase, the model's own), as
+            ``fit``'s keywords (``x`` a batch sequence, or ``x``, ``y``, ``batch_size`` and
+            ``shuffle`` for arrays).
         steps: batches per epoch (for the learning-rate schedule).
         valid: what ``predict`` takes for the held-out fold's score each epoch.
     """
@@ -91,7 +92,7 @@ class Plan:
     network: keras.Model
     backbone: keras.Model | None
     phases: Sequence[Phase]
-    train: Callable[[Phase], dict[str, Any]]
+    train: Callable[[Phase | None], dict[str, Any]]
     steps: int
     valid: Any
 

@@ -91,7 +91,7 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     plan = Plan(
         network=network, backbone=None,
         phases=[Phase("all", task.model.epochs, task.model.lr, backbone=None)],
-        train=lambda phase: {"x": train_x, "y": train_y, "batch_size": batch_size, "shuffle": True},
+        train=lambda phase=None: {"x": train_x, "y": train_y, "batch_size": batch_size, "shuffle": True},
         steps=math.ceil(len(train_x) / batch_size),
         # The first view's features are the plain image; validation scores it like the other regimes.
         valid=cache.views("train")[0][task.valid_index],
@@ -164,7 +164,7 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
     if task.model.progressive:
         phases = resized(phases, task.model.progressive)
     return Plan(network=network, backbone=backbone, phases=phases,
-                train=lambda phase: {"x": train_batches(task, images, phase.size)},
+                train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
                 steps=math.ceil(n_training_rows(task) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
 
