@@ -57,7 +57,7 @@ NOT_FOR_INFERENCE = ("backup-*", "features", "phase-*", ".*")
 #: 3, shipped at its pin, runs on the image's TensorFlow. Everything else is shipped at its pin:
 #: the fitted level-two model is a scikit-learn or LightGBM pickle, read back only by the version
 #: that wrote it, and the others are small.
-LEAVE_OUT = ("tensorflow",)
+LEAVE_OUT = ("tensorflow", "ray")
 #: The platforms the wheels are chosen for: a Kaggle image runs x86-64 Linux with glibc 2.35
 #: (Ubuntu 22.04). pip's ``manylinux2014`` alone (glibc 2.17, with 2010 and 1) would miss the
 #: wheels built only for a newer glibc (``manylinux_2_28``).

@@ -35,7 +35,8 @@ from foldstack.data.cache import cached_images
 from foldstack.data.images import load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
-from foldstack.runtime import isolate
+from foldstack.runtime import compute, isolate
+from foldstack.runtime.executor import Job
 from foldstack.training.fold_task import (
     BEST,
     DEFAULT_WORKERS,
@@ -99,7 +100,9 @@ class Predictor:
         test = tables.load_test_table(cfg, paths)
         ids = test["id"].tolist()
         k = cfg.folds.k
-        with tqdm(total=len(cfg.models) * k, desc="predict", unit="fold") as bar:
+        with (compute.executor_for(cfg.compute, WORKER) as executor,
+              tqdm(total=len(cfg.models) * k, desc="predict", unit="fold") as bar):
+            jobs, stale, ticks = [], {}, {}
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
                 key = digest({"weights": _weights_digest(dirs), "ids": ids, "task": cfg.task,
@@ -109,16 +112,27 @@ class Predictor:
                     tqdm.write(f"skip {model.name}: test predictions up to date")
                     bar.update(k)
                     continue
-                started = time.perf_counter()
                 cache = paths.cache / str(model.image_size) / "test.npy"
                 cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
-                folds = isolate.call(f"{WORKER}:predict_folds", self.task(model, cache, dirs, "test", ids),
-                                     on_message=lambda _: bar.update(1))
+                stale[model.name], ticks[model.name] = (dirs, key, out), 0
+
+                def tick(_: None, name: str = model.name) -> None:
+                    ticks[name] += 1
+                    bar.update(1)
+
+                jobs.append(Job(model.name, f"{WORKER}:predict_folds", (self.task(model, cache, dirs, "test", ids),),
+                                tick, needs=(cache, *dirs)))
+
+            def done(job: Job, folds: list[np.ndarray], seconds: float) -> None:
+                dirs, key, out = stale[job.name]
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {k} folds x "
-                           f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
+                bar.update(k - ticks[job.name])  # a Ray task sends no ticks
+                tqdm.write(f"{job.name}: predicted {len(ids)} test images, {k} folds x "
+                           f"{len(cfg.augment.tta)} view(s) ({seconds:.0f} s)")
+
+            executor.run(jobs, done)
         self.reference(cfg.models[0])
 
     def reference(self, model: ModelConfig) -> None:

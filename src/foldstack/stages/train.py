@@ -28,7 +28,8 @@ from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
 from foldstack.data.labels import Classes
-from foldstack.runtime import isolate
+from foldstack.runtime import compute, isolate
+from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import DEFAULT_WORKERS, WORKER, FoldTask, features_key, recipe_fingerprint
 
@@ -60,7 +61,8 @@ class Trainer:
         models = [self.cfg.model(name) for name in only] if only else list(self.cfg.models)
         k = self.cfg.folds.k
         scores = {}
-        with tqdm(total=sum(m.epochs for m in models) * k, desc="train", unit="epoch") as bar:
+        with (compute.executor_for(self.cfg.compute, WORKER) as self.executor,
+              tqdm(total=sum(m.epochs for m in models) * k, desc="train", unit="epoch") as bar):
             for model in models:
                 scores[model.name] = self.train_model(model, bar)
         return scores
@@ -81,18 +83,39 @@ class Trainer:
                 isolate.call(f"{WORKER}:build_features", model, caches, self.cfg.augment, features,
                              {"train": features_key(model, self.cfg.augment, ids)}, self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
-        results = []
+        results, jobs, ticks, fold_of = {}, [], {}, {}
         for fold in range(self.cfg.folds.k):
-            start = bar.n
-            results.append(self._train_fold(model, fold, caches, features, fingerprint, bar))
-            bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
-        return self._merge(model, results, features_seconds)
+            task = self._fold_task(model, fold, caches, features, fingerprint)
+            if isinstance(task, dict):  # already trained
+                results[fold] = task
+                bar.update(model.epochs)
+                continue
+            ticks[fold] = 0
+
+            def tick(val_score: float | None, fold: int = fold) -> None:
+                ticks[fold] += 1
+                bar.update(1)
+                if val_score is not None:
+                    bar.set_postfix(score=f"{val_score:.4f}")
+
+            jobs.append(Job(f"{model.name} fold {fold}", f"{WORKER}:train_fold", (task,), tick,
+                            needs=(*caches.values(), *([features] if features else []))))
+            fold_of[jobs[-1].name] = fold
+
+        def done(job: Job, result: dict, seconds: float) -> None:
+            fold = fold_of[job.name]
+            results[fold] = self._finish_fold(model, fold, job.args[0], result, seconds, fingerprint)
+            bar.update(model.epochs - ticks[fold])  # early stopping ends a fold early
+
+        self.executor.run(jobs, done)
+        return self._merge(model, [results[fold] for fold in range(self.cfg.folds.k)], features_seconds)
 
     def _fold_dir(self, model: ModelConfig, fold: int) -> Path:
         return self.paths.models / model.name / f"fold{fold}"
 
-    def _train_fold(self, model: ModelConfig, fold: int, caches: dict[str, Path], features: Path | None,
-                    fingerprint: str, bar: tqdm) -> dict:
+    def _fold_task(self, model: ModelConfig, fold: int, caches: dict[str, Path], features: Path | None,
+                   fingerprint: str) -> FoldTask | dict:
+        """The fold's task, its folder made ready; or its ``done.json`` if it is trained already."""
         fold_dir = self._fold_dir(model, fold)
         done = fold_done.finished(fold_dir, fingerprint)
         if done is not None:
@@ -112,15 +135,12 @@ class Trainer:
             caches=caches, fold_dir=fold_dir, seed=self.cfg.seed + fold, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features,
         )
+        return task
 
-        def tick(val_score: float | None) -> None:
-            bar.update(1)
-            if val_score is not None:
-                bar.set_postfix(score=f"{val_score:.4f}")
-
-        started = time.perf_counter()
-        result = isolate.call(f"{WORKER}:train_fold", task, on_message=tick)
-        seconds = time.perf_counter() - started
+    def _finish_fold(self, model: ModelConfig, fold: int, task: FoldTask, result: dict, seconds: float,
+                     fingerprint: str) -> dict:
+        """Score the fold's OOF rows and write them, then its ``done.json``."""
+        fold_dir = task.fold_dir
         if self.device is None:
             self.device = result["device"]
             log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
