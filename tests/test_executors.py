@@ -30,10 +30,12 @@ from conftest import make_config
 MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
          "epochs": 1, "batch_size": 16, "lr": 0.003}
 CLASSES = [str(d) for d in range(10)]
-#: Data parallel against one device (TensorFlow, two logical CPU devices, MirroredStrategy): the
-#: replicas' gradients are summed in another order, so float32 rounding differs. Measured: at most
-#: 0.0085 apart over every OOF probability.
-DATA_PARALLEL_TOLERANCE = 0.02
+#: Data parallel against one device, TensorFlow (MirroredStrategy over two logical CPU devices):
+#: each replica normalises its half of the batch with its own BatchNorm statistics, and the
+#: replicas' gradients are summed in another order. Measured: at most 0.030 apart over every OOF
+#: probability with this model (0.0085 at lr 0.001). Under JAX (DataParallel shards one global
+#: batch) the gap is float rounding: 8.6e-5 (benchmarks/RESULTS.md).
+DATA_PARALLEL_TOLERANCE = 0.05
 
 
 def competition(root: Path, **compute) -> tuple:
@@ -99,10 +101,10 @@ def fold_processes() -> list[int]:
     return sorted(pid for server in servers for pid in children(server))
 
 
-def wait_for(condition, what: str, thread: threading.Thread, seconds: float = 300):
+def wait_for(condition, what: str, thread: threading.Thread, errors: list, seconds: float = 300):
     deadline = time.time() + seconds
     while not (found := condition()):
-        assert thread.is_alive(), f"the stage ended before {what}"
+        assert thread.is_alive(), f"the stage ended before {what}: {errors}"
         assert time.time() < deadline, f"no {what} after {seconds} s"
         time.sleep(0.05)
     return found
@@ -114,7 +116,7 @@ def test_folds_fan_out_over_two_devices_and_a_killed_fold_is_tried_again(one_dev
     the two fold processes is killed, tried again, and the OOF file is bitwise that of one device."""
     cfg, paths = competition(tmp_path, devices=2)
     thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
-    running = wait_for(lambda: len(fold_processes()) >= 2 and fold_processes(), "two folds at once", thread)
+    running = wait_for(lambda: len(fold_processes()) >= 2 and fold_processes(), "two folds at once", thread, errors)
     killed = running[-1]
     os.kill(killed, signal.SIGKILL)
     thread.join()
@@ -172,7 +174,7 @@ def ray_cluster():
     """One local Ray cluster of two worker processes for every Ray test (it takes seconds to start)."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -194,7 +196,7 @@ def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_clus
     the OOF and test files are bitwise those of the local executor; a rerun skips both folds."""
     cfg, paths = competition(tmp_path, executor="ray")
     thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
-    killed = wait_for(lambda: ray_processes("ray::foldstack m fold 1"), "Ray task for fold 1", thread)
+    killed = wait_for(lambda: ray_processes("ray::foldstack m fold 1"), "Ray task for fold 1", thread, errors)
     os.kill(killed[0], signal.SIGKILL)
     thread.join()
     assert not errors, errors

@@ -46,8 +46,9 @@ class RayExecutor:
     def run(self, jobs: Sequence[Job], done: Done) -> None:
         import ray
 
-        remote = ray.remote(_run_job)
-        refs = {remote.options(name=f"foldstack {job.name}", num_cpus=1, num_gpus=self.num_gpus, max_calls=1,
+        # A worker process per task: the fold's memory (TensorFlow's traced graphs) goes back with it.
+        remote = ray.remote(max_calls=1)(_run_job)
+        refs = {remote.options(name=f"foldstack {job.name}", num_cpus=1, num_gpus=self.num_gpus,
                                max_retries=self.max_retries).remote(job.function, job.args, job.needs): job
                 for job in jobs}
         first: BaseException | None = None
