@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_config
 
 from foldstack.contracts import fold_done
 from foldstack.core.config import ComputeConfig, ConfigError
 from foldstack.core.paths import Paths
 from foldstack.runtime import executor, ray_executor
 from foldstack.stages import download, folds, predict, train
-
-from conftest import make_config
 
 # One epoch: a fold whose process is killed and tried again ends with the same weights wherever
 # the kill fell (before its epoch: trained again from the same seed; after: its checkpoint).
