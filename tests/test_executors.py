@@ -212,9 +212,10 @@ def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_clus
 
 
 def test_a_ray_cluster_without_gpu_when_the_yaml_asks_for_one(ray_cluster) -> None:
+    job = executor.Job("m fold 0", "foldstack.training.worker:gpu_count", ())
     with pytest.raises(ConfigError) as error:
-        with ray_executor.connected(ComputeConfig(executor="ray", gpu=True)):
-            pass
+        with ray_executor.connected(ComputeConfig(executor="ray", gpu=True)) as on_ray:
+            on_ray.run([job], lambda *_: pytest.fail("no task should run"))
     assert_one_line(error, "compute.gpu = true", "no GPU")
 
 

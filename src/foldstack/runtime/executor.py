@@ -72,13 +72,23 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Jobs in processes of this machine, as many at once as there are slots."""
+    """Jobs in processes of this machine, as many at once as there are slots (asked for once,
+    when the first job comes: a stage with nothing to do starts no process)."""
 
-    def __init__(self, slots: Sequence[Slot], max_retries: int = 1):
-        self.slots = list(slots)
+    def __init__(self, slots: Callable[[], Sequence[Slot]], max_retries: int = 1):
+        self._find_slots = slots
+        self._slots: list[Slot] | None = None
         self.max_retries = max_retries
 
+    @property
+    def slots(self) -> list[Slot]:
+        if self._slots is None:
+            self._slots = list(self._find_slots())
+        return self._slots
+
     def run(self, jobs: Sequence[Job], done: Done) -> None:
+        if not jobs:
+            return
         free: queue.Queue[Slot] = queue.Queue()
         for slot in self.slots:
             free.put(slot)
@@ -132,12 +142,11 @@ class _Cancelled(Exception):
 
 def local(compute: ComputeConfig, gpu_count: Callable[[], int]) -> LocalExecutor:
     """The local executor for ``compute``; ``gpu_count`` asks the backend (in a process of its
-    own) how many GPUs it sees, and is called only when the answer matters.
-
-    Raises:
-        ConfigError: more devices asked for than there are, or a GPU asked for and none found.
+    own) how many GPUs it sees, and is called only when the answer matters. Its first ``run``
+    with jobs raises a ConfigError if more devices are asked for than there are, or a GPU and
+    none is found.
     """
-    return LocalExecutor(slots(compute, gpu_count), compute.max_retries)
+    return LocalExecutor(lambda: slots(compute, gpu_count), compute.max_retries)
 
 
 def slots(compute: ComputeConfig, gpu_count: Callable[[], int]) -> list[Slot]:

@@ -37,19 +37,54 @@ CONNECT_SECONDS = 5.0
 
 
 class RayExecutor:
-    """Jobs as Ray tasks on the cluster this process is connected to."""
+    """Jobs as Ray tasks; connects to the cluster when the first jobs come (a stage with
+    nothing to do starts no cluster), and :meth:`close` disconnects if it connected."""
 
-    def __init__(self, num_gpus: int, max_retries: int):
-        self.num_gpus = num_gpus
-        self.max_retries = max_retries
+    def __init__(self, compute: ComputeConfig, address: str | None):
+        self.compute = compute
+        self.address = address
+        self.num_gpus: int | None = None
+        self._connected = False
+
+    def _connect(self) -> None:
+        """Connect, unless this process is connected already; then choose one GPU or none per task.
+
+        Raises:
+            ConfigError: GPUs asked for (``compute.gpu: true``) and the cluster has none.
+        """
+        import ray
+
+        if not ray.is_initialized():
+            quiet = logging.getLogger("foldstack").getEffectiveLevel() > logging.DEBUG
+            ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=not quiet)
+            self._connected = True
+        resources = ray.cluster_resources()
+        where = self.address or "this machine"
+        if self.compute.gpu is True and not resources.get("GPU"):
+            raise ConfigError(f"compute.gpu = true: the Ray cluster at {where} has no GPU")
+        self.num_gpus = 1 if resources.get("GPU") and self.compute.gpu is not False else 0
+        log.info("Ray cluster at %s: %s; one %s per fold", where, _resources(resources),
+                 "GPU" if self.num_gpus else "CPU")
+
+    def close(self) -> None:
+        import ray
+
+        if self._connected:
+            ray.shutdown()
+            self._connected = False
 
     def run(self, jobs: Sequence[Job], done: Done) -> None:
         import ray
 
+        if not jobs:
+            return
+        if self.num_gpus is None:
+            self._connect()
+        max_retries = self.compute.max_retries
         # A worker process per task: the fold's memory (TensorFlow's traced graphs) goes back with it.
         remote = ray.remote(max_calls=1)(_run_job)
         refs = {remote.options(name=f"foldstack {job.name}", num_cpus=1, num_gpus=self.num_gpus,
-                               max_retries=self.max_retries).remote(job.function, job.args, job.needs): job
+                               max_retries=max_retries).remote(job.function, job.args, job.needs): job
                 for job in jobs}
         first: BaseException | None = None
         pending = list(refs)
@@ -62,8 +97,8 @@ class RayExecutor:
                 first = first or ChildError(f"{job.function} ({job.name}) failed on the Ray cluster:\n{error}")
                 continue
             except ray.exceptions.RayError as error:
-                first = first or ChildDied(f"{job.name}: its Ray worker died {self.max_retries + 1} time(s) "
-                                           f"(compute.max_retries = {self.max_retries}): {one_line(str(error))}")
+                first = first or ChildDied(f"{job.name}: its Ray worker died {max_retries + 1} time(s) "
+                                           f"(compute.max_retries = {max_retries}): {one_line(str(error))}")
                 continue
             if isinstance(outcome, _Failed):
                 first = first or FoldstackError(outcome.message)
@@ -105,30 +140,18 @@ def connected(compute: ComputeConfig) -> Iterator[RayExecutor]:
     Disconnects at the end if it connected.
 
     Raises:
-        ConfigError: the address does not answer, or GPUs are asked for and the cluster has none.
+        ConfigError: the address does not answer (at once); GPUs asked for and the cluster has
+            none (when the first jobs come).
     """
-    import ray
-
     key = ADDRESS_VARIABLE if os.environ.get(ADDRESS_VARIABLE) else "compute.ray_address"
     address = os.environ.get(ADDRESS_VARIABLE) or compute.ray_address
     if address:
         check_answers(address, key)
-    connecting = not ray.is_initialized()
-    if connecting:
-        quiet = logging.getLogger("foldstack").getEffectiveLevel() > logging.DEBUG
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not quiet)
+    executor = RayExecutor(compute, address)
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        where = address or "this machine"
-        if compute.gpu is True and not gpus:
-            raise ConfigError(f"compute.gpu = true: the Ray cluster at {where} has no GPU")
-        num_gpus = 1 if gpus and compute.gpu is not False else 0
-        log.info("Ray cluster at %s: %s; one %s per fold", where, _resources(ray.cluster_resources()),
-                 "GPU" if num_gpus else "CPU")
-        yield RayExecutor(num_gpus, compute.max_retries)
+        yield executor
     finally:
-        if connecting:
-            ray.shutdown()
+        executor.close()
 
 
 def check_answers(address: str, key: str) -> None:
