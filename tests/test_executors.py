@@ -1,7 +1,9 @@
 """Where the folds run, on this CPU machine: fanned out over two device slots, data parallel over
 two virtual devices inside a fold, and as tasks on a local Ray cluster of two worker processes.
-Each writes the same OOF (and test) files as one device: bitwise where the work is the same,
-within a stated tolerance where data parallel splits the batches."""
+Each writes the same OOF (and test) files as one device: the same ids, folds and columns, and
+probabilities equal up to ``SAME`` where the work is the same (bitwise in every run measured
+here, but TensorFlow's CPU kernels do not promise a fixed summation order: benchmarks/RESULTS.md),
+within ``DATA_PARALLEL_TOLERANCE`` where data parallel splits the batches."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from foldstack.stages import download, folds, predict, train
 MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
          "epochs": 1, "batch_size": 16, "lr": 0.003}
 CLASSES = [str(d) for d in range(10)]
+#: The same work on another device or executor: equal probabilities, up to float rounding.
+SAME = 1e-5
 #: Data parallel against one device, TensorFlow (MirroredStrategy over two logical CPU devices):
 #: each replica normalises its half of the batch with its own BatchNorm statistics, and the
 #: replicas' gradients are summed in another order. Measured: at most 0.030 apart over every OOF
@@ -51,6 +55,10 @@ def oof_of(paths: Paths) -> pd.DataFrame:
 
 def done_of(paths: Paths) -> list[dict]:
     return [json.loads((paths.models / "m" / f"fold{fold}" / fold_done.NAME).read_text()) for fold in range(2)]
+
+
+def assert_same(frame: pd.DataFrame, expected: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(frame, expected, check_exact=False, rtol=0, atol=SAME)
 
 
 def assert_one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
@@ -112,7 +120,7 @@ def wait_for(condition, what: str, thread: threading.Thread, errors: list, secon
 def test_folds_fan_out_over_two_devices_and_a_killed_fold_is_tried_again(one_device, tmp_path: Path,
                                                                           caplog) -> None:
     """``devices: 2``: both folds train at once, each in the slot its environment names; one of
-    the two fold processes is killed, tried again, and the OOF file is bitwise that of one device."""
+    the two fold processes is killed, tried again, and the OOF file is that of one device."""
     cfg, paths = competition(tmp_path, devices=2)
     thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
     running = wait_for(lambda: len(fold_processes()) >= 2 and fold_processes(), "two folds at once", thread, errors)
@@ -124,7 +132,7 @@ def test_folds_fan_out_over_two_devices_and_a_killed_fold_is_tried_again(one_dev
     done = done_of(paths)
     assert {d["device"]["slot"] for d in done} == {"0", "1"}
     assert killed not in {d["device"]["pid"] for d in done}  # its fold finished in a new process
-    pd.testing.assert_frame_equal(oof_of(paths), oof_of(one_device), check_exact=True)
+    assert_same(oof_of(paths), oof_of(one_device))
 
 
 def test_data_parallel_over_two_virtual_devices(one_device, tmp_path: Path) -> None:
@@ -192,7 +200,7 @@ def ray_processes(title: str) -> list[int]:
 def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_cluster, one_device, tmp_path: Path,
                                                                         capsys) -> None:
     """Train and predict as Ray tasks: fold 1's worker is killed mid-task and run again by Ray;
-    the OOF and test files are bitwise those of the local executor; a rerun skips both folds."""
+    the OOF and test files are those of the local executor; a rerun skips both folds."""
     cfg, paths = competition(tmp_path, executor="ray")
     thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
     killed = wait_for(lambda: ray_processes("ray::foldstack m fold 1"), "Ray task for fold 1", thread, errors)
@@ -200,11 +208,10 @@ def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_clus
     thread.join()
     assert not errors, errors
     assert killed[0] not in {d["device"]["pid"] for d in done_of(paths)}
-    pd.testing.assert_frame_equal(oof_of(paths), oof_of(one_device), check_exact=True)
+    assert_same(oof_of(paths), oof_of(one_device))
 
     predict.run(cfg, paths, workers=1)
-    pd.testing.assert_frame_equal(pd.read_parquet(paths.test / "m.parquet"),
-                                  pd.read_parquet(one_device.test / "m.parquet"), check_exact=True)
+    assert_same(pd.read_parquet(paths.test / "m.parquet"), pd.read_parquet(one_device.test / "m.parquet"))
     capsys.readouterr()
     train.run(cfg, paths, workers=1)
     out = capsys.readouterr().out
