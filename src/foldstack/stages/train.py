@@ -115,7 +115,7 @@ class Trainer:
         def done(job: Job, result: dict, seconds: float) -> None:
             fold = fold_of[job.name]
             results[fold] = self._finish_fold(model, fold, job.args[0], result, seconds, fingerprint, sources[fold])
-            bar.update(model.epochs - ticks[fold])  # early stopping ends a fold early
+            bar.update(max(0, model.epochs - ticks[fold]))  # early stopping ends a fold early; a retry ticks again
 
         self.executor.run(jobs, done)
         return self._merge(model, [results[fold] for fold in range(self.cfg.folds.k)], features_seconds)
