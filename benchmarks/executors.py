@@ -75,7 +75,8 @@ def run(folder: Path, ray: bool = True, data_parallel: bool = True) -> list[Row]
     if ray:
         import ray as ray_module
 
-        ray_module.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray_module.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR",
+                        log_to_driver=False)
         try:
             on_ray, _ = _train(folder, "ray", {"executor": "ray"})
         finally:

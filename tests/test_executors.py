@@ -181,7 +181,8 @@ def ray_cluster():
     """One local Ray cluster of two worker processes for every Ray test (it takes seconds to start)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
     yield
     ray.shutdown()
 
