@@ -11,7 +11,7 @@ from foldstack import backbones
 from foldstack.core import config, metrics
 from foldstack.core.config import BackboneSizes, Known, PipelineConfig
 from foldstack.level2 import candidates
-from foldstack.training.augment import compose
+from foldstack.training.augment import check_device, compose
 
 
 def known() -> Known:
@@ -22,6 +22,7 @@ def known() -> Known:
         metrics=metrics.names(),
         candidates=candidates.names(),
         check_augment=compose,
+        check_device_augment=check_device,
     )
 
 

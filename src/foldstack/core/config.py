@@ -14,10 +14,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from foldstack.core.errors import FoldstackError, one_line
 
@@ -43,12 +53,15 @@ class Known:
         metrics: every metric name.
         candidates: every stacking candidate name.
         check_augment: raises on a list of transforms albumentations cannot build.
+        check_device_augment: raises (one line naming it) on a transform of a list that has no
+            device form (``training.augment.device_steps``); None checks nothing.
     """
 
     backbones: Mapping[str, BackboneSizes]
     metrics: Sequence[str]
     candidates: Sequence[str]
     check_augment: Callable[[list[dict[str, Any]]], Any]
+    check_device_augment: Callable[[list[dict[str, Any]]], Any] | None = None
 
 
 def _known(info: ValidationInfo) -> Known:
@@ -140,21 +153,35 @@ class FoldsConfig(_Frozen):
 Transforms = list[dict[str, Any]]
 
 
+AugmentOn = Literal["cpu", "device", "auto"]
+
+
 class AugmentConfig(_Frozen):
     """Albumentations pipelines in albumentations' own serialisation (``A.to_dict`` per transform).
 
     ``train`` and ``valid`` are lists of transforms; ``tta`` is a list of views, each a list of
     transforms (an empty list is the plain image). Predictions average over the TTA views.
+
+    ``on`` says where the ``train`` transforms run: ``cpu``, albumentations in the loader's
+    threads; ``device``, their Keras forms (``training.augment.device_steps``) inside the
+    compiled training step, the loader only gathering uint8 rows; ``auto``, the device where a
+    GPU is present and every train transform has a device form, else the CPU. Validation and
+    TTA views always run on the CPU, and are never random.
     """
 
     train: Transforms = []
     valid: Transforms = []
     tta: list[Transforms] = [[]]
+    on: AugmentOn = Field("auto", description="where the train transforms run: cpu, device (Keras layers in "
+                                              "the training step), auto (device where a GPU is present)")
 
     @field_validator("train", "valid")
     @classmethod
     def _builds(cls, value: Transforms, info: ValidationInfo) -> Transforms:
         _check_albumentations(value, _known(info))
+        if info.field_name == "train" and info.context is not None:
+            # For ModelConfig's `augment_on` check: `augment` is validated before `models`.
+            info.context["augment_train"] = value
         return value
 
     @field_validator("tta")
@@ -166,12 +193,34 @@ class AugmentConfig(_Frozen):
             _check_albumentations(view, _known(info))
         return value
 
+    @field_validator("on")
+    @classmethod
+    def _device_forms(cls, value: AugmentOn, info: ValidationInfo) -> AugmentOn:
+        if value == "device" and "train" in info.data:
+            _check_device(info.data["train"], _known(info), "augment.train")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``on`` is left out of the dump while ``auto``, so the fingerprints of folds trained
+        before the key existed stay valid."""
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items() if not (key == "on" and value == "auto")}
+
 
 def _check_albumentations(transforms: Transforms, known: Known) -> None:
     try:
         known.check_augment(transforms)
     except Exception as error:  # albumentations raises many types for a bad dict
         raise ValueError(f"not a valid albumentations pipeline ({error})") from None
+
+
+def _check_device(transforms: Transforms | None, known: Known, where: str) -> None:
+    if known.check_device_augment is not None and transforms:
+        try:
+            known.check_device_augment(transforms)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
 
 Regime = Literal["features", "finetune", "partial", "scratch"]
@@ -207,6 +256,25 @@ class ModelConfig(_Frozen):
     dense_units: list[int] = Field([256], description="partial: the dense layers on the cut")
     patience: int = Field(3, ge=1, description="early stopping on the fold's metric")
     class_weights: bool = False
+    augment_on: Literal["cpu", "device"] | None = Field(
+        None, description="where this model's train transforms run, over the pipeline's augment.on")
+
+    #: Keys left out of ``model_dump`` while None, so the fingerprints of folds trained before
+    #: these keys existed stay valid.
+    OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("augment_on",)
+
+    @model_serializer(mode="wrap")
+    def _omit_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items()
+                if not (key in self.OMITTED_WHEN_OFF and value is None)}
+
+    @field_validator("augment_on")
+    @classmethod
+    def _device_forms(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == "device":
+            _check_device((info.context or {}).get("augment_train"), _known(info), "augment.train")
+        return value
 
     @field_validator("backbone")
     @classmethod

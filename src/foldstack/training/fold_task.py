@@ -49,6 +49,9 @@ class FoldTask:
         workers: input-pipeline threads.
         class_weight: per-class loss weights, or None.
         features: the ``features`` regime's cache folder (see ``training.features``), else None.
+        augment_on_device: the train transforms run inside the network's training step
+            (``training.device_augment``), not in the loader; the fold's process decides it
+            (``training.augment.augment_on_device``), knowing its device.
     """
 
     model: ModelConfig
@@ -65,6 +68,7 @@ class FoldTask:
     workers: int = 1
     class_weight: dict[int, float] | None = None
     features: Path | None = None
+    augment_on_device: bool = False
 
     @property
     def size(self) -> int:

@@ -41,12 +41,15 @@ def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: S
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
-                  dense_units: Sequence[int] = ()) -> keras.Model:
+                  dense_units: Sequence[int] = (), augment: keras.layers.Layer | None = None) -> keras.Model:
     """The backbone, pooled, under a head. ``frozen_statistics`` calls the backbone with
     ``training=False``: its BatchNorm stays in inference mode even once it is unfrozen, so a
-    few small batches never overwrite the ImageNet statistics (the keras-io recipe)."""
+    few small batches never overwrite the ImageNet statistics (the keras-io recipe).
+    ``augment`` (``training.device_augment``) sits between the input and the backbone: it
+    augments in training only, and holds no weights."""
     inputs = keras.Input((task.size, task.size, 3), name="image")
-    x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
+    x = augment(inputs) if augment is not None else inputs
+    x = backbone(x, training=False) if frozen_statistics else backbone(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
 

@@ -25,6 +25,7 @@ import numpy as np
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
 from foldstack.training.augment import compose
+from foldstack.training.device_augment import device_augment
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask
 from foldstack.training.loader import ImageBatches, view_batches
@@ -66,11 +67,15 @@ def image_network(task: FoldTask | PredictTask) -> tuple[keras.Model, keras.Mode
     """The network of an image regime (``scratch``, ``finetune``, ``partial``) and its backbone.
 
     ``scratch`` lets BatchNorm learn the new images' statistics; the others keep the backbone's.
+    A fold whose train transforms run on the device has them as the network's first layer.
     """
     model = task.model
     backbone = create_backbone(model)
+    augment = None
+    if isinstance(task, FoldTask) and task.augment_on_device:
+        augment = device_augment(task.augment.train, seed=task.seed)
     network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.dense_units if model.regime == "partial" else ())
+                            dense_units=model.dense_units if model.regime == "partial" else (), augment=augment)
     return network, backbone
 
 
@@ -161,8 +166,10 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
 
 
 def train_batches(task: FoldTask, images: Images) -> ImageBatches:
-    """Shuffled, augmented batches of the fold's training rows, seeded by the fold's seed."""
-    return ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
+    """Shuffled, augmented batches of the fold's training rows, seeded by the fold's seed; with
+    the transforms on the device, the rows as cached (the network augments them)."""
+    transform = None if task.augment_on_device else compose(task.augment.train)
+    return ImageBatches(images["train"], task.train_index, task.targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
 
 

@@ -9,6 +9,7 @@ operating system before the next call starts.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,7 @@ from foldstack.core import metrics
 from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.runtime import device
 from foldstack.runtime.memory import memory_mb
+from foldstack.training.augment import augment_on_device
 from foldstack.training.callbacks import EpochTicks
 from foldstack.training.features import FeatureCache, extract
 from foldstack.training.fold_task import FoldTask, PredictTask
@@ -42,6 +44,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     ``send(val_score)`` after every epoch, for the parent's progress bar.
     """
     settings = device.configure()
+    task = replace(task, augment_on_device=augment_on_device(task.model, task.augment, settings.gpus))
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
     predict = fit(task, images, metrics.get(task.metric), callbacks=[EpochTicks(send)],
@@ -49,7 +52,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     return {
         "oof": predict("train", task.valid_index),
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
-                   "mixed_precision": settings.mixed_precision},
+                   "mixed_precision": settings.mixed_precision, "augment_on_device": task.augment_on_device},
         "peak_mb": memory_mb("VmHWM"),
     }
 
