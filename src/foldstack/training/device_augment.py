@@ -35,6 +35,13 @@ class DeviceAugment(keras.layers.Layer):
                             for step in self.steps]
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layers in self.step_layers:
+            for layer in layers:
+                layer.build(shape)
+                shape = tuple(layer.compute_output_shape(shape))
+
     def call(self, images, training=None):
         if not training:
             return images
