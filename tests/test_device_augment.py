@@ -172,6 +172,9 @@ def test_auto_is_the_cpu_here_and_the_device_where_the_probe_finds_a_gpu(monkeyp
 
     rotate90 = make_config(augment={"train": [FLIP, {"__class_fullname__": "RandomRotate90", "p": 0.5}]})
     assert not augment_on_device(model, rotate90.augment, 1)  # a transform without a device form: the CPU
+    crop = make_config(augment={"train": [{"__class_fullname__": "RandomCrop", "height": 12, "width": 12, "p": 1.0},
+                                          {"__class_fullname__": "Resize", "height": 16, "width": 16, "p": 1.0}]})
+    assert not augment_on_device(model, crop.augment, 1)  # a form that keeps the step from compiling: the CPU
     forced = make_config(augment={"train": [FLIP], "on": "cpu"})
     assert not augment_on_device(model, forced.augment, 1)
     assert augment_on_device(model.model_copy(update={"augment_on": "device"}), cfg.augment, 0)

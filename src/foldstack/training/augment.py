@@ -123,6 +123,12 @@ DEVICE_FORMS: dict[str, Callable[[A.BasicTransform], tuple]] = {
 }
 
 
+#: Keras layers that keep the training step from compiling with XLA (``RandomCrop`` slices at
+#: offsets drawn in the step, which ``jax.jit`` cannot): asked for, they run on the device
+#: without XLA; ``auto`` leaves their pipelines on the CPU.
+UNCOMPILED = frozenset({"RandomCrop"})
+
+
 def device_steps(transforms: list[dict[str, Any]]) -> list[DeviceStep]:
     """The device form of each transform of a YAML list, in order.
 
@@ -157,7 +163,7 @@ def check_device(transforms: list[dict[str, Any]]) -> None:
 def augment_on_device(model: ModelConfig, augment: AugmentConfig, gpus: int) -> bool:
     """Whether ``model``'s train transforms run on the device: as its ``augment_on`` says, else
     as ``augment.on`` says; ``auto`` is the device where there is a GPU and every train transform
-    has a device form. Nothing to augment is the CPU (a loader that only gathers either way)."""
+    has a device form that compiles (none in :data:`UNCOMPILED`). Nothing to augment is the CPU (a loader that only gathers either way)."""
     choice = model.augment_on or augment.on
     if not augment.train or model.regime == "features":
         return False
@@ -165,8 +171,8 @@ def augment_on_device(model: ModelConfig, augment: AugmentConfig, gpus: int) -> 
         if gpus == 0:
             return False
         try:
-            device_steps(augment.train)
+            steps = device_steps(augment.train)
         except ValueError:
             return False
-        return True
+        return not any(layer in UNCOMPILED for step in steps for layer, _ in step.layers)
     return choice == "device"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from foldstack.training.augment import DeviceStep, device_steps
+from foldstack.training.augment import UNCOMPILED, DeviceStep, device_steps
 
 #: The layer's name in a network: how a test, or a reader of a model summary, finds it.
 NAME = "device_augment"
@@ -34,6 +34,13 @@ class DeviceAugment(keras.layers.Layer):
         self.step_layers = [[getattr(keras.layers, cls)(**arguments, dtype="float32") for cls, arguments in step.layers]
                             for step in self.steps]
         self.seed_generator = keras.random.SeedGenerator(seed)
+        if keras.config.backend() == "jax":
+            # Keras marks its geometric layers as not XLA-compilable for every backend (TensorFlow's
+            # kernels are not); under JAX they are jnp code that jit compiles, and a model with
+            # one uncompilable layer would run its whole training step op by op.
+            for layers in self.step_layers:
+                for layer in layers:
+                    layer.supports_jit = type(layer).__name__ not in UNCOMPILED
 
     def build(self, input_shape):
         shape = tuple(input_shape)
