@@ -97,7 +97,7 @@ class Synthetic(keras.utils.PyDataset):
     """One in-memory uint8 batch, ``steps`` times: the model's speed with no input cost."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, steps: int):
-        super().__init__()
+        super().__init__(workers=2)  # fed as the loader is, so only the batch's making differs
         self.images, self.targets, self.steps = np.ascontiguousarray(images), targets, steps
 
     def __len__(self) -> int:
@@ -107,12 +107,18 @@ class Synthetic(keras.utils.PyDataset):
         return self.images, self.targets
 
 
-def train_seconds(model: keras.Model, data: keras.utils.PyDataset) -> float:
-    """One epoch's wall time, after an untimed one that traces the step."""
-    model.fit(data, epochs=1, verbose=0)
-    started = time.perf_counter()
-    model.fit(data, epochs=1, verbose=0)
-    return time.perf_counter() - started
+def best_epochs(runs: list[tuple[keras.Model, keras.utils.PyDataset]], repeats: int = 3) -> list[float]:
+    """Each (model, feed)'s best epoch time of ``repeats``, the runs taking turns epoch by epoch
+    (so the shared machine's load falls on all alike), after an untimed epoch that traces each."""
+    for model, data in runs:
+        model.fit(data, epochs=1, verbose=0)
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for i, (model, data) in enumerate(runs):
+            started = time.perf_counter()
+            model.fit(data, epochs=1, verbose=0)
+            best[i] = min(best[i], time.perf_counter() - started)
+    return best
 
 
 def run(folder: Path, count: int = 2048, size: int = 64, batch: int = 128, workers: int = 2,
@@ -136,10 +142,10 @@ def run(folder: Path, count: int = 2048, size: int = 64, batch: int = 128, worke
 
     cpu_feed = ImageBatches(cache, index, targets, compose(AUGMENT), batch_size=batch, shuffle=True, workers=workers)
     raw_feed = ImageBatches(cache, index, targets, None, batch_size=batch, shuffle=True, workers=workers)
-    cpu_s = train_seconds(small_cnn(size, None), cpu_feed)
     device_model = small_cnn(size, device_augment(AUGMENT, seed=0))
-    device_s = train_seconds(device_model, raw_feed)
-    synthetic_s = train_seconds(device_model, Synthetic(cache[:batch], targets[:batch], len(raw_feed)))
+    synthetic = Synthetic(cache[:batch], targets[:batch], len(raw_feed))
+    cpu_s, device_s, synthetic_s = best_epochs([(small_cnn(size, None), cpu_feed), (device_model, raw_feed),
+                                                (device_model, synthetic)])
     rows.append(Row("augment", f"{case}: train img/s, transforms on the device / albumentations "
                                f"({workers} loader threads)",
                     f"{count / device_s:,.0f} vs {count / cpu_s:,.0f} img/s", cpu_s / device_s))

@@ -11,6 +11,9 @@ GPU; a transform without a device form is one line naming it.
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -213,3 +216,27 @@ def test_the_defaults_leave_fingerprints_as_they_were() -> None:
     before = recipe_fingerprint(cfg.models[0], cfg.augment, "multiclass", "accuracy", 0, "f")
     device_cfg = make_config(augment={"train": [FLIP], "on": "device"})
     assert recipe_fingerprint(device_cfg.models[0], device_cfg.augment, "multiclass", "accuracy", 0, "f") != before
+
+
+JIT_PROBE = """
+import keras
+from foldstack.training.device_augment import device_augment
+for transforms in ({transforms}):
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(device_augment(transforms)(inputs)))
+    model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+    print(model.jit_compile)
+"""
+
+
+def test_under_jax_the_training_step_keeps_xla_unless_a_crop_forbids_it() -> None:
+    """Keras marks its geometric layers uncompilable for every backend, which under JAX would run
+    the whole training step op by op; the device layer lifts that where JAX compiles them
+    (rotation, zoom, shift), not for RandomCrop (offsets drawn in the step)."""
+    affine = [FLIP, {"__class_fullname__": "Affine", "rotate": [-10, 10], "scale": [0.9, 1.1],
+                     "translate_percent": [-0.1, 0.1], "p": 0.5}]
+    crop = [{"__class_fullname__": "RandomCrop", "height": 12, "width": 12, "p": 1.0}]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", JIT_PROBE.format(transforms=f"{affine!r}, {crop!r}")], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
