@@ -9,7 +9,7 @@ for ResNet50 with device augmentation).
 
 Run on a GPU machine: ``KERAS_BACKEND=jax python -m benchmarks.gpu``. NVIDIA's published A100
 figures for reference: ~3,450 img/s (EfficientNet-B0, AMP+XLA), ~2,400 img/s (ResNet50, AMP).
-A CPU smoke test: ``python -m benchmarks.gpu --steps 2 --batch 4 --size 64``.
+A CPU smoke test: ``python -m benchmarks.gpu --steps 2 --batch 4 --size 64 --models ResNet50``.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader threads")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args(argv)
     keras.mixed_precision.set_global_policy("mixed_float16")
     print(f"backend {keras.config.backend()}, batch {args.batch}, {args.size}px, mixed_float16")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | synthetic img/s | augment on cpu: ImageBatches img/s (uint8) | float32 batches (before) "
           "| augment on device img/s | cpu / synthetic | device / synthetic |")
     print("|---|---|---|---|---|---|---|")
-    for name in MODELS:
+    for name in args.models:
         model = compiled(name, args.size)
         synthetic = images_per_second(model, SyntheticBatches(args.batch, args.size, args.steps), warm_up=True)
         real = images_per_second(model, loader, warm_up=True)  # warm: a uint8 input traces anew
