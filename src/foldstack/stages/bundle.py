@@ -41,7 +41,7 @@ from foldstack.core.files import atomic_dir, write_json, write_text
 from foldstack.core.paths import Paths
 from foldstack.data.kaggle import OWNER_PLACEHOLDER
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import BEST
+from foldstack.training.fold_task import BEST, members
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,11 @@ NOT_FOR_INFERENCE = ("backup-*", "features", "phase-*", ".*")
 #: a Kaggle GPU image carries them and foldstack needs no particular version of them. TensorFlow's
 #: wheel alone is about 600 MB, and the image's build is the one matched to its CUDA and cuDNN (a
 #: PyPI wheel of another version would run on the CPU or bring gigabytes of nvidia-* wheels); Keras
-#: 3, shipped at its pin, runs on the image's TensorFlow. Everything else is shipped at its pin:
+#: 3, shipped at its pin, runs on the image's TensorFlow. Ray (about 70 MB) runs folds on a
+#: cluster; an inference kernel predicts on its own machine. Everything else is shipped at its pin:
 #: the fitted level-two model is a scikit-learn or LightGBM pickle, read back only by the version
 #: that wrote it, and the others are small.
-LEAVE_OUT = ("tensorflow",)
+LEAVE_OUT = ("tensorflow", "ray")
 #: The platforms the wheels are chosen for: a Kaggle image runs x86-64 Linux with glibc 2.35
 #: (Ubuntu 22.04). pip's ``manylinux2014`` alone (glibc 2.17, with 2010 and 1) would miss the
 #: wheels built only for a newer glibc (``manylinux_2_28``).
@@ -126,8 +127,8 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
     files = [paths.folds.relative_to(art)]
     for model in cfg.models:
         model_dir = paths.models / model.name
-        for fold in range(cfg.folds.k):
-            fold_dir = model_dir / f"fold{fold}"
+        for run in members(model, cfg.folds.k, cfg.seed):
+            fold_dir = model_dir / run.name
             if not fold_done.exists(fold_dir) or not (fold_dir / BEST).is_file():
                 raise DataError(f"{fold_dir}: fold not finished (no {fold_done.NAME} or best.weights.h5); "
                                 "run `make train` before `make bundle`")
