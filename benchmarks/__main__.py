@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 from benchmarks import machine, table  # noqa: E402
 
-BENCHES = ("loader", "training", "regimes", "stacking", "executors")
+BENCHES = ("loader", "augment", "training", "regimes", "stacking", "executors")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +43,9 @@ def _run(name: str, folder: Path, args: argparse.Namespace):
     if name == "loader":
         from benchmarks import loader
         return loader.run(folder)
+    if name == "augment":
+        from benchmarks import augment
+        return augment.run(folder)
     if name == "training":
         from benchmarks import training
         return training.run(folder)

@@ -11,7 +11,7 @@ from foldstack import backbones
 from foldstack.core import config, metrics
 from foldstack.core.config import BackboneSizes, Known, PipelineConfig
 from foldstack.level2 import candidates
-from foldstack.training.augment import compose
+from foldstack.training.augment import check_device, compose
 
 
 def known() -> Known:
@@ -23,6 +23,7 @@ def known() -> Known:
         candidates=candidates.names(),
         check_augment=compose,
         grade_metrics=[name for name in metrics.names() if metrics.get(name).on_grades],
+        check_device_augment=check_device,
     )
 
 

@@ -56,6 +56,8 @@ class Known:
         candidates: every stacking candidate name.
         check_augment: raises on a list of transforms albumentations cannot build.
         grade_metrics: the metrics that score an ordinal score's grades (``task: ordinal``).
+        check_device_augment: raises (one line naming it) on a transform of a list that has no
+            device form (``training.augment.device_steps``); None checks nothing.
     """
 
     backbones: Mapping[str, BackboneSizes]
@@ -63,6 +65,7 @@ class Known:
     candidates: Sequence[str]
     check_augment: Callable[[list[dict[str, Any]]], Any]
     grade_metrics: Sequence[str] = ()
+    check_device_augment: Callable[[list[dict[str, Any]]], Any] | None = None
 
 
 def _known(info: ValidationInfo) -> Known:
@@ -193,21 +196,35 @@ class FoldsConfig(_Frozen):
 Transforms = list[dict[str, Any]]
 
 
+AugmentOn = Literal["cpu", "device", "auto"]
+
+
 class AugmentConfig(_Frozen):
     """Albumentations pipelines in albumentations' own serialisation (``A.to_dict`` per transform).
 
     ``train`` and ``valid`` are lists of transforms; ``tta`` is a list of views, each a list of
     transforms (an empty list is the plain image). Predictions average over the TTA views.
+
+    ``on`` says where the ``train`` transforms run: ``cpu``, albumentations in the loader's
+    threads; ``device``, their Keras forms (``training.augment.device_steps``) inside the
+    compiled training step, the loader only gathering uint8 rows; ``auto``, the device where a
+    GPU is present and every train transform has a device form, else the CPU. Validation and
+    TTA views always run on the CPU, and are never random.
     """
 
     train: Transforms = []
     valid: Transforms = []
     tta: list[Transforms] = [[]]
+    on: AugmentOn = Field("auto", description="where the train transforms run: cpu, device (Keras layers in "
+                                              "the training step), auto (device where a GPU is present)")
 
     @field_validator("train", "valid")
     @classmethod
     def _builds(cls, value: Transforms, info: ValidationInfo) -> Transforms:
         _check_albumentations(value, _known(info))
+        if info.field_name == "train" and info.context is not None:
+            # For ModelConfig's `augment_on` check: `augment` is validated before `models`.
+            info.context["augment_train"] = value
         return value
 
     @field_validator("tta")
@@ -219,12 +236,34 @@ class AugmentConfig(_Frozen):
             _check_albumentations(view, _known(info))
         return value
 
+    @field_validator("on")
+    @classmethod
+    def _device_forms(cls, value: AugmentOn, info: ValidationInfo) -> AugmentOn:
+        if value == "device" and "train" in info.data:
+            _check_device(info.data["train"], _known(info), "augment.train")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``on`` is left out of the dump while ``auto``, so the fingerprints of folds trained
+        before the key existed stay valid."""
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items() if not (key == "on" and value == "auto")}
+
 
 def _check_albumentations(transforms: Transforms, known: Known) -> None:
     try:
         known.check_augment(transforms)
     except Exception as error:  # albumentations raises many types for a bad dict
         raise ValueError(f"not a valid albumentations pipeline ({error})") from None
+
+
+def _check_device(transforms: Transforms | None, known: Known, where: str) -> None:
+    if known.check_device_augment is not None and transforms:
+        try:
+            known.check_device_augment(transforms)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
 
 Regime = Literal["features", "finetune", "partial", "scratch"]
@@ -335,10 +374,12 @@ class ModelConfig(_Frozen):
     seeds: list[int] | None = Field(None, min_length=1, description="train every fold once per seed; average them")
     progressive: list[ResizeStep] | None = Field(
         None, min_length=1, description="the first epochs at smaller, growing sizes; the rest at image_size")
+    augment_on: Literal["cpu", "device"] | None = Field(
+        None, description="where this model's train transforms run, over the pipeline's augment.on")
 
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
-                                                   "pseudo_labels", "distill")
+                                                   "pseudo_labels", "distill", "augment_on")
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -352,6 +393,13 @@ class ModelConfig(_Frozen):
         names = [*(self.pseudo_labels.teachers if self.pseudo_labels else []),
                  *(self.distill.teachers if self.distill else [])]
         return list(dict.fromkeys(names))
+
+    @field_validator("augment_on")
+    @classmethod
+    def _device_forms(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == "device":
+            _check_device((info.context or {}).get("augment_train"), _known(info), "augment.train")
+        return value
 
     @field_validator("backbone")
     @classmethod

@@ -68,6 +68,9 @@ class FoldTask:
             its one-hot label (distillation, see ``training.rounds``), or None; the held-out
             fold is always scored against ``y``.
         pseudo: pseudo-labelled test images that join the training rows, or None.
+        augment_on_device: the train transforms run inside the network's training step
+            (``training.device_augment``), not in the loader; the fold's process decides it
+            (``training.augment.augment_on_device``), knowing its device.
     """
 
     model: ModelConfig
@@ -86,6 +89,7 @@ class FoldTask:
     features: Path | None = None
     soft_targets: np.ndarray | None = None
     pseudo: PseudoRows | None = None
+    augment_on_device: bool = False
 
     @property
     def size(self) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
 from foldstack.training.augment import BatchMix, compose
+from foldstack.training.device_augment import device_augment
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, train_split
 from foldstack.training.loader import ImageBatches, view_batches
@@ -68,12 +69,17 @@ def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple
 
     ``scratch`` lets BatchNorm learn the new images' statistics; the others keep the backbone's.
     ``any_size``: it takes images of every size (progressive resizing trains it so; prediction
-    builds it at ``image_size``, with the same weights).
+    builds it at ``image_size``, with the same weights). A fold whose train transforms run on
+    the device has them as the network's first layer.
     """
     model = task.model
     backbone = create_backbone(model, any_size)
+    augment = None
+    if isinstance(task, FoldTask) and task.augment_on_device:
+        augment = device_augment(task.augment.train, seed=task.seed)
     network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size)
+                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size,
+                            augment=augment)
     return network, backbone
 
 
@@ -172,9 +178,10 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
 def train_batches(task: FoldTask, images: Images, size: int | None = None) -> ImageBatches:
     """Shuffled, augmented (and, as the model says, mixed) batches of the fold's training rows
     (and pseudo-labelled test images) at ``size`` (None: ``image_size``), seeded by the fold's
-    seed."""
+    seed; with the transforms on the device, the rows as cached (the network augments them)."""
     array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")))
-    return ImageBatches(array, index, targets, compose(task.augment.train),
+    transform = None if task.augment_on_device else compose(task.augment.train)
+    return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
                         mix=BatchMix.of(task.model))
 

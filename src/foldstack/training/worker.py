@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.runtime import device, distribute
 from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
+from foldstack.training.augment import augment_on_device
 from foldstack.training.callbacks import EpochTicks
 from foldstack.training.features import FeatureCache, extract
 from foldstack.training.fold_task import FoldTask, PredictTask
@@ -52,6 +54,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     """
     distribute.prepare()
     settings = device.configure()
+    task = replace(task, augment_on_device=augment_on_device(task.model, task.augment, settings.gpus))
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
     with distribute.data_parallel(distribute.requested()) as replicas:
@@ -61,9 +64,9 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     return {
         "oof": oof,
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
-                   "mixed_precision": settings.mixed_precision, "replicas": replicas,
-                   "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "slot": os.environ.get(SLOT),
-                   "host": socket.gethostname(), "pid": os.getpid()},
+                   "mixed_precision": settings.mixed_precision, "augment_on_device": task.augment_on_device,
+                   "replicas": replicas, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "slot": os.environ.get(SLOT), "host": socket.gethostname(), "pid": os.getpid()},
         "peak_mb": memory_mb("VmHWM"),
     }
 
