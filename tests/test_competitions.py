@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: The one model every fixture trains: seconds a fold on two CPU cores.
 TINY_MODEL = {"name": "tiny", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
-              "epochs": 2, "batch_size": 8, "lr": 0.003}
+              "epochs": 2, "batch_size": 64, "lr": 0.003}
 
 #: Folds of a fixture: 6 images a class (at least 4 positives a label) keep every class in both.
 K = 2
