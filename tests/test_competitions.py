@@ -13,19 +13,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import competitions
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from competitions import COMPETITIONS
 
 from foldstack.contracts import stack_output
 from foldstack.core.config import PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.pipeline import parse_pipeline
 from foldstack.stages import download, folds, predict, stack, submit, train
-
-import competitions
-from competitions import COMPETITIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
