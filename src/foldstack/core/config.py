@@ -118,15 +118,22 @@ class DataConfig(_Frozen):
 
 
 class FoldsConfig(_Frozen):
+    """How the train table is split into K folds (see :mod:`foldstack.data.splits`).
+
+    ``stratified`` balances every class over the folds (multilabel: iterative stratification of
+    every label); ``grouped`` keeps each value of ``group_column`` (a train table column, e.g. a
+    patient id) in one fold; ``stratified_grouped`` does both as far as the groups allow.
+    """
+
     k: int = Field(5, ge=2, le=50)
     seed: int = 42
-    strategy: Literal["stratified", "grouped"] = "stratified"
-    group_column: str | None = None
+    strategy: Literal["stratified", "grouped", "stratified_grouped"] = "stratified"
+    group_column: str | None = Field(None, description="grouped strategies: the train table's column of groups")
 
     @model_validator(mode="after")
     def _group_column_for_grouped(self) -> FoldsConfig:
-        if self.strategy == "grouped" and not self.group_column:
-            raise ValueError("strategy 'grouped' needs group_column")
+        if self.strategy in ("grouped", "stratified_grouped") and not self.group_column:
+            raise ValueError(f"strategy {self.strategy!r} needs group_column")
         return self
 
 
@@ -232,6 +239,12 @@ class StackConfig(_Frozen):
     ``lightgbm_max_negatives`` bounds LightGBM's shared layout (over 10 classes: one row per
     sample and class, nearly all negatives); see ``LightGBMStacker``. Its default keeps the fit
     as good as with every row and much cheaper (measured in benchmarks/RESULTS.md).
+
+    ``thresholds`` (multilabel): the probability at which a class is predicted, for the
+    ``multilabel`` submission and the metrics on hard predictions. ``fixed``: 0.5; ``global``:
+    one threshold for every class, fitted on the stacked OOF; ``per_class``: one per class;
+    ``auto``: both fitted, the one with the better nested CV kept (see
+    :mod:`foldstack.level2.thresholds`).
     """
 
     candidates: list[str] | None = Field(None, min_length=1,
@@ -241,6 +254,8 @@ class StackConfig(_Frozen):
     lightgbm_max_negatives: int | None = Field(
         200_000, ge=1, description="the most negative (sample, class) rows LightGBM trains on in the "
                                    "shared layout, sampled at random; null keeps all")
+    thresholds: Literal["fixed", "global", "per_class", "auto"] = Field(
+        "fixed", description="multilabel: 0.5 for every class (fixed), or thresholds fitted on the stacked OOF")
 
     @field_validator("candidates")
     @classmethod
@@ -268,7 +283,8 @@ class SubmissionConfig(_Frozen):
 
     ``label``: one column of class names; ``probabilities``: one column per class;
     ``binary``: one column with the positive class's probability; ``multilabel``: one column of
-    space-separated class names (those with probability >= 0.5).
+    space-separated class names (those at or above their class's threshold: 0.5, or as
+    ``stack.thresholds`` fitted them).
     """
 
     format: Literal["label", "probabilities", "binary", "multilabel"] = "label"
@@ -298,6 +314,14 @@ class PipelineConfig(_Frozen):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    @field_validator("stack")
+    @classmethod
+    def _thresholds_for_multilabel(cls, value: StackConfig, info: ValidationInfo) -> StackConfig:
+        task = info.data.get("task")
+        if value.thresholds != "fixed" and task is not None and task != "multilabel":
+            raise ValueError(f"thresholds {value.thresholds!r} needs task 'multilabel' (task is {task!r})")
         return value
 
     def model(self, name: str) -> ModelConfig:

@@ -214,7 +214,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
-    frame = _table(folder, files, fitted.classes, proba, distance, known)
+    frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.thresholds)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
                                     frame, out)
@@ -276,8 +276,8 @@ def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple
 
 
 def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray, distance: np.ndarray | None,
-           known: reference.Reference | None) -> pd.DataFrame:
-    hard = hard_predictions(proba, classes.multilabel)
+           known: reference.Reference | None, thresholds: tuple[float, ...] | None = None) -> pd.DataFrame:
+    hard = hard_predictions(proba, classes.multilabel, thresholds)
     names = np.array(classes.names)
     labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
     frame = pd.DataFrame(proba, columns=list(classes.names))
