@@ -120,6 +120,22 @@ def save(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, **options)
 
 
+def save_pictures(paths: list[Path], labels: list[int], rng: np.random.Generator) -> None:
+    """One :func:`picture` of each path's class index, written to the path."""
+    for path, class_index in zip(paths, labels):
+        save(picture(class_index, rng), path)
+
+
+def class_folders(folders: tuple[Path, Path], classes: list[str], names: list[str], train: list[int],
+                  test: list[int], rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """Images laid out one folder per class for train (``<train>/<class>/<name>``) and flat for
+    test (``<test>/<name>``), named by ``names`` in order; the train names and the test names."""
+    train_names, test_names = names[:len(train)], names[len(train):]
+    save_pictures([folders[0] / classes[c] / name for name, c in zip(train_names, train)], train, rng)
+    save_pictures([folders[1] / name for name in test_names], test, rng)
+    return train_names, test_names
+
+
 def save_dicom(image: np.ndarray, path: Path, uid: str) -> None:
     """Write an RGB ``image`` as an uncompressed DICOM file (SIIM-ISIC ships dermoscopy DICOMs)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -218,10 +234,8 @@ def build_dog_breed(root: Path) -> Fixture:
     train, test = split_labels(DOG_BREEDS, rng)
     ids = hex_ids(rng, len(train) + len(test), 32)
     train_ids, test_ids = ids[:len(train)], ids[len(train):]
-    for i, c in zip(train_ids, train):
-        save(picture(c, rng), public / "train" / f"{i}.jpg")
-    for i, c in zip(test_ids, test):
-        save(picture(c, rng), public / "test" / f"{i}.jpg")
+    save_pictures([public / "train" / f"{i}.jpg" for i in train_ids], train, rng)
+    save_pictures([public / "test" / f"{i}.jpg" for i in test_ids], test, rng)
     write_csv(pd.DataFrame({"id": train_ids, "breed": [DOG_BREEDS[c] for c in train]}), public / "labels.csv")
     write_csv(pd.DataFrame({"id": test_ids, **{b: 1 / len(DOG_BREEDS) for b in DOG_BREEDS}}),
               public / "sample_submission.csv")
@@ -239,8 +253,7 @@ def build_aerial_cactus(root: Path) -> Fixture:
     ids = [f"{i}.jpg" for i in hex_ids(rng, len(train) + len(test), 32)]
     train_ids, test_ids = ids[:len(train)], ids[len(train):]
     for split, split_ids, labels in (("train", train_ids, train), ("test", test_ids, test)):
-        for i, c in zip(split_ids, labels):
-            save(picture(c, rng), public / split / i)
+        save_pictures([public / split / i for i in split_ids], labels, rng)
         zip_folder(public / split, public / f"{split}.zip", top=False)
     write_csv(pd.DataFrame({"id": train_ids, "has_cactus": train}), public / "train.csv")
     write_csv(pd.DataFrame({"id": test_ids, "has_cactus": 0.5}), public / "sample_submission.csv")
@@ -258,11 +271,7 @@ def build_plant_seedlings(root: Path) -> Fixture:
     public, private = root / "public", root / "private"
     train, test = split_labels(SEEDLINGS, rng)
     files = [f"{i}.png" for i in hex_ids(rng, len(train) + len(test), 9)]
-    train_files, test_files = files[:len(train)], files[len(train):]
-    for f, c in zip(train_files, train):
-        save(picture(c, rng), public / "train" / SEEDLINGS[c] / f)
-    for f, c in zip(test_files, test):
-        save(picture(c, rng), public / "test" / f)
+    _, test_files = class_folders((public / "train", public / "test"), SEEDLINGS, files, train, test, rng)
     write_csv(pd.DataFrame({"file": test_files, "species": "Sugar beet"}), public / "sample_submission.csv")
     write_csv(pd.DataFrame({"file": test_files, "species": [SEEDLINGS[c] for c in test]}), private / "answers.csv")
     return Fixture(public, private)
@@ -278,8 +287,7 @@ def build_dogs_vs_cats(root: Path) -> Fixture:
     for c in train:
         save(picture(c, rng), public / "train" / f"{['cat', 'dog'][c]}.{counters[c]}.jpg")
         counters[c] += 1
-    for n, c in enumerate(test, start=1):
-        save(picture(c, rng), public / "test" / f"{n}.jpg")
+    save_pictures([public / "test" / f"{n}.jpg" for n in range(1, len(test) + 1)], test, rng)
     zip_folder(public / "train", public / "train.zip", top=True)
     zip_folder(public / "test", public / "test.zip", top=True)
     test_ids = list(range(1, len(test) + 1))
@@ -296,9 +304,8 @@ def build_histopathologic(root: Path) -> Fixture:
     train, test = split_labels(["0", "1"], rng, per_class=8, test_per_class=4)
     ids = hex_ids(rng, len(train) + len(test), 40)
     train_ids, test_ids = ids[:len(train)], ids[len(train):]
-    for split, split_ids, labels in (("train", train_ids, train), ("test", test_ids, test)):
-        for i, c in zip(split_ids, labels):
-            save(picture(c, rng), public / split / f"{i}.tif")
+    save_pictures([public / "train" / f"{i}.tif" for i in train_ids], train, rng)
+    save_pictures([public / "test" / f"{i}.tif" for i in test_ids], test, rng)
     write_csv(pd.DataFrame({"id": train_ids, "label": train}), public / "train_labels.csv")
     write_csv(pd.DataFrame({"id": test_ids, "label": 0}), public / "sample_submission.csv")
     write_csv(pd.DataFrame({"id": test_ids, "label": test}), private / "answers.csv")
@@ -314,9 +321,8 @@ def build_aptos(root: Path) -> Fixture:
     train, test = split_labels(grades, rng)
     ids = hex_ids(rng, len(train) + len(test), 12)
     train_ids, test_ids = ids[:len(train)], ids[len(train):]
-    for folder, split_ids, labels in (("train_images", train_ids, train), ("test_images", test_ids, test)):
-        for i, c in zip(split_ids, labels):
-            save(picture(c, rng), public / folder / f"{i}.png")
+    save_pictures([public / "train_images" / f"{i}.png" for i in train_ids], train, rng)
+    save_pictures([public / "test_images" / f"{i}.png" for i in test_ids], test, rng)
     write_csv(pd.DataFrame({"id_code": train_ids, "diagnosis": train}), public / "train.csv")
     write_csv(pd.DataFrame({"id_code": test_ids}), public / "test.csv")
     write_csv(pd.DataFrame({"id_code": test_ids, "diagnosis": 0}), public / "sample_submission.csv")
@@ -336,9 +342,7 @@ def build_plant_pathology(root: Path) -> Fixture:
     train, test = split_labels(PATHOLOGY, rng)
     train_ids = [f"Train_{n}" for n in range(len(train))]
     test_ids = [f"Test_{n}" for n in range(len(test))]
-    for split_ids, labels in ((train_ids, train), (test_ids, test)):
-        for i, c in zip(split_ids, labels):
-            save(picture(c, rng), public / "images" / f"{i}.jpg")
+    save_pictures([public / "images" / f"{i}.jpg" for i in train_ids + test_ids], train + test, rng)
 
     def one_hot(ids: list[str], labels: list[int]) -> pd.DataFrame:
         return pd.DataFrame({"image_id": ids, **{name: [int(c == k) for c in labels] for k, name in enumerate(PATHOLOGY)}})
@@ -363,9 +367,8 @@ def build_cassava(root: Path) -> Fixture:
     train, test = split_labels(list(CASSAVA), rng)
     ids = [f"{i}.jpg" for i in digit_ids(rng, len(train) + len(test), 10)]
     train_ids, test_ids = ids[:len(train)], ids[len(train):]
-    for folder, split_ids, labels in (("train_images", train_ids, train), ("test_images", test_ids, test)):
-        for i, c in zip(split_ids, labels):
-            save(picture(c, rng), public / folder / i)
+    save_pictures([public / "train_images" / i for i in train_ids], train, rng)
+    save_pictures([public / "test_images" / i for i in test_ids], test, rng)
     for folder, name in (("train_tfrecords", "ld_train00-0.tfrec"), ("test_tfrecords", "ld_test00-0.tfrec")):
         (public / folder).mkdir(parents=True)
         (public / folder / name).write_bytes(b"")  # a TFRecord file with no record (not read by foldstack)
@@ -458,11 +461,7 @@ def build_paddy(root: Path) -> Fixture:
     public, private = root / "public", root / "private"
     train, test = split_labels(PADDY, rng)
     ids = [f"{i}.jpg" for i in digit_ids(rng, len(train) + len(test), 6)]
-    train_ids, test_ids = ids[:len(train)], ids[len(train):]
-    for i, c in zip(train_ids, train):
-        save(picture(c, rng), public / "train_images" / PADDY[c] / i)
-    for i, c in zip(test_ids, test):
-        save(picture(c, rng), public / "test_images" / i)
+    train_ids, test_ids = class_folders((public / "train_images", public / "test_images"), PADDY, ids, train, test, rng)
     write_csv(pd.DataFrame({"image_id": train_ids, "label": [PADDY[c] for c in train],
                             "variety": rng.choice(["ADT45", "KarnatakaPonni", "Ponni"], len(train)),
                             "age": rng.choice([45, 50, 60, 70], len(train))}), public / "train.csv")
