@@ -14,6 +14,7 @@ from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import splits
+from foldstack.data.labels import join_labels, split_labels
 
 K = 5
 
@@ -28,7 +29,7 @@ def multilabel_table(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndar
     rng = np.random.default_rng(seed)
     names = np.array(["a", "b", "c", "d", "e", "f"])
     y = (rng.random((n, len(names))) < [0.5, 0.3, 0.15, 0.08, 0.05, 0.03]).astype(int)
-    labels = [" ".join(names[row == 1]) for row in y]
+    labels = [join_labels(names[row == 1]) for row in y]
     return pd.DataFrame({"id": [f"i{i}" for i in range(n)], "label": labels}), y
 
 
@@ -40,7 +41,7 @@ def test_multilabel_folds_balance_every_label_better_than_first_label_strata() -
     assert sorted(np.bincount(fold)) == [60] * K
     new = np.ptp(positives_per_fold(y, fold), axis=1)
 
-    old_strata = table["label"].str.split().str[0].fillna("")
+    old_strata = split_labels(table["label"]).str[0].fillna("")
     old = np.zeros(len(table), int)
     for k, (_, valid) in enumerate(StratifiedKFold(K, shuffle=True, random_state=0).split(table, old_strata)):
         old[valid] = k
@@ -90,7 +91,7 @@ def test_stratified_grouped_folds_keep_patients_whole_and_spread_rare_positives(
 
 
 def test_stratified_grouped_multilabel_strata_are_each_rows_rarest_label() -> None:
-    labels = pd.Series(["common", "common rare", "common mid", "mid rare", "", "mid", "common", "tie1 tie2"])
+    labels = pd.Series(["common", "common|rare", "common|mid", "mid|rare", "", "mid", "common", "tie1|tie2"])
     # common: 4 rows, mid: 3, rare: 2, tie1 and tie2: 1 each (a tie goes to the name).
     assert splits.strata(labels, "multilabel").tolist() == ["common", "rare", "mid", "rare", "", "mid", "common",
                                                            "tie1"]

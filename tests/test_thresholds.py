@@ -15,7 +15,7 @@ from foldstack.contracts import stack_output
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.paths import Paths
-from foldstack.data.labels import Classes
+from foldstack.data.labels import Classes, join_labels
 from foldstack.level2 import thresholds
 from foldstack.level2.selection import StackError
 from foldstack.pipeline import parse_pipeline
@@ -148,7 +148,9 @@ def write_pipeline(root: Path, **overrides) -> tuple[PipelineConfig, Paths]:
     labels = [" ".join(names[row == 1]) for row in y]
     ids = [f"{i:05x}" for i in range(n + n_test)]
     paths.folds.parent.mkdir(parents=True)
-    pd.DataFrame({"id": ids[:n], "label": labels[:n], "fold": folds_of(n)}).to_csv(paths.folds, index=False)
+    # folds.csv joins a row's classes as every stage reads them; the solution as the competition ships it.
+    internal = [join_labels(names[row == 1]) for row in y[:n]]
+    pd.DataFrame({"id": ids[:n], "label": internal, "fold": folds_of(n)}).to_csv(paths.folds, index=False)
     for m, model in enumerate(cfg.models):
         for folder, rows, extra in ((paths.oof, slice(0, n), {"fold": folds_of(n)}), (paths.test, slice(n, None), {})):
             folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def test_stack_scores_candidates_with_nested_thresholds_saves_them_and_submit_us
     assert written.tolist() == expected
     assert written.tolist() != [" ".join(c for c in CLASSES if test.loc[i, c] >= 0.5) for i in written.index]
     solution = pd.read_csv(paths.data / "solution.csv", dtype=str, keep_default_na=False).set_index("id")["label"]
-    truth = Classes(CLASSES, multilabel=True).encode(solution.loc[written.index])
+    truth = Classes(CLASSES, multilabel=True).encode(solution.loc[written.index].str.split().map(join_labels))
     local = pd.read_csv(paths.submissions / "index.csv")["local_lb"].item()
     assert local == pytest.approx(F2(truth, test.loc[written.index, list(CLASSES)].to_numpy(), values))
 

@@ -14,7 +14,7 @@ from foldstack.core.files import write_json
 
 NAME = "manifest.json"
 PACKAGES = ("keras", "tensorflow", "jax", "albumentations", "numpy", "pandas", "scikit-learn", "lightgbm")
-FOLD_KEYS = ("fold", "score", "seconds", "epochs", "peak_mb", "rss_mb")
+FOLD_KEYS = ("fold", "score", "seconds", "epochs", "peak_mb", "rss_mb", "pseudo_labelled")
 
 
 def write(model_dir: Path, cfg: PipelineConfig, model: ModelConfig, folds: list[dict], cv_score: float,

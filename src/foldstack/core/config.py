@@ -12,6 +12,7 @@ module needs none of the packages that fill the registries: ``foldstack.pipeline
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
@@ -97,21 +98,60 @@ Source = Annotated[
 class DataConfig(_Frozen):
     """Where the data comes from and how the competition lays it out on disk.
 
-    ``layout: csv`` is a table of ids and labels beside a folder of images; ``layout: folders`` is
-    one sub-folder of ``train_dir`` per class. Test ids always come from the sample submission.
+    Layouts: ``csv`` is a table of ids and labels (one ``label_column``, or one-hot
+    ``label_columns``) beside a folder of images; ``folders`` is one sub-folder of ``train_dir``
+    per class; ``file_names`` takes each train image's label from its file name
+    (``label_pattern``). Test ids come from ``test_csv`` when it is set, else from the sample
+    submission; the submission follows the sample submission's order either way.
     """
 
     source: Source
-    layout: Literal["csv", "folders"] = "csv"
+    layout: Literal["csv", "folders", "file_names"] = "csv"
     train_csv: str = "train.csv"
     id_column: str = "id"
     label_column: str = "label"
+    label_columns: list[str] | None = Field(
+        None, min_length=2, description="csv layout: one-hot (0/1) label columns, each named after its class")
+    label_pattern: str | None = Field(
+        None, validate_default=True, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
     test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     ids_have_extension: bool = False
+    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
     sample_submission: str = "sample_submission.csv"
     solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
+    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
+
+    @field_validator("label_columns")
+    @classmethod
+    def _columns_of_a_table(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        layout = info.data.get("layout")
+        if layout != "csv":
+            raise ValueError(f"label_columns is for layout 'csv', not {layout!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("label columns must be distinct")
+        return value
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _pattern_with_label(cls, value: str | None, info: ValidationInfo) -> str | None:
+        layout = info.data.get("layout")
+        if value is None:
+            if layout == "file_names":
+                raise ValueError("layout 'file_names' needs label_pattern, e.g. '^(?P<label>cat|dog)\\.'")
+            return value
+        if layout != "file_names":
+            raise ValueError(f"label_pattern is for layout 'file_names', not {layout!r}")
+        try:
+            compiled = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression ({error})") from None
+        if "label" not in compiled.groupindex:
+            raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
+        return value
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
@@ -177,6 +217,42 @@ def _check_albumentations(transforms: Transforms, known: Known) -> None:
 Regime = Literal["features", "finetune", "partial", "scratch"]
 
 
+class _Teachers(_Frozen):
+    """Models of the pipeline listed before this one (``from`` in the YAML), whose trained folds
+    this model learns from: a second round of training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    teachers: list[str] = Field(alias="from", min_length=1, description="earlier models of the pipeline")
+
+
+class PseudoLabelsConfig(_Teachers):
+    """Pseudo-labels: confident test images join each fold's training rows.
+
+    Fold k's pseudo-labels are the mean of the ``from`` models' **fold-k** models' test
+    predictions (models that never saw fold k's rows), so no fold's labels reach its own OOF
+    through a pseudo-label; never the stack or other folds' models. A test image joins when its
+    top probability reaches ``threshold`` (multilabel: every class's probability is at least
+    ``threshold`` or at most ``1 - threshold``), labelled with its top class (``soft: false``) or
+    the probabilities themselves (``soft: true``).
+    """
+
+    threshold: float = Field(0.9, ge=0, le=1, description="the confidence a test image needs to join")
+    soft: bool = Field(False, description="train on the teachers' probabilities instead of their top class")
+
+
+class DistillConfig(_Teachers):
+    """OOF soft-label distillation: each training row's target is ``alpha`` times its one-hot
+    label plus ``1 - alpha`` times the ``from`` models' probabilities.
+
+    Fold k's soft labels come from the ``from`` models' fold-k models (trained on exactly the
+    rows fold k trains on, never on fold k), so fold k's OOF stays honest; the models' plain OOF
+    would not be (a row of fold j was predicted by fold j's model, which trained on fold k).
+    """
+
+    alpha: float = Field(0.5, ge=0, le=1, description="the weight of the one-hot label")
+
+
 class ModelConfig(_Frozen):
     """One base model: a backbone, its weights, and how it is fine-tuned.
 
@@ -207,6 +283,17 @@ class ModelConfig(_Frozen):
     dense_units: list[int] = Field([256], description="partial: the dense layers on the cut")
     patience: int = Field(3, ge=1, description="early stopping on the fold's metric")
     class_weights: bool = False
+    pseudo_labels: PseudoLabelsConfig | None = Field(
+        None, description="train also on confident test images labelled by earlier models' folds")
+    distill: DistillConfig | None = Field(
+        None, description="train on the one-hot labels mixed with earlier models' folds' probabilities")
+
+    @property
+    def teachers(self) -> list[str]:
+        """The earlier models this one learns from (pseudo-labels, distillation), each once."""
+        names = [*(self.pseudo_labels.teachers if self.pseudo_labels else []),
+                 *(self.distill.teachers if self.distill else [])]
+        return list(dict.fromkeys(names))
 
     @field_validator("backbone")
     @classmethod
@@ -301,6 +388,8 @@ class PipelineConfig(_Frozen):
     models: list[ModelConfig] = Field(min_length=1)
     stack: StackConfig = StackConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    positive_class: str | None = Field(
+        None, description="binary task: the class whose probability is scored and submitted (class index 1)")
 
     @field_validator("metric")
     @classmethod
@@ -316,12 +405,34 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _teachers_listed_before(cls, value: list[ModelConfig]) -> list[ModelConfig]:
+        """A model learns only from models listed before it: the train stage trains them first."""
+        for i, model in enumerate(value):
+            earlier = [m.name for m in value[:i]]
+            for key in ("pseudo_labels", "distill"):
+                setting = getattr(model, key)
+                for name in setting.teachers if setting else []:
+                    if name not in earlier:
+                        raise ValueError(f"models[{i}].{key}.from: {name!r} is not a model listed before "
+                                         f"{model.name!r} (listed before it: {', '.join(earlier) or 'none'})")
+        return value
+
     @field_validator("stack")
     @classmethod
     def _thresholds_for_multilabel(cls, value: StackConfig, info: ValidationInfo) -> StackConfig:
         task = info.data.get("task")
         if value.thresholds != "fixed" and task is not None and task != "multilabel":
             raise ValueError(f"thresholds {value.thresholds!r} needs task 'multilabel' (task is {task!r})")
+        return value
+
+    @field_validator("positive_class")
+    @classmethod
+    def _positive_class_for_binary(cls, value: str | None, info: ValidationInfo) -> str | None:
+        task = info.data.get("task")
+        if value is not None and task != "binary":
+            raise ValueError(f"positive_class is for task 'binary', not {task!r}")
         return value
 
     def model(self, name: str) -> ModelConfig:

@@ -254,10 +254,7 @@ def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame,
     if not path.is_file():
         log.warning("%s: solution file not found; no local leaderboard score", path)
         return None
-    id_column, label_column = cfg.data.id_column, cfg.data.label_column
-    solution = tables.read_csv(path, "solution")
-    tables.require_columns(solution, [id_column, label_column], path)
-    labels = solution.set_index(id_column)[label_column]
+    labels = tables.read_solution_labels(cfg, path)
     check_same_ids(path, labels.index, proba.index, paths.data / cfg.data.sample_submission)
     unseen = sorted(set(Classes.from_labels(labels, cfg.task).names) - set(proba.columns))
     if unseen:

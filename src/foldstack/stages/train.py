@@ -1,6 +1,8 @@
-"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It never
-reads the test set: the predict stage (:mod:`foldstack.stages.predict`) predicts it with the
-trained folds, so a new test set trains nothing.
+"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It reads
+the test set only for a pseudo-labelled model (``pseudo_labels``: its teachers' fold-k models
+label the test images its fold k trains on, :mod:`foldstack.training.rounds`); otherwise the
+predict stage (:mod:`foldstack.stages.predict`) predicts it with the trained folds, so a new test
+set trains nothing.
 
 Each fold trains in a process of its own (:mod:`foldstack.runtime.isolate`; the Keras side is
 :mod:`foldstack.training.worker`), so its model's memory is returned before the next fold starts;
@@ -27,10 +29,10 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.data.labels import Classes
 from foldstack.runtime import isolate
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import DEFAULT_WORKERS, WORKER, FoldTask, features_key, recipe_fingerprint
+from foldstack.training.rounds import Teachers, round_fields
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,12 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = tables.classes(cfg, paths, self.folds["label"])
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
+        self.teachers = Teachers(cfg, paths, len(self.classes), self.folds_digest, self.files,
+                                 self.folds["id"].tolist(), self.workers)
 
     def _train_files(self) -> list[str]:
         return folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
@@ -70,21 +74,27 @@ class Trainer:
         ids = self.folds["id"].tolist()
         caches = {"train": self.paths.cache / str(size) / "train.npy"}
         cached_images(self.files, ids, size, caches["train"], desc="train")
+        keys = {"train": features_key(model, self.cfg.augment, ids)}
+        if model.pseudo_labels:  # its folds train on test images too
+            caches["test"] = self.teachers.cache("test", size)
+            keys["test"] = features_key(model, self.cfg.augment, self.teachers.ids("test"))
         fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
                                          self.folds_digest)
+        sources = [self.teachers.source_key(model, fold) for fold in range(self.cfg.folds.k)]
         features, features_seconds = None, None
         if model.regime == "features":
             features = self.paths.models / model.name / "features"
             # The backbone pass is needed only while some fold is still to train.
-            if any(fold_done.finished(self._fold_dir(model, f), fingerprint) is None for f in range(self.cfg.folds.k)):
+            if any(fold_done.finished(self._fold_dir(model, f), fingerprint, sources[f]) is None
+                   for f in range(self.cfg.folds.k)):
                 started = time.perf_counter()
-                isolate.call(f"{WORKER}:build_features", model, caches, self.cfg.augment, features,
-                             {"train": features_key(model, self.cfg.augment, ids)}, self.workers)
+                isolate.call(f"{WORKER}:build_features", model, caches, self.cfg.augment, features, keys,
+                             self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
         results = []
         for fold in range(self.cfg.folds.k):
             start = bar.n
-            results.append(self._train_fold(model, fold, caches, features, fingerprint, bar))
+            results.append(self._train_fold(model, fold, caches, features, fingerprint, bar, sources[fold]))
             bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
         return self._merge(model, results, features_seconds)
 
@@ -92,18 +102,19 @@ class Trainer:
         return self.paths.models / model.name / f"fold{fold}"
 
     def _train_fold(self, model: ModelConfig, fold: int, caches: dict[str, Path], features: Path | None,
-                    fingerprint: str, bar: tqdm) -> dict:
+                    fingerprint: str, bar: tqdm, source: str | None = None) -> dict:
         fold_dir = self._fold_dir(model, fold)
-        done = fold_done.finished(fold_dir, fingerprint)
+        done = fold_done.finished(fold_dir, fingerprint, source)
         if done is not None:
             tqdm.write(f"skip {model.name} fold {fold}: already trained ({self.cfg.metric} {done['score']:.4f})")
             return done
         if fold_done.exists(fold_dir):
-            log.info("%s fold %d: its recipe changed, training again", model.name, fold)
-        if fold_dir.exists() and _fingerprint_of(fold_dir) != fingerprint:
-            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe
+            log.info("%s fold %d: its recipe or teachers changed, training again", model.name, fold)
+        trained_by = fingerprint if source is None else f"{fingerprint} {source}"
+        if fold_dir.exists() and _fingerprint_of(fold_dir) != trained_by:
+            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe or teacher
         fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "fingerprint").write_text(fingerprint)
+        (fold_dir / "fingerprint").write_text(trained_by)
 
         is_valid = (self.folds["fold"] == fold).to_numpy()
         task = FoldTask(
@@ -111,6 +122,8 @@ class Trainer:
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
             caches=caches, fold_dir=fold_dir, seed=self.cfg.seed + fold, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features,
+            **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
+                           self.teachers.predictions),
         )
 
         def tick(val_score: float | None) -> None:
@@ -129,7 +142,8 @@ class Trainer:
 
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
-        done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint,
+        done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint, "source": source,
+                "pseudo_labelled": None if task.pseudo is None else len(task.pseudo.index),
                 "epochs": _epochs_run(fold_dir), "device": result["device"],
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat

@@ -30,6 +30,7 @@ from foldstack.training.fold_task import BEST, FoldTask, PredictTask
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
 from foldstack.training.phases import Phase, Plan, fit_phases
+from foldstack.training.rounds import n_training_rows, training_rows
 
 Predict = Callable[[str, np.ndarray], np.ndarray]
 """``predict(split, index) -> probabilities``, averaged over the TTA views."""
@@ -78,9 +79,11 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     if task.features is None:
         raise ValueError("the features regime needs task.features (the feature cache's folder)")
     cache = FeatureCache.load(task.features, list(images), len(task.augment.tta))
-    # Every TTA view of a training image is a training row of its own.
-    train_x = np.concatenate([view[task.train_index] for view in cache.views("train")])
-    train_y = np.concatenate([task.targets[task.train_index]] * len(task.augment.tta))
+    # Every TTA view of a training image (and of a pseudo-labelled test image) is a training row of its own.
+    test_views = cache.views("test") if task.pseudo is not None else [None] * len(task.augment.tta)
+    rows = [training_rows(task, view, test) for view, test in zip(cache.views("train"), test_views)]
+    train_x = np.concatenate([array[index] for array, index, _ in rows])
+    train_y = np.concatenate([targets[index] for _, index, targets in rows])
     network = features_network(task, train_x.shape[1])
     batch_size = task.model.batch_size
     plan = Plan(
@@ -156,13 +159,15 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
     """A plan that trains on augmented batches of the image cache; each phase gets fresh batches."""
     batch_size = task.model.batch_size
     return Plan(network=network, backbone=backbone, phases=phases, train=lambda: {"x": train_batches(task, images)},
-                steps=math.ceil(len(task.train_index) / batch_size),
+                steps=math.ceil(n_training_rows(task) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
 
 
 def train_batches(task: FoldTask, images: Images) -> ImageBatches:
-    """Shuffled, augmented batches of the fold's training rows, seeded by the fold's seed."""
-    return ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
+    """Shuffled, augmented batches of the fold's training rows (and pseudo-labelled test images),
+    seeded by the fold's seed."""
+    array, index, targets = training_rows(task, images["train"], images.get("test"))
+    return ImageBatches(array, index, targets, compose(task.augment.train),
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
 
 
