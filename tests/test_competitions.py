@@ -23,7 +23,7 @@ from competitions import COMPETITIONS
 from foldstack.contracts import stack_output
 from foldstack.core.config import PipelineConfig
 from foldstack.core.paths import Paths
-from foldstack.pipeline import parse_pipeline
+from foldstack.pipeline import load_pipeline, parse_pipeline
 from foldstack.stages import download, folds, predict, stack, submit, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +50,15 @@ def tiny_pipeline(slug: str, public: Path) -> PipelineConfig:
     raw["models"] = [TINY_MODEL]
     raw["folds"]["k"] = K
     return parse_pipeline(raw, source=str(path))
+
+
+@pytest.mark.parametrize("slug", list(COMPETITIONS))
+def test_pipeline_is_valid_as_written(slug: str) -> None:
+    """The YAML as a competitor runs it (ImageNet backbones, their sizes, every augmentation and
+    TTA view) passes validation: the end-to-end test replaces its models."""
+    cfg = load_pipeline(REPO / "pipelines" / f"{slug}.yaml")
+    assert cfg.name == slug and cfg.data.source.competition == slug
+    assert any(model.weights == "imagenet" for model in cfg.models)
 
 
 @pytest.mark.parametrize("slug", list(COMPETITIONS))
