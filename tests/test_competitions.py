@@ -28,7 +28,8 @@ from foldstack.stages import download, folds, predict, stack, submit, train
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The one model every fixture trains: seconds a fold on two CPU cores.
+#: The one model every fixture trains. A batch larger than any fold holds the whole fold, so a fold
+#: traces its training step for one batch shape only (tracing, not stepping, is most of its time).
 TINY_MODEL = {"name": "tiny", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
               "epochs": 2, "batch_size": 64, "lr": 0.003}
 
