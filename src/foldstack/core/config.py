@@ -15,10 +15,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from foldstack.core.errors import FoldstackError, one_line
 
@@ -217,6 +228,33 @@ def _check_albumentations(transforms: Transforms, known: Known) -> None:
 Regime = Literal["features", "finetune", "partial", "scratch"]
 
 
+class MixUpConfig(_Frozen):
+    """MixUp: a batch's images and targets blended with a shuffled copy of the batch."""
+
+    alpha: float = Field(0.2, gt=0, description="each image's weight is drawn from Beta(alpha, alpha)")
+    p: float = Field(0.5, gt=0, le=1, description="the share of training batches mixed")
+
+
+class CutMixConfig(_Frozen):
+    """CutMix: a box of another image of the batch pasted on each image; targets by area."""
+
+    alpha: float = Field(1.0, gt=0, description="the kept share is drawn from Beta(alpha, alpha)")
+    p: float = Field(0.5, gt=0, le=1, description="the share of training batches cut and mixed")
+
+
+class EMAConfig(_Frozen):
+    """An exponential moving average of the weights, validated, checkpointed and predicted with."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="the average's momentum per training step")
+
+
+class ResizeStep(_Frozen):
+    """Progressive resizing: the first ``epochs`` of the schedule at a smaller ``size``."""
+
+    size: int = Field(ge=8, le=1024)
+    epochs: int = Field(ge=1)
+
+
 class _Teachers(_Frozen):
     """Models of the pipeline listed before this one (``from`` in the YAML), whose trained folds
     this model learns from: a second round of training."""
@@ -287,6 +325,24 @@ class ModelConfig(_Frozen):
         None, description="train also on confident test images labelled by earlier models' folds")
     distill: DistillConfig | None = Field(
         None, description="train on the one-hot labels mixed with earlier models' folds' probabilities")
+    # --- recipes (README "Recipes"); each off by default and left out of the model's dump while
+    # off, so the fingerprints of folds trained before these keys existed stay valid.
+    mixup: MixUpConfig | None = Field(None, description="MixUp of training batches (images and targets)")
+    cutmix: CutMixConfig | None = Field(None, description="CutMix of training batches (images and targets)")
+    ema: EMAConfig | None = Field(None, description="EMA of the weights: validated, checkpointed, predicted")
+    seeds: list[int] | None = Field(None, min_length=1, description="train every fold once per seed; average them")
+    progressive: list[ResizeStep] | None = Field(
+        None, min_length=1, description="the first epochs at smaller, growing sizes; the rest at image_size")
+
+    #: Keys left out of ``model_dump`` while None (see the comment above).
+    OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
+                                                   "pseudo_labels", "distill")
+
+    @model_serializer(mode="wrap")
+    def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items()
+                if not (key in self.OMITTED_WHEN_OFF and value is None)}
 
     @property
     def teachers(self) -> list[str]:
@@ -314,6 +370,51 @@ class ModelConfig(_Frozen):
             return sizes.default
         if value < sizes.minimum:
             raise ValueError(f"backbone {backbone!r} needs at least {sizes.minimum}")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+    @field_validator("mixup", "cutmix", "progressive")
+    @classmethod
+    def _image_regime(cls, value: Any, info: ValidationInfo) -> Any:
+        """MixUp, CutMix and progressive resizing change images; ``features`` trains on cached
+        backbone features of fixed images."""
+        if value is not None and info.data.get("regime") == "features":
+            raise ValueError("needs an image regime (finetune, partial, scratch), not 'features'")
+        return value
+
+    @field_validator("cutmix")
+    @classmethod
+    def _one_mix_per_batch(cls, value: CutMixConfig | None, info: ValidationInfo) -> CutMixConfig | None:
+        mixup = info.data.get("mixup")
+        if value is not None and mixup is not None and mixup.p + value.p > 1:
+            raise ValueError(f"cutmix.p + mixup.p = {mixup.p + value.p:g}: a batch gets at most one of them, "
+                             "so they add up to 1 at most")
+        return value
+
+    @field_validator("progressive")
+    @classmethod
+    def _grows_to_image_size(cls, value: list[ResizeStep] | None, info: ValidationInfo) -> list[ResizeStep] | None:
+        """Sizes grow, stay below ``image_size`` and above the backbone's minimum, and leave at
+        least one epoch at ``image_size`` (validation and prediction are at that size)."""
+        size, epochs, backbone = (info.data.get(key) for key in ("image_size", "epochs", "backbone"))
+        if value is None or size is None or epochs is None or backbone is None:
+            return value
+        sizes = [step.size for step in value]
+        if sizes != sorted(set(sizes)) or sizes[-1] >= size:
+            raise ValueError(f"sizes {sizes} must grow and stay below image_size {size}")
+        minimum = _known(info).backbones[backbone].minimum
+        if sizes[0] < minimum:
+            raise ValueError(f"size {sizes[0]}: backbone {backbone!r} needs at least {minimum}")
+        steps = sum(step.epochs for step in value)
+        if steps >= epochs:
+            raise ValueError(f"epochs add up to {steps}, but the model's epochs is {epochs}: "
+                             "keep at least one epoch at image_size")
         return value
 
 
@@ -417,6 +518,10 @@ class PipelineConfig(_Frozen):
                     if name not in earlier:
                         raise ValueError(f"models[{i}].{key}.from: {name!r} is not a model listed before "
                                          f"{model.name!r} (listed before it: {', '.join(earlier) or 'none'})")
+                    # A teacher's fold k is one model; a seed-bagged one has several (not supported yet).
+                    if value[earlier.index(name)].seeds:
+                        raise ValueError(f"models[{i}].{key}.from: {name!r} has seeds; a teacher must be one "
+                                         "run per fold (seed-bagged teachers are not supported)")
         return value
 
     @field_validator("stack")

@@ -41,6 +41,7 @@ from foldstack.training.fold_task import (
     FoldTask,
     PredictTask,
     digest,
+    members,
     predict_task,
     trained_fold_dirs,
     weights_digest,
@@ -61,7 +62,8 @@ class Predictor:
         self.folds_digest = folds_file.digest(self.folds)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
-        """Each fold's folder, once it is checked to hold weights of the pipeline's recipe
+        """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
+        is checked to hold weights of the pipeline's recipe
         (:func:`~foldstack.training.fold_task.trained_fold_dirs`)."""
         return trained_fold_dirs(self.cfg, self.paths.models, model, self.folds_digest)
 
@@ -76,10 +78,11 @@ class Predictor:
         cfg, paths = self.cfg, self.paths
         test = tables.load_test_table(cfg, paths)
         ids = test["id"].tolist()
-        k = cfg.folds.k
-        with tqdm(total=len(cfg.models) * k, desc="predict", unit="fold") as bar:
+        with tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
+                  unit="fold") as bar:
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
+                k = len(dirs)
                 key = digest({"weights": weights_digest(dirs), "ids": ids, "task": cfg.task,
                               "model": model.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json")})
                 out = paths.test / f"{model.name}.parquet"
@@ -95,7 +98,8 @@ class Predictor:
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {k} folds x "
+                runs = f"{cfg.folds.k} folds" + (f" x {len(model.seeds)} seeds" if model.seeds else "")
+                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {runs} x "
                            f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
         self.reference(cfg.models[0])
 
@@ -122,7 +126,9 @@ class Predictor:
 
 
 def fold_mean(folds: list[np.ndarray]) -> np.ndarray:
-    """A model's probabilities: the mean of its folds' (each already a mean over TTA views)."""
+    """A model's probabilities: the mean of its folds' (each already a mean over TTA views).
+    Under seed bagging every fold has one run per seed, so the mean of all runs is the mean over
+    folds of each fold's seed mean."""
     return np.mean(np.asarray(folds, dtype=np.float64), axis=0)
 
 

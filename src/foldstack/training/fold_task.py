@@ -138,6 +138,40 @@ class PredictTask:
         return self.model.image_size
 
 
+def train_split(size: int | None, split: str = "train") -> str:
+    """The name of a split's image cache at ``size`` among a task's ``caches``: ``train`` at the
+    model's own size (None), ``train-<size>`` at a progressive-resizing size (``test-<size>``
+    for the pseudo-labelled test images)."""
+    return split if size is None else f"{split}-{size}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One training run of a fold: the fold, its seed and its folder's name under ``models/<m>/``.
+
+    Without ``seeds`` a fold has one member, seeded by the pipeline seed plus the fold, in
+    ``fold<k>`` (the layout before seed bagging). With ``seeds`` it has one per listed seed ``s``,
+    seeded by ``s`` plus the fold, in ``fold<k>-seed<s>`` -- or ``fold<k>`` where ``s`` is the
+    pipeline seed, which is the same run, so bagging keeps a fold already trained.
+    """
+
+    fold: int
+    seed: int
+    name: str
+
+    @property
+    def run_seed(self) -> int:
+        """What seeds the run's weights, shuffling and augmentation."""
+        return self.seed + self.fold
+
+
+def members(model: ModelConfig, k: int, pipeline_seed: int) -> list[Member]:
+    """Every run of the model's ``k`` folds, fold by fold, then by seed in the YAML's order."""
+    seeds = model.seeds or [pipeline_seed]
+    return [Member(fold, seed, f"fold{fold}" if seed == pipeline_seed else f"fold{fold}-seed{seed}")
+            for fold in range(k) for seed in seeds]
+
+
 def features_key(model: ModelConfig, augment: AugmentConfig, ids: list[str]) -> str:
     """What the ``features`` regime's backbone pass over one split depends on: the backbone, its
     weights, the image size, the valid transforms and TTA views, and the split's images. Not the
@@ -160,28 +194,34 @@ def weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
                        folds_digest: str) -> str:
     """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
-    Never the test set: a new one is predicted by the trained folds (the predict stage)."""
-    return digest({"model": model.model_dump(mode="json"), "augment": augment.model_dump(mode="json"),
+    Never the test set: a new one is predicted by the trained folds (the predict stage).
+
+    ``seed`` is the run's own (a :class:`Member`'s), not the model's list of ``seeds``: adding a
+    seed to the list trains only the new seed."""
+    return digest({"model": model.model_dump(mode="json", exclude={"seeds"}), "augment": augment.model_dump(mode="json"),
                    "task": task, "metric": metric, "seed": seed, "folds": folds_digest})
 
 
 
 def trained_fold_dirs(cfg: PipelineConfig, models: Path, model: ModelConfig, folds_digest: str) -> tuple[Path, ...]:
-    """Each fold's folder of ``model`` under ``models``, once it is checked to hold weights of
-    the pipeline's recipe.
+    """Each fold's folder of ``model`` under ``models`` -- each (fold, seed)'s under seed
+    bagging, fold by fold (:func:`members`) -- once it is checked to hold weights of the
+    pipeline's recipe.
 
     Raises:
         DataError: a fold is untrained, trained by another recipe, or lacks its weights.
     """
-    fingerprint = recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, cfg.seed, folds_digest)
-    dirs = tuple(models / model.name / f"fold{fold}" for fold in range(cfg.folds.k))
-    for fold, fold_dir in enumerate(dirs):
+    runs = members(model, cfg.folds.k, cfg.seed)
+    dirs = tuple(models / model.name / run.name for run in runs)
+    for run, fold_dir in zip(runs, dirs):
+        fingerprint = recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, run.seed, folds_digest)
+        what = f"fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
         done = fold_dir / fold_done.NAME
         if not fold_done.exists(fold_dir):
-            raise DataError(f"{done}: not found: fold {fold} of model {model.name!r} is not trained; "
+            raise DataError(f"{done}: not found: {what} of model {model.name!r} is not trained; "
                             "run the train stage first")
         if fold_done.finished(fold_dir, fingerprint) is None:
-            raise DataError(f"{done}: fold {fold} of model {model.name!r} was trained by another recipe "
+            raise DataError(f"{done}: {what} of model {model.name!r} was trained by another recipe "
                             "(model, augmentation, folds or seed changed since); run the train stage again")
         if not (fold_dir / BEST).is_file():
             raise DataError(f"{fold_dir / BEST}: not found; run the train stage again")
