@@ -34,7 +34,8 @@ from foldstack.data.cache import cached_images
 from foldstack.data.images import load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
-from foldstack.runtime import isolate
+from foldstack.runtime import compute, isolate
+from foldstack.runtime.executor import Job
 from foldstack.training.fold_task import (
     DEFAULT_WORKERS,
     WORKER,
@@ -78,8 +79,10 @@ class Predictor:
         cfg, paths = self.cfg, self.paths
         test = tables.load_test_table(cfg, paths)
         ids = test["id"].tolist()
-        with tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
-                  unit="fold") as bar:
+        with (compute.executor_for(cfg.compute, WORKER) as executor,
+              tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
+                   unit="fold") as bar):
+            jobs, stale, ticks = [], {}, {}
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
                 k = len(dirs)
@@ -90,17 +93,29 @@ class Predictor:
                     tqdm.write(f"skip {model.name}: test predictions up to date")
                     bar.update(k)
                     continue
-                started = time.perf_counter()
                 cache = paths.cache / str(model.image_size) / "test.npy"
                 cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
-                folds = isolate.call(f"{WORKER}:predict_folds", self.task(model, cache, dirs, "test", ids),
-                                     on_message=lambda _: bar.update(1))
+                stale[model.name], ticks[model.name] = (dirs, key, out), 0
+
+                def tick(_: None, name: str = model.name) -> None:
+                    ticks[name] += 1
+                    bar.update(1)
+
+                jobs.append(Job(model.name, f"{WORKER}:predict_folds", (self.task(model, cache, dirs, "test", ids),),
+                                tick, needs=(cache, *dirs)))
+
+            def done(job: Job, folds: list[np.ndarray], seconds: float) -> None:
+                dirs, key, out = stale[job.name]
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                runs = f"{cfg.folds.k} folds" + (f" x {len(model.seeds)} seeds" if model.seeds else "")
-                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {runs} x "
-                           f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
+                bar.update(len(dirs) - ticks[job.name])  # a Ray task sends no ticks
+                seeds = cfg.model(job.name).seeds
+                runs = f"{cfg.folds.k} folds" + (f" x {len(seeds)} seeds" if seeds else "")
+                tqdm.write(f"{job.name}: predicted {len(ids)} test images, {runs} x "
+                           f"{len(cfg.augment.tta)} view(s) ({seconds:.0f} s)")
+
+            executor.run(jobs, done)
         self.reference(cfg.models[0])
 
     def reference(self, model: ModelConfig) -> None:

@@ -30,7 +30,8 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.runtime import isolate
+from foldstack.runtime import compute, isolate
+from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import (
     DEFAULT_WORKERS,
@@ -74,8 +75,9 @@ class Trainer:
         models = [self.cfg.model(name) for name in only] if only else list(self.cfg.models)
         k = self.cfg.folds.k
         scores = {}
-        with tqdm(total=sum(m.epochs * len(members(m, k, self.cfg.seed)) for m in models), desc="train",
-                  unit="epoch") as bar:
+        with (compute.executor_for(self.cfg.compute, WORKER) as self.executor,
+              tqdm(total=sum(m.epochs * len(members(m, k, self.cfg.seed)) for m in models), desc="train",
+                   unit="epoch") as bar):
             for model in models:
                 scores[model.name] = self.train_model(model, bar)
         return scores
@@ -106,12 +108,33 @@ class Trainer:
                 isolate.call(f"{WORKER}:build_features", model, {split: caches[split] for split in keys},
                              self.cfg.augment, features, keys, self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
-        results = {}
+        results, jobs, ticks, run_of = {}, [], {}, {}
         for run in runs:
-            start = bar.n
-            results[run] = self._train_fold(model, run, caches, features, fingerprints[run], bar, sources[run.fold])
-            bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
-        return self._merge(model, results, features_seconds)
+            task = self._fold_task(model, run, caches, features, fingerprints[run], sources[run.fold])
+            if isinstance(task, dict):  # already trained
+                results[run] = task
+                bar.update(model.epochs)
+                continue
+            ticks[run] = 0
+
+            def tick(val_score: float | None, run: Member = run) -> None:
+                ticks[run] += 1
+                bar.update(1)
+                if val_score is not None:
+                    bar.set_postfix(score=f"{val_score:.4f}")
+
+            jobs.append(Job(self._what(model, run), f"{WORKER}:train_fold", (task,), tick,
+                            needs=(*caches.values(), *([features] if features else []))))
+            run_of[jobs[-1].name] = run
+
+        def done(job: Job, result: dict, seconds: float) -> None:
+            run = run_of[job.name]
+            results[run] = self._finish_fold(model, run, job.args[0], result, seconds, fingerprints[run],
+                                             sources[run.fold])
+            bar.update(max(0, model.epochs - ticks[run]))  # early stopping ends a fold early; a retry ticks again
+
+        self.executor.run(jobs, done)
+        return self._merge(model, {run: results[run] for run in runs}, features_seconds)
 
     def _fingerprint(self, model: ModelConfig, run: Member) -> str:
         return recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed, self.folds_digest)
@@ -119,11 +142,17 @@ class Trainer:
     def _fold_dir(self, model: ModelConfig, run: Member) -> Path:
         return self.paths.models / model.name / run.name
 
-    def _train_fold(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
-                    fingerprint: str, bar: tqdm, source: str | None = None) -> dict:
+    @staticmethod
+    def _what(model: ModelConfig, run: Member) -> str:
+        """The run as the terminal names it: ``cnn fold 2``, or ``cnn fold 2 seed 7`` when bagged."""
+        return f"{model.name} fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
+
+    def _fold_task(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
+                   fingerprint: str, source: str | None = None) -> FoldTask | dict:
+        """The run's task, its folder made ready; or its ``done.json`` if it is trained already."""
         fold = run.fold
         fold_dir = self._fold_dir(model, run)
-        what = f"{model.name} fold {fold}" + (f" seed {run.seed}" if model.seeds else "")
+        what = self._what(model, run)
         done = fold_done.finished(fold_dir, fingerprint, source)
         if done is not None:
             tqdm.write(f"skip {what}: already trained ({self.cfg.metric} {done['score']:.4f})")
@@ -145,15 +174,12 @@ class Trainer:
             **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
                            self.teachers.predictions),
         )
+        return task
 
-        def tick(val_score: float | None) -> None:
-            bar.update(1)
-            if val_score is not None:
-                bar.set_postfix(score=f"{val_score:.4f}")
-
-        started = time.perf_counter()
-        result = isolate.call(f"{WORKER}:train_fold", task, on_message=tick)
-        seconds = time.perf_counter() - started
+    def _finish_fold(self, model: ModelConfig, run: Member, task: FoldTask, result: dict, seconds: float,
+                     fingerprint: str, source: str | None) -> dict:
+        """Score the run's OOF rows and write them, then its ``done.json``."""
+        fold, fold_dir = run.fold, task.fold_dir
         if self.device is None:
             self.device = result["device"]
             log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
@@ -169,7 +195,7 @@ class Trainer:
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat
         fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists
-        tqdm.write(f"{what}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
+        tqdm.write(f"{self._what(model, run)}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         return done
 
     def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
