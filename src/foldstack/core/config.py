@@ -55,12 +55,14 @@ class Known:
         metrics: every metric name.
         candidates: every stacking candidate name.
         check_augment: raises on a list of transforms albumentations cannot build.
+        grade_metrics: the metrics that score an ordinal score's grades (``task: ordinal``).
     """
 
     backbones: Mapping[str, BackboneSizes]
     metrics: Sequence[str]
     candidates: Sequence[str]
     check_augment: Callable[[list[dict[str, Any]]], Any]
+    grade_metrics: Sequence[str] = ()
 
 
 def _known(info: ValidationInfo) -> Known:
@@ -519,8 +521,15 @@ class ComputeConfig(_Frozen):
 
 
 class PipelineConfig(_Frozen):
+    """A whole pipeline.
+
+    ``task: ordinal`` takes numeric grades (``0``..``4``): every network regresses one score (on
+    the scale of the grade's position, 0 for the lowest), level two blends scores, cut points
+    fitted on OOF turn scores into grades, and the submission holds grades (``format: label``).
+    """
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["binary", "multiclass", "multilabel"] = "multiclass"
+    task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass"
     metric: str
     seed: int = 42
     data: DataConfig
@@ -536,7 +545,31 @@ class PipelineConfig(_Frozen):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str, info: ValidationInfo) -> str:
-        return _one_of(value, list(_known(info).metrics), "metric")
+        _one_of(value, list(_known(info).metrics), "metric")
+        # An ordinal score is scored as the grades it is cut into (`task` is validated first).
+        grade_metrics = list(_known(info).grade_metrics)
+        if info.data.get("task") == "ordinal" and value not in grade_metrics:
+            raise ValueError(f"task 'ordinal' needs a metric of grades: {', '.join(grade_metrics)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _recipes_of_a_score(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """An ordinal task's networks regress a score: the recipes made for class probabilities
+        (label smoothing, pseudo-labels and distillation from a teacher's probabilities) do not apply."""
+        for i, model in (enumerate(value) if info.data.get("task") == "ordinal" else ()):
+            for key in ("label_smoothing", "pseudo_labels", "distill"):
+                if getattr(model, key):
+                    raise ValueError(f"models[{i}].{key}: not for task 'ordinal', whose networks regress a "
+                                     f"score (model {model.name!r})")
+        return value
+
+    @field_validator("submission")
+    @classmethod
+    def _ordinal_submits_grades(cls, value: SubmissionConfig, info: ValidationInfo) -> SubmissionConfig:
+        if info.data.get("task") == "ordinal" and value.format != "label":
+            raise ValueError("task 'ordinal' submits grades: the format must be 'label'")
+        return value
 
     @field_validator("models")
     @classmethod

@@ -58,7 +58,7 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = tables.classes(cfg, paths, self.folds["label"])
+        self.classes = tables.classes(cfg, paths, self.folds["label"], paths.folds)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
@@ -184,7 +184,7 @@ class Trainer:
             self.device = result["device"]
             log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
                      "on" if self.device["mixed_precision"] else "off")
-        score = self.metric(self.y[task.valid_index], result["oof"])
+        score = self.metric(self.y[task.valid_index], result["oof"], n_classes=len(self.classes))
 
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
@@ -210,14 +210,14 @@ class Trainer:
         """Join the folds into ``oof/<model>.parquet`` (with ``seeds``, each fold's runs averaged),
         with a manifest that records each seed's scores beside the bagged ones."""
         fold_index = self.folds.set_index("id")
-        names = list(self.classes.names)
+        names = list(self.classes.columns)
         runs = {run: predictions.read_oof(self._fold_dir(model, run) / "oof.parquet", self.classes,
                                           fold_index[fold_index["fold"] == run.fold], self.paths.folds)
                 for run in results}
         oof = pd.concat([
             _mean_oof([table for run, table in runs.items() if run.fold == fold], names)
             for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
-        score = self.metric(self.y, oof[names].to_numpy())
+        score = self.metric(self.y, oof[names].to_numpy(), n_classes=len(self.classes))
         predictions.write(self.paths.oof / f"{model.name}.parquet", oof.index.to_numpy(), self.classes,
                           oof[names].to_numpy(), fold=oof["fold"].to_numpy())
         if model.seeds:
@@ -236,7 +236,8 @@ class Trainer:
         """A fold's manifest record under seed bagging: the score of its runs' mean, their time."""
         rows = oof[oof["fold"] == fold]
         return {"fold": fold, "score": self.metric(self.y[self.folds["fold"].to_numpy() == fold],
-                                                   rows[list(self.classes.names)].to_numpy()),
+                                                   rows[list(self.classes.columns)].to_numpy(),
+                                                   n_classes=len(self.classes)),
                 "seconds": round(sum(record["seconds"] for record in records.values()), 2),
                 "epochs": sum(record.get("epochs", 0) for record in records.values()),
                 "peak_mb": max((record.get("peak_mb") or 0) for record in records.values()),
@@ -245,7 +246,7 @@ class Trainer:
     def _seed_scores(self, seed: int, runs: dict[Member, pd.DataFrame], results: dict[Member, dict]) -> dict:
         """One seed's CV (its own runs of every fold, not averaged with the other seeds) and runs."""
         own = pd.concat([table for run, table in runs.items() if run.seed == seed]).loc[self.folds["id"]]
-        return {"cv_score": self.metric(self.y, own[list(self.classes.names)].to_numpy()),
+        return {"cv_score": self.metric(self.y, own[list(self.classes.columns)].to_numpy(), n_classes=len(self.classes)),
                 "folds": [{key: record.get(key) for key in manifest.FOLD_KEYS}
                           for run, record in results.items() if run.seed == seed]}
 
