@@ -81,6 +81,9 @@ def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, st
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
                                        ema_momentum=ema.decay if ema else 0.99)
     network.compile(optimizer=optimizer, loss=_loss(task), jit_compile=jit_compile)
+    # Its variables now, not in the first step: TensorFlow would otherwise trace the training step
+    # twice per fit (once creating them, once using them), seconds a fold.
+    network.optimizer.build(network.trainable_variables)
 
 
 def _loss(task: FoldTask) -> keras.losses.Loss:
