@@ -232,6 +232,9 @@ class StackConfig(_Frozen):
     ``lightgbm_max_negatives`` bounds LightGBM's shared layout (over 10 classes: one row per
     sample and class, nearly all negatives); see ``LightGBMStacker``. Its default keeps the fit
     as good as with every row and much cheaper (measured in benchmarks/RESULTS.md).
+
+    ``caruana_iterations`` and ``caruana_init`` shape the ``caruana`` candidate (greedy ensemble
+    selection on the pipeline's metric; see ``CaruanaSelection``).
     """
 
     candidates: list[str] | None = Field(None, min_length=1,
@@ -241,6 +244,8 @@ class StackConfig(_Frozen):
     lightgbm_max_negatives: int | None = Field(
         200_000, ge=1, description="the most negative (sample, class) rows LightGBM trains on in the "
                                    "shared layout, sampled at random; null keeps all")
+    caruana_iterations: int = Field(25, ge=1, le=1000, description="caruana: models added in all, with replacement")
+    caruana_init: int = Field(1, ge=1, description="caruana: start from this many best single models")
 
     @field_validator("candidates")
     @classmethod
@@ -260,6 +265,8 @@ class StackConfig(_Frozen):
     def _force_among_candidates(self) -> StackConfig:
         if self.force and self.candidates and self.force not in self.candidates:
             raise ValueError(f"force {self.force!r} is not among candidates: {', '.join(self.candidates)}")
+        if self.caruana_init > self.caruana_iterations:
+            raise ValueError(f"caruana_init ({self.caruana_init}) exceeds caruana_iterations ({self.caruana_iterations})")
         return self
 
 
