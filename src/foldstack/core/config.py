@@ -69,7 +69,9 @@ class EmbeddedSource(_Frozen):
     """A competition built from data that ships with a package (no network, no credentials)."""
 
     type: Literal["embedded"]
-    dataset: Literal["digits"]
+    dataset: Literal["digits", "digits_hard"] = Field(
+        description="digits: scikit-learn's 1,797 digits, an 80/20 split; digits_hard: 20 labelled a class, "
+                    "the rest the test set, every image occluded and noisy")
     limit: int | None = Field(None, ge=20, description="keep only this many images (tiny test runs)")
 
 
