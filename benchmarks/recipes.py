@@ -75,7 +75,48 @@ def stack_keys(**keys) -> Callable[[dict], dict]:
     return on
 
 
+def students(key: str, **settings) -> Callable[[dict], dict]:
+    """A second round: after the models, a student of each (same architecture and settings)
+    trained with ``key`` (``pseudo_labels`` or ``distill``) from every first-round model.
+
+    "Off" is the first round alone: a student without the recipe would be its teacher again (the
+    same seed, the same weights), so it would add nothing to the stack.
+    """
+    def on(cfg: dict) -> dict:
+        cfg = copy.deepcopy(cfg)
+        teachers = [model["name"] for model in cfg["models"]]
+        cfg["models"] += [{**copy.deepcopy(model), "name": f"{model['name']}_{key}",
+                           key: {"from": teachers, **settings}} for model in cfg["models"]]
+        return cfg
+    return on
+
+
+def bagged(count: int) -> Callable[[dict], dict]:
+    """Seed bagging: every model trains each fold with ``count`` seeds (from the pipeline's)."""
+    def on(cfg: dict) -> dict:
+        return every_model(seeds=[cfg["seed"] + 1000 * i for i in range(count)])(cfg)
+    return on
+
+
+def progressive(cfg: dict) -> dict:
+    """Progressive resizing: each model's first third of epochs at 8 px (the digits' own size)."""
+    cfg = copy.deepcopy(cfg)
+    for model in cfg["models"]:
+        model["progressive"] = [{"size": 8, "epochs": max(1, model["epochs"] // 3)}]
+    return cfg
+
+
 RECIPES = (
+    Recipe("mixup", "every model: `mixup: {alpha: 0.2, p: 0.5}`", every_model(mixup={"alpha": 0.2, "p": 0.5})),
+    Recipe("cutmix", "every model: `cutmix: {alpha: 1.0, p: 0.5}`", every_model(cutmix={"alpha": 1.0, "p": 0.5})),
+    # ~5 steps an epoch here: a decay of 0.999 would average mostly the initial weights.
+    Recipe("ema", "every model: `ema: {decay: 0.9}`", every_model(ema={"decay": 0.9})),
+    Recipe("seeds", "every model: `seeds:` 3 seeds (3x the training)", bagged(3)),
+    Recipe("progressive", "every model: first third of the epochs at 8 px", progressive),
+    Recipe("pseudo_labels", "a student of each model, `pseudo_labels: {from: [both], threshold: 0.9}`",
+           students("pseudo_labels", threshold=0.9)),
+    Recipe("distill", "a student of each model, `distill: {from: [both], alpha: 0.5}`",
+           students("distill", alpha=0.5)),
     Recipe("caruana", "stack: Caruana's selection on accuracy (forced) vs the best of "
            + ", ".join(BASE_CANDIDATES), stack_keys(candidates=[*BASE_CANDIDATES, "caruana"], force="caruana"),
            trains=False),
