@@ -31,7 +31,7 @@ LITE0 = {"backbone": "efficientnet_lite0", "weights": "imagenet", "batch_size": 
 def pipeline(size: int, finetune_epochs: int) -> dict:
     """The default pipeline with one model per regime."""
     cfg = yaml.safe_load(DIGITS_YAML.read_text())
-    cnn, lite0 = cfg["models"]
+    cnn, lite0 = (next(m for m in cfg["models"] if m["name"] == name) for name in ("cnn", "lite0"))
     lite0["image_size"] = size
     cfg["models"] = [
         cnn,
