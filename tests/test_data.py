@@ -5,16 +5,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_config
 from PIL import Image
 
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
 from foldstack.data import images, sources, splits, tables
 from foldstack.data.cache import cached_images
 from foldstack.data.labels import Classes
 from foldstack.stages import download, folds
-from foldstack.core.errors import DataError
-from foldstack.core.paths import Paths
-
-from conftest import make_config
 
 
 def test_digits_laid_out_as_kaggle_ships_it(tmp_path: Path) -> None:
@@ -137,8 +136,8 @@ def test_one_class_order_and_encoder() -> None:
     assert classes.encode(labels).tolist() == [2, 1, 0, 1]
     with pytest.raises(DataError, match=r"where.csv: id 'x' has label '3', which is not a class"):
         classes.encode(pd.Series(["3"], index=["x"]), "where.csv")
-    tags = Classes.from_labels(pd.Series(["cat dog", "", "dog"]), "multilabel")
-    assert tags.names == ("cat", "dog") and tags.encode(pd.Series(["dog cat", "", "dog"])).tolist() == [[1, 1], [0, 0], [0, 1]]
+    tags = Classes.from_labels(pd.Series(["cat|dog", "", "dog"]), "multilabel")
+    assert tags.names == ("cat", "dog") and tags.encode(pd.Series(["dog|cat", "", "dog"])).tolist() == [[1, 1], [0, 0], [0, 1]]
 
 
 def test_a_cache_killed_between_its_images_and_its_ids_is_rebuilt(tiny_digits, tmp_path: Path, monkeypatch) -> None:

@@ -126,6 +126,25 @@ def test_download_competition_unzips_into_data_with_a_marker(standin, env_creden
                                  f"GET /signed/competitions/{SLUG}.zip"]
 
 
+def test_download_unpacks_the_zips_inside_the_competition(home, env_credentials, paths, monkeypatch):
+    """aerial-cactus ships train.zip (members under train/) and test.zip (flat members) inside the
+    competition's archive: both are unpacked before the folder takes its place, the same as a
+    local source."""
+    files = {"train.csv": b"id,has_cactus\na1.jpg,1\n", "sample_submission.csv": b"id,has_cactus\nc3.jpg,0.5\n",
+             "train.zip": make_zip({"train/a1.jpg": b"\xff\xd8jpeg-a1"}), "test.zip": make_zip({"c3.jpg": b"\xff\xd8c3"})}
+    server = KaggleStandIn(USERNAME, KEY, TOKEN, competitions={SLUG: make_zip(files)}, rules_accepted={SLUG})
+    route_to(server.start(), monkeypatch)
+    try:
+        kaggle.download(pipeline(COMPETITION), paths)
+    finally:
+        server.stop()
+    assert (paths.data / "train" / "a1.jpg").read_bytes() == b"\xff\xd8jpeg-a1"
+    assert (paths.data / "test" / "c3.jpg").read_bytes() == b"\xff\xd8c3"
+    assert not list(paths.data.glob("*.zip")) and leftovers(paths) == []
+    assert set(json.loads((paths.data / kaggle.MARKER).read_text())["files"]) == {
+        "train.csv", "sample_submission.csv", "train/a1.jpg", "test/c3.jpg"}
+
+
 def test_download_dataset(standin, env_credentials, paths):
     cfg = pipeline({"type": "kaggle_dataset", "dataset": DATASET})
     kaggle.download(cfg, paths)
@@ -330,6 +349,27 @@ def test_kernel_uses_the_mounted_input(kernel, tmp_path, source, mount):
     assert paths.data == kernel / mount
     assert paths.root == tmp_path / "working" and paths.submissions == tmp_path / "working/submissions/dogs"
     assert kaggle.download(cfg, paths) == kernel / mount
+
+
+def test_kernel_unpacks_a_mounted_competition_that_ships_archives(kernel, tmp_path):
+    """aerial-cactus is mounted with train.zip and test.zip: the read-only mount cannot hold them
+    unpacked, so the data becomes an unpacked copy under the working root, made once."""
+    mount = kernel / "competitions" / SLUG
+    mount.mkdir(parents=True)
+    (mount / "train.csv").write_bytes(b"id,has_cactus\na1.jpg,1\n")
+    (mount / "train.zip").write_bytes(make_zip({"train/a1.jpg": b"\xff\xd8jpeg-a1"}))
+    cfg = pipeline(COMPETITION)
+    paths = Paths.for_config(cfg)
+    assert paths.data == tmp_path / "working" / "data" / "dogs"
+    assert kaggle.download(cfg, paths) == paths.data
+    assert (paths.data / "train" / "a1.jpg").read_bytes() == b"\xff\xd8jpeg-a1" and (paths.data / "train.csv").is_file()
+    assert (mount / "train.zip").is_file() and not (paths.data / "train.zip").exists()
+    before = (paths.data / kaggle.MARKER).stat().st_mtime_ns
+    kaggle.download(cfg, paths)
+    assert (paths.data / kaggle.MARKER).stat().st_mtime_ns == before
+    packed = parse_pipeline({"name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION, "unpack": False},
+                             "models": [{"name": "m", "backbone": "mobilenet_v2"}]})
+    assert Paths.for_config(packed).data == mount
 
 
 def test_kernel_without_the_input_attached(kernel):

@@ -27,11 +27,16 @@ def exists(fold_dir: Path) -> bool:
     return (fold_dir / NAME).exists()
 
 
-def finished(fold_dir: Path, fingerprint: str) -> dict | None:
+def finished(fold_dir: Path, fingerprint: str, source: str | None = None) -> dict | None:
     """The fold's record if it was finished by this very recipe, else None (also for a file
-    that cannot be read: the fold then trains again)."""
+    that cannot be read: the fold then trains again). A ``source`` (what a second-round model
+    learnt from: its teachers' weights, the test ids of its pseudo-labels) must match the
+    record's too; the predict stage passes none, since the recipe alone says which network the
+    weights fit."""
     try:
         record = json.loads((fold_dir / NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if record.get("fingerprint") == fingerprint else None
+    if record.get("fingerprint") != fingerprint or (source is not None and record.get("source") != source):
+        return None
+    return record

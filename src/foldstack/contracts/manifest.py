@@ -1,6 +1,7 @@
 """``models/<model>/manifest.json``: how a model's OOF and test predictions were made -- the
 resolved config, package versions, git commit, seeds, device, and each fold's score, time and
-memory. Written by the train stage beside the model's fold folders."""
+memory (and, under seed bagging, each seed's). Written by the train stage beside the model's
+fold folders."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from foldstack.core.files import write_json
 
 NAME = "manifest.json"
 PACKAGES = ("keras", "tensorflow", "jax", "albumentations", "numpy", "pandas", "scikit-learn", "lightgbm")
-FOLD_KEYS = ("fold", "score", "seconds", "epochs", "peak_mb", "rss_mb")
+FOLD_KEYS = ("fold", "score", "seconds", "epochs", "peak_mb", "rss_mb", "pseudo_labelled")
 
 
 def write(model_dir: Path, cfg: PipelineConfig, model: ModelConfig, folds: list[dict], cv_score: float,
-          features_seconds: float | None) -> dict:
-    """Write the manifest of ``model`` from its folds' ``done.json`` records; returns it."""
+          features_seconds: float | None, per_seed: dict[int, dict] | None = None) -> dict:
+    """Write the manifest of ``model`` from its folds' ``done.json`` records; returns it.
+
+    Under seed bagging ``folds`` are the bagged folds (each one's score is that of its seeds'
+    mean) and ``per_seed`` maps each seed to its own ``cv_score`` and ``folds`` records (its
+    runs alone), written as ``seed_runs``."""
     manifest = {
         "pipeline": cfg.model_dump(mode="json"),
         "model": model.model_dump(mode="json"),
@@ -27,6 +32,7 @@ def write(model_dir: Path, cfg: PipelineConfig, model: ModelConfig, folds: list[
         "metric": cfg.metric,
         "folds": [{key: record.get(key) for key in FOLD_KEYS} for record in folds],
         "features_seconds": features_seconds,  # the features regime's one-off backbone pass
+        **({"seed_runs": {str(seed): runs for seed, runs in per_seed.items()}} if per_seed else {}),
         "seeds": {"pipeline": cfg.seed, "folds": cfg.folds.seed},
         "device": next((record["device"] for record in folds if "device" in record), None),
         "versions": _versions(),

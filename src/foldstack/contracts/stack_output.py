@@ -2,8 +2,9 @@
 read by ``submit`` and by ``predict --images``.
 
 ``leaderboard.csv`` (every candidate's CV, fold by fold), ``chosen.json`` (the chosen
-candidate, its metric and CV, the base models, the classes in order, and ``cv_key``: what the
-CV was run on), ``level2/<candidate>.pkl`` (the chosen candidate fitted on every OOF row), and
+candidate, its metric and CV, the base models, the classes in order, ``cv_key``: what the
+CV was run on, and for multilabel ``thresholds``: ``{"mode": ..., "values": {class: threshold}}``,
+the probability at which each class is predicted), ``level2/<candidate>.pkl`` (the chosen candidate fitted on every OOF row), and
 its ``oof.parquet`` (from CV) and ``test.parquet`` (from the saved model) in the shapes of
 :mod:`foldstack.contracts.predictions`. After a CV the stage writes them into one folder that
 replaces the old one whole, so ``submit`` never pairs a new leaderboard with an old
@@ -43,6 +44,8 @@ class StackOutput:
     cv_mean: float
     cv_std: float
     proba: pd.DataFrame
+    thresholds: pd.Series | None = None
+    """Multilabel: each class's threshold, indexed by class name; None: 0.5 for every class."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,17 @@ class FittedStack:
         models: the base models whose predictions it takes, in the order of its model axis.
         classes: the classes, in the order of its class axis.
         estimator: the fitted level-two estimator.
+        thresholds: multilabel: the probability at which each class (in ``classes`` order) is
+            predicted; None: 0.5.
+        threshold_mode: how they were chosen (``stack.thresholds``: fixed, global, per_class).
     """
 
     name: str
     models: tuple[str, ...]
     classes: Classes
     estimator: Level2Estimator
+    thresholds: tuple[float, ...] | None = None
+    threshold_mode: str | None = None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, C)`` from base-model probabilities ``(n, n_models, C)``, as
@@ -76,8 +84,11 @@ def write(folder: Path, board: pd.DataFrame, chosen: dict, fitted: FittedStack, 
         tmp.write_bytes(pickle.dumps(fitted.estimator))
     predictions.write(folder / OOF, ids, fitted.classes, oof, fold=fold)
     write_test(folder, test_ids, fitted.classes, test)
+    thresholds = {} if fitted.thresholds is None else {"thresholds": {
+        "mode": fitted.threshold_mode, "values": dict(zip(fitted.classes.names, fitted.thresholds))}}
     write_json(folder / CHOSEN, {**chosen, "name": fitted.name, "models": list(fitted.models),
-                                 "classes": list(fitted.classes.names), "multilabel": fitted.classes.multilabel})
+                                 "classes": list(fitted.classes.names), "multilabel": fitted.classes.multilabel,
+                                 **thresholds})
 
 
 def write_test(folder: Path, test_ids: np.ndarray, classes: Classes, test: np.ndarray) -> None:
@@ -117,7 +128,25 @@ def read_model(folder: Path, models: tuple[str, ...]) -> FittedStack:
     if tuple(chosen["models"]) != tuple(models):
         raise DataError(f"{folder / CHOSEN}: stacks models {', '.join(chosen['models'])} but the pipeline has "
                         f"{', '.join(models)}; run the stack stage again with their OOF files")
-    return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator)
+    thresholds = _thresholds(chosen, classes.names, folder / CHOSEN)
+    return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator,
+                       thresholds=None if thresholds is None else tuple(thresholds.tolist()),
+                       threshold_mode=chosen.get("thresholds", {}).get("mode"))
+
+
+def _thresholds(chosen: dict, classes: tuple[str, ...], path: Path) -> pd.Series | None:
+    """``chosen.json``'s thresholds by class, for ``classes``; None where it holds none.
+
+    Raises:
+        DataError: a class has no threshold.
+    """
+    if "thresholds" not in chosen:
+        return None
+    values = pd.Series(chosen["thresholds"]["values"], dtype=np.float64)
+    missing = [name for name in classes if name not in values.index]
+    if missing:
+        raise DataError(f"{path}: no threshold for class {missing[0]!r}; run the stack stage again")
+    return values.loc[list(classes)]
 
 
 def read(folder: Path) -> StackOutput:
@@ -134,7 +163,8 @@ def read(folder: Path) -> StackOutput:
     columns = pd.read_parquet(test_path).columns if test_path.is_file() else []
     classes = Classes(tuple(str(column) for column in columns if column != "id"))
     proba = predictions.read_predictions(test_path, classes)
-    return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"], proba)
+    return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"], proba,
+                       _thresholds(chosen, classes.names, chosen_path))
 
 
 def read_oof(folder: Path, classes: Classes, folds: pd.DataFrame, reference: Path) -> pd.DataFrame:

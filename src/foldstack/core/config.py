@@ -12,12 +12,24 @@ module needs none of the packages that fill the registries: ``foldstack.pipeline
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from foldstack.core.errors import FoldstackError, one_line
 
@@ -99,36 +111,82 @@ Source = Annotated[
 class DataConfig(_Frozen):
     """Where the data comes from and how the competition lays it out on disk.
 
-    ``layout: csv`` is a table of ids and labels beside a folder of images; ``layout: folders`` is
-    one sub-folder of ``train_dir`` per class. Test ids always come from the sample submission.
+    Layouts: ``csv`` is a table of ids and labels (one ``label_column``, or one-hot
+    ``label_columns``) beside a folder of images; ``folders`` is one sub-folder of ``train_dir``
+    per class; ``file_names`` takes each train image's label from its file name
+    (``label_pattern``). Test ids come from ``test_csv`` when it is set, else from the sample
+    submission; the submission follows the sample submission's order either way.
     """
 
     source: Source
-    layout: Literal["csv", "folders"] = "csv"
+    layout: Literal["csv", "folders", "file_names"] = "csv"
     train_csv: str = "train.csv"
     id_column: str = "id"
     label_column: str = "label"
+    label_columns: list[str] | None = Field(
+        None, min_length=2, description="csv layout: one-hot (0/1) label columns, each named after its class")
+    label_pattern: str | None = Field(
+        None, validate_default=True, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
     test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     ids_have_extension: bool = False
+    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
     sample_submission: str = "sample_submission.csv"
     solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
+    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
+
+    @field_validator("label_columns")
+    @classmethod
+    def _columns_of_a_table(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return value
+        layout = info.data.get("layout")
+        if layout != "csv":
+            raise ValueError(f"label_columns is for layout 'csv', not {layout!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("label columns must be distinct")
+        return value
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _pattern_with_label(cls, value: str | None, info: ValidationInfo) -> str | None:
+        layout = info.data.get("layout")
+        if value is None:
+            if layout == "file_names":
+                raise ValueError("layout 'file_names' needs label_pattern, e.g. '^(?P<label>cat|dog)\\.'")
+            return value
+        if layout != "file_names":
+            raise ValueError(f"label_pattern is for layout 'file_names', not {layout!r}")
+        try:
+            compiled = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression ({error})") from None
+        if "label" not in compiled.groupindex:
+            raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
+        return value
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
 
 
 class FoldsConfig(_Frozen):
+    """How the train table is split into K folds (see :mod:`foldstack.data.splits`).
+
+    ``stratified`` balances every class over the folds (multilabel: iterative stratification of
+    every label); ``grouped`` keeps each value of ``group_column`` (a train table column, e.g. a
+    patient id) in one fold; ``stratified_grouped`` does both as far as the groups allow.
+    """
+
     k: int = Field(5, ge=2, le=50)
     seed: int = 42
-    strategy: Literal["stratified", "grouped"] = "stratified"
-    group_column: str | None = None
+    strategy: Literal["stratified", "grouped", "stratified_grouped"] = "stratified"
+    group_column: str | None = Field(None, description="grouped strategies: the train table's column of groups")
 
     @model_validator(mode="after")
     def _group_column_for_grouped(self) -> FoldsConfig:
-        if self.strategy == "grouped" and not self.group_column:
-            raise ValueError("strategy 'grouped' needs group_column")
+        if self.strategy in ("grouped", "stratified_grouped") and not self.group_column:
+            raise ValueError(f"strategy {self.strategy!r} needs group_column")
         return self
 
 
@@ -172,6 +230,69 @@ def _check_albumentations(transforms: Transforms, known: Known) -> None:
 Regime = Literal["features", "finetune", "partial", "scratch"]
 
 
+class MixUpConfig(_Frozen):
+    """MixUp: a batch's images and targets blended with a shuffled copy of the batch."""
+
+    alpha: float = Field(0.2, gt=0, description="each image's weight is drawn from Beta(alpha, alpha)")
+    p: float = Field(0.5, gt=0, le=1, description="the share of training batches mixed")
+
+
+class CutMixConfig(_Frozen):
+    """CutMix: a box of another image of the batch pasted on each image; targets by area."""
+
+    alpha: float = Field(1.0, gt=0, description="the kept share is drawn from Beta(alpha, alpha)")
+    p: float = Field(0.5, gt=0, le=1, description="the share of training batches cut and mixed")
+
+
+class EMAConfig(_Frozen):
+    """An exponential moving average of the weights, validated, checkpointed and predicted with."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="the average's momentum per training step")
+
+
+class ResizeStep(_Frozen):
+    """Progressive resizing: the first ``epochs`` of the schedule at a smaller ``size``."""
+
+    size: int = Field(ge=8, le=1024)
+    epochs: int = Field(ge=1)
+
+
+class _Teachers(_Frozen):
+    """Models of the pipeline listed before this one (``from`` in the YAML), whose trained folds
+    this model learns from: a second round of training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    teachers: list[str] = Field(alias="from", min_length=1, description="earlier models of the pipeline")
+
+
+class PseudoLabelsConfig(_Teachers):
+    """Pseudo-labels: confident test images join each fold's training rows.
+
+    Fold k's pseudo-labels are the mean of the ``from`` models' **fold-k** models' test
+    predictions (models that never saw fold k's rows), so no fold's labels reach its own OOF
+    through a pseudo-label; never the stack or other folds' models. A test image joins when its
+    top probability reaches ``threshold`` (multilabel: every class's probability is at least
+    ``threshold`` or at most ``1 - threshold``), labelled with its top class (``soft: false``) or
+    the probabilities themselves (``soft: true``).
+    """
+
+    threshold: float = Field(0.9, ge=0, le=1, description="the confidence a test image needs to join")
+    soft: bool = Field(False, description="train on the teachers' probabilities instead of their top class")
+
+
+class DistillConfig(_Teachers):
+    """OOF soft-label distillation: each training row's target is ``alpha`` times its one-hot
+    label plus ``1 - alpha`` times the ``from`` models' probabilities.
+
+    Fold k's soft labels come from the ``from`` models' fold-k models (trained on exactly the
+    rows fold k trains on, never on fold k), so fold k's OOF stays honest; the models' plain OOF
+    would not be (a row of fold j was predicted by fold j's model, which trained on fold k).
+    """
+
+    alpha: float = Field(0.5, ge=0, le=1, description="the weight of the one-hot label")
+
+
 class ModelConfig(_Frozen):
     """One base model: a backbone, its weights, and how it is fine-tuned.
 
@@ -202,6 +323,35 @@ class ModelConfig(_Frozen):
     dense_units: list[int] = Field([256], description="partial: the dense layers on the cut")
     patience: int = Field(3, ge=1, description="early stopping on the fold's metric")
     class_weights: bool = False
+    pseudo_labels: PseudoLabelsConfig | None = Field(
+        None, description="train also on confident test images labelled by earlier models' folds")
+    distill: DistillConfig | None = Field(
+        None, description="train on the one-hot labels mixed with earlier models' folds' probabilities")
+    # --- recipes (README "Recipes"); each off by default and left out of the model's dump while
+    # off, so the fingerprints of folds trained before these keys existed stay valid.
+    mixup: MixUpConfig | None = Field(None, description="MixUp of training batches (images and targets)")
+    cutmix: CutMixConfig | None = Field(None, description="CutMix of training batches (images and targets)")
+    ema: EMAConfig | None = Field(None, description="EMA of the weights: validated, checkpointed, predicted")
+    seeds: list[int] | None = Field(None, min_length=1, description="train every fold once per seed; average them")
+    progressive: list[ResizeStep] | None = Field(
+        None, min_length=1, description="the first epochs at smaller, growing sizes; the rest at image_size")
+
+    #: Keys left out of ``model_dump`` while None (see the comment above).
+    OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
+                                                   "pseudo_labels", "distill")
+
+    @model_serializer(mode="wrap")
+    def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items()
+                if not (key in self.OMITTED_WHEN_OFF and value is None)}
+
+    @property
+    def teachers(self) -> list[str]:
+        """The earlier models this one learns from (pseudo-labels, distillation), each once."""
+        names = [*(self.pseudo_labels.teachers if self.pseudo_labels else []),
+                 *(self.distill.teachers if self.distill else [])]
+        return list(dict.fromkeys(names))
 
     @field_validator("backbone")
     @classmethod
@@ -224,6 +374,51 @@ class ModelConfig(_Frozen):
             raise ValueError(f"backbone {backbone!r} needs at least {sizes.minimum}")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+    @field_validator("mixup", "cutmix", "progressive")
+    @classmethod
+    def _image_regime(cls, value: Any, info: ValidationInfo) -> Any:
+        """MixUp, CutMix and progressive resizing change images; ``features`` trains on cached
+        backbone features of fixed images."""
+        if value is not None and info.data.get("regime") == "features":
+            raise ValueError("needs an image regime (finetune, partial, scratch), not 'features'")
+        return value
+
+    @field_validator("cutmix")
+    @classmethod
+    def _one_mix_per_batch(cls, value: CutMixConfig | None, info: ValidationInfo) -> CutMixConfig | None:
+        mixup = info.data.get("mixup")
+        if value is not None and mixup is not None and mixup.p + value.p > 1:
+            raise ValueError(f"cutmix.p + mixup.p = {mixup.p + value.p:g}: a batch gets at most one of them, "
+                             "so they add up to 1 at most")
+        return value
+
+    @field_validator("progressive")
+    @classmethod
+    def _grows_to_image_size(cls, value: list[ResizeStep] | None, info: ValidationInfo) -> list[ResizeStep] | None:
+        """Sizes grow, stay below ``image_size`` and above the backbone's minimum, and leave at
+        least one epoch at ``image_size`` (validation and prediction are at that size)."""
+        size, epochs, backbone = (info.data.get(key) for key in ("image_size", "epochs", "backbone"))
+        if value is None or size is None or epochs is None or backbone is None:
+            return value
+        sizes = [step.size for step in value]
+        if sizes != sorted(set(sizes)) or sizes[-1] >= size:
+            raise ValueError(f"sizes {sizes} must grow and stay below image_size {size}")
+        minimum = _known(info).backbones[backbone].minimum
+        if sizes[0] < minimum:
+            raise ValueError(f"size {sizes[0]}: backbone {backbone!r} needs at least {minimum}")
+        steps = sum(step.epochs for step in value)
+        if steps >= epochs:
+            raise ValueError(f"epochs add up to {steps}, but the model's epochs is {epochs}: "
+                             "keep at least one epoch at image_size")
+        return value
+
 
 class StackConfig(_Frozen):
     """Level two: candidates scored by CV on the base models' folds; the best goes on.
@@ -234,6 +429,12 @@ class StackConfig(_Frozen):
     ``lightgbm_max_negatives`` bounds LightGBM's shared layout (over 10 classes: one row per
     sample and class, nearly all negatives); see ``LightGBMStacker``. Its default keeps the fit
     as good as with every row and much cheaper (measured in benchmarks/RESULTS.md).
+
+    ``thresholds`` (multilabel): the probability at which a class is predicted, for the
+    ``multilabel`` submission and the metrics on hard predictions. ``fixed``: 0.5; ``global``:
+    one threshold for every class, fitted on the stacked OOF; ``per_class``: one per class;
+    ``auto``: both fitted, the one with the better nested CV kept (see
+    :mod:`foldstack.level2.thresholds`).
 
     ``caruana_iterations`` and ``caruana_init`` shape the ``caruana`` candidate (greedy ensemble
     selection on the pipeline's metric; see ``CaruanaSelection``).
@@ -246,6 +447,8 @@ class StackConfig(_Frozen):
     lightgbm_max_negatives: int | None = Field(
         200_000, ge=1, description="the most negative (sample, class) rows LightGBM trains on in the "
                                    "shared layout, sampled at random; null keeps all")
+    thresholds: Literal["fixed", "global", "per_class", "auto"] = Field(
+        "fixed", description="multilabel: 0.5 for every class (fixed), or thresholds fitted on the stacked OOF")
     caruana_iterations: int = Field(25, ge=1, le=1000, description="caruana: models added in all, with replacement")
     caruana_init: int = Field(1, ge=1, description="caruana: start from this many best single models")
 
@@ -277,7 +480,8 @@ class SubmissionConfig(_Frozen):
 
     ``label``: one column of class names; ``probabilities``: one column per class;
     ``binary``: one column with the positive class's probability; ``multilabel``: one column of
-    space-separated class names (those with probability >= 0.5).
+    space-separated class names (those at or above their class's threshold: 0.5, or as
+    ``stack.thresholds`` fitted them).
     """
 
     format: Literal["label", "probabilities", "binary", "multilabel"] = "label"
@@ -294,6 +498,8 @@ class PipelineConfig(_Frozen):
     models: list[ModelConfig] = Field(min_length=1)
     stack: StackConfig = StackConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    positive_class: str | None = Field(
+        None, description="binary task: the class whose probability is scored and submitted (class index 1)")
 
     @field_validator("metric")
     @classmethod
@@ -307,6 +513,40 @@ class PipelineConfig(_Frozen):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _teachers_listed_before(cls, value: list[ModelConfig]) -> list[ModelConfig]:
+        """A model learns only from models listed before it: the train stage trains them first."""
+        for i, model in enumerate(value):
+            earlier = [m.name for m in value[:i]]
+            for key in ("pseudo_labels", "distill"):
+                setting = getattr(model, key)
+                for name in setting.teachers if setting else []:
+                    if name not in earlier:
+                        raise ValueError(f"models[{i}].{key}.from: {name!r} is not a model listed before "
+                                         f"{model.name!r} (listed before it: {', '.join(earlier) or 'none'})")
+                    # A teacher's fold k is one model; a seed-bagged one has several (not supported yet).
+                    if value[earlier.index(name)].seeds:
+                        raise ValueError(f"models[{i}].{key}.from: {name!r} has seeds; a teacher must be one "
+                                         "run per fold (seed-bagged teachers are not supported)")
+        return value
+
+    @field_validator("stack")
+    @classmethod
+    def _thresholds_for_multilabel(cls, value: StackConfig, info: ValidationInfo) -> StackConfig:
+        task = info.data.get("task")
+        if value.thresholds != "fixed" and task is not None and task != "multilabel":
+            raise ValueError(f"thresholds {value.thresholds!r} needs task 'multilabel' (task is {task!r})")
+        return value
+
+    @field_validator("positive_class")
+    @classmethod
+    def _positive_class_for_binary(cls, value: str | None, info: ValidationInfo) -> str | None:
+        task = info.data.get("task")
+        if value is not None and task != "binary":
+            raise ValueError(f"positive_class is for task 'binary', not {task!r}")
         return value
 
     def model(self, name: str) -> ModelConfig:

@@ -2,13 +2,20 @@
 
 A metric scores class probabilities: ``metric(y_true, proba)`` where ``y_true`` holds class
 indices (shape ``(n,)``; for multilabel a 0/1 matrix ``(n, C)``) and ``proba`` is ``(n, C)``.
-Metrics on hard predictions take the arg-max class, or for multilabel every class whose
-probability is at least 0.5.
+Metrics on hard predictions (``thresholded``) take the arg-max class, or for multilabel every
+class whose probability reaches its threshold: 0.5, or ``metric(y_true, proba, thresholds)``
+with one per class (fitted on OOF by :mod:`foldstack.level2.thresholds`).
+
+Where Kaggle's scorer would fail on a fold, the metric is defined instead, so a CV fold always
+has a score: a class column that is all 0 or all 1 in the fold has no ROC AUC and is left out of
+the column mean (sklearn's ``roc_auc_score`` over all columns would raise); with no column
+defined at all the metric raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -29,19 +36,30 @@ class Metric:
 
     Attributes:
         name: registry name, as a pipeline YAML writes it.
-        score: ``score(y_true, proba) -> float``.
+        score: ``score(y_true, proba) -> float``; ``score(y_true, proba, thresholds)`` where
+            ``thresholded``.
         greater_is_better: the direction; :meth:`better` uses it.
         ranks: the score depends only on how each class column orders the rows (ROC AUC), so a
             rank average of models is a fair candidate for it.
+        thresholded: the score is of hard predictions, so multilabel thresholds change it.
+        from_counts: for a score of the confusion counts summed over every (row, class) cell
+            (micro-averaged), ``from_counts(tp, fp, fn)`` on arrays of counts: what lets
+            thresholds be searched without scoring every candidate from scratch.
     """
 
     name: str
-    score: Callable[[np.ndarray, np.ndarray], float]
+    score: Callable[..., float]
     greater_is_better: bool
     ranks: bool = False
+    thresholded: bool = False
+    from_counts: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
 
-    def __call__(self, y_true: np.ndarray, proba: np.ndarray) -> float:
-        return float(self.score(np.asarray(y_true), np.asarray(proba, dtype=np.float64)))
+    def __call__(self, y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+        """The score; ``thresholds`` (one per class, multilabel) matter only where ``thresholded``."""
+        y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+        if self.thresholded:
+            return float(self.score(y_true, proba, thresholds))
+        return float(self.score(y_true, proba))
 
     def better(self, a: float, b: float) -> bool:
         """Whether score ``a`` beats score ``b``."""
@@ -59,10 +77,11 @@ def is_multilabel(y_true: np.ndarray) -> bool:
     return np.ndim(y_true) == 2
 
 
-def hard_predictions(proba: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Predicted classes: arg-max indices, or for multilabel a 0/1 matrix (probability >= 0.5)."""
+def hard_predictions(proba: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Predicted classes: arg-max indices, or for multilabel a 0/1 matrix (probability at or
+    above its class's threshold: ``thresholds``, one per class, default :data:`THRESHOLD`)."""
     if multilabel:
-        return (proba >= THRESHOLD).astype(int)
+        return (proba >= (THRESHOLD if thresholds is None else np.asarray(thresholds))).astype(int)
     return proba.argmax(axis=1)
 
 
@@ -80,11 +99,30 @@ def one_hot(y_true: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=int)[np.asarray(y_true, dtype=int)]
 
 
-def _accuracy(y_true: np.ndarray, proba: np.ndarray) -> float:
-    from sklearn.metrics import accuracy_score
+def fbeta_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, beta: float) -> np.ndarray:
+    """F-beta of confusion counts (arrays broadcast): ``(1 + b^2) tp / ((1 + b^2) tp + b^2 fn +
+    fp)``, 0 where nothing is predicted nor true (sklearn's ``zero_division=0``)."""
+    tp, fp, fn = (np.asarray(count, dtype=np.float64) for count in (tp, fp, fn))
+    numerator = (1 + beta**2) * tp
+    denominator = numerator + beta**2 * fn + fp
+    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(tp, fp, fn).shape), where=denominator > 0)
 
+
+def _accuracy(y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
     # For multilabel this is subset accuracy: a row counts only if every class is right.
-    return accuracy_score(y_true, hard_predictions(proba, is_multilabel(y_true)))
+    right = hard_predictions(proba, is_multilabel(y_true), thresholds) == y_true
+    return float(right.all(axis=1).mean() if right.ndim == 2 else right.mean())
+
+
+def confusion_counts(y_true: np.ndarray, proba: np.ndarray,
+                     thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: true positives, false positives and false negatives of the hard predictions,
+    counted on the one-hot (or multilabel) matrices."""
+    n_classes = proba.shape[1]
+    truth = one_hot(y_true, n_classes).astype(bool)
+    predicted = one_hot(hard_predictions(proba, is_multilabel(y_true), thresholds), n_classes).astype(bool)
+    tp = (truth & predicted).sum(axis=0)
+    return tp, predicted.sum(axis=0) - tp, truth.sum(axis=0) - tp
 
 
 def _log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -98,11 +136,19 @@ def _log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
 
 
 def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Binary ROC AUC for two single-label classes; otherwise the macro mean over classes."""
+    """Binary ROC AUC for two single-label classes; otherwise the mean column AUC."""
     from sklearn.metrics import roc_auc_score
 
     if not is_multilabel(y_true) and proba.shape[1] == 2:
         return roc_auc_score(y_true, proba[:, 1])
+    return _mean_column_auc(y_true, proba)
+
+
+def _mean_column_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """The mean over class columns of each column's ROC AUC (plant-pathology-2020, ranzcr),
+    over the columns defined in these rows (see the module's docstring)."""
+    from sklearn.metrics import roc_auc_score
+
     truth = one_hot(y_true, proba.shape[1])
     # A fold may hold no example (or only examples) of a rare class; AUC is undefined there.
     defined = (truth.min(axis=0) == 0) & (truth.max(axis=0) == 1)
@@ -113,15 +159,31 @@ def _roc_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     return roc_auc_score(truth[:, defined], proba[:, defined], average="macro")
 
 
-def _f1(average: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    def score(y_true: np.ndarray, proba: np.ndarray) -> float:
-        from sklearn.metrics import f1_score
+def _fbeta(beta: float, average: str) -> Callable[..., float]:
+    """F-beta of the hard predictions. ``micro``: of the confusion counts summed over every (row,
+    class) cell of the label matrix (single-label: the one-hot matrices, where it equals
+    accuracy); ``macro``: the mean of every class's own F-beta (0 for a class neither true nor
+    predicted, as sklearn's ``zero_division=0``)."""
 
-        labels = None if is_multilabel(y_true) else np.arange(proba.shape[1])
-        predicted = hard_predictions(proba, is_multilabel(y_true))
-        return f1_score(y_true, predicted, average=average, labels=labels, zero_division=0)
+    def score(y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+        tp, fp, fn = confusion_counts(y_true, proba, thresholds)
+        if average == "micro":
+            return float(fbeta_from_counts(tp.sum(), fp.sum(), fn.sum(), beta))
+        return float(fbeta_from_counts(tp, fp, fn, beta).mean())
 
     return score
+
+
+def map_at_k(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
+    """Mean average precision at ``k`` with one true class per row: a row scores ``1 / rank`` of
+    its true class among the classes ordered by probability (ties: the lower class index first),
+    0 when it is not in the top ``k``."""
+    if is_multilabel(y_true):
+        raise ValueError("MAP@k needs one true class per row, not multilabel")
+    # A stable sort of the negated scores puts equal probabilities in class order.
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    hits = order == np.asarray(y_true, dtype=int)[:, None]
+    return float((hits / np.arange(1, order.shape[1] + 1)).sum(axis=1).mean())
 
 
 def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -133,9 +195,14 @@ def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
                              labels=np.arange(proba.shape[1]))
 
 
-register(Metric("accuracy", _accuracy, greater_is_better=True))
+register(Metric("accuracy", _accuracy, greater_is_better=True, thresholded=True))
 register(Metric("log_loss", _log_loss, greater_is_better=False))
 register(Metric("roc_auc", _roc_auc, greater_is_better=True, ranks=True))
-register(Metric("f1_micro", _f1("micro"), greater_is_better=True))
-register(Metric("f1_macro", _f1("macro"), greater_is_better=True))
+register(Metric("mean_column_auc", _mean_column_auc, greater_is_better=True, ranks=True))
+register(Metric("f1_micro", _fbeta(1.0, "micro"), greater_is_better=True, thresholded=True,
+                from_counts=partial(fbeta_from_counts, beta=1.0)))
+register(Metric("f2_micro", _fbeta(2.0, "micro"), greater_is_better=True, thresholded=True,
+                from_counts=partial(fbeta_from_counts, beta=2.0)))
+register(Metric("f1_macro", _fbeta(1.0, "macro"), greater_is_better=True, thresholded=True))
 register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True))
+register(Metric("map_at_5", partial(map_at_k, k=5), greater_is_better=True))

@@ -50,6 +50,11 @@ def kaggle_mounted_input(source: Any) -> Path | None:
     return next((path for path in kaggle_input_candidates(source) if path.is_dir()), None)
 
 
+def holds_archives(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``.zip`` at its top, as a competition ships ``train.zip``."""
+    return any(path.suffix.lower() == ".zip" for path in folder.iterdir() if path.is_file())
+
+
 def _default_root() -> Path:
     return kaggle_working_root() if in_kaggle_kernel() else Path.cwd()
 
@@ -73,8 +78,12 @@ class Paths:
 
     @classmethod
     def for_config(cls, cfg: PipelineConfig, root: str | Path | None = None) -> Paths:
-        """The paths of ``cfg``; in a Kaggle kernel, data is the attached input if there is one."""
+        """The paths of ``cfg``; in a Kaggle kernel, data is the attached input if there is one,
+        unless it ships archives to unpack (``data.unpack``): the read-only mount cannot hold
+        them unpacked, so the download stage lays an unpacked copy out under the working root."""
         mounted = kaggle_mounted_input(cfg.data.source) if in_kaggle_kernel() else None
+        if mounted is not None and cfg.data.unpack and holds_archives(mounted):
+            mounted = None
         return cls.for_pipeline(cfg.name, root, mounted)
 
     @property

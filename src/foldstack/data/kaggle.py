@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json
-from foldstack.core.paths import Paths, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
-from foldstack.data.sources import MARKER, up_to_date, write_marker
+from foldstack.core.paths import Paths, holds_archives, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
+from foldstack.data.sources import MARKER, complete, up_to_date
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -70,12 +71,14 @@ class KaggleNetworkError(KaggleError):
 
 
 def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
-    """Fetch a Kaggle competition's or dataset's files into ``paths.data``, unzipped.
+    """Fetch a Kaggle competition's or dataset's files into ``paths.data``, unzipped (the zips inside
+    too, with ``data.unpack``: ``sources.complete``).
 
     The archive is fetched and extracted in a temporary folder beside ``paths.data`` and renamed
     into place only when complete; a marker file there lists every file and its size. With that
     marker in place and matching, nothing is fetched again unless ``force``. Inside a Kaggle
-    kernel the mounted input is used as it is.
+    kernel the mounted input is used as it is, unless it ships archives to unpack
+    (``data.unpack``): then it is copied under the working root and unpacked there, once.
 
     Args:
         cfg: a pipeline whose ``data.source`` is ``kaggle_competition`` or ``kaggle_dataset``.
@@ -92,9 +95,12 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     """
     source = cfg.data.source
     _check_kaggle_source(cfg)
-    if in_kaggle_kernel():
-        return _mounted_input(source, paths)
     target = paths.data
+    if in_kaggle_kernel():
+        mounted = _mounted_input(source, paths)
+        if target == mounted or not (cfg.data.unpack and holds_archives(mounted)):
+            return mounted
+        return _unpacked_copy(cfg, mounted, target, force)
     if not force and up_to_date(target, source):
         logger.info("%s is up to date with Kaggle %s (force to fetch again)", target, _describe(source))
         return target
@@ -107,7 +113,7 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     with atomic_dir(target) as staging:
         with _kaggle_errors(source, credentials):
             _fetch(api, source, staging)
-        write_marker(staging, source)
+        complete(staging, cfg, target)
     return target
 
 
@@ -427,11 +433,24 @@ def _mounted_input(source: Any, paths: Paths) -> Path:
         looked = ", ".join(str(path) for path in kaggle_input_candidates(source))
         raise FoldstackError(f"running in a Kaggle kernel, but {_describe(source)} is not attached "
                              f"(looked in {looked}); add it with 'Add Input'")
-    if paths.data != mounted:  # later stages read paths.data and would find nothing there
+    if paths.data != mounted and not holds_archives(mounted):  # later stages would find nothing there
         logger.warning("%s is not the mounted input %s; build the paths with Paths.for_config",
                        paths.data, mounted)
     logger.info("using Kaggle %s mounted read-only at %s", _describe(source), mounted)
     return mounted
+
+
+def _unpacked_copy(cfg: PipelineConfig, mounted: Path, target: Path, force: bool) -> Path:
+    """A kernel's read-only input that ships archives (``train.zip``), copied to ``target`` under
+    the working root and unpacked there, once, as a download is (``sources.complete``)."""
+    if not force and up_to_date(target, cfg.data.source):
+        logger.info("%s is up to date with the mounted %s", target, mounted)
+        return target
+    logger.info("copying %s into %s to unpack its archives", mounted, target)
+    with atomic_dir(target) as staging:
+        shutil.copytree(mounted, staging, dirs_exist_ok=True)
+        complete(staging, cfg, target)
+    return target
 
 
 def _holds_other_files(target: Path) -> bool:

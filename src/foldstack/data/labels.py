@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError, shorten
 
 
@@ -22,21 +23,33 @@ class Classes:
     Attributes:
         names: the class names: sorted, numerically when every name is a number (``2`` before
             ``10``), else as strings.
-        multilabel: a label cell holds several space-separated classes (or none).
+        multilabel: a label cell holds several classes joined by :data:`SEPARATOR` (or none).
     """
 
     names: tuple[str, ...]
     multilabel: bool = False
 
     @classmethod
-    def from_labels(cls, labels: pd.Series, task: str) -> Classes:
-        """The classes that occur in ``labels`` (label cells as strings)."""
+    def from_labels(cls, labels: pd.Series, task: str, positive: str | None = None) -> Classes:
+        """The classes that occur in ``labels`` (label cells as strings).
+
+        A binary task's positive class goes second (index 1), where every metric and the
+        ``binary`` submission column read it: ``positive`` where given, else ``1`` of ``0``/``1``
+        (``True`` of ``False``/``True``).
+
+        Raises:
+            ConfigError: a binary task with two other classes and no ``positive`` (which one is
+                positive cannot be guessed: ``cactus``/``none`` sorted would invert every
+                prediction), or a ``positive`` that is not one of the classes.
+        """
         multilabel = task == "multilabel"
         # A multilabel row may hold no label at all; explode turns it into NaN, not a class.
-        values = labels.astype(str).str.split().explode().dropna() if multilabel else labels.astype(str)
+        values = split_labels(labels).explode().dropna() if multilabel else labels.astype(str)
         unique = sorted(set(values))
         if unique and all(_is_number(name) for name in unique):
             unique.sort(key=float)
+        if task == "binary" and len(unique) == 2:
+            unique = _positive_second(unique, positive)
         return cls(tuple(unique), multilabel)
 
     def __len__(self) -> int:
@@ -54,8 +67,8 @@ class Classes:
         cells = labels.astype(str)
         if self.multilabel:
             matrix = np.zeros((len(cells), len(self.names)), dtype=np.int64)
-            for row, (key, cell) in enumerate(cells.items()):
-                for name in cell.split():
+            for row, (key, names) in enumerate(split_labels(cells).items()):
+                for name in names:
                     if name not in position:
                         self._unknown(source, key, name)
                     matrix[row, position[name]] = 1
@@ -75,6 +88,36 @@ class Classes:
     def _unknown(self, source: Path | str, key, label: str) -> None:
         raise DataError(f"{source}: id {key!r} has label {label!r}, which is not a class; "
                         f"classes: {shorten(self.names)}")
+
+
+#: What separates a multilabel cell's classes in the train table and ``folds.csv``. Not a space:
+#: a class named after a one-hot column may hold spaces (ranzcr's ``ETT - Abnormal``). A
+#: competition's own space-separated label column (imet's ``attribute_ids``) is converted on reading.
+SEPARATOR = "|"
+
+
+def split_labels(cells: pd.Series) -> pd.Series:
+    """Each multilabel cell as the list of its classes (an empty cell: no class)."""
+    return cells.astype(str).map(lambda cell: [name for name in cell.split(SEPARATOR) if name])
+
+
+def join_labels(names) -> str:
+    """One multilabel cell holding ``names``."""
+    return SEPARATOR.join(names)
+
+
+#: Binary classes whose positive one is plain without a ``positive_class`` (the second of each).
+OBVIOUS_BINARY = (("0", "1"), ("False", "True"), ("false", "true"))
+
+
+def _positive_second(names: list[str], positive: str | None) -> list[str]:
+    if positive is None:
+        if tuple(names) in OBVIOUS_BINARY:
+            return names
+        raise ConfigError(f"binary task: say which class is positive with positive_class: {names[0]}|{names[1]}")
+    if positive not in names:
+        raise ConfigError(f"positive_class = {positive!r} is not a class; the classes are {names[0]}, {names[1]}")
+    return [name for name in names if name != positive] + [positive]
 
 
 def _is_number(text: str) -> bool:

@@ -1,36 +1,74 @@
-"""K-fold splits of the train table: stratified by label, or grouped."""
+"""K-fold splits of the train table: stratified by label, grouped, or both.
+
+``folds.strategy``:
+
+* ``stratified``: every fold gets its share of every class. Single-label: sklearn's
+  ``StratifiedKFold`` on the whole label. Multilabel: iterative stratification (Sechidis et al.
+  2011, the ``iterative-stratification`` package's ``MultilabelStratifiedKFold``), which balances
+  every label's positives at once, rarest label first.
+* ``grouped``: sklearn's ``GroupKFold`` on ``folds.group_column``: no group spans two folds.
+* ``stratified_grouped``: sklearn's ``StratifiedGroupKFold``: no group spans two folds, and the
+  folds are as balanced in the stratum as the groups allow (a rare positive class, as in
+  siim-isic's melanoma by patient, is spread instead of piling up in a few folds). The stratum
+  is the label; for multilabel the rarest of the row's labels (its least frequent class over the
+  whole table), or no label, so the rare labels are the ones kept apart.
+"""
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedKFold
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
+from foldstack.data.labels import Classes, split_labels
+
+log = logging.getLogger(__name__)
+
+#: The strategies that read ``folds.group_column``.
+GROUPED = ("grouped", "stratified_grouped")
+
+#: The stratum of a multilabel row with no label at all.
+NO_LABEL = ""
 
 
 def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str = "stratified",
                groups: pd.Series | None = None) -> pd.Series:
-    """The fold of each row: stratified by label (see :func:`strata`), or grouped.
+    """The fold of each row (see the module's docstring for each ``strategy``).
 
     Raises:
-        DataError: a class (or, grouped, the number of groups) is smaller than the number of
-            folds, so some fold would never see it.
+        DataError: a class (single-label, see :func:`rare_classes`) or, grouped, the number of
+            groups is smaller than the number of folds, so some fold would never see it.
     """
-    if strategy == "grouped":
-        if groups.nunique() < k:  # GroupKFold's own ValueError would be a traceback
+    if strategy in GROUPED:
+        if len(groups) != len(table):  # read row for row from the train table: it must be this table
+            raise DataError(f"folds.group_column: {len(groups)} row(s) of groups for {len(table)} training images; "
+                            "the groups are read row for row from data.train_csv")
+        if groups.nunique() < k:  # sklearn's own ValueError would be a traceback
             raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
                             "(folds.k); lower folds.k")
-        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = splitter.split(table, groups=groups)
-    else:
+    if strategy != "grouped":
         rare = rare_classes(table["label"], k, task)
         if rare:
             raise DataError(rare[0])
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = splitter.split(table, strata(table["label"], task))
+        if task == "multilabel":
+            _warn_sparse_labels(table["label"], k)
+    if strategy == "grouped":
+        splits = GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(table, groups=groups)
+    elif strategy == "stratified_grouped":
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(table, strata(table["label"], task), groups=groups)
+    elif task == "multilabel":
+        matrix = Classes.from_labels(table["label"], task).encode(table["label"])
+        splits = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, matrix)
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, table["label"])
     fold = pd.Series(-1, index=table.index, name="fold")
     for number, (_, valid) in enumerate(splits):
         fold.iloc[valid] = number
@@ -38,24 +76,56 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
 
 
 def strata(labels: pd.Series, task: str) -> pd.Series:
-    """What stratified folds balance: the whole label ("Common wheat" is one class), or for
-    multilabel the first of a row's space-separated labels."""
-    return labels.str.split().str[0] if task == "multilabel" else labels
+    """What ``stratified_grouped`` folds balance: the whole label ("Common wheat" is one class),
+    or for multilabel each row's rarest label (:data:`NO_LABEL` for a row without one)."""
+    if task != "multilabel":
+        return labels
+    tokens = split_labels(labels)
+    counts = tokens.explode().dropna().value_counts()
+    # Ties between equally rare labels go to the name, so the stratum does not hang on row order.
+    return tokens.map(lambda row: min(row, key=lambda name: (counts[name], name)) if row else NO_LABEL)
 
 
 def rare_classes(labels: pd.Series, k: int, task: str) -> list[str]:
-    """One message per stratum with fewer examples than folds: stratified folds cannot put one
-    in each fold."""
-    counts = strata(labels, task).value_counts()
+    """One message per class with fewer examples than folds: stratified folds cannot put one in
+    each fold.
+
+    Multilabel folds refuse none (a warning names them): a label rarer than the folds (imet has
+    hundreds) simply misses some folds, and the metrics allow for it (a column undefined in a
+    fold is left out of that fold's column AUC).
+    """
+    if task == "multilabel":
+        return []
+    counts = labels.value_counts()
     return [f"class {name!r} has {count} example(s), fewer than the {k} folds (folds.k); merge rare "
             "classes or lower folds.k" for name, count in counts[counts < k].items()]
 
 
+def _warn_sparse_labels(labels: pd.Series, k: int) -> None:
+    counts = split_labels(labels).explode().dropna().value_counts()
+    sparse = counts[counts < k]
+    if len(sparse):
+        log.warning("folds: %d label(s) have fewer positives than the %d folds (e.g. %r: %d); some folds hold none "
+                    "of them", len(sparse), k, sparse.index[0], sparse.iloc[0])
+
+
 def read_groups(cfg: PipelineConfig, paths: Paths) -> pd.Series | None:
-    """The train table's ``folds.group_column``, row for row; None unless folds are grouped."""
-    if cfg.folds.strategy != "grouped":
+    """The train table's ``folds.group_column``, row for row; None unless folds are grouped.
+
+    Raises:
+        DataError: the column is missing (one line naming the file and the column) or a row's
+            group is empty.
+    """
+    if cfg.folds.strategy not in GROUPED:
         return None
     source = paths.data / cfg.data.train_csv
     frame = tables.read_csv(source, "train table")
-    tables.require_columns(frame, [cfg.folds.group_column], source)
-    return frame[cfg.folds.group_column]
+    column = cfg.folds.group_column
+    if column not in frame.columns:
+        raise DataError(f"{source}: no group column {column!r} (folds.group_column); columns are "
+                        f"{', '.join(repr(c) for c in frame.columns)}")
+    groups = frame[column].str.strip()
+    empty = np.flatnonzero(groups.isin(tables.EMPTY_LABELS).to_numpy())
+    if len(empty):
+        raise DataError(f"{source}: row {empty[0] + 2} has an empty {column!r} (folds.group_column)")
+    return groups

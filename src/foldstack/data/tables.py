@@ -1,6 +1,7 @@
 """The competition's tables: the train table and the test table, read and checked.
 
-A train table is ``id, label, path``; a test table is ``id, path`` with ids from the sample
+A train table is ``id, label, path`` whatever the layout (a label column, one-hot columns, class
+folders, file names); a test table is ``id, path`` with ids from the test table or the sample
 submission, in its order. Readers check what they read and raise :class:`DataError` naming the
 file, the row or the column.
 """
@@ -8,13 +9,16 @@ file, the row or the column.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from foldstack.core.config import DataConfig, PipelineConfig
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.paths import Paths
+from foldstack.data.labels import SEPARATOR, Classes, join_labels
 
 log = logging.getLogger(__name__)
 
@@ -49,45 +53,164 @@ def load_train_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     table, source = read_train_table(cfg, paths)
     if table.empty:
         raise DataError(f"{source}: the train set is empty")
-    raise_first(train_problems(table, source))
-    _warn_unlisted(cfg.data, table, paths.data / cfg.data.train_dir, source)
+    raise_first(train_problems(table, source, cfg.task))
+    _warn_unlisted(cfg.data, table, paths.data / cfg.data.train_dir, source, _shared_paths(cfg, paths, "train"))
     return table
 
 
 def read_train_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Path]:
-    """The train table as written, unchecked, and the file (or folder) it comes from."""
+    """The train table as written, and the file (or folder) it comes from.
+
+    Rows are not checked (see :func:`train_problems`), but a layout that cannot give labels at all
+    is: one-hot label cells that are not 0/1 or, for a single-label task, a row without exactly
+    one 1; a file-name pattern that misses a file; class images outside class folders.
+
+    Raises:
+        DataError: one line naming the file, the row and id, or the folder.
+    """
     data = cfg.data
     if data.layout == "folders":
         return _train_from_folders(data, paths.data), paths.data / data.train_dir
-    return _train_from_csv(data, paths.data), paths.data / data.train_csv
+    if data.layout == "file_names":
+        return _train_from_file_names(data, paths.data), paths.data / data.train_dir
+    return _train_from_csv(data, cfg.task, paths.data), paths.data / data.train_csv
 
 
-def _train_from_csv(data: DataConfig, root: Path) -> pd.DataFrame:
+def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:
     path = root / data.train_csv
     frame = read_csv(path, "train table")
-    require_columns(frame, [data.id_column, data.label_column], path)
+    label_columns = data.label_columns or [data.label_column]
+    require_columns(frame, [data.id_column, *label_columns], path)
     ids = frame[data.id_column].str.strip()
+    labels = _labels(frame, ids, data, task, path)
     return pd.DataFrame({
         "id": ids,
-        "label": frame[data.label_column].str.strip(),
+        "label": labels,
         "path": [str(_image_path(data, root / data.train_dir, i)) for i in ids],
     })
 
 
+def _labels(frame: pd.DataFrame, ids: pd.Series, data: DataConfig, task: str, path: Path) -> pd.Series:
+    """A table's label cells as the train table holds them: from ``label_columns`` (one-hot)
+    where set, else from ``label_column`` (a multilabel cell's space-separated classes joined by
+    ``labels.SEPARATOR``)."""
+    if data.label_columns:
+        return _one_hot_labels(frame[data.label_columns], ids, task, path)
+    if task == "multilabel":
+        return frame[data.label_column].str.split().map(join_labels)
+    return frame[data.label_column].str.strip()
+
+
+def _one_hot_labels(cells: pd.DataFrame, ids: pd.Series, task: str, path: Path) -> pd.Series:
+    """Each row's classes from one-hot columns (a class is its column's name): the one class of a
+    single-label task, a multilabel row's classes (``labels.join_labels``)."""
+    joined = [name for name in cells.columns if SEPARATOR in name] if task == "multilabel" else []
+    if joined:
+        raise DataError(f"{path}: label column {joined[0]!r} names a class with {SEPARATOR!r}, which separates "
+                        "the classes of a multilabel label")
+    values = cells.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce"))
+    bad = ~values.isin([0, 1]).to_numpy()
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        name = cells.columns[column]
+        raise DataError(f"{path}: row {row + 2} (id {ids.iloc[row]!r}): label column {name!r} holds "
+                        f"{cells.iloc[row, column]!r}, not 0 or 1" + _and_more(int(bad.any(axis=1).sum())))
+    hot = values.to_numpy(dtype=bool)
+    if task != "multilabel":
+        counts = hot.sum(axis=1)
+        raise_first([[f"{path}: row {row + 2} (id {ids.iloc[row]!r}) has {'no' if counts[row] == 0 else 'several'} "
+                      f"1 in the label columns {', '.join(cells.columns)}; task {task!r} needs exactly one"
+                      for row in np.flatnonzero(counts != 1)]])
+    names = np.asarray(cells.columns, dtype=object)
+    return pd.Series([join_labels(names[row]) for row in hot], index=cells.index, dtype=object)
+
+
 def _train_from_folders(data: DataConfig, root: Path) -> pd.DataFrame:
+    """One row per image of each class folder; its id is the file name (as the competition
+    names the image), its label the folder's name."""
+    folder = _train_folder(root, data)
+    rows = [
+        {"id": _image_id(data, image), "label": class_dir.name, "path": str(image)}
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for image in _images_in(class_dir, data)
+    ]
+    loose = _images_in(folder, data)
+    if not rows and loose:
+        raise DataError(f"{folder}: layout 'folders' expects one sub-folder per class, but the {len(loose)} "
+                        f"{data.extension} image(s) sit directly in it, e.g. {loose[0].name}; "
+                        "labels in a table: layout 'csv', labels in file names: layout 'file_names'")
+    return pd.DataFrame(rows, columns=["id", "label", "path"])
+
+
+def _train_from_file_names(data: DataConfig, root: Path) -> pd.DataFrame:
+    """One row per image in the train folder, labelled by ``label_pattern``'s group ``label``."""
+    folder = _train_folder(root, data)
+    files = _images_in(folder, data)
+    pattern = re.compile(data.label_pattern)
+    found = [pattern.search(image.name) for image in files]
+    if files and not any(found):
+        raise DataError(f"{folder}: data.label_pattern {data.label_pattern!r} matches none of its {len(files)} "
+                        f"{data.extension} file names, e.g. {files[0].name}")
+    raise_first([[f"{image}: data.label_pattern {data.label_pattern!r} does not match this file name"
+                  for image, match in zip(files, found) if match is None]])
+    rows = [{"id": _image_id(data, image), "label": match["label"] or "", "path": str(image)}
+            for image, match in zip(files, found)]
+    return pd.DataFrame(rows, columns=["id", "label", "path"])
+
+
+def _train_folder(root: Path, data: DataConfig) -> Path:
     folder = root / data.train_dir
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found")
-    rows = [
-        {"id": f"{class_dir.name}/{image.stem}", "label": class_dir.name, "path": str(image)}
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir())
-        for image in sorted(class_dir.glob(f"*{data.extension}"))
-    ]
-    return pd.DataFrame(rows, columns=["id", "label", "path"])
+    return folder
+
+
+def _images_in(folder: Path, data: DataConfig) -> list[Path]:
+    """The folder's image files with the pipeline's extension, hidden ones aside, sorted."""
+    return sorted(p for p in folder.glob(f"*{data.extension}") if p.is_file() and not p.name.startswith("."))
+
+
+def _image_id(data: DataConfig, image: Path) -> str:
+    return image.name if data.ids_have_extension else image.stem
 
 
 def _image_path(data: DataConfig, folder: Path, image_id: str) -> Path:
     return folder / (image_id if data.ids_have_extension else f"{image_id}{data.extension}")
+
+
+def read_solution_labels(cfg: PipelineConfig, path: Path) -> pd.Series:
+    """The solution file's labels indexed by id, read like the train table's labels: from
+    ``label_columns`` (one-hot) where set, else from ``label_column``."""
+    data = cfg.data
+    frame = read_csv(path, "solution")
+    require_columns(frame, [data.id_column, *(data.label_columns or [data.label_column])], path)
+    ids = frame[data.id_column]
+    labels = _labels(frame, ids, data, cfg.task, path)
+    return pd.Series(labels.to_numpy(), index=pd.Index(ids, name=data.id_column), name="label")
+
+
+def classes(cfg: PipelineConfig, paths: Paths, labels: pd.Series) -> Classes:
+    """The pipeline's classes of ``labels`` in their one order (:meth:`Classes.from_labels`).
+
+    A binary task's positive class is ``positive_class`` where set, else the class the sample
+    submission's prediction column is named after, if one is (else ``1`` of ``0``/``1``).
+
+    Raises:
+        ConfigError: a binary task whose positive class nothing says.
+    """
+    positive = cfg.positive_class
+    if positive is None and cfg.task == "binary":
+        positive = _positive_in_sample(cfg, paths, set(labels.astype(str)))
+    return Classes.from_labels(labels, cfg.task, positive)
+
+
+def _positive_in_sample(cfg: PipelineConfig, paths: Paths, names: set[str]) -> str | None:
+    path = paths.data / cfg.data.sample_submission
+    if not path.is_file():
+        return None
+    columns = [c for c in read_csv(path, "sample submission").columns if c != cfg.data.id_column]
+    named = [c for c in columns if c in names]
+    return named[0] if len(named) == 1 else None
 
 
 # --- checks: each returns one message per bad row, grouped by kind --------------------------------
@@ -98,10 +221,11 @@ EMPTY_LABELS = ("", "nan", "NaN", "None")
 Problems = list[list[str]]
 
 
-def train_problems(table: pd.DataFrame, source: Path) -> Problems:
+def train_problems(table: pd.DataFrame, source: Path, task: str) -> Problems:
     """Empty or repeated ids, empty labels, missing images of a train table (rows counted as in
-    the CSV: the header is row 1)."""
-    empty = table.index[table["label"].isin(EMPTY_LABELS)]
+    the CSV: the header is row 1). A multilabel row may hold no class at all (a one-hot row of
+    zeros: nothing found in that image)."""
+    empty = [] if task == "multilabel" else table.index[table["label"].isin(EMPTY_LABELS)]
     labels = [f"{source}: row {i + 2} (id {table['id'][i]!r}) has an empty label" for i in empty]
     return [*id_problems(table, source), labels, file_problems(table, source)]
 
@@ -120,21 +244,34 @@ def file_problems(table: pd.DataFrame, source: Path) -> list[str]:
             for i, path in zip(table.index, table["path"]) if not Path(path).is_file()]
 
 
-def unlisted_warning(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path) -> str | None:
+def unlisted_warning(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path,
+                     shared: set[str] = frozenset()) -> str | None:
     """A warning if images in ``folder`` have no row in ``table`` (never used: harmless, yet often
-    the sign of a wrong id column or extension), else None."""
-    listed = set(table["path"])
-    unlisted = sorted(p for p in folder.glob(f"*{data.extension}") if str(p) not in listed) if folder.is_dir() else []
+    the sign of a wrong id column or extension), else None. ``shared``: the other split's image
+    files, where both splits share one folder (they are used, by the other table)."""
+    listed = set(table["path"]) | set(shared)
+    unlisted = [p for p in _images_in(folder, data) if str(p) not in listed] if folder.is_dir() else []
     if not unlisted:
         return None
     return (f"{folder}: {len(unlisted)} image(s) have no row in {source.name} and are not used, "
             f"e.g. {unlisted[0].name}")
 
 
-def _warn_unlisted(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path) -> None:
-    warning = unlisted_warning(data, table, folder, source)
+def _warn_unlisted(data: DataConfig, table: pd.DataFrame, folder: Path, source: Path, shared: set[str]) -> None:
+    warning = unlisted_warning(data, table, folder, source, shared)
     if warning:
         log.warning(warning)
+
+
+def _shared_paths(cfg: PipelineConfig, paths: Paths, split: str) -> set[str]:
+    """The other split's image files where train and test share one folder, else nothing."""
+    if cfg.data.train_dir != cfg.data.test_dir:
+        return set()
+    try:
+        other, _ = (read_test_table if split == "train" else read_train_table)(cfg, paths)
+    except DataError:  # the other table's own stage reports it
+        return set()
+    return set(other["path"])
 
 
 def raise_first(problems: Problems) -> None:
@@ -149,18 +286,22 @@ def _and_more(count: int) -> str:
 
 
 def load_test_table(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
-    """``id, path`` for every test image, in the sample submission's order."""
+    """``id, path`` for every test image, in its table's order (see :func:`read_test_table`)."""
     table, source = read_test_table(cfg, paths)
     raise_first([*id_problems(table, source), file_problems(table, source)])
-    _warn_unlisted(cfg.data, table, paths.data / cfg.data.test_dir, source)
+    _warn_unlisted(cfg.data, table, paths.data / cfg.data.test_dir, source, _shared_paths(cfg, paths, "test"))
     return table
 
 
 def read_test_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Path]:
-    """``id, path`` from the sample submission, unchecked, and the sample submission's path."""
+    """``id, path`` from ``data.test_csv`` where set, else from the sample submission; unchecked;
+    and the table's path."""
     data = cfg.data
-    path = paths.data / data.sample_submission
-    frame = read_csv(path, "sample submission")
+    if data.test_csv is not None:
+        path, what = paths.data / data.test_csv, "test table"
+    else:
+        path, what = paths.data / data.sample_submission, "sample submission"
+    frame = read_csv(path, what)
     require_columns(frame, [data.id_column], path)
     ids = frame[data.id_column].str.strip()
     return pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]}), path

@@ -43,15 +43,16 @@ def leaderboard(board: pd.DataFrame, metric: Metric, path: Path) -> None:
     _save(fig, path)
 
 
-def confusion(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...], title: str, path: Path) -> None:
+def confusion(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...], title: str, path: Path,
+              thresholds: tuple[float, ...] | None = None) -> None:
     """Counts of true class (rows) against predicted class (columns).
 
     Multilabel counts every (true, predicted) pair of a row, which for single-label rows is the
-    usual confusion matrix. With more than :data:`MAX_CLASSES` classes only the classes with the
+    usual confusion matrix; a class is predicted at its threshold (``thresholds``, default 0.5). With more than :data:`MAX_CLASSES` classes only the classes with the
     most off-diagonal counts are shown.
     """
     multilabel = y.ndim == 2
-    predicted = one_hot(hard_predictions(proba, multilabel), len(classes))
+    predicted = one_hot(hard_predictions(proba, multilabel, thresholds), len(classes))
     matrix = one_hot(y, len(classes)).T @ predicted
     shown = _most_confused(matrix, MAX_CLASSES)
     if len(shown) < len(classes):

@@ -41,7 +41,7 @@ from foldstack.core.files import atomic_dir, write_json, write_text
 from foldstack.core.paths import Paths
 from foldstack.data.kaggle import OWNER_PLACEHOLDER
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import BEST
+from foldstack.training.fold_task import BEST, members
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,8 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
     files = [paths.folds.relative_to(art)]
     for model in cfg.models:
         model_dir = paths.models / model.name
-        for fold in range(cfg.folds.k):
-            fold_dir = model_dir / f"fold{fold}"
+        for run in members(model, cfg.folds.k, cfg.seed):
+            fold_dir = model_dir / run.name
             if not fold_done.exists(fold_dir) or not (fold_dir / BEST).is_file():
                 raise DataError(f"{fold_dir}: fold not finished (no {fold_done.NAME} or best.weights.h5); "
                                 "run `make train` before `make bundle`")

@@ -3,7 +3,9 @@
 The stage readers stop at the first problem; this module collects them all (every bad row, every
 unreadable image) and prints a summary: images per class, image sizes and modes, warnings and
 problems. A problem is something that would make training fail or be wrong; a warning is
-something odd that training survives (an image no row uses, a test label never seen in training).
+something odd that training survives (an image no row uses, a test label never seen in training). Layouts that cannot give labels at
+all (a file-name pattern that misses, class images outside class folders, a one-hot row without
+exactly one 1) are one problem each, from the table readers; so is an archive left packed.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from foldstack.core.config import PipelineConfig
+from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.data import images, splits, tables
-from foldstack.data.labels import Classes
+from foldstack.data import images, sources, splits, tables
+from foldstack.data.labels import Classes, split_labels
 
 #: Messages of one kind shown before the rest are counted (a missing folder can be 10,000 rows).
 SHOWN_PER_KIND = 10
@@ -57,16 +59,19 @@ def _capped(kind: list[str]) -> list[str]:
 
 
 def run(cfg: PipelineConfig, paths: Paths) -> Report:
-    """Check the train table, the test table, every image they name and the solution file."""
+    """Check the archives, the train table, the test table, every image they name and the solution file."""
     report = Report(summary=[f"check {cfg.name}: {paths.data}"])
     if not paths.data.is_dir():
         report.problem([f"{paths.data}: data folder not found; run the download stage first"])
         return report
+    if cfg.data.unpack:
+        report.problem([sources.archive_problem(path) for path in sorted(paths.data.rglob("*.zip")) if path.is_file()])
     train = _check_train(cfg, paths, report)
     test = _check_test(cfg, paths, report)
+    _warn_unlisted(cfg, paths, train, test, report)
     _check_images([*_existing(train), *_existing(test)], report)
     if train is not None:
-        _check_solution(cfg, paths, Classes.from_labels(train["label"], cfg.task), report)
+        _check_solution(cfg, paths, _names(train["label"], cfg.task), report)
     return report
 
 
@@ -80,7 +85,8 @@ def _read(read_table, cfg: PipelineConfig, paths: Paths, report: Report) -> tupl
 
 
 def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFrame | None:
-    """Check the train table; returns it with its empty labels dropped, or None if unreadable."""
+    """Check the train table; returns it with its empty labels dropped (a multilabel row may have
+    none), or None if unreadable."""
     read = _read(tables.read_train_table, cfg, paths, report)
     if read is None:
         return None
@@ -88,16 +94,27 @@ def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFr
     if table.empty:
         report.problem([f"{source}: the train set is empty"])
         return None
-    report.problem(*tables.train_problems(table, source), *_fold_problems(cfg, paths, table))
-    labelled = table[~table["label"].isin(tables.EMPTY_LABELS)]
-    classes = Classes.from_labels(labelled["label"], cfg.task).names
+    report.problem(*tables.train_problems(table, source, cfg.task), *_fold_problems(cfg, paths, table))
+    labelled = table if cfg.task == "multilabel" else table[~table["label"].isin(tables.EMPTY_LABELS)]
+    classes = _names(labelled["label"], cfg.task)
     if cfg.task == "binary" and len(classes) != 2:
         report.problem([f"{source}: task 'binary' needs 2 classes; the labels hold {len(classes)}"])
+    elif cfg.task == "binary":
+        try:
+            classes = tables.classes(cfg, paths, labelled["label"]).names
+        except ConfigError as error:
+            report.problem([str(error)])
     report.summary.append(f"train: {len(table)} images in {len(classes)} classes ({source.name})")
     counts = _class_counts(labelled["label"], cfg.task)
     report.summary.append("  per class: " + ", ".join(f"{name}: {counts[name]}" for name in classes))
-    _warn_unlisted(cfg, table, paths.data / cfg.data.train_dir, source, report)
-    return labelled
+    if cfg.task == "binary" and len(classes) == 2:
+        report.summary.append(f"  positive class: {classes[1]}")
+    return labelled.assign(source=str(source))
+
+
+def _names(labels: pd.Series, task: str) -> tuple[str, ...]:
+    """The class names in ``labels``, sorted; a binary task's positive class aside (reported apart)."""
+    return Classes.from_labels(labels, "multilabel" if task == "multilabel" else "multiclass").names
 
 
 def _fold_problems(cfg: PipelineConfig, paths: Paths, table: pd.DataFrame) -> list[list[str]]:
@@ -114,7 +131,7 @@ def _fold_problems(cfg: PipelineConfig, paths: Paths, table: pd.DataFrame) -> li
 
 
 def _class_counts(labels: pd.Series, task: str) -> Counter:
-    tokens = labels.str.split().explode().dropna() if task == "multilabel" else labels
+    tokens = split_labels(labels).explode().dropna() if task == "multilabel" else labels
     return Counter(tokens)
 
 
@@ -126,8 +143,7 @@ def _check_test(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFra
     table, source = read
     report.problem(*tables.id_problems(table, source), tables.file_problems(table, source))
     report.summary.append(f"test: {len(table)} images ({source.name})")
-    _warn_unlisted(cfg, table, paths.data / cfg.data.test_dir, source, report)
-    return table
+    return table.assign(source=str(source))
 
 
 def _existing(table: pd.DataFrame | None) -> list[str]:
@@ -137,10 +153,18 @@ def _existing(table: pd.DataFrame | None) -> list[str]:
     return [path for path in table["path"].unique() if Path(path).is_file()]
 
 
-def _warn_unlisted(cfg: PipelineConfig, table: pd.DataFrame, folder: Path, source: Path, report: Report) -> None:
-    warning = tables.unlisted_warning(cfg.data, table, folder, source)
-    if warning:
-        report.warnings.append(warning)
+def _warn_unlisted(cfg: PipelineConfig, paths: Paths, train: pd.DataFrame | None, test: pd.DataFrame | None,
+                   report: Report) -> None:
+    """Warn about images in the train and test folders that no table uses; where both splits share
+    one folder, an image either table uses counts as used."""
+    shared = cfg.data.train_dir == cfg.data.test_dir
+    for table, other, folder in ((train, test, cfg.data.train_dir), (test, train, cfg.data.test_dir)):
+        if table is None:
+            continue
+        used = set(other["path"]) if shared and other is not None else set()
+        warning = tables.unlisted_warning(cfg.data, table, paths.data / folder, Path(table["source"].iloc[0]), used)
+        if warning:
+            report.warnings.append(warning)
 
 
 def _check_images(files: list[str], report: Report) -> None:
@@ -172,18 +196,17 @@ def _counted(counts: Counter, name, most: int = 5) -> str:
     return ", ".join(f"{name(value)} ({count})" for value, count in counts.most_common(most))
 
 
-def _check_solution(cfg: PipelineConfig, paths: Paths, classes: Classes, report: Report) -> None:
+def _check_solution(cfg: PipelineConfig, paths: Paths, classes: tuple[str, ...], report: Report) -> None:
     """Warn about solution labels that no model can predict (they were never in training)."""
     if cfg.data.solution is None or not (paths.data / cfg.data.solution).is_file():
         return
     path = paths.data / cfg.data.solution
     try:
-        solution = tables.read_csv(path, "solution")
-        tables.require_columns(solution, [cfg.data.id_column, cfg.data.label_column], path)
+        labels = tables.read_solution_labels(cfg, path)
     except DataError as error:
         report.problem([str(error)])
         return
-    unseen = sorted(set(Classes.from_labels(solution[cfg.data.label_column], cfg.task).names) - set(classes.names))
+    unseen = sorted(set(_names(labels, cfg.task)) - set(classes))
     if unseen:
         report.warnings.append(f"{path}: label(s) {', '.join(map(repr, unseen))} never appear in training; "
                                "no model can predict them, so the local score counts those rows as wrong")

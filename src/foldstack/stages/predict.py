@@ -13,7 +13,6 @@ nothing. The first model also leaves ``models/<m>/reference.npz``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from foldstack.contracts import fold_done, folds_file, predictions, reference, stack_output
+from foldstack.contracts import folds_file, predictions, reference, stack_output
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, shorten
 from foldstack.core.files import atomic_dir, write_csv
@@ -37,14 +36,15 @@ from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import isolate
 from foldstack.training.fold_task import (
-    BEST,
     DEFAULT_WORKERS,
     WORKER,
     FoldTask,
     PredictTask,
     digest,
-    features_key,
-    recipe_fingerprint,
+    members,
+    predict_task,
+    trained_fold_dirs,
+    weights_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -58,51 +58,32 @@ class Predictor:
         self.paths = paths
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = tables.classes(cfg, paths, self.folds["label"])
         self.folds_digest = folds_file.digest(self.folds)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
-        """Each fold's folder, once it is checked to hold weights of the pipeline's recipe.
-
-        Raises:
-            DataError: a fold is untrained, trained by another recipe, or lacks its weights.
-        """
-        fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
-                                         self.folds_digest)
-        dirs = tuple(self.paths.models / model.name / f"fold{fold}" for fold in range(self.cfg.folds.k))
-        for fold, fold_dir in enumerate(dirs):
-            done = fold_dir / fold_done.NAME
-            if not fold_done.exists(fold_dir):
-                raise DataError(f"{done}: not found: fold {fold} of model {model.name!r} is not trained; "
-                                "run the train stage first")
-            if fold_done.finished(fold_dir, fingerprint) is None:
-                raise DataError(f"{done}: fold {fold} of model {model.name!r} was trained by another recipe "
-                                "(model, augmentation, folds or seed changed since); run the train stage again")
-            if not (fold_dir / BEST).is_file():
-                raise DataError(f"{fold_dir / BEST}: not found; run the train stage again")
-        return dirs
+        """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
+        is checked to hold weights of the pipeline's recipe
+        (:func:`~foldstack.training.fold_task.trained_fold_dirs`)."""
+        return trained_fold_dirs(self.cfg, self.paths.models, model, self.folds_digest)
 
     def task(self, model: ModelConfig, images: Path, fold_dirs: tuple[Path, ...], split: str | None,
              ids: list[str] | None = None) -> PredictTask:
-        """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``; a
-        ``split`` caches the ``features`` regime's backbone pass under its ids' key."""
-        cached = model.regime == "features" and split is not None
-        return PredictTask(model=model, task=self.cfg.task, n_classes=len(self.classes), augment=self.cfg.augment,
-                           images=images, fold_dirs=fold_dirs, workers=self.workers,
-                           features=self.paths.models / model.name / "features" if cached else None,
-                           features_key=features_key(model, self.cfg.augment, ids) if cached else None,
-                           split=split or "images")
+        """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``."""
+        return predict_task(self.cfg, self.paths.models, model, len(self.classes), images, fold_dirs, split, ids,
+                            self.workers)
 
     def test_set(self) -> None:
         """Predict the test set with every model whose test file is stale; refresh the reference."""
         cfg, paths = self.cfg, self.paths
         test = tables.load_test_table(cfg, paths)
         ids = test["id"].tolist()
-        k = cfg.folds.k
-        with tqdm(total=len(cfg.models) * k, desc="predict", unit="fold") as bar:
+        with tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
+                  unit="fold") as bar:
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
-                key = digest({"weights": _weights_digest(dirs), "ids": ids, "task": cfg.task,
+                k = len(dirs)
+                key = digest({"weights": weights_digest(dirs), "ids": ids, "task": cfg.task,
                               "model": model.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json")})
                 out = paths.test / f"{model.name}.parquet"
                 if predictions.is_current(out, key):
@@ -117,7 +98,8 @@ class Predictor:
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {k} folds x "
+                runs = f"{cfg.folds.k} folds" + (f" x {len(model.seeds)} seeds" if model.seeds else "")
+                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {runs} x "
                            f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
         self.reference(cfg.models[0])
 
@@ -126,7 +108,7 @@ class Predictor:
         the training images are not here (a machine with the trained models only)."""
         dirs = self.fold_dirs(model)
         model_dir = self.paths.models / model.name
-        key = digest({"weights": _weights_digest(dirs[:1]), "model": model.model_dump(mode="json")})
+        key = digest({"weights": weights_digest(dirs[:1]), "model": model.model_dump(mode="json")})
         if reference.read(model_dir, key) is not None:
             return
         try:
@@ -144,12 +126,10 @@ class Predictor:
 
 
 def fold_mean(folds: list[np.ndarray]) -> np.ndarray:
-    """A model's probabilities: the mean of its folds' (each already a mean over TTA views)."""
+    """A model's probabilities: the mean of its folds' (each already a mean over TTA views).
+    Under seed bagging every fold has one run per seed, so the mean of all runs is the mean over
+    folds of each fold's seed mean."""
     return np.mean(np.asarray(folds, dtype=np.float64), axis=0)
-
-
-def _weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
-    return [hashlib.sha256((fold_dir / BEST).read_bytes()).hexdigest() for fold_dir in fold_dirs]
 
 
 def run(cfg: PipelineConfig, paths: Paths, workers: int | None = None) -> None:
@@ -214,7 +194,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
-    frame = _table(folder, files, fitted.classes, proba, distance, known)
+    frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.thresholds)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
                                     frame, out)
@@ -276,8 +256,8 @@ def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple
 
 
 def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray, distance: np.ndarray | None,
-           known: reference.Reference | None) -> pd.DataFrame:
-    hard = hard_predictions(proba, classes.multilabel)
+           known: reference.Reference | None, thresholds: tuple[float, ...] | None = None) -> pd.DataFrame:
+    hard = hard_predictions(proba, classes.multilabel, thresholds)
     names = np.array(classes.names)
     labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
     frame = pd.DataFrame(proba, columns=list(classes.names))

@@ -36,7 +36,7 @@ from foldstack.data import tables
 from foldstack.data.cache import cached_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import WORKER, FoldTask
+from foldstack.training.fold_task import WORKER, FoldTask, members
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +172,18 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     rows = cam_rows(y_single, oof)
     images = _train_images(paths, train_files, data.ids, model.image_size)
     found = {}
+    # Under seed bagging a fold's first seed explains it; its OOF is then the mean of several runs.
+    first_run = {run.fold: run for run in reversed(members(model, cfg.folds.k, cfg.seed))}
+    averaged = len(cfg.augment.tta) > 1 or len(model.seeds or []) > 1
     for fold in np.unique(data.fold[rows]):
         in_fold = rows[data.fold[rows] == fold]
+        run = first_run[int(fold)]
         task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=data.y, n_classes=len(names),
                         train_index=np.flatnonzero(data.fold != fold), valid_index=np.flatnonzero(data.fold == fold),
-                        augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / f"fold{fold}",
-                        seed=cfg.seed + int(fold))
+                        augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / run.name,
+                        seed=run.run_seed)
         result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None)
-        _check_reproduces(model, int(fold), result["proba"], oof[in_fold], averaged=len(cfg.augment.tta) > 1)
+        _check_reproduces(model, int(fold), result["proba"], oof[in_fold], averaged=averaged)
         found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
     titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
               for r in rows]

@@ -7,10 +7,16 @@ CV runs only when what it scores changed: ``chosen.json`` keeps ``cv_key``, a di
 folds.csv, every OOF file's bytes and the settings that shape the candidates; while it matches
 (or where the OOF files are absent, as in a bundle), the stage only applies the saved model to
 the current ``test/*.parquet``, so a new test set costs a prediction, not a CV.
+
+Multilabel: each candidate's CV is scored with the thresholds ``stack.thresholds`` gives
+(:mod:`foldstack.level2.thresholds`, nested like the candidates' CV), so the leaderboard ranks the
+candidates as they will be submitted; the chosen candidate's thresholds, fitted on every OOF row,
+are saved with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -25,7 +31,7 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
-from foldstack.level2 import candidates
+from foldstack.level2 import candidates, thresholds
 from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard
 from foldstack.plots import stacking as plots
 from foldstack.training.fold_task import digest
@@ -50,6 +56,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """
     metric = metrics.get(cfg.metric)
     names = candidate_names(cfg, metric)
+    thresholds.check(cfg.stack.thresholds, metric)
     key = cv_key(cfg, paths)
     chosen = stack_output.read_chosen(paths.stack)
     if stack_output.model_saved(paths.stack) and (key is None or chosen.get("cv_key") == key):
@@ -57,19 +64,35 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     data = predictions.load_level_two(cfg, paths)
     log.info("stacking %d models x %d classes, %d rows, %d folds", len(data.models), len(data.classes),
              len(data.ids), len(np.unique(data.fold)))
-    results = {}
+    results, choices = {}, {}
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
-        results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric)
+        results[name], choices[name] = _cross_validate(cfg, data, name, metric)
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
+    if data.classes.multilabel:
+        board.insert(board.columns.get_loc("chosen"), "thresholds", board["candidate"].map(lambda n: choices[n].mode))
     chosen = board.loc[board["chosen"], "candidate"].item()
     # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row.
+    choice = choices[chosen]
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
-                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y))
+                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y),
+                                      thresholds=None if choice is None else tuple(choice.values.tolist()),
+                                      threshold_mode=None if choice is None else choice.mode)
     _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
-    _show(board, chosen, metric)
+    _show(board, chosen, metric, choice)
     return board
+
+
+def _cross_validate(cfg: PipelineConfig, data: predictions.LevelTwoData, name: str,
+                    metric: Metric) -> tuple[CVResult, thresholds.Choice | None]:
+    """One candidate's CV; multilabel: scored at the thresholds ``stack.thresholds`` gives its OOF
+    (nested), which the returned choice holds."""
+    result = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric)
+    if not data.classes.multilabel:
+        return result, None
+    choice = thresholds.choose(data.y, result.oof, data.fold, metric, cfg.stack.thresholds)
+    return dataclasses.replace(result, fold_scores=choice.fold_scores), choice
 
 
 def cv_key(cfg: PipelineConfig, paths: Paths) -> str | None:
@@ -113,10 +136,10 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
                            data.test_ids, fitted.predict_proba(data.test))
         plots.leaderboard(board, metric, folder / "leaderboard.png")
         plots.confusion(data.y, result.oof, data.classes.names, f"OOF confusion: {fitted.name}",
-                        folder / "confusion.png")
+                        folder / "confusion.png", fitted.thresholds)
 
 
-def _show(board: pd.DataFrame, chosen: str, metric: Metric) -> None:
+def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.Choice | None) -> None:
     direction = "higher" if metric.greater_is_better else "lower"
     n_folds = sum(column.startswith("fold_") for column in board.columns)
     print(f"Stacking leaderboard: {metric.name}, {direction} is better, {n_folds} folds")
@@ -124,3 +147,8 @@ def _show(board: pd.DataFrame, chosen: str, metric: Metric) -> None:
     row = board.set_index("candidate").loc[chosen]
     forced = "" if chosen == board["candidate"].iloc[0] else " (forced)"
     print(f"chosen: {chosen}{forced}, CV {row['cv_mean']:.4f} +/- {row['cv_std']:.4f}")
+    if choice is not None:
+        tried = "".join(f", {mode} CV {cv:.4f}" for mode, cv in choice.cv.items())
+        values = np.unique(choice.values)
+        shown = f"{values[0]:.2f}" if len(values) == 1 else f"{values.min():.2f}..{values.max():.2f}"
+        print(f"thresholds: {choice.mode} ({shown}{tried})")

@@ -42,12 +42,14 @@ class Format:
     """A submission layout.
 
     Attributes:
-        build: ``build(proba, columns) -> values``: from test probabilities (rows in the sample's
-            order, one column per class) to the sample's value ``columns``.
+        build: ``build(proba, columns, thresholds) -> values``: from test probabilities (rows in
+            the sample's order, one column per class) to the sample's value ``columns``;
+            ``thresholds`` (multilabel; None: 0.5) holds each class's threshold in ``proba``'s
+            column order.
         checks: each ``check(values, ids, classes, task)`` raises a SubmissionError.
     """
 
-    build: Callable[[pd.DataFrame, list[str]], pd.DataFrame]
+    build: Callable[[pd.DataFrame, list[str], np.ndarray | None], pd.DataFrame]
     checks: tuple[Callable[[pd.DataFrame, pd.Series, tuple[str, ...], str], None], ...]
 
 
@@ -75,13 +77,13 @@ def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], float | None
     check_same_ids(paths.stack / "test.parquet", chosen.proba.index, ids, sample_path)
     # Exactly what the stack stage scored by CV (its rows already sum to 1 where they must).
     proba = chosen.proba.reindex(ids)
-    submission = build(proba, sample, cfg.data.id_column, cfg.submission.format)
+    submission = build(proba, sample, cfg.data.id_column, cfg.submission.format, chosen.thresholds)
     classes = tuple(chosen.proba.columns)
     validate(submission, sample, id_column=cfg.data.id_column, classes=classes,
              fmt=cfg.submission.format, task=cfg.task)
     path = paths.submissions / f"{cfg.name}-{chosen.name}-cv{chosen.cv_mean:.4f}.csv"
     write_csv(path, submission)
-    local = _local_score(cfg, paths, proba)
+    local = _local_score(cfg, paths, proba, chosen.thresholds)
     entry = {
         "file": path.name, "candidate": chosen.name, "metric": chosen.metric, "cv_mean": chosen.cv_mean,
         "cv_std": chosen.cv_std, "local_lb": local,
@@ -110,14 +112,17 @@ def read_sample(path: Path, id_column: str) -> pd.DataFrame:
     return sample
 
 
-def build(proba: pd.DataFrame, sample: pd.DataFrame, id_column: str, fmt: str) -> pd.DataFrame:
+def build(proba: pd.DataFrame, sample: pd.DataFrame, id_column: str, fmt: str,
+          thresholds: pd.Series | None = None) -> pd.DataFrame:
     """The submission: the sample's ids, then its value columns filled in the format ``fmt``.
 
     Args:
         proba: test probabilities, rows in the sample's order, one column per class.
+        thresholds: multilabel: each class's threshold, indexed by class; None: 0.5.
     """
     columns = [column for column in sample.columns if column != id_column]
-    values = FORMATS[fmt].build(proba, columns)
+    aligned = None if thresholds is None else thresholds.loc[proba.columns].to_numpy(np.float64)
+    values = FORMATS[fmt].build(proba, columns, aligned)
     return pd.concat([sample[[id_column]].reset_index(drop=True), values.reset_index(drop=True)], axis=1)
 
 
@@ -152,25 +157,25 @@ def _one_column(columns: list[str], fmt: str) -> str:
     return columns[0]
 
 
-def _labels(proba: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def _labels(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarray | None) -> pd.DataFrame:
     column = _one_column(columns, "label")
     return pd.DataFrame({column: proba.columns[proba.to_numpy().argmax(axis=1)]})
 
 
-def _multilabels(proba: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def _multilabels(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarray | None) -> pd.DataFrame:
     column = _one_column(columns, "multilabel")
-    chosen = metrics.hard_predictions(proba.to_numpy(), multilabel=True).astype(bool)
+    chosen = metrics.hard_predictions(proba.to_numpy(), multilabel=True, thresholds=thresholds).astype(bool)
     return pd.DataFrame({column: [" ".join(proba.columns[row]) for row in chosen]})
 
 
-def _probabilities(proba: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def _probabilities(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarray | None) -> pd.DataFrame:
     if sorted(columns) != sorted(proba.columns):
         raise SubmissionError(f"format 'probabilities' needs one column per class ({shorten(proba.columns)}); "
                               f"the sample submission has {shorten(columns)}")
     return proba[columns]
 
 
-def _binary(proba: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def _binary(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarray | None) -> pd.DataFrame:
     column = _one_column(columns, "binary")
     if proba.shape[1] != 2:
         raise SubmissionError(f"format 'binary' needs two classes; there are {proba.shape[1]}")
@@ -239,18 +244,17 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame) -> float | None:
-    """The pipeline's metric of ``proba`` against the solution file, if there is one."""
+def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame,
+                 thresholds: pd.Series | None = None) -> float | None:
+    """The pipeline's metric of ``proba`` (multilabel: at ``thresholds``) against the solution
+    file, if there is one."""
     if cfg.data.solution is None:
         return None
     path = paths.data / cfg.data.solution
     if not path.is_file():
         log.warning("%s: solution file not found; no local leaderboard score", path)
         return None
-    id_column, label_column = cfg.data.id_column, cfg.data.label_column
-    solution = tables.read_csv(path, "solution")
-    tables.require_columns(solution, [id_column, label_column], path)
-    labels = solution.set_index(id_column)[label_column]
+    labels = tables.read_solution_labels(cfg, path)
     check_same_ids(path, labels.index, proba.index, paths.data / cfg.data.sample_submission)
     unseen = sorted(set(Classes.from_labels(labels, cfg.task).names) - set(proba.columns))
     if unseen:
@@ -261,4 +265,6 @@ def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame) -> floa
         proba = proba.reindex(columns=[*proba.columns, *unseen], fill_value=0.0)
     classes = Classes(tuple(proba.columns), multilabel=cfg.task == "multilabel")
     y_true = classes.encode(labels.reindex(proba.index), path)
-    return metrics.get(cfg.metric)(y_true, proba.to_numpy())
+    # A class never seen in training is never predicted, whatever its threshold.
+    aligned = None if thresholds is None else thresholds.reindex(proba.columns, fill_value=1.0).to_numpy(np.float64)
+    return metrics.get(cfg.metric)(y_true, proba.to_numpy(), aligned)

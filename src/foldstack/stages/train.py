@@ -1,12 +1,15 @@
-"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It never
-reads the test set: the predict stage (:mod:`foldstack.stages.predict`) predicts it with the
-trained folds, so a new test set trains nothing.
+"""The `train` stage: every model of the pipeline on every fold, then its OOF file. It reads
+the test set only for a pseudo-labelled model (``pseudo_labels``: its teachers' fold-k models
+label the test images its fold k trains on, :mod:`foldstack.training.rounds`); otherwise the
+predict stage (:mod:`foldstack.stages.predict`) predicts it with the trained folds, so a new test
+set trains nothing.
 
 Each fold trains in a process of its own (:mod:`foldstack.runtime.isolate`; the Keras side is
 :mod:`foldstack.training.worker`), so its model's memory is returned before the next fold starts;
-this process never imports Keras. Each finished (model, fold) leaves its ``done.json`` with a
-fingerprint of what produced it; a rerun skips every fold whose fingerprint still matches, and
-an interrupted fold resumes from its last epoch.
+this process never imports Keras. Each finished (model, fold) -- each (model, fold, seed) under
+seed bagging (``fold_task.members``) -- leaves its ``done.json`` with a fingerprint of what
+produced it; a rerun skips every run whose fingerprint still matches, and an interrupted run
+resumes from its last epoch.
 """
 
 from __future__ import annotations
@@ -27,10 +30,19 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.data.labels import Classes
 from foldstack.runtime import isolate
 from foldstack.runtime.memory import memory_mb
-from foldstack.training.fold_task import DEFAULT_WORKERS, WORKER, FoldTask, features_key, recipe_fingerprint
+from foldstack.training.fold_task import (
+    DEFAULT_WORKERS,
+    WORKER,
+    FoldTask,
+    Member,
+    features_key,
+    members,
+    recipe_fingerprint,
+    train_split,
+)
+from foldstack.training.rounds import Teachers, round_fields
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +57,12 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = Classes.from_labels(self.folds["label"], cfg.task)
+        self.classes = tables.classes(cfg, paths, self.folds["label"])
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
+        self.teachers = Teachers(cfg, paths, len(self.classes), self.folds_digest, self.files,
+                                 self.folds["id"].tolist(), self.workers)
 
     def _train_files(self) -> list[str]:
         return folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
@@ -60,57 +74,76 @@ class Trainer:
         models = [self.cfg.model(name) for name in only] if only else list(self.cfg.models)
         k = self.cfg.folds.k
         scores = {}
-        with tqdm(total=sum(m.epochs for m in models) * k, desc="train", unit="epoch") as bar:
+        with tqdm(total=sum(m.epochs * len(members(m, k, self.cfg.seed)) for m in models), desc="train",
+                  unit="epoch") as bar:
             for model in models:
                 scores[model.name] = self.train_model(model, bar)
         return scores
 
     def train_model(self, model: ModelConfig, bar: tqdm) -> float:
-        size = model.image_size
         ids = self.folds["id"].tolist()
-        caches = {"train": self.paths.cache / str(size) / "train.npy"}
-        cached_images(self.files, ids, size, caches["train"], desc="train")
-        fingerprint = recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, self.cfg.seed,
-                                         self.folds_digest)
+        # The model's own size, then each progressive-resizing size (a cache of its own).
+        caches = {}
+        keys = {"train": features_key(model, self.cfg.augment, ids)}
+        for size in [model.image_size, *(step.size for step in model.progressive or [])]:
+            own = None if size == model.image_size else size
+            caches[train_split(own)] = self.paths.cache / str(size) / "train.npy"
+            cached_images(self.files, ids, size, caches[train_split(own)], desc=f"train {size}px")
+            if model.pseudo_labels:  # its folds train on test images too
+                caches[train_split(own, "test")] = self.teachers.cache("test", size)
+        if model.pseudo_labels:
+            keys["test"] = features_key(model, self.cfg.augment, self.teachers.ids("test"))
+        runs = members(model, self.cfg.folds.k, self.cfg.seed)
+        fingerprints = {run: self._fingerprint(model, run) for run in runs}
+        sources = [self.teachers.source_key(model, fold) for fold in range(self.cfg.folds.k)]
         features, features_seconds = None, None
         if model.regime == "features":
             features = self.paths.models / model.name / "features"
             # The backbone pass is needed only while some fold is still to train.
-            if any(fold_done.finished(self._fold_dir(model, f), fingerprint) is None for f in range(self.cfg.folds.k)):
+            if any(fold_done.finished(self._fold_dir(model, run), fingerprints[run], sources[run.fold]) is None
+                   for run in runs):
                 started = time.perf_counter()
-                isolate.call(f"{WORKER}:build_features", model, caches, self.cfg.augment, features,
-                             {"train": features_key(model, self.cfg.augment, ids)}, self.workers)
+                isolate.call(f"{WORKER}:build_features", model, {split: caches[split] for split in keys},
+                             self.cfg.augment, features, keys, self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
-        results = []
-        for fold in range(self.cfg.folds.k):
+        results = {}
+        for run in runs:
             start = bar.n
-            results.append(self._train_fold(model, fold, caches, features, fingerprint, bar))
+            results[run] = self._train_fold(model, run, caches, features, fingerprints[run], bar, sources[run.fold])
             bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
         return self._merge(model, results, features_seconds)
 
-    def _fold_dir(self, model: ModelConfig, fold: int) -> Path:
-        return self.paths.models / model.name / f"fold{fold}"
+    def _fingerprint(self, model: ModelConfig, run: Member) -> str:
+        return recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed, self.folds_digest)
 
-    def _train_fold(self, model: ModelConfig, fold: int, caches: dict[str, Path], features: Path | None,
-                    fingerprint: str, bar: tqdm) -> dict:
-        fold_dir = self._fold_dir(model, fold)
-        done = fold_done.finished(fold_dir, fingerprint)
+    def _fold_dir(self, model: ModelConfig, run: Member) -> Path:
+        return self.paths.models / model.name / run.name
+
+    def _train_fold(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
+                    fingerprint: str, bar: tqdm, source: str | None = None) -> dict:
+        fold = run.fold
+        fold_dir = self._fold_dir(model, run)
+        what = f"{model.name} fold {fold}" + (f" seed {run.seed}" if model.seeds else "")
+        done = fold_done.finished(fold_dir, fingerprint, source)
         if done is not None:
-            tqdm.write(f"skip {model.name} fold {fold}: already trained ({self.cfg.metric} {done['score']:.4f})")
+            tqdm.write(f"skip {what}: already trained ({self.cfg.metric} {done['score']:.4f})")
             return done
         if fold_done.exists(fold_dir):
-            log.info("%s fold %d: its recipe changed, training again", model.name, fold)
-        if fold_dir.exists() and _fingerprint_of(fold_dir) != fingerprint:
-            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe
+            log.info("%s: its recipe or teachers changed, training again", what)
+        trained_by = fingerprint if source is None else f"{fingerprint} {source}"
+        if fold_dir.exists() and _fingerprint_of(fold_dir) != trained_by:
+            shutil.rmtree(fold_dir)  # leftovers (backups, checkpoints) of another recipe or teacher
         fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "fingerprint").write_text(fingerprint)
+        (fold_dir / "fingerprint").write_text(trained_by)
 
         is_valid = (self.folds["fold"] == fold).to_numpy()
         task = FoldTask(
             model=model, task=self.cfg.task, metric=self.cfg.metric, y=self.y, n_classes=len(self.classes),
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
-            caches=caches, fold_dir=fold_dir, seed=self.cfg.seed + fold, workers=self.workers,
+            caches=caches, fold_dir=fold_dir, seed=run.run_seed, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features,
+            **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
+                           self.teachers.predictions),
         )
 
         def tick(val_score: float | None) -> None:
@@ -129,12 +162,14 @@ class Trainer:
 
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
-        done = {"fold": fold, "score": score, "seconds": round(seconds, 2), "fingerprint": fingerprint,
+        done = {"fold": fold, "seed": run.seed, "score": score, "seconds": round(seconds, 2),
+                "fingerprint": fingerprint, "source": source,
+                "pseudo_labelled": None if task.pseudo is None else len(task.pseudo.index),
                 "epochs": _epochs_run(fold_dir), "device": result["device"],
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat
         fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists
-        tqdm.write(f"{model.name} fold {fold}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
+        tqdm.write(f"{what}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         return done
 
     def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
@@ -145,22 +180,55 @@ class Trainer:
         weights = compute_class_weight("balanced", classes=present, y=y)
         return {int(c): float(w) for c, w in zip(present, weights)}
 
-    def _merge(self, model: ModelConfig, results: list[dict], features_seconds: float | None) -> float:
-        """Join the folds into ``oof/<model>.parquet``, with a manifest."""
-        model_dir = self.paths.models / model.name
+    def _merge(self, model: ModelConfig, results: dict[Member, dict], features_seconds: float | None) -> float:
+        """Join the folds into ``oof/<model>.parquet`` (with ``seeds``, each fold's runs averaged),
+        with a manifest that records each seed's scores beside the bagged ones."""
         fold_index = self.folds.set_index("id")
-        oof = pd.concat([
-            predictions.read_oof(self._fold_dir(model, fold) / "oof.parquet", self.classes,
-                                 fold_index[fold_index["fold"] == fold], self.paths.folds)
-            for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
         names = list(self.classes.names)
+        runs = {run: predictions.read_oof(self._fold_dir(model, run) / "oof.parquet", self.classes,
+                                          fold_index[fold_index["fold"] == run.fold], self.paths.folds)
+                for run in results}
+        oof = pd.concat([
+            _mean_oof([table for run, table in runs.items() if run.fold == fold], names)
+            for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
         score = self.metric(self.y, oof[names].to_numpy())
         predictions.write(self.paths.oof / f"{model.name}.parquet", oof.index.to_numpy(), self.classes,
                           oof[names].to_numpy(), fold=oof["fold"].to_numpy())
-        manifest.write(model_dir, self.cfg, model, results, score, features_seconds)
-        fold_scores = ", ".join(f"{r['score']:.4f}" for r in results)
-        tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores})")
+        if model.seeds:
+            folds = [self._bagged_fold(fold, oof, {run: record for run, record in results.items() if run.fold == fold})
+                     for fold in range(self.cfg.folds.k)]
+            per_seed = {seed: self._seed_scores(seed, runs, results) for seed in model.seeds}
+        else:
+            folds, per_seed = list(results.values()), None
+        manifest.write(self.paths.models / model.name, self.cfg, model, folds, score, features_seconds, per_seed)
+        fold_scores = ", ".join(f"{record['score']:.4f}" for record in folds)
+        bagged = f", bagged over seeds {', '.join(map(str, model.seeds))}" if model.seeds else ""
+        tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores}{bagged})")
         return score
+
+    def _bagged_fold(self, fold: int, oof: pd.DataFrame, records: dict[Member, dict]) -> dict:
+        """A fold's manifest record under seed bagging: the score of its runs' mean, their time."""
+        rows = oof[oof["fold"] == fold]
+        return {"fold": fold, "score": self.metric(self.y[self.folds["fold"].to_numpy() == fold],
+                                                   rows[list(self.classes.names)].to_numpy()),
+                "seconds": round(sum(record["seconds"] for record in records.values()), 2),
+                "epochs": sum(record.get("epochs", 0) for record in records.values()),
+                "peak_mb": max((record.get("peak_mb") or 0) for record in records.values()),
+                "rss_mb": max((record.get("rss_mb") or 0) for record in records.values())}
+
+    def _seed_scores(self, seed: int, runs: dict[Member, pd.DataFrame], results: dict[Member, dict]) -> dict:
+        """One seed's CV (its own runs of every fold, not averaged with the other seeds) and runs."""
+        own = pd.concat([table for run, table in runs.items() if run.seed == seed]).loc[self.folds["id"]]
+        return {"cv_score": self.metric(self.y, own[list(self.classes.names)].to_numpy()),
+                "folds": [{key: record.get(key) for key in manifest.FOLD_KEYS}
+                          for run, record in results.items() if run.seed == seed]}
+
+
+def _mean_oof(tables: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """One fold's OOF rows averaged over its runs (seeds): the same ids, each row's mean."""
+    mean = tables[0].copy()
+    mean[names] = np.mean([table.loc[mean.index, names].to_numpy(np.float64) for table in tables], axis=0)
+    return mean
 
 
 def _fingerprint_of(fold_dir: Path) -> str | None:

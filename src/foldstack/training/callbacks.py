@@ -5,8 +5,9 @@ written atomically where a kill could tear a file."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
 import keras
@@ -17,6 +18,61 @@ from foldstack.core.metrics import Metric
 
 #: HDF5 attributes of a best checkpoint: the score and epoch its weights reached.
 SCORE_ATTR, EPOCH_ATTR = "foldstack_val_score", "foldstack_epoch"
+
+
+class EMAWeights(keras.callbacks.Callback):
+    """The optimizer's moving average of the weights (``use_ema``) in the network from the end of
+    each epoch to the start of the next: the callbacks after it score, checkpoint and log the
+    average, and training goes on from the raw weights.
+
+    Listed first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
+    only fixes up the final epoch that ``epochs`` names: a phase that early stopping ends would
+    finish holding its raw weights (``fit`` copies the optimizer's slots, then holding the raw
+    ones, into the network). Here the raw weights wait in host memory and the slots keep the
+    average, so ``fit``'s own finalisation leaves the average in the network however it ends.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._raw: list[np.ndarray] | None = None
+
+    def _pairs(self) -> list[tuple[Any, Any]]:
+        optimizer = self.model.optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+        return list(zip(optimizer._trainable_variables, optimizer._model_variables_moving_average))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        pairs = self._pairs()
+        self._raw = [keras.ops.convert_to_numpy(variable) for variable, _ in pairs]
+        for variable, average in pairs:
+            variable.assign(average)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._restore()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._raw = None  # fit ended with the average in the network, where it stays
+
+    def _restore(self) -> None:
+        if self._raw is not None:
+            for (variable, _), raw in zip(self._pairs(), self._raw):
+                variable.assign(raw)
+            self._raw = None
+
+    @contextmanager
+    def raw_weights(self) -> Iterator[None]:
+        """The raw weights in the network for a while (a backup, from which training resumes)."""
+        if self._raw is None:
+            yield
+            return
+        average = [keras.ops.convert_to_numpy(variable) for variable, _ in self._pairs()]
+        self._restore()
+        try:
+            yield
+        finally:
+            self._raw = [keras.ops.convert_to_numpy(variable) for variable, _ in self._pairs()]
+            for (variable, _), value in zip(self._pairs(), average):
+                variable.assign(value)
 
 
 class FoldScore(keras.callbacks.Callback):
@@ -83,7 +139,13 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's BackupAndRestore, but a kill mid-save keeps the previous complete backup."""
+    """Keras's BackupAndRestore, but a kill mid-save keeps the previous complete backup; with
+    ``ema`` it backs up the raw weights (the average is in the optimizer's slots, saved too),
+    so a resumed run trains on from where the killed one was."""
+
+    def __init__(self, backup_dir: str, ema: EMAWeights | None = None):
+        super().__init__(backup_dir)
+        self.ema = ema
 
     def on_train_begin(self, logs=None):
         # Keras keeps a restored start epoch on the model; a later phase must not inherit it.
@@ -97,7 +159,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
-        save_weights(self.model, Path(self._weights_path))
+        if self.ema is None:
+            save_weights(self.model, Path(self._weights_path))
+        else:
+            with self.ema.raw_weights():
+                save_weights(self.model, Path(self._weights_path))
         write_text(self._training_metadata_path,
                    json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from foldstack.core.config import AugmentConfig, ModelConfig
+from foldstack.contracts import fold_done
+from foldstack.core.config import AugmentConfig, ModelConfig, PipelineConfig
+from foldstack.core.errors import DataError
 from foldstack.core.metrics import one_hot
 
 #: The module whose functions run a task in its own process (by name, through
@@ -28,6 +30,19 @@ DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 #: A fold's best weights, in its folder: written by training, read by prediction and Grad-CAM.
 BEST = "best.weights.h5"
+
+
+@dataclass(frozen=True)
+class PseudoRows:
+    """Test images that join a fold's training rows (pseudo-labels, see ``training.rounds``).
+
+    Attributes:
+        index: their rows in the test image cache (``caches["test"]``).
+        targets: their float32 targets ``(len(index), n_classes)``, hard or soft.
+    """
+
+    index: np.ndarray
+    targets: np.ndarray
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +64,10 @@ class FoldTask:
         workers: input-pipeline threads.
         class_weight: per-class loss weights, or None.
         features: the ``features`` regime's cache folder (see ``training.features``), else None.
+        soft_targets: every row's float32 training target ``(n_rows, n_classes)`` in place of
+            its one-hot label (distillation, see ``training.rounds``), or None; the held-out
+            fold is always scored against ``y``.
+        pseudo: pseudo-labelled test images that join the training rows, or None.
     """
 
     model: ModelConfig
@@ -65,6 +84,8 @@ class FoldTask:
     workers: int = 1
     class_weight: dict[int, float] | None = None
     features: Path | None = None
+    soft_targets: np.ndarray | None = None
+    pseudo: PseudoRows | None = None
 
     @property
     def size(self) -> int:
@@ -72,7 +93,10 @@ class FoldTask:
 
     @property
     def targets(self) -> np.ndarray:
-        """Every row's float32 target for the network: one-hot rows, or the 0/1 matrix."""
+        """Every row's float32 target for the network: one-hot rows (or the 0/1 matrix), or the
+        distilled targets."""
+        if self.soft_targets is not None:
+            return self.soft_targets
         return one_hot(self.y, self.n_classes).astype(np.float32)
 
     def y_true(self, index: np.ndarray) -> np.ndarray:
@@ -114,6 +138,40 @@ class PredictTask:
         return self.model.image_size
 
 
+def train_split(size: int | None, split: str = "train") -> str:
+    """The name of a split's image cache at ``size`` among a task's ``caches``: ``train`` at the
+    model's own size (None), ``train-<size>`` at a progressive-resizing size (``test-<size>``
+    for the pseudo-labelled test images)."""
+    return split if size is None else f"{split}-{size}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One training run of a fold: the fold, its seed and its folder's name under ``models/<m>/``.
+
+    Without ``seeds`` a fold has one member, seeded by the pipeline seed plus the fold, in
+    ``fold<k>`` (the layout before seed bagging). With ``seeds`` it has one per listed seed ``s``,
+    seeded by ``s`` plus the fold, in ``fold<k>-seed<s>`` -- or ``fold<k>`` where ``s`` is the
+    pipeline seed, which is the same run, so bagging keeps a fold already trained.
+    """
+
+    fold: int
+    seed: int
+    name: str
+
+    @property
+    def run_seed(self) -> int:
+        """What seeds the run's weights, shuffling and augmentation."""
+        return self.seed + self.fold
+
+
+def members(model: ModelConfig, k: int, pipeline_seed: int) -> list[Member]:
+    """Every run of the model's ``k`` folds, fold by fold, then by seed in the YAML's order."""
+    seeds = model.seeds or [pipeline_seed]
+    return [Member(fold, seed, f"fold{fold}" if seed == pipeline_seed else f"fold{fold}-seed{seed}")
+            for fold in range(k) for seed in seeds]
+
+
 def features_key(model: ModelConfig, augment: AugmentConfig, ids: list[str]) -> str:
     """What the ``features`` regime's backbone pass over one split depends on: the backbone, its
     weights, the image size, the valid transforms and TTA views, and the split's images. Not the
@@ -128,10 +186,57 @@ def digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
+    """The sha256 of each fold's best weights: the key of what the folds predict."""
+    return [hashlib.sha256((fold_dir / BEST).read_bytes()).hexdigest() for fold_dir in fold_dirs]
+
+
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
                        folds_digest: str) -> str:
     """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
-    Never the test set: a new one is predicted by the trained folds (the predict stage)."""
-    return digest({"model": model.model_dump(mode="json"), "augment": augment.model_dump(mode="json"),
+    Never the test set: a new one is predicted by the trained folds (the predict stage).
+
+    ``seed`` is the run's own (a :class:`Member`'s), not the model's list of ``seeds``: adding a
+    seed to the list trains only the new seed."""
+    return digest({"model": model.model_dump(mode="json", exclude={"seeds"}), "augment": augment.model_dump(mode="json"),
                    "task": task, "metric": metric, "seed": seed, "folds": folds_digest})
 
+
+
+def trained_fold_dirs(cfg: PipelineConfig, models: Path, model: ModelConfig, folds_digest: str) -> tuple[Path, ...]:
+    """Each fold's folder of ``model`` under ``models`` -- each (fold, seed)'s under seed
+    bagging, fold by fold (:func:`members`) -- once it is checked to hold weights of the
+    pipeline's recipe.
+
+    Raises:
+        DataError: a fold is untrained, trained by another recipe, or lacks its weights.
+    """
+    runs = members(model, cfg.folds.k, cfg.seed)
+    dirs = tuple(models / model.name / run.name for run in runs)
+    for run, fold_dir in zip(runs, dirs):
+        fingerprint = recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, run.seed, folds_digest)
+        what = f"fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
+        done = fold_dir / fold_done.NAME
+        if not fold_done.exists(fold_dir):
+            raise DataError(f"{done}: not found: {what} of model {model.name!r} is not trained; "
+                            "run the train stage first")
+        if fold_done.finished(fold_dir, fingerprint) is None:
+            raise DataError(f"{done}: {what} of model {model.name!r} was trained by another recipe "
+                            "(model, augmentation, folds or seed changed since); run the train stage again")
+        if not (fold_dir / BEST).is_file():
+            raise DataError(f"{fold_dir / BEST}: not found; run the train stage again")
+    return dirs
+
+
+def predict_task(cfg: PipelineConfig, models: Path, model: ModelConfig, n_classes: int, images: Path,
+                 fold_dirs: tuple[Path, ...], split: str | None, ids: list[str] | None = None,
+                 workers: int = 1) -> PredictTask:
+    """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``; a ``split``
+    caches the ``features`` regime's backbone pass under its ids' key in the model's folder
+    under ``models``."""
+    cached = model.regime == "features" and split is not None
+    return PredictTask(model=model, task=cfg.task, n_classes=n_classes, augment=cfg.augment,
+                       images=images, fold_dirs=fold_dirs, workers=workers,
+                       features=models / model.name / "features" if cached else None,
+                       features_key=features_key(model, cfg.augment, ids) if cached else None,
+                       split=split or "images")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from typing import Callable
 
 import albumentations as A
 import keras
@@ -18,6 +19,12 @@ import numpy as np
 from foldstack.core.config import AugmentConfig
 from foldstack.runtime.memory import keep_freed_memory
 from foldstack.training.augment import compose
+
+Mix = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+"""``mix(images, targets, rng) -> (images, targets)``: a whole batch mixed (MixUp, CutMix)."""
+
+#: Tells the batch-mixing generator's seed from the augmentation's, drawn from the same three numbers.
+_MIX = 1
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -38,11 +45,14 @@ class ImageBatches(keras.utils.PyDataset):
             ``(seed, epoch, batch)`` in a transform of its thread's own, so a run repeats
             exactly however the worker threads interleave.
         workers: threads that build batches in parallel (Keras's ``PyDataset`` workers).
+        mix: mixes a whole batch of augmented images and their targets
+            (``training.augment.BatchMix``), given a generator seeded by ``(seed, epoch, batch)``;
+            training batches only.
     """
 
     def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,
                  transform: A.Compose | None = None, batch_size: int = 32, shuffle: bool = False,
-                 seed: int = 0, workers: int = 1, **kwargs):
+                 seed: int = 0, workers: int = 1, mix: Mix | None = None, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.images = images
         self.index = np.asarray(index)
@@ -51,6 +61,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.mix = mix
         self._epoch = 0
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(self.index) if shuffle else self.index
@@ -70,7 +81,10 @@ class ImageBatches(keras.utils.PyDataset):
             images = np.stack([transform(image=image)["image"] for image in images])
         if self.targets is None:
             return (images,)
-        return images, self.targets[rows]
+        targets = self.targets[rows]
+        if self.mix is not None:
+            images, targets = self.mix(images, targets, np.random.default_rng([self.seed, self._epoch, batch, _MIX]))
+        return images, targets
 
     def on_epoch_end(self) -> None:
         self._epoch += 1

@@ -18,12 +18,13 @@ from foldstack.training.fold_task import FoldTask
 _ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid"}
 
 
-def create_backbone(model: ModelConfig) -> keras.Model:
-    """The backbone at the model's size; cut at ``cut_layer`` (or its deepest cut point) for ``partial``."""
+def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
+    """The backbone at the model's size (``any_size``: at every size, for progressive resizing);
+    cut at ``cut_layer`` (or its deepest cut point) for ``partial``."""
     cut = None
     if model.regime == "partial":
         cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
-    size = model.image_size
+    size = None if any_size else model.image_size
     return backbones.create(model.backbone, weights=model.weights, include_top=False,
                             input_shape=(size, size, 3), cut_at=cut)
 
@@ -41,11 +42,14 @@ def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: S
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
-                  dense_units: Sequence[int] = ()) -> keras.Model:
+                  dense_units: Sequence[int] = (), any_size: bool = False) -> keras.Model:
     """The backbone, pooled, under a head. ``frozen_statistics`` calls the backbone with
     ``training=False``: its BatchNorm stays in inference mode even once it is unfrozen, so a
-    few small batches never overwrite the ImageNet statistics (the keras-io recipe)."""
-    inputs = keras.Input((task.size, task.size, 3), name="image")
+    few small batches never overwrite the ImageNet statistics (the keras-io recipe).
+    ``any_size``: the input takes images of any size (the backbone must too), which global
+    pooling makes one vector each; the weights are the same as at a fixed size."""
+    size = None if any_size else task.size
+    inputs = keras.Input((size, size, 3), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
@@ -59,14 +63,19 @@ def features_network(task: FoldTask, n_features: int) -> keras.Model:
 
 def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, steps_per_epoch: int,
                 jit_compile: bool | str = False) -> None:
-    """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task."""
+    """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task. With the
+    model's ``ema``, the optimizer keeps a moving average of the weights (``use_ema``), which
+    ``callbacks.EMAWeights`` puts in the network for validation and checkpoints."""
     total = max(1, epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr * 0.01, decay_steps=max(1, total - warmup), alpha=0.01,
         warmup_target=lr, warmup_steps=warmup)
     loss_type = keras.losses.BinaryCrossentropy if task.task == "multilabel" else keras.losses.CategoricalCrossentropy
-    network.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=task.model.weight_decay),
+    ema = task.model.ema
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
+                                       ema_momentum=ema.decay if ema else 0.99)
+    network.compile(optimizer=optimizer,
                     loss=loss_type(label_smoothing=task.model.label_smoothing), jit_compile=jit_compile)
 
 

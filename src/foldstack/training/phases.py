@@ -11,16 +11,18 @@ short resumes from its last backed-up epoch (Keras's ``BackupAndRestore``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import keras
 
 from foldstack.contracts import training_log
+from foldstack.core.config import ResizeStep
 from foldstack.core.metrics import Metric
 from foldstack.training.callbacks import (
     AtomicBackupAndRestore,
     BestCheckpoint,
+    EMAWeights,
     FoldScore,
     ResumableCSVLogger,
     save_weights,
@@ -43,12 +45,33 @@ class Phase:
         lr: its peak learning rate.
         backbone: what of the backbone trains: None (frozen), ``"all"``, the top N layers, or
             every layer from a named one on. Ignored by a network without a backbone.
+        size: the training images' size, or None for the model's ``image_size`` (progressive
+            resizing, :func:`resized`). Validation is always at ``image_size``.
     """
 
     name: str
     epochs: int
     lr: float
     backbone: str | int | None = "all"
+    size: int | None = None
+
+
+def resized(phases: Sequence[Phase], steps: Sequence[ResizeStep]) -> list[Phase]:
+    """``phases`` cut where progressive resizing changes size: the first ``steps[0].epochs``
+    epochs of the schedule at ``steps[0].size``, and so on; the epochs after the steps at the
+    model's own size. A phase that spans a change becomes one phase per size, each a ``fit`` of
+    its own (named ``<name>-<size>px`` below the final size) that compiles afresh, as fastai's
+    progressive resizing fine-tunes once per size."""
+    sizes = [size for step in steps for size in [step.size] * step.epochs]
+    out = []
+    first = 0
+    for phase in phases:
+        epoch_sizes = [sizes[e] if e < len(sizes) else None for e in range(first, first + phase.epochs)]
+        first += phase.epochs
+        for size in dict.fromkeys(epoch_sizes):
+            name = phase.name if size is None else f"{phase.name}-{size}px"
+            out.append(replace(phase, name=name, epochs=epoch_sizes.count(size), size=size))
+    return out
 
 
 @dataclass
@@ -59,8 +82,9 @@ class Plan:
         network: the model that trains, end to end.
         backbone: the backbone inside it whose trainable layers the phases set, or None.
         phases: what to train, in order.
-        train: makes each phase's training data, as ``fit``'s keywords (``x`` a batch sequence,
-            or ``x``, ``y``, ``batch_size`` and ``shuffle`` for arrays).
+        train: makes a phase's training data (at its size; without a phase, the model's own), as
+            ``fit``'s keywords (``x`` a batch sequence, or ``x``, ``y``, ``batch_size`` and
+            ``shuffle`` for arrays).
         steps: batches per epoch (for the learning-rate schedule).
         valid: what ``predict`` takes for the held-out fold's score each epoch.
     """
@@ -68,7 +92,7 @@ class Plan:
     network: keras.Model
     backbone: keras.Model | None
     phases: Sequence[Phase]
-    train: Callable[[], dict[str, Any]]
+    train: Callable[[Phase | None], dict[str, Any]]
     steps: int
     valid: Any
 
@@ -96,7 +120,7 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
     if plan.backbone is not None:
         set_trainable(plan.backbone, phase.backbone)
     compile_for(task, plan.network, phase.lr, phase.epochs, plan.steps, jit_compile)
-    plan.network.fit(**plan.train(), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
+    plan.network.fit(**plan.train(phase), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
                      class_weight=task.class_weight,
                      callbacks=_phase_callbacks(task, plan, phase, first_epoch, metric, best, callbacks))
     save_weights(plan.network, done)
@@ -104,12 +128,14 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
 
 def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metric: Metric,
                      best: BestCheckpoint, callbacks: Sequence[keras.callbacks.Callback]) -> list:
-    """Score first (the others read its ``val_score``), then the best checkpoint shared by every
-    phase, early stopping, the log, the backup (a backed-up epoch is fully logged), then the
-    caller's."""
+    """The EMA weights first (with ``ema``: what the others see at an epoch's end), score (the
+    others read its ``val_score``), then the best checkpoint shared by every phase, early
+    stopping, the log, the backup (a backed-up epoch is fully logged), then the caller's."""
     mode = "max" if metric.greater_is_better else "min"
-    backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"))
+    ema = EMAWeights() if task.model.ema else None
+    backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"), ema=ema)
     return [
+        *([ema] if ema else []),
         FoldScore(plan.valid, task.y_true(task.valid_index), metric),
         best,
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),

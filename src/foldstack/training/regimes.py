@@ -24,12 +24,13 @@ import numpy as np
 
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
-from foldstack.training.augment import compose
+from foldstack.training.augment import BatchMix, compose
 from foldstack.training.features import FeatureCache
-from foldstack.training.fold_task import BEST, FoldTask, PredictTask
+from foldstack.training.fold_task import BEST, FoldTask, PredictTask, train_split
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
-from foldstack.training.phases import Phase, Plan, fit_phases
+from foldstack.training.phases import Phase, Plan, fit_phases, resized
+from foldstack.training.rounds import n_training_rows, training_rows
 
 Predict = Callable[[str, np.ndarray], np.ndarray]
 """``predict(split, index) -> probabilities``, averaged over the TTA views."""
@@ -39,14 +40,14 @@ Images = dict[str, np.ndarray]
 
 
 def scratch(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
-    network, backbone = image_network(task)
+    network, backbone = image_network(task, any_size=bool(task.model.progressive))
     phases = [Phase("all", task.model.epochs, task.model.lr, backbone="all")]
     return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
 
 
 def finetune(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     model = task.model
-    network, backbone = image_network(task)
+    network, backbone = image_network(task, any_size=bool(model.progressive))
     head_epochs = min(model.head_epochs, model.epochs)
     phases = []
     if head_epochs:
@@ -57,20 +58,22 @@ def finetune(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
 
 
 def partial(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
-    network, backbone = image_network(task)
+    network, backbone = image_network(task, any_size=bool(task.model.progressive))
     phases = [Phase("head", task.model.epochs, task.model.lr, backbone=None)]
     return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
 
 
-def image_network(task: FoldTask | PredictTask) -> tuple[keras.Model, keras.Model]:
+def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple[keras.Model, keras.Model]:
     """The network of an image regime (``scratch``, ``finetune``, ``partial``) and its backbone.
 
     ``scratch`` lets BatchNorm learn the new images' statistics; the others keep the backbone's.
+    ``any_size``: it takes images of every size (progressive resizing trains it so; prediction
+    builds it at ``image_size``, with the same weights).
     """
     model = task.model
-    backbone = create_backbone(model)
+    backbone = create_backbone(model, any_size)
     network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.dense_units if model.regime == "partial" else ())
+                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size)
     return network, backbone
 
 
@@ -78,15 +81,17 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     if task.features is None:
         raise ValueError("the features regime needs task.features (the feature cache's folder)")
     cache = FeatureCache.load(task.features, list(images), len(task.augment.tta))
-    # Every TTA view of a training image is a training row of its own.
-    train_x = np.concatenate([view[task.train_index] for view in cache.views("train")])
-    train_y = np.concatenate([task.targets[task.train_index]] * len(task.augment.tta))
+    # Every TTA view of a training image (and of a pseudo-labelled test image) is a training row of its own.
+    test_views = cache.views("test") if task.pseudo is not None else [None] * len(task.augment.tta)
+    rows = [training_rows(task, view, test) for view, test in zip(cache.views("train"), test_views)]
+    train_x = np.concatenate([array[index] for array, index, _ in rows])
+    train_y = np.concatenate([targets[index] for _, index, targets in rows])
     network = features_network(task, train_x.shape[1])
     batch_size = task.model.batch_size
     plan = Plan(
         network=network, backbone=None,
         phases=[Phase("all", task.model.epochs, task.model.lr, backbone=None)],
-        train=lambda: {"x": train_x, "y": train_y, "batch_size": batch_size, "shuffle": True},
+        train=lambda phase=None: {"x": train_x, "y": train_y, "batch_size": batch_size, "shuffle": True},
         steps=math.ceil(len(train_x) / batch_size),
         # The first view's features are the plain image; validation scores it like the other regimes.
         valid=cache.views("train")[0][task.valid_index],
@@ -153,17 +158,25 @@ def without_pretrained(task: FoldTask | PredictTask) -> FoldTask | PredictTask:
 
 def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: keras.Model,
                 phases: list[Phase]) -> Plan:
-    """A plan that trains on augmented batches of the image cache; each phase gets fresh batches."""
+    """A plan that trains on augmented batches of the image cache; each phase gets fresh batches,
+    at its own size under progressive resizing (validation stays at ``image_size``)."""
     batch_size = task.model.batch_size
-    return Plan(network=network, backbone=backbone, phases=phases, train=lambda: {"x": train_batches(task, images)},
-                steps=math.ceil(len(task.train_index) / batch_size),
+    if task.model.progressive:
+        phases = resized(phases, task.model.progressive)
+    return Plan(network=network, backbone=backbone, phases=phases,
+                train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
+                steps=math.ceil(n_training_rows(task) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
 
 
-def train_batches(task: FoldTask, images: Images) -> ImageBatches:
-    """Shuffled, augmented batches of the fold's training rows, seeded by the fold's seed."""
-    return ImageBatches(images["train"], task.train_index, task.targets, compose(task.augment.train),
-                        batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers)
+def train_batches(task: FoldTask, images: Images, size: int | None = None) -> ImageBatches:
+    """Shuffled, augmented (and, as the model says, mixed) batches of the fold's training rows
+    (and pseudo-labelled test images) at ``size`` (None: ``image_size``), seeded by the fold's
+    seed."""
+    array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")))
+    return ImageBatches(array, index, targets, compose(task.augment.train),
+                        batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
+                        mix=BatchMix.of(task.model))
 
 
 def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:

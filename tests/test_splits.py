@@ -1,0 +1,133 @@
+"""Folds: iterative multilabel stratification, stratified grouped folds, and their bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_config
+from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+from foldstack.core.config import ConfigError
+from foldstack.core.errors import DataError
+from foldstack.core.paths import Paths
+from foldstack.data import splits
+from foldstack.data.labels import join_labels, split_labels
+
+K = 5
+
+
+def positives_per_fold(y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """``(n_labels, K)``: each label's positive rows in each fold."""
+    return np.stack([y[fold == k].sum(axis=0) for k in range(K)], axis=1)
+
+
+def multilabel_table(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Six labels from common to rare, space-separated as imet writes them, and their matrix."""
+    rng = np.random.default_rng(seed)
+    names = np.array(["a", "b", "c", "d", "e", "f"])
+    y = (rng.random((n, len(names))) < [0.5, 0.3, 0.15, 0.08, 0.05, 0.03]).astype(int)
+    labels = [join_labels(names[row == 1]) for row in y]
+    return pd.DataFrame({"id": [f"i{i}" for i in range(n)], "label": labels}), y
+
+
+def test_multilabel_folds_balance_every_label_better_than_first_label_strata() -> None:
+    """Iterative stratification spreads each label's positives within one of even; the old
+    strata (each row's first label) balanced the first label only, and left later ones uneven."""
+    table, y = multilabel_table()
+    fold = splits.make_folds(table, K, seed=0, task="multilabel").to_numpy()
+    assert sorted(np.bincount(fold)) == [60] * K
+    new = np.ptp(positives_per_fold(y, fold), axis=1)
+
+    old_strata = split_labels(table["label"]).str[0].fillna("")
+    old = np.zeros(len(table), int)
+    for k, (_, valid) in enumerate(StratifiedKFold(K, shuffle=True, random_state=0).split(table, old_strata)):
+        old[valid] = k
+    before = np.ptp(positives_per_fold(y, old), axis=1)
+
+    assert new.max() <= 1, new
+    assert before.max() >= 3 and new.sum() < before.sum(), (new, before)
+    again = splits.make_folds(table, K, seed=0, task="multilabel").to_numpy()
+    assert (fold == again).all()  # the same folds on every run for the same seed
+
+
+def test_multilabel_labels_rarer_than_the_folds_are_allowed_and_named(caplog) -> None:
+    table = pd.DataFrame({"id": [f"i{i}" for i in range(12)], "label": ["a"] * 8 + ["a b"] * 2 + ["c", ""]})
+    fold = splits.make_folds(table, 3, seed=0, task="multilabel")
+    assert sorted(fold.unique()) == [0, 1, 2]
+    assert "2 label(s) have fewer positives than the 3 folds" in caplog.text
+
+
+def patients(seed: int = 0) -> tuple[pd.DataFrame, pd.Series, np.ndarray]:
+    """siim-isic in small: 150 patients with 1 to 7 images each, a few melanomas, some patients
+    with more than one."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 8, 150)
+    groups = pd.Series(np.repeat([f"IP_{i:04d}" for i in range(len(sizes))], sizes))
+    target = np.zeros(len(groups), int)
+    sick = rng.choice(len(sizes), 12, replace=False)
+    for patient in sick:  # one to three melanomas among a sick patient's images
+        rows = np.flatnonzero(groups == f"IP_{patient:04d}")
+        target[rng.choice(rows, min(len(rows), rng.integers(1, 4)), replace=False)] = 1
+    table = pd.DataFrame({"id": [f"ISIC_{i:07d}" for i in range(len(groups))], "label": target.astype(str)})
+    return table, groups, target
+
+
+def test_stratified_grouped_folds_keep_patients_whole_and_spread_rare_positives() -> None:
+    table, groups, target = patients()
+    fold = splits.make_folds(table, K, seed=0, task="binary", strategy="stratified_grouped", groups=groups)
+    assert fold.groupby(groups).nunique().max() == 1  # no patient in two folds
+    spread = np.ptp(np.bincount(fold[target == 1], minlength=K))
+
+    grouped = np.zeros(len(table), int)  # GroupKFold alone, as `grouped` does
+    for k, (_, valid) in enumerate(GroupKFold(K, shuffle=True, random_state=0).split(table, groups=groups)):
+        grouped[valid] = k
+    assert pd.Series(grouped).groupby(groups).nunique().max() == 1
+    grouped_spread = np.ptp(np.bincount(grouped[target == 1], minlength=K))
+    # Sick patients hold up to three melanomas, so one or two apart is as even as whole patients allow.
+    assert spread <= 2 < 6 <= grouped_spread, (spread, grouped_spread)
+
+
+def test_stratified_grouped_multilabel_strata_are_each_rows_rarest_label() -> None:
+    labels = pd.Series(["common", "common|rare", "common|mid", "mid|rare", "", "mid", "common", "tie1|tie2"])
+    # common: 4 rows, mid: 3, rare: 2, tie1 and tie2: 1 each (a tie goes to the name).
+    assert splits.strata(labels, "multilabel").tolist() == ["common", "rare", "mid", "rare", "", "mid", "common",
+                                                           "tie1"]
+    table, y = multilabel_table(n=200, seed=1)
+    groups = pd.Series(np.arange(len(table)) // 2).astype(str)  # pairs of rows share a group
+    fold = splits.make_folds(table, K, seed=0, task="multilabel", strategy="stratified_grouped", groups=groups)
+    assert fold.groupby(groups).nunique().max() == 1
+    assert positives_per_fold(y, fold.to_numpy())[-1].min() >= 1  # the rarest label reaches every fold
+
+
+def test_grouped_strategies_need_enough_groups() -> None:
+    table, groups, _ = patients()
+    few = groups.where(groups < "IP_0003", "IP_0003")
+    with pytest.raises(DataError, match=r"folds.group_column: 4 group\(s\), fewer than the 5 folds"):
+        splits.make_folds(table, K, seed=0, task="binary", strategy="stratified_grouped", groups=few)
+    with pytest.raises(DataError, match=r"folds.group_column: \d+ row\(s\) of groups for \d+ training images"):
+        splits.make_folds(table, K, seed=0, task="binary", strategy="grouped", groups=groups.iloc[1:])
+
+
+@pytest.mark.parametrize(("column", "cells", "message"), [
+    ("PatientID", ["p1", "p2"], r"train.csv: no group column 'patient_id' \(folds.group_column\); columns are "
+                                r"'image_name', 'target', 'PatientID'"),
+    ("patient_id", ["p1", " "], r"train.csv: row 3 has an empty 'patient_id' \(folds.group_column\)"),
+])
+def test_a_missing_or_empty_group_column_is_one_line_naming_the_file(tmp_path: Path, column: str, cells: list[str],
+                                                                      message: str) -> None:
+    cfg = make_config(folds={"k": 2, "strategy": "stratified_grouped", "group_column": "patient_id"})
+    paths = Paths.for_pipeline("tiny", tmp_path)
+    paths.data.mkdir(parents=True)
+    pd.DataFrame({"image_name": ["a", "b"], "target": ["0", "1"], column: cells}).to_csv(
+        paths.data / "train.csv", index=False)
+    with pytest.raises(DataError, match=message):
+        splits.read_groups(cfg, paths)
+
+
+def test_grouped_strategies_need_a_group_column_in_the_yaml() -> None:
+    with pytest.raises(ConfigError, match=r"folds = .*strategy 'stratified_grouped' needs group_column"):
+        make_config(folds={"k": 2, "strategy": "stratified_grouped"})
+    assert make_config(folds={"strategy": "stratified_grouped", "group_column": "PatientID"}).folds.k == 5
