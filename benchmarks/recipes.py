@@ -76,8 +76,8 @@ def stack_keys(**keys) -> Callable[[dict], dict]:
 
 
 def students(key: str, **settings) -> Callable[[dict], dict]:
-    """A second round: after the models, a student of each (same architecture and settings)
-    trained with ``key`` (``pseudo_labels`` or ``distill``) from every first-round model.
+    """A second round: after the models, a student of the first one (same architecture and
+    settings) trained with ``key`` (``pseudo_labels`` or ``distill``) from every first-round model.
 
     "Off" is the first round alone: a student without the recipe would be its teacher again (the
     same seed, the same weights), so it would add nothing to the stack.
@@ -85,8 +85,8 @@ def students(key: str, **settings) -> Callable[[dict], dict]:
     def on(cfg: dict) -> dict:
         cfg = copy.deepcopy(cfg)
         teachers = [model["name"] for model in cfg["models"]]
-        cfg["models"] += [{**copy.deepcopy(model), "name": f"{model['name']}_{key}",
-                           key: {"from": teachers, **settings}} for model in cfg["models"]]
+        first = copy.deepcopy(cfg["models"][0])
+        cfg["models"].append({**first, "name": f"{first['name']}_{key}", key: {"from": teachers, **settings}})
         return cfg
     return on
 
@@ -107,19 +107,19 @@ def progressive(cfg: dict) -> dict:
 
 
 RECIPES = (
+    Recipe("caruana", "stack: Caruana's selection on accuracy (forced) vs the best of "
+           + ", ".join(BASE_CANDIDATES), stack_keys(candidates=[*BASE_CANDIDATES, "caruana"], force="caruana"),
+           trains=False),
     Recipe("mixup", "every model: `mixup: {alpha: 0.2, p: 0.5}`", every_model(mixup={"alpha": 0.2, "p": 0.5})),
     Recipe("cutmix", "every model: `cutmix: {alpha: 1.0, p: 0.5}`", every_model(cutmix={"alpha": 1.0, "p": 0.5})),
     # ~5 steps an epoch here: a decay of 0.999 would average mostly the initial weights.
     Recipe("ema", "every model: `ema: {decay: 0.9}`", every_model(ema={"decay": 0.9})),
-    Recipe("seeds", "every model: `seeds:` 3 seeds (3x the training)", bagged(3)),
     Recipe("progressive", "every model: first third of the epochs at 8 px", progressive),
-    Recipe("pseudo_labels", "a student of each model, `pseudo_labels: {from: [both], threshold: 0.9}`",
+    Recipe("pseudo_labels", "a student of cnn16, `pseudo_labels: {from: [cnn16, cnn12], threshold: 0.9}`",
            students("pseudo_labels", threshold=0.9)),
-    Recipe("distill", "a student of each model, `distill: {from: [both], alpha: 0.5}`",
+    Recipe("distill", "a student of cnn16, `distill: {from: [cnn16, cnn12], alpha: 0.5}`",
            students("distill", alpha=0.5)),
-    Recipe("caruana", "stack: Caruana's selection on accuracy (forced) vs the best of "
-           + ", ".join(BASE_CANDIDATES), stack_keys(candidates=[*BASE_CANDIDATES, "caruana"], force="caruana"),
-           trains=False),
+    Recipe("seeds", "every model: `seeds:` 2 seeds (2x the training)", bagged(2)),
 )
 
 
@@ -185,36 +185,38 @@ def known(raw: dict) -> str:
     return ""
 
 
-def measure(recipes: list[Recipe], seeds: tuple[int, ...], folder: Path) -> list[Row]:
-    """Every recipe on and off over ``seeds``; the "off" run is shared by every recipe of a seed."""
+def measure(recipes: list[Recipe], seeds: tuple[int, ...], folder: Path,
+            done: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
+    """Every recipe on and off over ``seeds``, one recipe after the other (``done`` is called
+    after each, with the rows so far); a seed's "off" run is trained once and shared."""
     from foldstack.core.paths import Paths
     from foldstack.pipeline import parse_pipeline
     from foldstack.stages import download
 
-    rows = [Row(recipe) for recipe in recipes]
     shared = Paths.for_pipeline(parse_pipeline(base_config(seeds[0])).name, folder / "shared")
     download.run(parse_pipeline(base_config(seeds[0])), shared)
-    for seed in seeds:
-        off_raw = base_config(seed)
-        off_root = folder / f"seed{seed}" / "off"
-        print(f"seed {seed}: every recipe off", flush=True)
-        off = run_pipeline(off_raw, off_root, shared.data, ("folds", "train", "predict", "stack"))
-        for row in rows:
-            on_raw = row.recipe.on(off_raw)
-            row.note = known(on_raw)
-            if row.note:
-                continue
-            print(f"seed {seed}: {row.recipe.name} on", flush=True)
-            if row.recipe.trains:
-                on = run_pipeline(on_raw, folder / f"seed{seed}" / row.recipe.name, shared.data,
-                                  ("folds", "train", "predict", "stack"))
-                row.off.append(off)
+    offs: dict[int, Outcome] = {}
+    rows = []
+    for recipe in recipes:
+        row = Row(recipe)
+        rows.append(row)
+        row.note = known(recipe.on(base_config(seeds[0])))
+        for seed in seeds if not row.note else ():
+            off_raw, off_root = base_config(seed), folder / f"seed{seed}" / "off"
+            if seed not in offs:
+                print(f"seed {seed}: every recipe off", flush=True)
+                offs[seed] = run_pipeline(off_raw, off_root, shared.data, ("folds", "train", "predict", "stack"))
+            print(f"seed {seed}: {recipe.name} on", flush=True)
+            if recipe.trains:
+                row.off.append(offs[seed])
+                row.on.append(run_pipeline(recipe.on(off_raw), folder / f"seed{seed}" / recipe.name, shared.data,
+                                           ("folds", "train", "predict", "stack")))
             else:
-                on = run_pipeline(on_raw, off_root, shared.data, ("stack",))
                 # Level two alone: both sides pay the same training; compare the stacks' seconds.
+                row.on.append(run_pipeline(recipe.on(off_raw), off_root, shared.data, ("stack",)))
                 stack_off = run_pipeline(off_raw, off_root, shared.data, ("stack",))
-                row.off.append(Outcome(off.cv, off.local, stack_off.seconds))
-            row.on.append(on)
+                row.off.append(Outcome(offs[seed].cv, offs[seed].local, stack_off.seconds))
+        done(rows)
     return rows
 
 
@@ -258,10 +260,14 @@ def run(folder: Path, names: list[str] | None = None, seeds: tuple[int, ...] = S
     """Measure the recipes called ``names`` (default: all) and return the Markdown table."""
     recipes = [r for r in RECIPES if names is None or r.name in names]
     started = time.perf_counter()
-    rows = measure(recipes, seeds, folder)
-    minutes = (time.perf_counter() - started) / 60
-    return (f"{machine()}; digits-hard, seeds {', '.join(map(str, seeds))}; whole run {minutes:.1f} min\n\n"
-            + table(rows))
+
+    def heading() -> str:
+        minutes = (time.perf_counter() - started) / 60
+        return f"{machine()}; digits-hard, seeds {', '.join(map(str, seeds))}; {minutes:.1f} min so far"
+
+    # The table so far after each recipe: a run cut short still leaves its finished rows.
+    rows = measure(recipes, seeds, folder, done=lambda rows: print(f"\n{heading()}\n\n{table(rows)}\n", flush=True))
+    return f"{heading()}\n\n{table(rows)}"
 
 
 def main(argv: list[str] | None = None) -> None:
