@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import logging
 import statistics
 import tempfile
@@ -185,6 +187,18 @@ def known(raw: dict) -> str:
     return ""
 
 
+def off_outcome(raw: dict, root: Path, data: Path, seed: int) -> Outcome:
+    """The "off" run of ``seed``: measured once, kept in ``root/outcome.json`` for later runs of
+    other recipes (its seconds are those of the run that trained it, not of a rerun that skips)."""
+    kept = root / "outcome.json"
+    if kept.is_file():
+        return Outcome(**json.loads(kept.read_text()))
+    print(f"seed {seed}: every recipe off", flush=True)
+    outcome = run_pipeline(raw, root, data, ("folds", "train", "predict", "stack"))
+    kept.write_text(json.dumps(dataclasses.asdict(outcome)))
+    return outcome
+
+
 def measure(recipes: list[Recipe], seeds: tuple[int, ...], folder: Path,
             done: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
     """Every recipe on and off over ``seeds``, one recipe after the other (``done`` is called
@@ -204,8 +218,7 @@ def measure(recipes: list[Recipe], seeds: tuple[int, ...], folder: Path,
         for seed in seeds if not row.note else ():
             off_raw, off_root = base_config(seed), folder / f"seed{seed}" / "off"
             if seed not in offs:
-                print(f"seed {seed}: every recipe off", flush=True)
-                offs[seed] = run_pipeline(off_raw, off_root, shared.data, ("folds", "train", "predict", "stack"))
+                offs[seed] = off_outcome(off_raw, off_root, shared.data, seed)
             print(f"seed {seed}: {recipe.name} on", flush=True)
             if recipe.trains:
                 row.off.append(offs[seed])
