@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 from benchmarks import machine, table  # noqa: E402
 
-BENCHES = ("loader", "training", "regimes", "stacking")
+BENCHES = ("loader", "training", "regimes", "stacking", "executors")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +60,9 @@ def _run(name: str, folder: Path, args: argparse.Namespace):
     if name == "stacking":
         from benchmarks import stacking
         return stacking.run(args.stack_rows)
+    if name == "executors":
+        from benchmarks import executors
+        return executors.run(folder)
     from benchmarks import e2e
     return e2e.run(folder)
 

@@ -22,6 +22,7 @@ def known() -> Known:
         metrics=metrics.names(),
         candidates=candidates.names(),
         check_augment=compose,
+        grade_metrics=[name for name in metrics.names() if metrics.get(name).on_grades],
     )
 
 

@@ -1,5 +1,6 @@
 """Prediction files: ``oof/<model>.parquet`` (``id, fold``, then one probability column per
-class) and ``test/<model>.parquet`` (``id``, then the same class columns) with its key
+class; for an ordinal task the one column ``score`` instead, see
+:attr:`~foldstack.data.labels.Classes.columns`) and ``test/<model>.parquet`` (``id``, then the same class columns) with its key
 ``test/<model>.key`` (what made it), and the per-fold files of the same shapes under
 ``models/<model>/fold<k>/``.
 
@@ -25,8 +26,9 @@ from foldstack.data.labels import Classes
 
 
 def frame(ids: np.ndarray, classes: Classes, proba: np.ndarray, fold: np.ndarray | int | None = None) -> pd.DataFrame:
-    """A predictions table: ``id``, ``fold`` (OOF only), then one float64 column per class."""
-    table = pd.DataFrame(np.asarray(proba, dtype=np.float64), columns=list(classes.names))
+    """A predictions table: ``id``, ``fold`` (OOF only), then one float64 column per class (or
+    ``score``)."""
+    table = pd.DataFrame(np.asarray(proba, dtype=np.float64), columns=list(classes.columns))
     table.insert(0, "id", ids)
     if fold is not None:
         table.insert(1, "fold", fold)
@@ -37,7 +39,7 @@ def write(path: Path, ids: np.ndarray, classes: Classes, proba: np.ndarray,
           fold: np.ndarray | int | None = None) -> None:
     """Write OOF (with ``fold``) or test (without) predictions, checked first."""
     table = frame(ids, classes, proba, fold)
-    _check_probabilities(path, table.set_index("id")[list(classes.names)])
+    _check_values(path, table.set_index("id")[list(classes.columns)], classes)
     write_parquet(path, table)
 
 
@@ -62,9 +64,9 @@ class LevelTwoData:
         ids: training ids in folds.csv order.
         fold: each training id's fold.
         y: class indices ``(n,)``, or for multilabel a 0/1 matrix ``(n, C)``.
-        oof: OOF probabilities ``(n, n_models, C)``.
+        oof: OOF probabilities ``(n, n_models, C)`` (ordinal: scores ``(n, n_models, 1)``).
         test_ids: test ids in the first model's order.
-        test: test probabilities ``(n_test, n_models, C)``.
+        test: test probabilities ``(n_test, n_models, C)`` (ordinal: ``(n_test, n_models, 1)``).
     """
 
     models: tuple[str, ...]
@@ -85,11 +87,11 @@ def load_level_two(cfg: PipelineConfig, paths: Paths) -> LevelTwoData:
             folds, or holds a value that is not a probability; the message names file and id.
     """
     folds = folds_file.read(paths.folds, cfg.folds.k).set_index("id")
-    classes = tables.classes(cfg, paths, folds["label"])
+    classes = tables.classes(cfg, paths, folds["label"], paths.folds)
     models = tuple(model.name for model in cfg.models)
     oof = [read_oof(paths.oof / f"{model}.parquet", classes, folds, paths.folds) for model in models]
     test_ids, test = load_test(paths, models, classes)
-    names = list(classes.names)
+    names = list(classes.columns)
     return LevelTwoData(
         models=models,
         classes=classes,
@@ -108,7 +110,7 @@ def load_test(paths: Paths, models: tuple[str, ...], classes: Classes) -> tuple[
     # Test ids have no folds.csv to agree with: every model must agree with the first one.
     first = paths.test / f"{models[0]}.parquet"
     test_ids = read_predictions(first, classes).index
-    names = list(classes.names)
+    names = list(classes.columns)
     tables = [read_predictions(paths.test / f"{model}.parquet", classes, expected=test_ids, reference=first)
               for model in models]
     return test_ids.to_numpy(), np.stack([table[names].to_numpy(np.float64) for table in tables], axis=1)
@@ -119,8 +121,8 @@ def read_predictions(path: Path, classes: Classes, *, extra: tuple[str, ...] = (
     """A predictions parquet indexed by id (strings), checked and reindexed to ``expected``.
 
     Args:
-        path: the parquet file: ``id``, the ``extra`` columns, then one column per class.
-        classes: the classes whose columns it must hold, no more, no less.
+        path: the parquet file: ``id``, the ``extra`` columns, then one column per class (or ``score``).
+        classes: the classes whose columns (:attr:`Classes.columns`) it must hold, no more, no less.
         expected: the ids it must hold exactly; the result follows their order.
         reference: the file ``expected`` came from, for messages.
     """
@@ -129,20 +131,20 @@ def read_predictions(path: Path, classes: Classes, *, extra: tuple[str, ...] = (
         raise DataError(f"{path}: not found; run the {stage} stage first")
     table = pd.read_parquet(path)
     table.columns = [str(column) for column in table.columns]
-    names = list(classes.names)
+    names = list(classes.columns)
     wanted = ["id", *extra, *names]
+    kind = "an ordinal task's one column: score" if classes.ordinal else f"classes: {shorten(names)}"
     missing = [column for column in wanted if column not in table.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {shorten(missing)}; classes: {shorten(names)}")
+        raise DataError(f"{path}: missing column(s) {shorten(missing)}; {kind}")
     unexpected = [column for column in table.columns if column not in wanted]
     if unexpected:
-        raise DataError(f"{path}: column(s) {shorten(unexpected)} are not classes of folds.csv; "
-                        f"classes: {shorten(names)}")
+        raise DataError(f"{path}: column(s) {shorten(unexpected)} are not classes of folds.csv; {kind}")
     table = _index_by_id(table.assign(id=table["id"].astype(str)), path)
     if expected is not None:
         check_same_ids(path, table.index, expected, reference)
         table = table.reindex(expected)
-    _check_probabilities(path, table[names])
+    _check_values(path, table[names], classes)
     return table
 
 
@@ -177,7 +179,14 @@ def check_same_ids(path: Path, got: pd.Index, expected: pd.Index, reference: Pat
         raise DataError(f"{path}: {len(extra)} id(s) not in {reference}, e.g. {extra[0]!r}")
 
 
-def _check_probabilities(path: Path, values: pd.DataFrame) -> None:
+def _check_values(path: Path, values: pd.DataFrame, classes: Classes) -> None:
+    """Probabilities in [0, 1]; an ordinal score, a finite number (never read as a probability)."""
+    if classes.ordinal:
+        array = values.to_numpy(np.float64)[:, 0]
+        bad = np.flatnonzero(~np.isfinite(array))
+        if len(bad):
+            raise DataError(f"{path}: id {values.index[bad[0]]!r}: score {array[bad[0]]} is not a finite number")
+        return
     bad = first_non_probability(values)
     if bad is not None:
         row, column, value = bad

@@ -3,8 +3,10 @@ read by ``submit`` and by ``predict --images``.
 
 ``leaderboard.csv`` (every candidate's CV, fold by fold), ``chosen.json`` (the chosen
 candidate, its metric and CV, the base models, the classes in order, ``cv_key``: what the
-CV was run on, and for multilabel ``thresholds``: ``{"mode": ..., "values": {class: threshold}}``,
-the probability at which each class is predicted), ``level2/<candidate>.pkl`` (the chosen candidate fitted on every OOF row), and
+CV was run on, for multilabel ``thresholds``: ``{"mode": ..., "values": {class: threshold}}``,
+the probability at which each class is predicted, and for an ordinal task ``ordinal: true`` and
+``cuts``, the cut points that turn its score into grades), ``level2/<candidate>.pkl`` (the chosen
+candidate fitted on every OOF row), and
 its ``oof.parquet`` (from CV) and ``test.parquet`` (from the saved model) in the shapes of
 :mod:`foldstack.contracts.predictions`. After a CV the stage writes them into one folder that
 replaces the old one whole, so ``submit`` never pairs a new leaderboard with an old
@@ -24,6 +26,7 @@ import pandas as pd
 from foldstack.contracts import predictions
 from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_path, write_csv, write_json
+from foldstack.core.metrics import grades, one_hot
 from foldstack.data.labels import Classes
 from foldstack.level2.base import Level2Estimator
 from foldstack.level2.selection import as_submitted
@@ -37,7 +40,8 @@ LEVEL2 = "level2"
 
 @dataclass(frozen=True)
 class StackOutput:
-    """What the stack stage chose: its name and CV, and its test probabilities by id."""
+    """What the stack stage chose: its name and CV, and its test probabilities by id (one
+    column per class; for an ordinal task, the grades its cut points give, as 0/1 rows)."""
 
     name: str
     metric: str
@@ -60,6 +64,7 @@ class FittedStack:
         thresholds: multilabel: the probability at which each class (in ``classes`` order) is
             predicted; None: 0.5.
         threshold_mode: how they were chosen (``stack.thresholds``: fixed, global, per_class).
+        cuts: an ordinal task's cut points (its score to grades), else None.
     """
 
     name: str
@@ -68,11 +73,25 @@ class FittedStack:
     estimator: Level2Estimator
     thresholds: tuple[float, ...] | None = None
     threshold_mode: str | None = None
+    cuts: tuple[float, ...] | None = None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, C)`` from base-model probabilities ``(n, n_models, C)``, as
-        submitted (single-label rows summing to 1, as CV scored them)."""
+        submitted (single-label rows summing to 1, as CV scored them); an ordinal task's scores
+        ``(n, 1)`` from the models' ``(n, n_models, 1)``."""
         return as_submitted(self.estimator.predict_proba(X), self.classes.multilabel)
+
+    def grades(self, score: np.ndarray) -> np.ndarray:
+        """An ordinal score's grade indices ``(n,)``, cut at the saved cut points."""
+        return grades(score, len(self.classes), np.asarray(self.cuts))
+
+
+def grade_rows(score: pd.DataFrame, classes: Classes, cuts: tuple[float, ...]) -> pd.DataFrame:
+    """An ordinal score table (indexed by id, column ``score``) as the grades its cut points
+    give: one 0/1 column per grade, a 1 at the row's grade (what ``submit`` writes as a label)."""
+    chosen = grades(score[Classes.SCORE].to_numpy(), len(classes), np.asarray(cuts))
+    return pd.DataFrame(one_hot(chosen, len(classes)).astype(np.float64), index=score.index,
+                        columns=list(classes.names))
 
 
 def write(folder: Path, board: pd.DataFrame, chosen: dict, fitted: FittedStack, ids: np.ndarray,
@@ -86,9 +105,10 @@ def write(folder: Path, board: pd.DataFrame, chosen: dict, fitted: FittedStack, 
     write_test(folder, test_ids, fitted.classes, test)
     thresholds = {} if fitted.thresholds is None else {"thresholds": {
         "mode": fitted.threshold_mode, "values": dict(zip(fitted.classes.names, fitted.thresholds))}}
+    cuts = None if fitted.cuts is None else [float(cut) for cut in fitted.cuts]
     write_json(folder / CHOSEN, {**chosen, "name": fitted.name, "models": list(fitted.models),
                                  "classes": list(fitted.classes.names), "multilabel": fitted.classes.multilabel,
-                                 **thresholds})
+                                 **thresholds, "ordinal": fitted.classes.ordinal, "cuts": cuts})
 
 
 def write_test(folder: Path, test_ids: np.ndarray, classes: Classes, test: np.ndarray) -> None:
@@ -124,14 +144,30 @@ def read_model(folder: Path, models: tuple[str, ...]) -> FittedStack:
         raise DataError(f"{path}: not found; run the stack stage again (with the OOF files) to fit and save it")
     # Our own file, written by the stack stage: the same trust as the model weights beside it.
     estimator = pickle.loads(path.read_bytes())
-    classes = Classes(tuple(chosen["classes"]), multilabel=bool(chosen["multilabel"]))
+    classes = _classes(chosen)
     if tuple(chosen["models"]) != tuple(models):
         raise DataError(f"{folder / CHOSEN}: stacks models {', '.join(chosen['models'])} but the pipeline has "
                         f"{', '.join(models)}; run the stack stage again with their OOF files")
     thresholds = _thresholds(chosen, classes.names, folder / CHOSEN)
     return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator,
                        thresholds=None if thresholds is None else tuple(thresholds.tolist()),
-                       threshold_mode=chosen.get("thresholds", {}).get("mode"))
+                       threshold_mode=chosen.get("thresholds", {}).get("mode"), cuts=_cuts(folder, chosen))
+
+
+def _classes(chosen: dict) -> Classes:
+    return Classes(tuple(chosen["classes"]), multilabel=bool(chosen["multilabel"]),
+                   ordinal=bool(chosen.get("ordinal", False)))
+
+
+def _cuts(folder: Path, chosen: dict) -> tuple[float, ...] | None:
+    """The saved cut points of an ordinal task (None for the others)."""
+    if not chosen.get("ordinal"):
+        return None
+    cuts = chosen.get("cuts")
+    if not isinstance(cuts, list) or len(cuts) != len(chosen["classes"]) - 1:
+        raise DataError(f"{folder / CHOSEN}: an ordinal task needs {len(chosen['classes']) - 1} cut points in "
+                        f"'cuts'; run the stack stage again")
+    return tuple(float(cut) for cut in cuts)
 
 
 def _thresholds(chosen: dict, classes: tuple[str, ...], path: Path) -> pd.Series | None:
@@ -150,7 +186,8 @@ def _thresholds(chosen: dict, classes: tuple[str, ...], path: Path) -> pd.Series
 
 
 def read(folder: Path) -> StackOutput:
-    """The chosen candidate (``chosen.json``) and its test probabilities (``test.parquet``).
+    """The chosen candidate (``chosen.json``) and its test probabilities (``test.parquet``); an
+    ordinal task's test scores as the grades the saved cut points give (:func:`grade_rows`).
 
     Raises:
         DataError: a file is missing or its predictions break the predictions contract.
@@ -160,17 +197,25 @@ def read(folder: Path) -> StackOutput:
         raise DataError(f"{chosen_path}: not found; run the stack stage first")
     chosen = json.loads(chosen_path.read_text(encoding="utf-8"))
     test_path = folder / TEST
-    columns = pd.read_parquet(test_path).columns if test_path.is_file() else []
-    classes = Classes(tuple(str(column) for column in columns if column != "id"))
-    proba = predictions.read_predictions(test_path, classes)
+    if chosen.get("ordinal"):
+        classes = _classes(chosen)
+        proba = grade_rows(predictions.read_predictions(test_path, classes), classes, _cuts(folder, chosen))
+    else:
+        columns = pd.read_parquet(test_path).columns if test_path.is_file() else []
+        classes = Classes(tuple(str(column) for column in columns if column != "id"))
+        proba = predictions.read_predictions(test_path, classes)
     return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"], proba,
                        _thresholds(chosen, classes.names, chosen_path))
 
 
 def read_oof(folder: Path, classes: Classes, folds: pd.DataFrame, reference: Path) -> pd.DataFrame:
     """The chosen candidate's OOF probabilities (``oof.parquet``), indexed by id in ``folds``'s
-    order (``folds``: folds.csv indexed by id; ``reference``: its path, for messages)."""
-    return predictions.read_oof(folder / OOF, classes, folds, reference).loc[folds.index]
+    order (``folds``: folds.csv indexed by id; ``reference``: its path, for messages); an
+    ordinal task's OOF scores as the grades the saved cut points give (:func:`grade_rows`)."""
+    table = predictions.read_oof(folder / OOF, classes, folds, reference).loc[folds.index]
+    if not classes.ordinal:
+        return table
+    return grade_rows(table, classes, _cuts(folder, read_chosen(folder))).assign(fold=table["fold"])
 
 
 def read_leaderboard(folder: Path) -> pd.DataFrame:

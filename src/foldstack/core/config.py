@@ -55,12 +55,14 @@ class Known:
         metrics: every metric name.
         candidates: every stacking candidate name.
         check_augment: raises on a list of transforms albumentations cannot build.
+        grade_metrics: the metrics that score an ordinal score's grades (``task: ordinal``).
     """
 
     backbones: Mapping[str, BackboneSizes]
     metrics: Sequence[str]
     candidates: Sequence[str]
     check_augment: Callable[[list[dict[str, Any]]], Any]
+    grade_metrics: Sequence[str] = ()
 
 
 def _known(info: ValidationInfo) -> Known:
@@ -487,9 +489,56 @@ class SubmissionConfig(_Frozen):
     format: Literal["label", "probabilities", "binary", "multilabel"] = "label"
 
 
+class ComputeConfig(_Frozen):
+    """Where the folds run (see README, "Many GPUs, many machines").
+
+    ``executor: local`` runs every (model, fold) in a process of its own on this machine,
+    ``devices`` of them at once, each on its own GPU (``CUDA_VISIBLE_DEVICES``) or, without GPUs,
+    on its own CPU slot. ``executor: ray`` sends each (model, fold) to a Ray cluster as a task
+    (one GPU each where the cluster has GPUs); the cluster's address comes from ``ray_address``
+    or the ``FOLDSTACK_RAY_ADDRESS`` environment variable (which wins), else Ray starts one on
+    this machine. ``data_parallel`` trains one fold on every device at once through Keras's
+    distribution API instead of one fold per device.
+    """
+
+    executor: Literal["local", "ray"] = Field("local", description="local: this machine; ray: a Ray cluster")
+    devices: Literal["auto"] | int = Field(
+        "auto", description="folds at once (local): auto = one per GPU, or one at a time without a GPU; "
+                            "N = N folds at once, each on its own GPU, or on its own CPU core without a GPU")
+    gpu: Literal["auto"] | bool = Field(
+        "auto", description="auto: GPUs where there are some; true: stop with an error where there is none; "
+                            "false: CPU only")
+    data_parallel: bool = Field(False, description="one fold at a time, split over the devices "
+                                                   "(keras.distribution / tf.distribute)")
+    ray_address: str | None = Field(None, description="a Ray cluster's address (ray://host:10001 or host:6379)")
+    max_retries: int = Field(1, ge=0, le=10, description="how often a fold whose process died is tried again")
+
+    @field_validator("devices")
+    @classmethod
+    def _positive(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
+        if value != "auto" and value < 1:
+            raise ValueError("must be 'auto' or at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _ray_takes_the_cluster(self) -> ComputeConfig:
+        if self.executor == "ray" and self.devices != "auto":
+            raise ValueError("devices: the Ray executor takes its devices from the cluster; leave devices: auto")
+        if self.executor == "ray" and self.data_parallel:
+            raise ValueError("data_parallel: one Ray task holds one GPU; use executor: local for data parallel")
+        return self
+
+
 class PipelineConfig(_Frozen):
+    """A whole pipeline.
+
+    ``task: ordinal`` takes numeric grades (``0``..``4``): every network regresses one score (on
+    the scale of the grade's position, 0 for the lowest), level two blends scores, cut points
+    fitted on OOF turn scores into grades, and the submission holds grades (``format: label``).
+    """
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["binary", "multiclass", "multilabel"] = "multiclass"
+    task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass"
     metric: str
     seed: int = 42
     data: DataConfig
@@ -500,11 +549,36 @@ class PipelineConfig(_Frozen):
     submission: SubmissionConfig = SubmissionConfig()
     positive_class: str | None = Field(
         None, description="binary task: the class whose probability is scored and submitted (class index 1)")
+    compute: ComputeConfig = ComputeConfig()
 
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str, info: ValidationInfo) -> str:
-        return _one_of(value, list(_known(info).metrics), "metric")
+        _one_of(value, list(_known(info).metrics), "metric")
+        # An ordinal score is scored as the grades it is cut into (`task` is validated first).
+        grade_metrics = list(_known(info).grade_metrics)
+        if info.data.get("task") == "ordinal" and value not in grade_metrics:
+            raise ValueError(f"task 'ordinal' needs a metric of grades: {', '.join(grade_metrics)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _recipes_of_a_score(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """An ordinal task's networks regress a score: the recipes made for class probabilities
+        (label smoothing, pseudo-labels and distillation from a teacher's probabilities) do not apply."""
+        for i, model in (enumerate(value) if info.data.get("task") == "ordinal" else ()):
+            for key in ("label_smoothing", "pseudo_labels", "distill"):
+                if getattr(model, key):
+                    raise ValueError(f"models[{i}].{key}: not for task 'ordinal', whose networks regress a "
+                                     f"score (model {model.name!r})")
+        return value
+
+    @field_validator("submission")
+    @classmethod
+    def _ordinal_submits_grades(cls, value: SubmissionConfig, info: ValidationInfo) -> SubmissionConfig:
+        if info.data.get("task") == "ordinal" and value.format != "label":
+            raise ValueError("task 'ordinal' submits grades: the format must be 'label'")
+        return value
 
     @field_validator("models")
     @classmethod

@@ -10,6 +10,11 @@ Where Kaggle's scorer would fail on a fold, the metric is defined instead, so a 
 has a score: a class column that is all 0 or all 1 in the fold has no ROC AUC and is left out of
 the column mean (sklearn's ``roc_auc_score`` over all columns would raise); with no column
 defined at all the metric raises ``ValueError``.
+
+An ordinal task's predictions are one score per row ``(n, 1)``, on the scale of the grade's
+position (0 for the lowest grade): the metrics of grades (``on_grades``: accuracy, F-beta,
+quadratic kappa) score the grades it is cut into (:func:`grades`: rounded, or cut at fitted cut
+points); the others refuse a score.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class Metric:
         from_counts: for a score of the confusion counts summed over every (row, class) cell
             (micro-averaged), ``from_counts(tp, fp, fn)`` on arrays of counts: what lets
             thresholds be searched without scoring every candidate from scratch.
+        on_grades: the score depends only on the hard predictions, so it also scores an ordinal
+            score's grades.
     """
 
     name: str
@@ -53,10 +60,19 @@ class Metric:
     ranks: bool = False
     thresholded: bool = False
     from_counts: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
+    on_grades: bool = False
 
-    def __call__(self, y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
-        """The score; ``thresholds`` (one per class, multilabel) matter only where ``thresholded``."""
+    def __call__(self, y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None, *,
+                 n_classes: int | None = None) -> float:
+        """The score; ``thresholds`` (one per class, multilabel) matter only where ``thresholded``.
+        An ordinal score ``(n, 1)`` is rounded to the nearest of ``n_classes`` grades first
+        (default: the grades ``y_true`` reaches)."""
         y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+        if is_score(y_true, proba):
+            if not self.on_grades:
+                raise ValueError(f"metric {self.name!r} needs class probabilities, not an ordinal score")
+            n_classes = int(y_true.max()) + 1 if n_classes is None else n_classes
+            proba = one_hot(grades(proba, n_classes), n_classes)
         if self.thresholded:
             return float(self.score(y_true, proba, thresholds))
         return float(self.score(y_true, proba))
@@ -75,6 +91,26 @@ get = _REGISTRY.get
 def is_multilabel(y_true: np.ndarray) -> bool:
     """Multilabel targets are a 0/1 matrix; single-label targets a vector of class indices."""
     return np.ndim(y_true) == 2
+
+
+def is_score(y_true: np.ndarray, proba: np.ndarray) -> bool:
+    """Whether ``proba`` is an ordinal score: one column for single-label targets (a binary
+    task's probabilities have two)."""
+    return not is_multilabel(y_true) and np.ndim(proba) == 2 and np.shape(proba)[1] == 1
+
+
+def rounding_cuts(n_classes: int) -> np.ndarray:
+    """The cut points of plain rounding: 0.5, 1.5, ..., ``n_classes - 1.5``."""
+    return np.arange(n_classes - 1) + 0.5
+
+
+def grades(score: np.ndarray, n_classes: int, cuts: np.ndarray | None = None) -> np.ndarray:
+    """Grade indices ``(n,)`` of an ordinal score ``(n, 1)`` or ``(n,)``: the number of cut
+    points at or below each score (default :func:`rounding_cuts`), so 0 .. ``n_classes - 1``."""
+    cuts = rounding_cuts(n_classes) if cuts is None else np.sort(np.asarray(cuts, dtype=np.float64))
+    if len(cuts) != n_classes - 1:
+        raise ValueError(f"{len(cuts)} cut points for {n_classes} grades; expected {n_classes - 1}")
+    return np.searchsorted(cuts, np.asarray(score, dtype=np.float64).reshape(-1), side="right")
 
 
 def hard_predictions(proba: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None) -> np.ndarray:
@@ -187,22 +223,29 @@ def map_at_k(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
 
 
 def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
+    """Cohen's kappa with quadratic weights over the classes in order (scikit-learn's
+    ``cohen_kappa_score(..., weights="quadratic")``, NaN where undefined). Computed from the
+    confusion matrix here: an ordinal task's cut points are searched by hundreds of calls, and
+    scikit-learn's input checks made each one a hundred times slower."""
     if is_multilabel(y_true):
         raise ValueError("quadratic weighted kappa needs ordered single-label classes, not multilabel")
-    return cohen_kappa_score(y_true, proba.argmax(axis=1), weights="quadratic",
-                             labels=np.arange(proba.shape[1]))
+    n = proba.shape[1]
+    observed = np.bincount(np.asarray(y_true, dtype=np.int64) * n + proba.argmax(axis=1),
+                           minlength=n * n).reshape(n, n).astype(np.float64)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / max(observed.sum(), 1.0)
+    weights = (np.arange(n)[:, None] - np.arange(n)[None, :]) ** 2.0
+    denominator = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denominator) if denominator else float("nan")
 
 
-register(Metric("accuracy", _accuracy, greater_is_better=True, thresholded=True))
+register(Metric("accuracy", _accuracy, greater_is_better=True, thresholded=True, on_grades=True))
 register(Metric("log_loss", _log_loss, greater_is_better=False))
 register(Metric("roc_auc", _roc_auc, greater_is_better=True, ranks=True))
 register(Metric("mean_column_auc", _mean_column_auc, greater_is_better=True, ranks=True))
 register(Metric("f1_micro", _fbeta(1.0, "micro"), greater_is_better=True, thresholded=True,
-                from_counts=partial(fbeta_from_counts, beta=1.0)))
+                from_counts=partial(fbeta_from_counts, beta=1.0), on_grades=True))
 register(Metric("f2_micro", _fbeta(2.0, "micro"), greater_is_better=True, thresholded=True,
-                from_counts=partial(fbeta_from_counts, beta=2.0)))
-register(Metric("f1_macro", _fbeta(1.0, "macro"), greater_is_better=True, thresholded=True))
-register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True))
+                from_counts=partial(fbeta_from_counts, beta=2.0), on_grades=True))
+register(Metric("f1_macro", _fbeta(1.0, "macro"), greater_is_better=True, thresholded=True, on_grades=True))
+register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True, on_grades=True))
 register(Metric("map_at_5", partial(map_at_k, k=5), greater_is_better=True))

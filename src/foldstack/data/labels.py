@@ -24,13 +24,19 @@ class Classes:
         names: the class names: sorted, numerically when every name is a number (``2`` before
             ``10``), else as strings.
         multilabel: a label cell holds several classes joined by :data:`SEPARATOR` (or none).
+        ordinal: the classes are ordered grades and predictions are one score (``task: ordinal``).
     """
 
     names: tuple[str, ...]
     multilabel: bool = False
+    ordinal: bool = False
+
+    #: The one prediction column of an ordinal task.
+    SCORE = "score"
 
     @classmethod
-    def from_labels(cls, labels: pd.Series, task: str, positive: str | None = None) -> Classes:
+    def from_labels(cls, labels: pd.Series, task: str, positive: str | None = None,
+                    source: Path | str = "labels") -> Classes:
         """The classes that occur in ``labels`` (label cells as strings).
 
         A binary task's positive class goes second (index 1), where every metric and the
@@ -41,19 +47,30 @@ class Classes:
             ConfigError: a binary task with two other classes and no ``positive`` (which one is
                 positive cannot be guessed: ``cactus``/``none`` sorted would invert every
                 prediction), or a ``positive`` that is not one of the classes.
+            DataError: ``task`` is ordinal and a label is not a number (grades are ordered by
+                value); names ``source``.
         """
         multilabel = task == "multilabel"
         # A multilabel row may hold no label at all; explode turns it into NaN, not a class.
         values = split_labels(labels).explode().dropna() if multilabel else labels.astype(str)
         unique = sorted(set(values))
-        if unique and all(_is_number(name) for name in unique):
+        numeric = all(_is_number(name) for name in unique)
+        if unique and numeric:
             unique.sort(key=float)
+        if task == "ordinal" and not numeric:
+            label = next(name for name in unique if not _is_number(name))
+            raise DataError(f"{source}: task 'ordinal' needs numeric grades; label {label!r} is not a number")
         if task == "binary" and len(unique) == 2:
             unique = _positive_second(unique, positive)
-        return cls(tuple(unique), multilabel)
+        return cls(tuple(unique), multilabel, ordinal=task == "ordinal")
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The prediction files' value columns: one per class, or ``score`` for an ordinal task."""
+        return (self.SCORE,) if self.ordinal else self.names
 
     def encode(self, labels: pd.Series, source: Path | str = "labels") -> np.ndarray:
         """Labels as metrics and level two take them: class indices ``(n,)``, or for multilabel

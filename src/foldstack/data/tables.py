@@ -189,8 +189,9 @@ def read_solution_labels(cfg: PipelineConfig, path: Path) -> pd.Series:
     return pd.Series(labels.to_numpy(), index=pd.Index(ids, name=data.id_column), name="label")
 
 
-def classes(cfg: PipelineConfig, paths: Paths, labels: pd.Series) -> Classes:
-    """The pipeline's classes of ``labels`` in their one order (:meth:`Classes.from_labels`).
+def classes(cfg: PipelineConfig, paths: Paths, labels: pd.Series, source: Path | str = "labels") -> Classes:
+    """The pipeline's classes of ``labels`` in their one order (:meth:`Classes.from_labels`;
+    ``source`` names the labels' file in its errors).
 
     A binary task's positive class is ``positive_class`` where set, else the class the sample
     submission's prediction column is named after, if one is (else ``1`` of ``0``/``1``).
@@ -201,7 +202,7 @@ def classes(cfg: PipelineConfig, paths: Paths, labels: pd.Series) -> Classes:
     positive = cfg.positive_class
     if positive is None and cfg.task == "binary":
         positive = _positive_in_sample(cfg, paths, set(labels.astype(str)))
-    return Classes.from_labels(labels, cfg.task, positive)
+    return Classes.from_labels(labels, cfg.task, positive, source)
 
 
 def _positive_in_sample(cfg: PipelineConfig, paths: Paths, names: set[str]) -> str | None:

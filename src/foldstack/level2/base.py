@@ -5,6 +5,10 @@ n_classes)``: keeping the model axis lets a blender weigh models and a stacker f
 the class count is known even when a training fold lacks a rare class. ``y`` holds class indices
 ``(n_samples,)``, or for multilabel a 0/1 matrix ``(n_samples, n_classes)``.
 
+An ordinal task's ``X`` holds one score per model, ``(n_samples, n_models, 1)``, and ``y`` the
+grade indices: a candidate that applies to it (``Candidate.scores``) regresses the grade and
+outputs a score ``(n_samples, 1)``.
+
 The contract is scikit-learn's: ``__init__`` only stores parameters, ``fit`` returns ``self``,
 learned attributes end in ``_``, predicting before ``fit`` raises ``NotFittedError`` and a shape
 that does not fit raises ``ValueError`` -- so ``sklearn.base.clone`` works on every candidate.
@@ -16,7 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from foldstack.core.metrics import hard_predictions
+from foldstack.core.metrics import grades, hard_predictions
 
 
 class Level2Estimator(BaseEstimator):
@@ -29,6 +33,8 @@ class Level2Estimator(BaseEstimator):
         y = _check_y(y, X)
         self.n_models_, self.n_classes_ = X.shape[1:]
         self.multilabel_ = y.ndim == 2
+        self.ordinal_ = _is_ordinal(X, y)
+        self.n_grades_ = int(y.max()) + 1 if self.ordinal_ else None
         self._fit(X, y)
         return self
 
@@ -42,7 +48,10 @@ class Level2Estimator(BaseEstimator):
         return self._predict_proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class indices, or for multilabel a 0/1 matrix (probability >= 0.5)."""
+        """Class indices (ordinal: the score rounded to a grade seen in ``fit``), or for
+        multilabel a 0/1 matrix (probability >= 0.5)."""
+        if self.ordinal_:
+            return grades(self.predict_proba(X), self.n_grades_)
         return hard_predictions(self.predict_proba(X), self.multilabel_)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
@@ -59,11 +68,20 @@ def _check_X(X: np.ndarray) -> np.ndarray:
     return X
 
 
+def _is_ordinal(X: np.ndarray, y: np.ndarray) -> bool:
+    """One score per model for single-label targets (a binary task has two probabilities)."""
+    return X.shape[2] == 1 and np.ndim(y) == 1
+
+
 def _check_y(y: np.ndarray, X: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
     n_samples, _, n_classes = X.shape
     if len(y) != n_samples:
         raise ValueError(f"y has {len(y)} rows but X has {n_samples}")
+    if _is_ordinal(X, y):
+        if not (np.isin(y, np.arange(y.max() + 1)).all() if len(y) else True):
+            raise ValueError("an ordinal y must hold grade indices 0, 1, 2, ...")
+        return y.astype(int)
     if y.ndim == 2:
         if y.shape[1] != n_classes or not np.isin(y, (0, 1)).all():
             raise ValueError(f"multilabel y must be a 0/1 matrix with {n_classes} columns; got shape {y.shape}")

@@ -48,20 +48,29 @@ class WeightedMeanBlend(Level2Estimator):
     The weights minimise ``objective`` rather than the pipeline's metric because accuracy, F1 and
     kappa are step functions of the weights: a gradient-based optimiser (SLSQP) would not move.
     Log loss is smooth and proper, so it rewards the blend whose probabilities are most right.
+    An ordinal task's scores are blended to minimise the squared error to the grade instead (its
+    cut points are fitted afterwards, on the blend's OOF scores).
 
     Args:
-        objective: registry name of a smooth metric to optimise.
+        objective: registry name of a smooth metric to optimise (class probabilities).
     """
 
     def __init__(self, objective: str = "log_loss") -> None:
         self.objective = objective
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        metric = metrics.get(self.objective)
-        sign = -1.0 if metric.greater_is_better else 1.0
+        if self.ordinal_:
+            def loss(w: np.ndarray) -> float:
+                return float(np.mean((_weighted(X, w)[:, 0] - y) ** 2))
+        else:
+            metric = metrics.get(self.objective)
+            sign = -1.0 if metric.greater_is_better else 1.0
+
+            def loss(w: np.ndarray) -> float:
+                return sign * metric(y, _weighted(X, w))
         n_models = X.shape[1]
         result = minimize(
-            lambda w: sign * metric(y, _weighted(X, w)),
+            loss,
             x0=np.full(n_models, 1.0 / n_models),
             method="SLSQP",
             bounds=[(0.0, 1.0)] * n_models,

@@ -25,11 +25,14 @@ class Candidate:
         name: registry name, as ``stack.candidates`` and ``stack.force`` write it.
         build: ``build(cfg) -> Level2Estimator``, unfitted.
         applies: ``applies(metric) -> bool``: whether the candidate is fair for that metric.
+        scores: whether it also combines an ordinal task's scores (one per model); the others
+            need class probabilities.
     """
 
     name: str
     build: Callable[[PipelineConfig], Level2Estimator]
     applies: Callable[[Metric], bool] = lambda metric: True
+    scores: bool = False
 
 
 # Listed in registration order: simple blends first.
@@ -47,12 +50,12 @@ def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estima
     return build
 
 
-register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric)))
-register(Candidate("mean", lambda cfg: MeanBlend()))
-register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend()))
+register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric), scores=True))
+register(Candidate("mean", lambda cfg: MeanBlend(), scores=True))
+register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend(), scores=True))
 register(Candidate("caruana", lambda cfg: CaruanaSelection(metric=cfg.metric, iterations=cfg.stack.caruana_iterations,
                                                            init=cfg.stack.caruana_init)))
 register(Candidate("rank_average", lambda cfg: RankAverage(), applies=lambda metric: metric.ranks))
 register(Candidate("logistic", lambda cfg: LogisticStacker()))
-register(Candidate("lightgbm", _lightgbm(summary_features=False)))
+register(Candidate("lightgbm", _lightgbm(summary_features=False), scores=True))
 register(Candidate("lightgbm_summary", _lightgbm(summary_features=True)))

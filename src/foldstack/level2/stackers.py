@@ -91,8 +91,9 @@ class LightGBMStacker(Level2Estimator):
     The number of rounds is chosen on a held-out ``valid_fraction`` of the training rows, then
     the model is refitted on all of them with that many rounds, so no row is wasted (level-2
     tables are small). Layouts as in :class:`LogisticStacker`: wide fits one binary model
-    (binary), one softmax model (multiclass) or one binary model per class (multilabel); shared
-    fits one binary model on (sample, class) rows, which keeps 120 classes tractable.
+    (binary), one softmax model (multiclass), one binary model per class (multilabel) or one
+    regression of the grade on the models' scores (ordinal); shared fits one binary model on
+    (sample, class) rows, which keeps 120 classes tractable.
 
     The shared layout is nearly all negatives (119 of every 120 rows with 120 classes), and its
     rows grow as samples x classes. Beyond ``max_negatives`` negative rows, the booster trains on
@@ -128,6 +129,8 @@ class LightGBMStacker(Level2Estimator):
             target = one_hot(y, self.n_classes_).ravel()
             rows, self.negative_rate_ = _sample_negatives(target, self.max_negatives, self.seed)
             targets, objective = [target[rows]], {"objective": "binary"}
+        elif self.ordinal_:
+            targets, objective = [y.astype(np.float64)], {"objective": "regression"}
         elif self.multilabel_:
             targets, objective = [y[:, c] for c in range(self.n_classes_)], {"objective": "binary"}
         elif self.n_classes_ == 2:
@@ -143,7 +146,7 @@ class LightGBMStacker(Level2Estimator):
                    for b in self.boosters_]
         if self.shared_:
             return _unshare(_undo_negative_sampling(outputs[0], self.negative_rate_), len(X), self.multilabel_)
-        if self.multilabel_:
+        if self.multilabel_ or self.ordinal_:
             return np.column_stack(outputs)
         if self.n_classes_ == 2:
             return np.column_stack([1.0 - outputs[0], outputs[0]])

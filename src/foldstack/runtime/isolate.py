@@ -37,25 +37,34 @@ from foldstack.core.logs import setup_logging
 from foldstack.runtime.native_logs import filtered_stderr
 
 _INTERRUPTED = 130
+_starting = threading.Lock()
 
 
 class ChildError(RuntimeError):
     """The child failed with an unexpected error (a bug) or died; the message holds its traceback."""
 
 
-def call(function: str, *args: Any, on_message: Callable[[Any], None] | None = None) -> Any:
+class ChildDied(ChildError):
+    """The child's process ended without a result (killed, out of memory): worth another try."""
+
+
+def call(function: str, *args: Any, on_message: Callable[[Any], None] | None = None,
+         env: dict[str, str] | None = None) -> Any:
     """``module:function`` run in a child process as ``function(*args, send=...)``; its result.
 
     ``function`` is named, not passed, so that the parent never imports the module (and Keras).
+    ``env`` is set in the child's environment before the function runs (its device:
+    ``CUDA_VISIBLE_DEVICES``). Several threads may call at once, each waiting on its own child.
     """
     context = _context(preload=function.split(":")[0])
     messages = context.Queue()
     level = logging.getLogger("foldstack").getEffectiveLevel()
-    child = context.Process(target=_child, args=(function, args, level, messages), daemon=True,
+    child = context.Process(target=_child, args=(function, args, level, messages, env or {}), daemon=True,
                             name=function)
     # The fork server starts with the first child and passes its stderr on to every later one:
     # TensorFlow's start-up lines are filtered out of it unless foldstack logs at debug level.
-    with filtered_stderr(enabled=level > logging.DEBUG):
+    # One start at a time: the filter swaps this process's file descriptor 2 in and out.
+    with _starting, filtered_stderr(enabled=level > logging.DEBUG):
         child.start()
     try:
         while True:
@@ -92,7 +101,7 @@ def _next(messages: multiprocessing.Queue, child: multiprocessing.Process, funct
             raise KeyboardInterrupt
         how = (f"was killed by signal {-child.exitcode} (out of memory?)" if child.exitcode < 0
                else f"exited with status {child.exitcode}")
-        raise ChildError(f"{function}: its process {how} without a result")
+        raise ChildDied(f"{function}: its process {how} without a result")
 
 
 def _context(preload: str) -> multiprocessing.context.BaseContext:
@@ -103,8 +112,9 @@ def _context(preload: str) -> multiprocessing.context.BaseContext:
     return context
 
 
-def _child(function: str, args: tuple, level: int, messages: multiprocessing.Queue) -> None:
+def _child(function: str, args: tuple, level: int, messages: multiprocessing.Queue, env: dict[str, str]) -> None:
     _end_with_parent()
+    os.environ.update(env)
     setup_logging(level)
     try:
         module, name = function.split(":")

@@ -54,10 +54,11 @@ NOT_FOR_INFERENCE = ("backup-*", "features", "phase-*", ".*")
 #: a Kaggle GPU image carries them and foldstack needs no particular version of them. TensorFlow's
 #: wheel alone is about 600 MB, and the image's build is the one matched to its CUDA and cuDNN (a
 #: PyPI wheel of another version would run on the CPU or bring gigabytes of nvidia-* wheels); Keras
-#: 3, shipped at its pin, runs on the image's TensorFlow. Everything else is shipped at its pin:
+#: 3, shipped at its pin, runs on the image's TensorFlow. Ray (about 70 MB) runs folds on a
+#: cluster; an inference kernel predicts on its own machine. Everything else is shipped at its pin:
 #: the fitted level-two model is a scikit-learn or LightGBM pickle, read back only by the version
 #: that wrote it, and the others are small.
-LEAVE_OUT = ("tensorflow",)
+LEAVE_OUT = ("tensorflow", "ray")
 #: The platforms the wheels are chosen for: a Kaggle image runs x86-64 Linux with glibc 2.35
 #: (Ubuntu 22.04). pip's ``manylinux2014`` alone (glibc 2.17, with 2010 and 1) would miss the
 #: wheels built only for a newer glibc (``manylinux_2_28``).

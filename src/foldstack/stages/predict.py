@@ -27,14 +27,15 @@ from foldstack.contracts import folds_file, predictions, reference, stack_output
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, shorten
 from foldstack.core.files import atomic_dir, write_csv
-from foldstack.core.metrics import hard_predictions
+from foldstack.core.metrics import grades, hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
 from foldstack.data.images import load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
-from foldstack.runtime import isolate
+from foldstack.runtime import compute, isolate
+from foldstack.runtime.executor import Job
 from foldstack.training.fold_task import (
     DEFAULT_WORKERS,
     WORKER,
@@ -58,7 +59,7 @@ class Predictor:
         self.paths = paths
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
-        self.classes = tables.classes(cfg, paths, self.folds["label"])
+        self.classes = tables.classes(cfg, paths, self.folds["label"], paths.folds)
         self.folds_digest = folds_file.digest(self.folds)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
@@ -78,8 +79,10 @@ class Predictor:
         cfg, paths = self.cfg, self.paths
         test = tables.load_test_table(cfg, paths)
         ids = test["id"].tolist()
-        with tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
-                  unit="fold") as bar:
+        with (compute.executor_for(cfg.compute, WORKER) as executor,
+              tqdm(total=sum(len(members(m, cfg.folds.k, cfg.seed)) for m in cfg.models), desc="predict",
+                   unit="fold") as bar):
+            jobs, stale, ticks = [], {}, {}
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
                 k = len(dirs)
@@ -90,17 +93,29 @@ class Predictor:
                     tqdm.write(f"skip {model.name}: test predictions up to date")
                     bar.update(k)
                     continue
-                started = time.perf_counter()
                 cache = paths.cache / str(model.image_size) / "test.npy"
                 cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
-                folds = isolate.call(f"{WORKER}:predict_folds", self.task(model, cache, dirs, "test", ids),
-                                     on_message=lambda _: bar.update(1))
+                stale[model.name], ticks[model.name] = (dirs, key, out), 0
+
+                def tick(_: None, name: str = model.name) -> None:
+                    ticks[name] += 1
+                    bar.update(1)
+
+                jobs.append(Job(model.name, f"{WORKER}:predict_folds", (self.task(model, cache, dirs, "test", ids),),
+                                tick, needs=(cache, *dirs)))
+
+            def done(job: Job, folds: list[np.ndarray], seconds: float) -> None:
+                dirs, key, out = stale[job.name]
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                runs = f"{cfg.folds.k} folds" + (f" x {len(model.seeds)} seeds" if model.seeds else "")
-                tqdm.write(f"{model.name}: predicted {len(ids)} test images, {runs} x "
-                           f"{len(cfg.augment.tta)} view(s) ({time.perf_counter() - started:.0f} s)")
+                bar.update(len(dirs) - ticks[job.name])  # a Ray task sends no ticks
+                seeds = cfg.model(job.name).seeds
+                runs = f"{cfg.folds.k} folds" + (f" x {len(seeds)} seeds" if seeds else "")
+                tqdm.write(f"{job.name}: predicted {len(ids)} test images, {runs} x "
+                           f"{len(cfg.augment.tta)} view(s) ({seconds:.0f} s)")
+
+            executor.run(jobs, done)
         self.reference(cfg.models[0])
 
     def reference(self, model: ModelConfig) -> None:
@@ -163,7 +178,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
            workers: int | None = None, explain: bool = False) -> pd.DataFrame:
     """Predict every image under ``folder`` with every model's folds and the saved stack; write
     ``out``, a CSV: ``image`` (the path under ``folder``), ``label``, one probability column per
-    class, ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
+    class (an ordinal task: ``score``, and ``label`` the grade its saved cut points give), ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
     ``unfamiliar``. Images unlike the training images are named in a warning. With ``explain``,
     each image's Grad-CAM heatmap (see :func:`explain`) goes into a folder beside ``out`` and
     its path into a ``heatmap`` column.
@@ -194,7 +209,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
-    frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.thresholds)
+    frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.thresholds, fitted.cuts)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
                                     frame, out)
@@ -222,14 +237,16 @@ def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir
                     valid_index=np.zeros(0, dtype=np.int64), augment=cfg.augment, caches={}, fold_dir=fold_dir,
                     seed=cfg.seed)
     names = list(classes.names)
-    target = None if classes.multilabel else np.array([names.index(label) for label in frame["label"]])
+    # A multilabel network's own top class; an ordinal network's one output, its score.
+    target = None if classes.multilabel or classes.ordinal else np.array([names.index(label) for label in frame["label"]])
     result = isolate.call(f"{WORKER}:explain_images", task, images, target)
     folder = out.with_name(f"{out.stem}-explain")
     pictures = [f"{Path(image).with_suffix('').as_posix().replace('/', '__')}.png" for image in frame["image"]]
     with atomic_dir(folder) as tmp:
         for image, heatmap, cls, picture, name in zip(images, result["heatmaps"], result["classes"], pictures,
                                                       frame["image"]):
-            overlay(image, heatmap, tmp / picture, title=f"{name}: where {names[int(cls)]} shows")
+            shows = "a higher grade" if classes.ordinal else names[int(cls)]
+            overlay(image, heatmap, tmp / picture, title=f"{name}: where {shows} shows")
     log.info("Grad-CAM of %d image(s) by %s fold 0 -> %s", len(pictures), model.name, folder)
     return [f"{folder.name}/{picture}" for picture in pictures]
 
@@ -256,11 +273,16 @@ def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple
 
 
 def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray, distance: np.ndarray | None,
-           known: reference.Reference | None, thresholds: tuple[float, ...] | None = None) -> pd.DataFrame:
-    hard = hard_predictions(proba, classes.multilabel, thresholds)
+           known: reference.Reference | None, thresholds: tuple[float, ...] | None = None,
+           cuts: tuple[float, ...] | None = None) -> pd.DataFrame:
+    """The CSV's rows; ``thresholds``: multilabel's, ``cuts``: an ordinal score's cut points."""
     names = np.array(classes.names)
-    labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
-    frame = pd.DataFrame(proba, columns=list(classes.names))
+    if classes.ordinal:
+        labels = list(names[grades(proba, len(classes), np.asarray(cuts))])
+    else:
+        hard = hard_predictions(proba, classes.multilabel, thresholds)
+        labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
+    frame = pd.DataFrame(proba, columns=list(classes.columns))
     frame.insert(0, "image", [path.relative_to(folder).as_posix() for path in files])
     frame.insert(1, "label", labels)
     frame["distance"] = distance if distance is not None else np.nan

@@ -68,6 +68,8 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
     names = list(data.classes.names)
     stack_oof = stack_output.read_oof(paths.stack, data.classes, folds, paths.folds)[names].to_numpy(np.float64)
     multilabel = cfg.task == "multilabel"
+    # The tables take class probabilities: a model's ordinal score as its rounded grade's 0/1 row.
+    model_oof = [_as_classes(data.oof[:, m], len(names)) for m in range(len(data.models))]
     page = Page(f"{cfg.name}: report")
     with tempfile.TemporaryDirectory(prefix="foldstack-report-") as scratch:
         pictures = Path(scratch)
@@ -76,7 +78,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
         page.section("OOF confusion matrix", None, paths.stack / "confusion.png")
         page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel))
         for m, model in enumerate(data.models):
-            page.section(f"Per class: {model}", per_class(data.y, data.oof[:, m], names, multilabel), folded=True)
+            page.section(f"Per class: {model}", per_class(data.y, model_oof[m], names, multilabel), folded=True)
         if not multilabel:
             page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
         # Read once: reading the train table checks every image file is there.
@@ -86,7 +88,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
         page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
             images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
         for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
-            picture = _gradcam(cfg, paths, model, data, train_files, data.oof[:, m],
+            picture = _gradcam(cfg, paths, model, data, train_files, data.oof[:, m], model_oof[m],
                                pictures / f"cam-{model.name}.png")
             page.section(f"Grad-CAM: {model.name} ({model.backbone}, {model.regime})", None, picture,
                          note="each image explained by the fold that never saw it, for its predicted class; "
@@ -109,6 +111,13 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
 
 
 # --- error analysis ------------------------------------------------------------------------------
+
+
+def _as_classes(proba: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class probabilities as they are; an ordinal score ``(n, 1)`` as its rounded grade's 0/1 row."""
+    if proba.shape[1] != 1:
+        return proba
+    return metrics.one_hot(metrics.grades(proba, n_classes), n_classes).astype(np.float64)
 
 
 def per_class(y: np.ndarray, proba: np.ndarray, names: list[str], multilabel: bool) -> pd.DataFrame:
@@ -165,7 +174,9 @@ def cam_rows(y: np.ndarray, proba: np.ndarray, n_classes: int = CAM_CLASSES, n_r
 
 
 def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predictions.LevelTwoData,
-             train_files: list[str], oof: np.ndarray, picture: Path) -> Path:
+             train_files: list[str], network_oof: np.ndarray, oof: np.ndarray, picture: Path) -> Path:
+    """``network_oof``: the model's OOF output as its network gives it (probabilities, or an
+    ordinal score); ``oof``: as class probabilities."""
     names = list(data.classes.names)
     multilabel = cfg.task == "multilabel"
     y_single = data.y if not multilabel else data.y.argmax(axis=1)
@@ -183,7 +194,7 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
                         augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / run.name,
                         seed=run.run_seed)
         result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None)
-        _check_reproduces(model, int(fold), result["proba"], oof[in_fold], averaged=averaged)
+        _check_reproduces(model, int(fold), result["proba"], network_oof[in_fold], averaged=averaged)
         found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
     titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
               for r in rows]

@@ -32,7 +32,7 @@ from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
 from foldstack.level2 import candidates, thresholds
-from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard
+from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard, left_out
 from foldstack.plots import stacking as plots
 from foldstack.training.fold_task import digest
 
@@ -75,12 +75,14 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     chosen = board.loc[board["chosen"], "candidate"].item()
     # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row.
     choice = choices[chosen]
+    # An ordinal task's cut points are those fitted on the chosen candidate's OOF scores.
+    cuts = None if results[chosen].cuts is None else tuple(results[chosen].cuts)
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
                                       candidates.get(chosen).build(cfg).fit(data.oof, data.y),
                                       thresholds=None if choice is None else tuple(choice.values.tolist()),
-                                      threshold_mode=None if choice is None else choice.mode)
+                                      threshold_mode=None if choice is None else choice.mode, cuts=cuts)
     _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
-    _show(board, chosen, metric, choice)
+    _show(board, chosen, metric, choice, left_out(cfg, metric) if cfg.stack.candidates is None else [], cfg.task)
     return board
 
 
@@ -88,7 +90,7 @@ def _cross_validate(cfg: PipelineConfig, data: predictions.LevelTwoData, name: s
                     metric: Metric) -> tuple[CVResult, thresholds.Choice | None]:
     """One candidate's CV; multilabel: scored at the thresholds ``stack.thresholds`` gives its OOF
     (nested), which the returned choice holds."""
-    result = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric)
+    result = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric, len(data.classes))
     if not data.classes.multilabel:
         return result, None
     choice = thresholds.choose(data.y, result.oof, data.fold, metric, cfg.stack.thresholds)
@@ -135,11 +137,15 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
         stack_output.write(folder, board, chosen, fitted, data.ids, data.fold, result.oof,
                            data.test_ids, fitted.predict_proba(data.test))
         plots.leaderboard(board, metric, folder / "leaderboard.png")
-        plots.confusion(data.y, result.oof, data.classes.names, f"OOF confusion: {fitted.name}",
+        oof = result.oof
+        if fitted.cuts is not None:  # the grades its cut points give, as 0/1 rows
+            oof = metrics.one_hot(fitted.grades(oof), len(data.classes))
+        plots.confusion(data.y, oof, data.classes.names, f"OOF confusion: {fitted.name}",
                         folder / "confusion.png", fitted.thresholds)
 
 
-def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.Choice | None) -> None:
+def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.Choice | None, left: list[str],
+          task: str) -> None:
     direction = "higher" if metric.greater_is_better else "lower"
     n_folds = sum(column.startswith("fold_") for column in board.columns)
     print(f"Stacking leaderboard: {metric.name}, {direction} is better, {n_folds} folds")
@@ -152,3 +158,7 @@ def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.C
         values = np.unique(choice.values)
         shown = f"{values[0]:.2f}" if len(values) == 1 else f"{values.min():.2f}..{values.max():.2f}"
         print(f"thresholds: {choice.mode} ({shown}{tried})")
+    if "cv_rounded" in board.columns:
+        print("cv_mean: each fold's scores cut at points fitted on the other folds; cv_rounded: rounded instead")
+    if left:
+        print(f"not scored for task {task!r} (they need class probabilities): {', '.join(left)}")

@@ -30,7 +30,8 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.runtime import isolate
+from foldstack.runtime import compute, isolate
+from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import (
     DEFAULT_WORKERS,
@@ -57,7 +58,7 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = tables.classes(cfg, paths, self.folds["label"])
+        self.classes = tables.classes(cfg, paths, self.folds["label"], paths.folds)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds)
@@ -74,8 +75,9 @@ class Trainer:
         models = [self.cfg.model(name) for name in only] if only else list(self.cfg.models)
         k = self.cfg.folds.k
         scores = {}
-        with tqdm(total=sum(m.epochs * len(members(m, k, self.cfg.seed)) for m in models), desc="train",
-                  unit="epoch") as bar:
+        with (compute.executor_for(self.cfg.compute, WORKER) as self.executor,
+              tqdm(total=sum(m.epochs * len(members(m, k, self.cfg.seed)) for m in models), desc="train",
+                   unit="epoch") as bar):
             for model in models:
                 scores[model.name] = self.train_model(model, bar)
         return scores
@@ -106,12 +108,33 @@ class Trainer:
                 isolate.call(f"{WORKER}:build_features", model, {split: caches[split] for split in keys},
                              self.cfg.augment, features, keys, self.workers)
                 features_seconds = round(time.perf_counter() - started, 2)
-        results = {}
+        results, jobs, ticks, run_of = {}, [], {}, {}
         for run in runs:
-            start = bar.n
-            results[run] = self._train_fold(model, run, caches, features, fingerprints[run], bar, sources[run.fold])
-            bar.update(start + model.epochs - bar.n)  # early stopping and skips end a fold early
-        return self._merge(model, results, features_seconds)
+            task = self._fold_task(model, run, caches, features, fingerprints[run], sources[run.fold])
+            if isinstance(task, dict):  # already trained
+                results[run] = task
+                bar.update(model.epochs)
+                continue
+            ticks[run] = 0
+
+            def tick(val_score: float | None, run: Member = run) -> None:
+                ticks[run] += 1
+                bar.update(1)
+                if val_score is not None:
+                    bar.set_postfix(score=f"{val_score:.4f}")
+
+            jobs.append(Job(self._what(model, run), f"{WORKER}:train_fold", (task,), tick,
+                            needs=(*caches.values(), *([features] if features else []))))
+            run_of[jobs[-1].name] = run
+
+        def done(job: Job, result: dict, seconds: float) -> None:
+            run = run_of[job.name]
+            results[run] = self._finish_fold(model, run, job.args[0], result, seconds, fingerprints[run],
+                                             sources[run.fold])
+            bar.update(max(0, model.epochs - ticks[run]))  # early stopping ends a fold early; a retry ticks again
+
+        self.executor.run(jobs, done)
+        return self._merge(model, {run: results[run] for run in runs}, features_seconds)
 
     def _fingerprint(self, model: ModelConfig, run: Member) -> str:
         return recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed, self.folds_digest)
@@ -119,11 +142,17 @@ class Trainer:
     def _fold_dir(self, model: ModelConfig, run: Member) -> Path:
         return self.paths.models / model.name / run.name
 
-    def _train_fold(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
-                    fingerprint: str, bar: tqdm, source: str | None = None) -> dict:
+    @staticmethod
+    def _what(model: ModelConfig, run: Member) -> str:
+        """The run as the terminal names it: ``cnn fold 2``, or ``cnn fold 2 seed 7`` when bagged."""
+        return f"{model.name} fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
+
+    def _fold_task(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
+                   fingerprint: str, source: str | None = None) -> FoldTask | dict:
+        """The run's task, its folder made ready; or its ``done.json`` if it is trained already."""
         fold = run.fold
         fold_dir = self._fold_dir(model, run)
-        what = f"{model.name} fold {fold}" + (f" seed {run.seed}" if model.seeds else "")
+        what = self._what(model, run)
         done = fold_done.finished(fold_dir, fingerprint, source)
         if done is not None:
             tqdm.write(f"skip {what}: already trained ({self.cfg.metric} {done['score']:.4f})")
@@ -145,20 +174,17 @@ class Trainer:
             **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
                            self.teachers.predictions),
         )
+        return task
 
-        def tick(val_score: float | None) -> None:
-            bar.update(1)
-            if val_score is not None:
-                bar.set_postfix(score=f"{val_score:.4f}")
-
-        started = time.perf_counter()
-        result = isolate.call(f"{WORKER}:train_fold", task, on_message=tick)
-        seconds = time.perf_counter() - started
+    def _finish_fold(self, model: ModelConfig, run: Member, task: FoldTask, result: dict, seconds: float,
+                     fingerprint: str, source: str | None) -> dict:
+        """Score the run's OOF rows and write them, then its ``done.json``."""
+        fold, fold_dir = run.fold, task.fold_dir
         if self.device is None:
             self.device = result["device"]
             log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
                      "on" if self.device["mixed_precision"] else "off")
-        score = self.metric(self.y[task.valid_index], result["oof"])
+        score = self.metric(self.y[task.valid_index], result["oof"], n_classes=len(self.classes))
 
         ids = self.folds["id"].to_numpy()
         predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
@@ -169,7 +195,7 @@ class Trainer:
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat
         fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists
-        tqdm.write(f"{what}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
+        tqdm.write(f"{self._what(model, run)}: {self.cfg.metric} {score:.4f} ({seconds:.0f} s)")
         return done
 
     def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
@@ -184,14 +210,14 @@ class Trainer:
         """Join the folds into ``oof/<model>.parquet`` (with ``seeds``, each fold's runs averaged),
         with a manifest that records each seed's scores beside the bagged ones."""
         fold_index = self.folds.set_index("id")
-        names = list(self.classes.names)
+        names = list(self.classes.columns)
         runs = {run: predictions.read_oof(self._fold_dir(model, run) / "oof.parquet", self.classes,
                                           fold_index[fold_index["fold"] == run.fold], self.paths.folds)
                 for run in results}
         oof = pd.concat([
             _mean_oof([table for run, table in runs.items() if run.fold == fold], names)
             for fold in range(self.cfg.folds.k)]).loc[fold_index.index]
-        score = self.metric(self.y, oof[names].to_numpy())
+        score = self.metric(self.y, oof[names].to_numpy(), n_classes=len(self.classes))
         predictions.write(self.paths.oof / f"{model.name}.parquet", oof.index.to_numpy(), self.classes,
                           oof[names].to_numpy(), fold=oof["fold"].to_numpy())
         if model.seeds:
@@ -210,7 +236,8 @@ class Trainer:
         """A fold's manifest record under seed bagging: the score of its runs' mean, their time."""
         rows = oof[oof["fold"] == fold]
         return {"fold": fold, "score": self.metric(self.y[self.folds["fold"].to_numpy() == fold],
-                                                   rows[list(self.classes.names)].to_numpy()),
+                                                   rows[list(self.classes.columns)].to_numpy(),
+                                                   n_classes=len(self.classes)),
                 "seconds": round(sum(record["seconds"] for record in records.values()), 2),
                 "epochs": sum(record.get("epochs", 0) for record in records.values()),
                 "peak_mb": max((record.get("peak_mb") or 0) for record in records.values()),
@@ -219,7 +246,7 @@ class Trainer:
     def _seed_scores(self, seed: int, runs: dict[Member, pd.DataFrame], results: dict[Member, dict]) -> dict:
         """One seed's CV (its own runs of every fold, not averaged with the other seeds) and runs."""
         own = pd.concat([table for run, table in runs.items() if run.seed == seed]).loc[self.folds["id"]]
-        return {"cv_score": self.metric(self.y, own[list(self.classes.names)].to_numpy()),
+        return {"cv_score": self.metric(self.y, own[list(self.classes.columns)].to_numpy(), n_classes=len(self.classes)),
                 "folds": [{key: record.get(key) for key in manifest.FOLD_KEYS}
                           for run, record in results.items() if run.seed == seed]}
 

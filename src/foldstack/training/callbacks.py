@@ -82,16 +82,17 @@ class FoldScore(keras.callbacks.Callback):
     (Keras hands every callback the same logs dict, in list order).
     """
 
-    def __init__(self, inputs, y_true: np.ndarray, metric: Metric):
+    def __init__(self, inputs, y_true: np.ndarray, metric: Metric, n_classes: int | None = None):
         super().__init__()
         self.inputs = inputs
         self.y_true = y_true
         self.metric = metric
+        self.n_classes = n_classes  # an ordinal score is rounded to one of these grades
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         proba = self.model.predict(self.inputs, verbose=0)
         if logs is not None:
-            logs["val_score"] = self.metric(self.y_true, proba)
+            logs["val_score"] = self.metric(self.y_true, proba, n_classes=self.n_classes)
 
 
 def save_weights(model: keras.Model, path: Path, attrs: dict[str, Any] | None = None) -> None:

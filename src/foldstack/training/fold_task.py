@@ -51,7 +51,7 @@ class FoldTask:
 
     Attributes:
         model: the model's config.
-        task: ``binary``, ``multiclass`` or ``multilabel``.
+        task: ``binary``, ``multiclass``, ``multilabel`` or ``ordinal``.
         metric: the registry name of the metric that scores the held-out fold.
         y: every training row's encoded label (class indices, or a 0/1 matrix for multilabel).
         n_classes: the number of classes.
@@ -93,10 +93,12 @@ class FoldTask:
 
     @property
     def targets(self) -> np.ndarray:
-        """Every row's float32 target for the network: one-hot rows (or the 0/1 matrix), or the
-        distilled targets."""
+        """Every row's float32 target for the network: one-hot rows (or the 0/1 matrix), the
+        distilled targets, or for an ordinal task the grade index ``(n, 1)`` its score regresses."""
         if self.soft_targets is not None:
             return self.soft_targets
+        if self.task == "ordinal":
+            return np.asarray(self.y, dtype=np.float32)[:, None]
         return one_hot(self.y, self.n_classes).astype(np.float32)
 
     def y_true(self, index: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 Keras 3 only (``keras``, ``keras.ops``), no ``tf.*``.
 
 The head ends in a float32 dense layer (softmax, or sigmoid for multilabel), so mixed precision
-never rounds the probabilities.
+never rounds the probabilities. An ordinal task's head is one linear unit, the grade's score,
+trained by mean squared error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from foldstack import backbones
 from foldstack.core.config import ModelConfig
 from foldstack.training.fold_task import FoldTask
 
-_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid"}
+_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear"}
 
 
 def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
@@ -38,7 +39,8 @@ def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: S
         x = keras.layers.Dropout(model.dropout)(x)
     if not dense_units:
         x = keras.layers.Dropout(model.dropout)(x)
-    return keras.layers.Dense(n_classes, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
+    units = 1 if task == "ordinal" else n_classes
+    return keras.layers.Dense(units, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
@@ -71,12 +73,18 @@ def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, st
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr * 0.01, decay_steps=max(1, total - warmup), alpha=0.01,
         warmup_target=lr, warmup_steps=warmup)
-    loss_type = keras.losses.BinaryCrossentropy if task.task == "multilabel" else keras.losses.CategoricalCrossentropy
     ema = task.model.ema
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
                                        ema_momentum=ema.decay if ema else 0.99)
-    network.compile(optimizer=optimizer,
-                    loss=loss_type(label_smoothing=task.model.label_smoothing), jit_compile=jit_compile)
+    network.compile(optimizer=optimizer, loss=_loss(task), jit_compile=jit_compile)
+
+
+def _loss(task: FoldTask) -> keras.losses.Loss:
+    """Cross-entropy on probabilities; an ordinal score's squared error to the grade."""
+    if task.task == "ordinal":
+        return keras.losses.MeanSquaredError()
+    loss_type = keras.losses.BinaryCrossentropy if task.task == "multilabel" else keras.losses.CategoricalCrossentropy
+    return loss_type(label_smoothing=task.model.label_smoothing)
 
 
 def set_trainable(backbone: keras.Model, which: str | int | None) -> None:

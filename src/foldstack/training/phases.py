@@ -136,7 +136,7 @@ def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int,
     backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"), ema=ema)
     return [
         *([ema] if ema else []),
-        FoldScore(plan.valid, task.y_true(task.valid_index), metric),
+        FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes),
         best,
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),
         ResumableCSVLogger(task.fold_dir / LOG, backup, first_epoch),

@@ -9,6 +9,8 @@ operating system before the next call starts.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from foldstack.core import metrics
 from foldstack.core.config import AugmentConfig, ModelConfig
-from foldstack.runtime import device
+from foldstack.runtime import device, distribute
+from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.callbacks import EpochTicks
 from foldstack.training.features import FeatureCache, extract
@@ -36,20 +39,31 @@ def build_features(model: ModelConfig, caches: dict[str, Path], augment: Augment
     FeatureCache.build(model, open_caches(caches), augment, folder, keys, workers)
 
 
+def gpu_count(send: Send) -> int:
+    """How many GPUs the Keras backend sees from a fold process (for the executor's slots)."""
+    return device.gpu_count()
+
+
 def train_fold(task: FoldTask, send: Send) -> dict:
     """Fit one fold; its OOF probabilities, the device it ran on and its peak memory.
 
-    ``send(val_score)`` after every epoch, for the parent's progress bar.
+    ``send(val_score)`` after every epoch, for the parent's progress bar. Data parallel over the
+    process's devices where the executor asked for it (:mod:`foldstack.runtime.distribute`).
     """
+    distribute.prepare()
     settings = device.configure()
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
-    predict = fit(task, images, metrics.get(task.metric), callbacks=[EpochTicks(send)],
-                  jit_compile=settings.jit_compile)
+    with distribute.data_parallel(distribute.requested()) as replicas:
+        predict = fit(task, images, metrics.get(task.metric), callbacks=[EpochTicks(send)],
+                      jit_compile=settings.jit_compile)
+        oof = predict("train", task.valid_index)
     return {
-        "oof": predict("train", task.valid_index),
+        "oof": oof,
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
-                   "mixed_precision": settings.mixed_precision},
+                   "mixed_precision": settings.mixed_precision, "replicas": replicas,
+                   "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "slot": os.environ.get(SLOT),
+                   "host": socket.gethostname(), "pid": os.getpid()},
         "peak_mb": memory_mb("VmHWM"),
     }
 

@@ -1,0 +1,76 @@
+"""Data parallel inside one fold (``compute.data_parallel``): each batch split over the fold
+process's devices, through the backend's own distribution. The one module that knows how:
+``keras.distribution.DataParallel`` under JAX, ``tf.distribute.MirroredStrategy`` under
+TensorFlow (Keras 3 has no neutral form of it for TensorFlow).
+
+The executor (:mod:`foldstack.runtime.executor`) says so in the fold process's environment, with
+its devices: its GPUs (``CUDA_VISIBLE_DEVICES``), or without a GPU as many virtual CPU devices
+(``XLA_FLAGS`` for JAX; logical devices for TensorFlow, made by :func:`prepare`), which is how
+the CPU tests split a fold in two.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import keras
+
+from foldstack.core.config import ConfigError
+from foldstack.runtime.executor import CPU_DEVICES, DATA_PARALLEL
+
+log = logging.getLogger(__name__)
+
+
+def requested() -> bool:
+    """Whether this fold process was started to train data parallel."""
+    return os.environ.get(DATA_PARALLEL) == "1"
+
+
+def prepare() -> None:
+    """Before the backend starts: TensorFlow's CPU split into the virtual devices asked for.
+    (JAX reads its count from ``XLA_FLAGS``, which the executor sets.)"""
+    count = int(os.environ.get(CPU_DEVICES, "0"))
+    if count > 1 and keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+@contextmanager
+def data_parallel(enabled: bool) -> Iterator[int]:
+    """Inside, a model built, compiled and fitted splits each batch over every device of the
+    process (one device: nothing changes); yields how many replicas there are.
+
+    Raises:
+        ConfigError: the backend has no data parallel that foldstack drives (torch).
+    """
+    if not enabled:
+        yield 1
+        return
+    backend = keras.config.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        log.info("data parallel over %d device(s): %s", len(devices), ", ".join(devices))
+        try:
+            yield len(devices)
+        finally:
+            keras.distribution.set_distribution(previous)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices)
+        log.info("data parallel over %d device(s): %s", strategy.num_replicas_in_sync, ", ".join(devices))
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+    else:
+        raise ConfigError(f"compute.data_parallel = true: not available under the {backend} backend; "
+                          "use jax or tensorflow")

@@ -1,0 +1,242 @@
+"""Where the folds run, on this CPU machine: fanned out over two device slots, data parallel over
+two virtual devices inside a fold, and as tasks on a local Ray cluster of two worker processes.
+Each writes the same OOF (and test) files as one device: the same ids, folds and columns, and
+probabilities equal up to ``SAME`` where the work is the same (bitwise in every run measured
+here, but TensorFlow's CPU kernels do not promise a fixed summation order: benchmarks/RESULTS.md),
+within ``DATA_PARALLEL_TOLERANCE`` where data parallel splits the batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_config
+
+from foldstack.contracts import fold_done
+from foldstack.core.config import ComputeConfig, ConfigError
+from foldstack.core.paths import Paths
+from foldstack.runtime import executor, ray_executor
+from foldstack.stages import download, folds, predict, train
+
+# One epoch: a fold whose process is killed and tried again ends with the same weights wherever
+# the kill fell (before its epoch: trained again from the same seed; after: its checkpoint).
+MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
+         "epochs": 1, "batch_size": 16, "lr": 0.003}
+CLASSES = [str(d) for d in range(10)]
+#: The same work on another device or executor: equal probabilities, up to float rounding.
+SAME = 1e-5
+#: Data parallel against one device, TensorFlow (MirroredStrategy over two logical CPU devices):
+#: each replica normalises its half of the batch with its own BatchNorm statistics, and the
+#: replicas' gradients are summed in another order. Measured: at most 0.030 apart over every OOF
+#: probability with this model (0.0085 at lr 0.001). Under JAX (DataParallel shards one global
+#: batch) the gap is float rounding: 8.6e-5 (benchmarks/RESULTS.md).
+DATA_PARALLEL_TOLERANCE = 0.05
+
+
+def competition(root: Path, **compute) -> tuple:
+    cfg = make_config(models=[MODEL], compute=compute)
+    paths = Paths.for_pipeline("tiny", root)
+    download.run(cfg, paths)
+    folds.run(cfg, paths)
+    return cfg, paths
+
+
+def oof_of(paths: Paths) -> pd.DataFrame:
+    return pd.read_parquet(paths.oof / "m.parquet")
+
+
+def done_of(paths: Paths) -> list[dict]:
+    return [json.loads((paths.models / "m" / f"fold{fold}" / fold_done.NAME).read_text()) for fold in range(2)]
+
+
+def assert_same(frame: pd.DataFrame, expected: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(frame, expected, check_exact=False, rtol=0, atol=SAME)
+
+
+def assert_one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message and all(part in message for part in parts), message
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory) -> Paths:
+    """The tiny competition trained and predicted one fold at a time, on one device."""
+    cfg, paths = competition(tmp_path_factory.mktemp("one-device"))
+    train.run(cfg, paths, workers=1)
+    predict.run(cfg, paths, workers=1)
+    return paths
+
+
+def in_background(function) -> tuple[threading.Thread, list]:
+    """``function()`` in a thread; the list receives its error, if any."""
+    errors: list = []
+
+    def run() -> None:
+        try:
+            function()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def fold_processes() -> list[int]:
+    """The fold processes of this test's train stage: the children of its fork server."""
+    servers = [pid for pid in children(os.getpid())
+               if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return sorted(pid for server in servers for pid in children(server))
+
+
+def wait_for(condition, what: str, thread: threading.Thread, errors: list, seconds: float = 300):
+    deadline = time.time() + seconds
+    while not (found := condition()):
+        assert thread.is_alive(), f"the stage ended before {what}: {errors}"
+        assert time.time() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.05)
+    return found
+
+
+def test_folds_fan_out_over_two_devices_and_a_killed_fold_is_tried_again(one_device, tmp_path: Path,
+                                                                          caplog) -> None:
+    """``devices: 2``: both folds train at once, each in the slot its environment names; one of
+    the two fold processes is killed, tried again, and the OOF file is that of one device."""
+    cfg, paths = competition(tmp_path, devices=2)
+    thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
+    running = wait_for(lambda: len(fold_processes()) >= 2 and fold_processes(), "two folds at once", thread, errors)
+    killed = running[-1]
+    os.kill(killed, signal.SIGKILL)
+    thread.join()
+    assert not errors, errors
+    assert "trying it again (1 of 1)" in caplog.text
+    done = done_of(paths)
+    assert {d["device"]["slot"] for d in done} == {"0", "1"}
+    assert killed not in {d["device"]["pid"] for d in done}  # its fold finished in a new process
+    assert_same(oof_of(paths), oof_of(one_device))
+
+
+def test_data_parallel_over_two_virtual_devices(one_device, tmp_path: Path) -> None:
+    """``data_parallel: true``: each fold's batches split over two logical CPU devices
+    (TensorFlow's MirroredStrategy); the OOF within ``DATA_PARALLEL_TOLERANCE`` of one device."""
+    cfg, paths = competition(tmp_path, devices=2, data_parallel=True)
+    train.run(cfg, paths, workers=1)
+    assert [d["device"]["replicas"] for d in done_of(paths)] == [2, 2]
+    split, whole = oof_of(paths), oof_of(one_device)
+    assert split["id"].tolist() == whole["id"].tolist()
+    gap = np.abs(split[CLASSES].to_numpy() - whole[CLASSES].to_numpy()).max()
+    assert 0 < gap < DATA_PARALLEL_TOLERANCE  # really split (not bitwise), and close
+
+
+def test_device_slots_and_more_devices_than_there_are() -> None:
+    gpus = executor.slots(ComputeConfig(), gpu_count=lambda: 2)
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in gpus] == ["0", "1"]
+    together = executor.slots(ComputeConfig(data_parallel=True), gpu_count=lambda: 2)
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in together] == ["0,1"]
+    assert executor.slots(ComputeConfig(), gpu_count=lambda: 0) == [{executor.SLOT: "0"}]
+    with pytest.raises(ConfigError) as error:
+        executor.slots(ComputeConfig(devices=3), gpu_count=lambda: 2)
+    assert_one_line(error, "compute.devices = 3", "2 GPU(s)")
+    with pytest.raises(ConfigError) as error:
+        executor.slots(ComputeConfig(devices=os.cpu_count() + 1), gpu_count=lambda: 0)
+    assert_one_line(error, f"compute.devices = {os.cpu_count() + 1}", "no GPU")
+    with pytest.raises(ConfigError) as error:
+        executor.slots(ComputeConfig(gpu=True), gpu_count=lambda: 0)
+    assert_one_line(error, "compute.gpu = true", "no GPU")
+
+
+def test_compute_keys_are_checked() -> None:
+    with pytest.raises(ConfigError) as error:
+        make_config(compute={"devices": 0})
+    assert_one_line(error, "compute.devices")
+    with pytest.raises(ConfigError) as error:
+        make_config(compute={"executor": "ray", "devices": 2})
+    assert_one_line(error, "compute", "Ray")
+
+
+# --- Ray ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster of two worker processes for every Ray test (it takes seconds to start)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def ray_processes(title: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_cluster, one_device, tmp_path: Path,
+                                                                        capsys) -> None:
+    """Train and predict as Ray tasks: fold 1's worker is killed mid-task and run again by Ray;
+    the OOF and test files are those of the local executor; a rerun skips both folds."""
+    cfg, paths = competition(tmp_path, executor="ray")
+    thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
+    killed = wait_for(lambda: ray_processes("ray::foldstack m fold 1"), "Ray task for fold 1", thread, errors)
+    os.kill(killed[0], signal.SIGKILL)
+    thread.join()
+    assert not errors, errors
+    assert killed[0] not in {d["device"]["pid"] for d in done_of(paths)}
+    assert_same(oof_of(paths), oof_of(one_device))
+
+    predict.run(cfg, paths, workers=1)
+    assert_same(pd.read_parquet(paths.test / "m.parquet"), pd.read_parquet(one_device.test / "m.parquet"))
+    capsys.readouterr()
+    train.run(cfg, paths, workers=1)
+    out = capsys.readouterr().out
+    assert "skip m fold 0" in out and "skip m fold 1" in out
+
+
+def test_a_ray_cluster_without_gpu_when_the_yaml_asks_for_one(ray_cluster) -> None:
+    job = executor.Job("m fold 0", "foldstack.training.worker:gpu_count", ())
+    with pytest.raises(ConfigError) as error:
+        with ray_executor.connected(ComputeConfig(executor="ray", gpu=True)) as on_ray:
+            on_ray.run([job], lambda *_: pytest.fail("no task should run"))
+    assert_one_line(error, "compute.gpu = true", "no GPU")
+
+
+def test_a_ray_address_that_does_not_answer(tiny_digits, monkeypatch) -> None:
+    cfg, paths = tiny_digits
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    cfg = make_config(models=[MODEL], compute={"executor": "ray", "ray_address": "127.0.0.1:1"})
+    with pytest.raises(ConfigError) as error:
+        train.run(cfg, paths, workers=1)
+    assert_one_line(error, "compute.ray_address = '127.0.0.1:1'", "no Ray cluster answers")
+    monkeypatch.setenv(ray_executor.ADDRESS_VARIABLE, f"127.0.0.1:{port}")  # the variable wins over the YAML
+    with pytest.raises(ConfigError) as error:
+        predict.run(cfg, paths, workers=1)
+    assert_one_line(error, f"FOLDSTACK_RAY_ADDRESS = '127.0.0.1:{port}'", "no Ray cluster answers")
