@@ -1,7 +1,8 @@
 """``python -m benchmarks`` (``make bench``): run the benchmarks, print one table of ratios.
 
 The default fits ``make bench``'s 15 minutes on two shared cores; ``--stack-rows 100000`` (the
-full stacking size) and ``--e2e`` (the whole default pipeline) are separate, longer runs.
+full stacking size), ``--e2e`` (the whole default pipeline) and ``--only recipes`` (issue #15's
+recipes on versus off on the hard benchmark, ``benchmarks/recipes.py``) are separate, longer runs.
 """
 
 from __future__ import annotations
@@ -21,21 +22,28 @@ BENCHES = ("loader", "augment", "training", "regimes", "stacking", "executors")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--only", nargs="+", choices=[*BENCHES, "e2e"], help="run these benchmarks only")
+    parser.add_argument("--only", nargs="+", choices=[*BENCHES, "e2e", "recipes"], help="run these benchmarks only")
     parser.add_argument("--stack-rows", type=int, default=3000,
                         help="rows of the synthetic OOF (100000: the full size, about 16 min on 2 cores)")
     parser.add_argument("--e2e", action="store_true", help="also time every stage of `make all` (minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     chosen = args.only or [*BENCHES, *(["e2e"] if args.e2e else [])]
-    rows = []
+    rows, tables = [], []
     with tempfile.TemporaryDirectory(prefix="foldstack-bench-") as tmp:
         folder = Path(tmp)
         for name in chosen:
             print(f"running {name}...", flush=True)
-            rows.extend(_run(name, folder, args))
-    print(f"\n{machine()}\n")
-    print(table(rows))
+            if name == "recipes":  # a table of its own: recipe on versus off over seeds
+                from benchmarks import recipes
+                tables.append(recipes.run(folder / "recipes"))
+            else:
+                rows.extend(_run(name, folder, args))
+    if rows:
+        print(f"\n{machine()}\n")
+        print(table(rows))
+    for text in tables:
+        print(f"\n{text}")
 
 
 def _run(name: str, folder: Path, args: argparse.Namespace):

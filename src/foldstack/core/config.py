@@ -86,7 +86,9 @@ class EmbeddedSource(_Frozen):
     """A competition built from data that ships with a package (no network, no credentials)."""
 
     type: Literal["embedded"]
-    dataset: Literal["digits"]
+    dataset: Literal["digits", "digits_hard"] = Field(
+        description="digits: scikit-learn's 1,797 digits, an 80/20 split; digits_hard: 20 labelled a class, "
+                    "the rest the test set, every image occluded and noisy")
     limit: int | None = Field(None, ge=20, description="keep only this many images (tiny test runs)")
 
 
@@ -483,6 +485,9 @@ class StackConfig(_Frozen):
     one threshold for every class, fitted on the stacked OOF; ``per_class``: one per class;
     ``auto``: both fitted, the one with the better nested CV kept (see
     :mod:`foldstack.level2.thresholds`).
+
+    ``caruana_iterations`` and ``caruana_init`` shape the ``caruana`` candidate (greedy ensemble
+    selection on the pipeline's metric; see ``CaruanaSelection``).
     """
 
     candidates: list[str] | None = Field(None, min_length=1,
@@ -494,6 +499,8 @@ class StackConfig(_Frozen):
                                    "shared layout, sampled at random; null keeps all")
     thresholds: Literal["fixed", "global", "per_class", "auto"] = Field(
         "fixed", description="multilabel: 0.5 for every class (fixed), or thresholds fitted on the stacked OOF")
+    caruana_iterations: int = Field(25, ge=1, le=1000, description="caruana: models added in all, with replacement")
+    caruana_init: int = Field(1, ge=1, description="caruana: start from this many best single models")
 
     @field_validator("candidates")
     @classmethod
@@ -513,6 +520,8 @@ class StackConfig(_Frozen):
     def _force_among_candidates(self) -> StackConfig:
         if self.force and self.candidates and self.force not in self.candidates:
             raise ValueError(f"force {self.force!r} is not among candidates: {', '.join(self.candidates)}")
+        if self.caruana_init > self.caruana_iterations:
+            raise ValueError(f"caruana_init ({self.caruana_init}) exceeds caruana_iterations ({self.caruana_iterations})")
         return self
 
 

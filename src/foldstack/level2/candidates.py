@@ -13,7 +13,7 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.metrics import Metric
 from foldstack.core.registry import Registry
 from foldstack.level2.base import Level2Estimator
-from foldstack.level2.blend import BestSingle, MeanBlend, RankAverage, WeightedMeanBlend
+from foldstack.level2.blend import BestSingle, CaruanaSelection, MeanBlend, RankAverage, WeightedMeanBlend
 from foldstack.level2.stackers import LightGBMStacker, LogisticStacker
 
 
@@ -53,6 +53,8 @@ def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estima
 register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric), scores=True))
 register(Candidate("mean", lambda cfg: MeanBlend(), scores=True))
 register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend(), scores=True))
+register(Candidate("caruana", lambda cfg: CaruanaSelection(metric=cfg.metric, iterations=cfg.stack.caruana_iterations,
+                                                           init=cfg.stack.caruana_init)))
 register(Candidate("rank_average", lambda cfg: RankAverage(), applies=lambda metric: metric.ranks))
 register(Candidate("logistic", lambda cfg: LogisticStacker()))
 register(Candidate("lightgbm", _lightgbm(summary_features=False), scores=True))
