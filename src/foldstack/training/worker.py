@@ -57,7 +57,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     task = replace(task, augment_on_device=augment_on_device(task.model, task.augment, settings.gpus))
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
-    with distribute.data_parallel(distribute.requested()) as replicas:
+    with distribute.data_parallel(distribute.requested()) as split:
         predict = fit(task, images, metrics.get(task.metric), callbacks=[EpochTicks(send)],
                       jit_compile=settings.jit_compile)
         oof = predict("train", task.valid_index)
@@ -65,7 +65,8 @@ def train_fold(task: FoldTask, send: Send) -> dict:
         "oof": oof,
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
                    "mixed_precision": settings.mixed_precision, "augment_on_device": task.augment_on_device,
-                   "replicas": replicas, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "replicas": split.replicas, "split_over": list(split.devices),
+                   "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                    "slot": os.environ.get(SLOT), "host": socket.gethostname(), "pid": os.getpid()},
         "peak_mb": memory_mb("VmHWM"),
     }
