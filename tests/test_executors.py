@@ -146,7 +146,6 @@ def test_two_slots_ctrl_c_ends_both_folds_then_a_killed_fold_is_tried_again(one_
         deadline = time.time() + 300
         while len(running := fold_processes()) < 2 and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # inside their folds' work
         if set(running) <= set(fold_processes()):  # still running: train.run is still waiting on them
             seen.update(pids=running, at=time.perf_counter())
             os.kill(os.getpid(), signal.SIGINT)
@@ -159,12 +158,17 @@ def test_two_slots_ctrl_c_ends_both_folds_then_a_killed_fold_is_tried_again(one_
         with pytest.raises(KeyboardInterrupt):
             train.run(cfg, paths, workers=1)
         stopped = time.perf_counter() - seen["at"]
+        print(f"Ctrl-C ended both folds in {stopped:.1f} s")
     finally:
         helper.join()
         signal.signal(signal.SIGINT, previous)
     assert len(seen["pids"]) == 2
     assert not set(seen["pids"]) & set(fold_processes()), "a fold process outlived Ctrl-C"
     assert stopped < STOPPED_WITHIN, f"Ctrl-C took {stopped:.1f} s to end the folds"
+    # Ended, not left to finish: interrupted within a second or two of their start, no fold got to
+    # its epoch's end (its log's first row).
+    logs = [paths.models / "m" / f"fold{fold}" / "log.csv" for fold in range(2)]
+    assert not any(log.exists() and len(log.read_text().splitlines()) > 1 for log in logs)
     assert not any((paths.models / "m" / f"fold{fold}" / fold_done.NAME).exists() for fold in range(2))
 
     thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
