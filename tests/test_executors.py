@@ -53,7 +53,7 @@ JAX_DATA_PARALLEL_TOLERANCE = 1e-3
 #: How long Ctrl-C may take to end the running fold processes (``isolate.STOP_SECONDS`` for one
 #: to end after its SIGINT, a second for one that a terminal interrupted itself, and slack for a
 #: busy machine).
-STOPPED_WITHIN = 15.0
+STOPPED_WITHIN = 10.0
 
 
 def competition(root: Path, **compute) -> tuple:
