@@ -132,21 +132,17 @@ def wait_for(condition, what: str, thread: threading.Thread, errors: list, secon
     return found
 
 
-def test_two_slots_ctrl_c_ends_both_folds_then_a_killed_fold_is_tried_again(one_device, tmp_path: Path,
-                                                                           caplog) -> None:
-    """``devices: 2``: both folds train at once. Ctrl-C (SIGINT to this process, as a notebook's
-    interrupt sends it: the fold processes get none themselves) while both run ends both within
-    seconds and raises KeyboardInterrupt. The rerun trains them again, each in the slot its
-    environment names; one of its fold processes is killed and tried again; the OOF file is that
-    of one device."""
-    cfg, paths = competition(tmp_path, devices=2)
+def interrupt_when_two_run(find, run) -> tuple[list[int], float]:
+    """``run()`` in this (the main) thread, and Ctrl-C -- SIGINT to this process alone, as a
+    notebook's interrupt sends it -- as soon as ``find()`` sees two processes at work: their ids,
+    and the seconds until ``run`` raised KeyboardInterrupt."""
     seen: dict = {}
 
     def interrupt() -> None:
         deadline = time.time() + 300
-        while len(running := fold_processes()) < 2 and time.time() < deadline:
+        while len(running := find()) < 2 and time.time() < deadline:
             time.sleep(0.05)
-        if set(running) <= set(fold_processes()):  # still running: train.run is still waiting on them
+        if len(running) == 2 and set(running) <= set(find()):  # still at work: ``run`` is waiting on them
             seen.update(pids=running, at=time.perf_counter())
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -156,14 +152,33 @@ def test_two_slots_ctrl_c_ends_both_folds_then_a_killed_fold_is_tried_again(one_
     try:
         helper.start()
         with pytest.raises(KeyboardInterrupt):
-            train.run(cfg, paths, workers=1)
-        stopped = time.perf_counter() - seen["at"]
-        print(f"Ctrl-C ended both folds in {stopped:.1f} s")
+            run()
+        return seen["pids"], time.perf_counter() - seen["at"]
     finally:
         helper.join()
         signal.signal(signal.SIGINT, previous)
-    assert len(seen["pids"]) == 2
-    assert not set(seen["pids"]) & set(fold_processes()), "a fold process outlived Ctrl-C"
+
+
+def ended(pids: list[int], find, seconds: float = STOPPED_WITHIN) -> bool:
+    """Whether none of ``pids`` is among ``find()``'s processes any more, within ``seconds``."""
+    deadline = time.time() + seconds
+    while set(pids) & set(find()):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_two_slots_ctrl_c_ends_both_folds_then_a_killed_fold_is_tried_again(one_device, tmp_path: Path,
+                                                                           caplog) -> None:
+    """``devices: 2``: both folds train at once. Ctrl-C (SIGINT to this process, as a notebook's
+    interrupt sends it: the fold processes get none themselves) while both run ends both within
+    seconds and raises KeyboardInterrupt. The rerun trains them again, each in the slot its
+    environment names; one of its fold processes is killed and tried again; the OOF file is that
+    of one device."""
+    cfg, paths = competition(tmp_path, devices=2)
+    pids, stopped = interrupt_when_two_run(fold_processes, lambda: train.run(cfg, paths, workers=1))
+    assert not set(pids) & set(fold_processes()), "a fold process outlived Ctrl-C"
     assert stopped < STOPPED_WITHIN, f"Ctrl-C took {stopped:.1f} s to end the folds"
     # Ended, not left to finish: interrupted within a second or two of their start, no fold got to
     # its epoch's end (its log's first row).
@@ -321,10 +336,17 @@ def listening(run, heard: list):
 
 def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_cluster, one_device, tmp_path: Path,
                                                                         capsys, monkeypatch) -> None:
-    """Train and predict as Ray tasks: each epoch's score reaches the driver's progress bar as it
-    ends; fold 1's worker is killed mid-task and run again by Ray; the OOF and test files are
-    those of the local executor; a rerun skips both folds."""
+    """Train and predict as Ray tasks: Ctrl-C in the driver as both folds start cancels both
+    tasks; then each epoch's score reaches the driver's progress bar as it ends; fold 1's worker
+    is killed mid-task and run again by Ray; the OOF and test files are those of the local
+    executor; a rerun skips both folds."""
     cfg, paths = competition(tmp_path, executor="ray")
+    def tasks() -> list[int]:
+        return ray_processes("ray::foldstack m fold")
+
+    pids, _ = interrupt_when_two_run(tasks, lambda: train.run(cfg, paths, workers=1))
+    assert ended(pids, tasks), "a Ray task outlived Ctrl-C"
+
     heard: list[tuple[str, object]] = []  # (job, message) and (job, "done"), in the driver's order
     monkeypatch.setattr(ray_executor.RayExecutor, "run", listening(ray_executor.RayExecutor.run, heard))
     thread, errors = in_background(lambda: train.run(cfg, paths, workers=1))
