@@ -199,6 +199,23 @@ def test_two_slots_ctrl_c_ends_both_folds_then_a_killed_fold_is_tried_again(one_
     assert_same(oof_of(paths), oof_of(one_device))
 
 
+def test_ctrl_c_keeps_a_job_that_had_finished() -> None:
+    """Ctrl-C while the stage writes one job's files, once the other job has ended too: the
+    other's result is still handed to ``done`` (kept, not trained again), then KeyboardInterrupt."""
+    handed = []
+
+    def done(job: executor.Job, result, seconds: float) -> None:
+        handed.append(job.name)
+        if len(handed) == 1:
+            wait_for(lambda: not fold_processes(), "the other job's end", threading.current_thread(), [], 60)
+            raise KeyboardInterrupt
+
+    jobs = [executor.Job(name, "foldstack.training.worker:gpu_count", ()) for name in ("a", "b")]
+    with pytest.raises(KeyboardInterrupt):
+        executor.LocalExecutor(lambda: [{}, {}]).run(jobs, done)
+    assert sorted(handed) == ["a", "b"]
+
+
 def test_data_parallel_over_two_virtual_devices(one_device, tmp_path: Path) -> None:
     """``data_parallel: true``: each fold's batches split over two logical CPU devices
     (TensorFlow's MirroredStrategy); the OOF within ``DATA_PARALLEL_TOLERANCE`` of one device."""
@@ -305,14 +322,24 @@ def ray_cluster():
 
 
 def ray_processes(title: str) -> list[int]:
-    found = []
+    """This test's Ray processes whose title starts with ``title``: below this process (its local
+    cluster's raylet starts the workers), not another session's on the same machine."""
+    found, mine, parents = [], {os.getpid()}, {}
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
-                found.append(int(entry.name))
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    while grown := {pid for pid, parent in parents.items() if parent in mine} - mine:
+        mine |= grown
+    for pid in mine - {os.getpid()}:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title.encode()):
+                found.append(pid)
         except OSError:
             continue
-    return found
+    return sorted(found)
 
 
 def listening(run, heard: list):
