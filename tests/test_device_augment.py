@@ -227,17 +227,42 @@ for transforms in ({transforms}):
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(device_augment(transforms)(inputs)))
     model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
     print(model.jit_compile)
+
+# MixUp and CutMix on the device: the step with the mixing keeps XLA, and the jitted layer mixes
+# the pixels as the loader does.
+import jax
+import numpy as np
+from foldstack.core.config import CutMixConfig, MixUpConfig
+from foldstack.training.augment import BatchMix, mix_batch
+from foldstack.training.device_augment import DeviceMix, training_network
+inputs = keras.Input((16, 16, 3))
+plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
+trainer = training_network(plain, device_augment(({transforms})[0]), mix=True)
+trainer.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+print(trainer.jit_compile)
+images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+targets = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
+mixing = (MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
+layer = DeviceMix()
+step = jax.jit(lambda image, mix: layer(image, mix, training=True))
+for seed in range(4):
+    batch, mixed_targets = BatchMix(*mixing, on_device=True)(images, targets, np.random.default_rng(seed))
+    trainer.train_on_batch(batch, mixed_targets)
+    expected, _ = mix_batch(images, targets, *mixing, np.random.default_rng(seed))
+    mix = {{name: value for name, value in batch.items() if name != "image"}}
+    print(bool(np.allclose(step(images.astype(np.float32), mix), expected, atol=1e-3)))
 """
 
 
 def test_under_jax_the_training_step_keeps_xla_unless_a_crop_forbids_it() -> None:
     """Keras marks its geometric layers uncompilable for every backend, which under JAX would run
     the whole training step op by op; the device layer lifts that where JAX compiles them
-    (rotation, zoom, shift), not for RandomCrop (offsets drawn in the step)."""
+    (rotation, zoom, shift), not for RandomCrop (offsets drawn in the step). MixUp and CutMix on
+    the device keep XLA too, and jitted they mix as the loader does."""
     affine = [FLIP, {"__class_fullname__": "Affine", "rotate": [-10, 10], "scale": [0.9, 1.1],
                      "translate_percent": [-0.1, 0.1], "p": 0.5}]
     crop = [{"__class_fullname__": "RandomCrop", "height": 12, "width": 12, "p": 1.0}]
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", JIT_PROBE.format(transforms=f"{affine!r}, {crop!r}")], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "False"]
+    assert out == ["True", "False", "True", "True", "True", "True", "True"]

@@ -10,6 +10,7 @@ its backup, and its weights file predicts through the plain network (the predict
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import keras
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from foldstack.core.config import AugmentConfig, CutMixConfig, MixUpConfig
+from foldstack.core.config import CutMixConfig, MixUpConfig
 from foldstack.core.metrics import Metric
 from foldstack.training import regimes, worker
 from foldstack.training.augment import (
@@ -30,9 +31,10 @@ from foldstack.training.augment import (
 from foldstack.training.callbacks import FoldScore
 from foldstack.training.device_augment import NAME, DeviceMix, training_network
 from foldstack.training.fold_task import BEST, PredictTask
-from foldstack.training.loader import _MIX, ImageBatches
+from foldstack.training.loader import ImageBatches
 from foldstack.training.network import build_network
 
+from conftest import make_config
 from test_device_augment import Probe, network_task
 from test_phases import Spy
 from test_train import fold_task, model_config
@@ -96,15 +98,29 @@ def test_mixing_goes_where_the_transforms_go_also_without_any() -> None:
     """MixUp alone (no train transform) on the device when asked for, or by ``auto`` on a GPU;
     on the CPU without a GPU, or with nothing to augment or mix."""
     mixing = model_config(mixup={"alpha": 0.2, "p": 0.5})
-    assert augment_on_device(mixing, AugmentConfig(on="device"), 0)
-    assert augment_on_device(mixing, AugmentConfig(), 1)
-    assert not augment_on_device(mixing, AugmentConfig(), 0)
-    assert not augment_on_device(model_config(), AugmentConfig(on="device"), 1)
+    device, auto = make_config(augment={"on": "device"}).augment, make_config().augment
+    assert augment_on_device(mixing, device, 0)
+    assert augment_on_device(mixing, auto, 1)
+    assert not augment_on_device(mixing, auto, 0)
+    assert not augment_on_device(model_config(), device, 1)
+
+
+class Recording(BatchMix):
+    """Mixes on the device, and keeps what :func:`mix_batch` makes of each batch it is given
+    with the same generator: the loader's mixing on the CPU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_the_cpu: list[np.ndarray] = []
+
+    def __call__(self, images, targets, rng):
+        self.on_the_cpu.append(mix_batch(images, targets, self.mixup, self.cutmix, copy.deepcopy(rng))[0])
+        return super().__call__(images, targets, rng)
 
 
 def test_fit_mixes_on_the_device_and_validation_and_prediction_never_do() -> None:
-    """A probe in front of the backbone: in ``fit`` it sees each batch mixed exactly as the loader
-    would have mixed it on the CPU, while the loader serves uint8 rows; the epoch's validation
+    """A probe in front of the backbone: in ``fit`` it sees each batch mixed as the loader would
+    have mixed it on the CPU with the same draws, while the loader serves uint8 rows; the epoch's validation
     (the plain network's) and ``predict`` see the images as cached; the training model's
     inference path is the plain network's, and its weights file loads into a new plain network."""
     size, n, batch = 16, 32, 8
@@ -115,7 +131,7 @@ def test_fit_mixes_on_the_device_and_validation_and_prediction_never_do() -> Non
     plain = build_network(network_task(size), backbone, frozen_statistics=False)
     trainer = training_network(plain, None, mix=True)
     trainer.compile(optimizer="sgd", loss="categorical_crossentropy")
-    mix = BatchMix(MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5), on_device=True)
+    mix = Recording(MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5), on_device=True)
     batches = ImageBatches(images, np.arange(n), targets, batch_size=batch, shuffle=True, seed=3, mix=mix)
     order = batches._order.copy()
     served, _ = batches[0]
@@ -134,12 +150,10 @@ def test_fit_mixes_on_the_device_and_validation_and_prediction_never_do() -> Non
                            Metric("probe", score, greater_is_better=True), network=plain)
     trainer.fit(batches, epochs=1, verbose=0, callbacks=[record, validation])
     assert len(seen_in_fit) == n // batch
-    for b, seen in seen_in_fit.items():
-        rows = order[b * batch:(b + 1) * batch]
-        expected, _ = mix_batch(images[rows], targets[rows], mix.mixup, mix.cutmix,
-                                np.random.default_rng([3, 0, b, _MIX]))
-        np.testing.assert_allclose(seen, expected, rtol=1e-6, atol=1e-3)
-    assert any(not np.array_equal(seen, images[order[b * batch:(b + 1) * batch]]) for b, seen in seen_in_fit.items())
+    for seen in seen_in_fit.values():  # each is a batch the loader served, as the loader would have mixed it
+        assert any(np.allclose(seen, expected, rtol=1e-6, atol=1e-3) for expected in mix.on_the_cpu)
+    assert any(not any(np.array_equal(image, row) for row in images) for image in np.concatenate(
+        list(seen_in_fit.values())))  # some are mixed
     np.testing.assert_array_equal(seen_in_validation[0], images[:batch])
 
     proba = plain.predict(ImageBatches(images, np.arange(n), batch_size=batch), verbose=0)
@@ -156,14 +170,11 @@ def test_a_mixup_fold_on_the_device_trains_resumes_and_predicts_through_the_plai
     as cached with the draws beside them; the rerun resumes from the backup at epoch 1; the
     fold's best weights predict through the predict stage's network as the fold's own
     predictor does."""
-    augment = AugmentConfig(train=[{"__class_fullname__": "HorizontalFlip", "p": 0.5}], on="device")
+    augment = make_config(augment={"train": [{"__class_fullname__": "HorizontalFlip", "p": 0.5}],
+                                   "on": "device"}).augment
     model = model_config(regime="scratch", epochs=2, patience=2, mixup={"alpha": 0.4, "p": 1.0})
     task, images = fold_task(tiny_digits, tmp_path, model, augment=augment, augment_on_device=True)
-    plan, _ = regimes.scratch(task, images)
-    layers = [layer.name for layer in plan.trainer.layers]
-    assert NAME in layers and "device_mix" in layers and plan.network.name in layers
-    assert NAME not in [layer.name for layer in plan.network.layers]
-    batches = plan.train()["x"]
+    batches = regimes.train_batches(task, images)
     inputs, mixed = batches[0]
     rows = batches._order[:len(mixed)]
     np.testing.assert_array_equal(inputs["image"], images["train"][rows])
@@ -177,6 +188,9 @@ def test_a_mixup_fold_on_the_device_trains_resumes_and_predicts_through_the_plai
     rerun = Spy()
     predict = regimes.fit(task, images, metric, callbacks=[rerun])
     assert [epoch for epoch, _ in rerun.epoch_begins] == [1]
+    layers = {layer.name: layer for layer in rerun.model.layers}  # the model fit trained
+    assert NAME in layers and "device_mix" in layers
+    assert NAME not in [layer.name for layer in layers[task.model.name].layers]  # the network it wraps
     assert (task.fold_dir / BEST).is_file() and (task.fold_dir / "log.csv").is_file()
 
     predicted = worker.predict_folds(

@@ -98,6 +98,10 @@ class DeviceMix(keras.layers.Layer):
         self.mixup = keras.layers.MixUp(dtype="float32")
         self.cutmix = keras.layers.CutMix(dtype="float32")
 
+    def build(self, images_shape, mix_shape=None):
+        self.mixup.build(images_shape)
+        self.cutmix.build(images_shape)
+
     def call(self, images, mix, training=None):
         if not training:
             return images
