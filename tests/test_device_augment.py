@@ -4,8 +4,9 @@ What is checked: each device form does what its albumentations transform does (a
 parameters, against albumentations' own output); a probe inside the network sees augmented
 images while ``fit`` trains the network behind the layer and the images as cached at inference;
 a fold trained so keeps a loader that only gathers rows, and its weights predict through the
-network without the layer (the predict stage's); ``auto`` picks the CPU here and the device where the probe finds a
-GPU; a transform without a device form is one line naming it.
+network without the layer (the predict stage's); ``auto`` picks the CPU here and the device where
+the probe finds a GPU; a transform without a device form is one line naming it. (MixUp and
+CutMix on the device: ``test_device_mix.py``.)
 """
 
 from __future__ import annotations

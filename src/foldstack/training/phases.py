@@ -79,7 +79,8 @@ class Plan:
     """A regime's network and how to train it: its phases and the data they see.
 
     Attributes:
-        network: the model that trains, end to end.
+        network: the fold's network, end to end: what is scored, checkpointed and predicted
+            with, and what ``fit`` trains unless ``trainer`` wraps it.
         backbone: the backbone inside it whose trainable layers the phases set, or None.
         phases: what to train, in order.
         train: makes a phase's training data (at its size; without a phase, the model's own), as
