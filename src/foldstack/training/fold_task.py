@@ -68,8 +68,8 @@ class FoldTask:
             its one-hot label (distillation, see ``training.rounds``), or None; the held-out
             fold is always scored against ``y``.
         pseudo: pseudo-labelled test images that join the training rows, or None.
-        augment_on_device: the train transforms run inside the network's training step
-            (``training.device_augment``), not in the loader; the fold's process decides it
+        augment_on_device: the train transforms, and MixUp's and CutMix's pixels, run inside
+            the training step (``training.device_augment``), not in the loader; the fold's process decides it
             (``training.augment.augment_on_device``), knowing its device.
     """
 
