@@ -20,10 +20,11 @@ from foldstack.contracts import fold_done
 from foldstack.core.config import AugmentConfig, ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.metrics import one_hot
+from foldstack.runtime import isolate
 
 #: The module whose functions run a task in its own process (by name, through
 #: ``runtime.isolate.call``, so that the caller never imports Keras).
-WORKER = "foldstack.training.worker"
+WORKER = isolate.child_module("foldstack.training.worker")
 
 #: Input-pipeline threads when the caller names none: a Kaggle kernel's four cores at most.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
