@@ -12,6 +12,14 @@ Three figures, each a ratio timed side by side in one process:
   model fed one in-memory batch over and over (synthetic: no input cost at all), and the
   loader's time per batch against the model's step time.
 
+and the same for MixUp and CutMix (issue #16, item 1's last part):
+
+* the loader's CPU side per batch with the mixing in the loader (numpy draws, the blend and the
+  paste of every pixel) and with the mixing on the device (the draws and the targets only, the
+  rows gathered as cached), each against numpy's fancy indexing of the same rows;
+* training images/s with the mixing in the loader against on the device (``DeviceMix`` in the
+  training step), the same small CNN fed by gathering loaders.
+
 On a CPU the device path's layers run on the same cores as the model, so the speed-up a GPU gives
 (the CPU only gathers, the GPU augments in the step) shows only in ``benchmarks/gpu.py``.
 """
@@ -25,8 +33,9 @@ import keras
 import numpy as np
 
 from benchmarks import Row, timed
-from foldstack.training.augment import compose
-from foldstack.training.device_augment import device_augment
+from foldstack.core.config import CutMixConfig, MixUpConfig
+from foldstack.training.augment import BatchMix, compose
+from foldstack.training.device_augment import device_augment, training_network
 from foldstack.training.loader import ImageBatches
 
 COPY_TARGET = 0.9
@@ -38,6 +47,8 @@ AUGMENT = [
     {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5},
 ]
 CLASSES = 10
+#: The mixing of both paths: one draw per batch, MixUp on half the batches, CutMix on the others.
+MIX = (MixUpConfig(alpha=0.2, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
 
 
 def memmapped_cache(folder: Path, count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -51,11 +62,13 @@ def memmapped_cache(folder: Path, count: int, size: int, seed: int = 0) -> np.nd
     return np.load(path, mmap_mode="r")
 
 
-def gather_epochs(cache: np.ndarray, targets: np.ndarray, batch: int, epochs: int) -> tuple[float, float]:
-    """The best of ``epochs`` shuffled epochs' seconds for the loader without transforms, and for
-    numpy's fancy indexing of the same rows (each batch copied out of the memmap in both),
-    timed in turn epoch by epoch so that the shared machine's load falls on both alike."""
-    loader = ImageBatches(cache, np.arange(len(cache)), targets, None, batch_size=batch, shuffle=True)
+def gather_epochs(cache: np.ndarray, targets: np.ndarray, batch: int, epochs: int,
+                  mix: BatchMix | None = None) -> tuple[float, float]:
+    """The best of ``epochs`` shuffled epochs' seconds for the loader without transforms (with
+    ``mix``, mixing its batches), and for numpy's fancy indexing of the same rows (each batch
+    copied out of the memmap in both), timed in turn epoch by epoch so that the shared machine's
+    load falls on both alike."""
+    loader = ImageBatches(cache, np.arange(len(cache)), targets, None, batch_size=batch, shuffle=True, mix=mix)
     np.asarray(cache[:])  # the file in the page cache before either is timed
 
     def through_loader():
@@ -155,4 +168,37 @@ def run(folder: Path, count: int = 2048, size: int = 64, batch: int = 128, worke
     step_s = synthetic_s / len(raw_feed)
     rows.append(Row("augment", f"{case}: the device path's training step / the loader's batch",
                     f"{step_s * 1e3:.1f} ms vs {batch_s * 1e3:.2f} ms", step_s / batch_s))
+    return rows + mixing(gather_cache, gather_targets, cache, targets, batch, workers)
+
+
+def mixing(gather_cache: np.ndarray, gather_targets: np.ndarray, cache: np.ndarray, targets: np.ndarray,
+           batch: int, workers: int) -> list[Row]:
+    """MixUp and CutMix (:data:`MIX`) in the loader against on the device: the loader's CPU time
+    per batch against numpy's gather, at the gather's size; training images/s at the training
+    size, without per-image transforms so that only the mixing's place differs."""
+    rows = []
+    gather_case = f"{len(gather_cache)} x {gather_cache.shape[1]}px, batch {batch}"
+    for where, mix in (("in the loader", BatchMix(*MIX)), ("on the device", BatchMix(*MIX, on_device=True))):
+        loader_s, numpy_s = gather_epochs(gather_cache, gather_targets, batch, epochs=6, mix=mix)
+        per_batch = 1e3 / -(-len(gather_cache) // batch)
+        met = None if not mix.on_device else numpy_s / loader_s >= COPY_TARGET
+        rows.append(Row("augment", f"{gather_case}: the loader's batch with MixUp/CutMix {where} / numpy fancy "
+                                   "indexing (best of 6 epochs)",
+                        f"{loader_s * per_batch:.2f} ms vs {numpy_s * per_batch:.2f} ms", numpy_s / loader_s,
+                        f">= {COPY_TARGET}" if mix.on_device else "", met))
+
+    count, size = len(cache), cache.shape[1]
+    index = np.arange(count)
+    cpu_feed = ImageBatches(cache, index, targets, None, batch_size=batch, shuffle=True, workers=workers,
+                            mix=BatchMix(*MIX))
+    device_feed = ImageBatches(cache, index, targets, None, batch_size=batch, shuffle=True, workers=workers,
+                               mix=BatchMix(*MIX, on_device=True))
+    trainer = training_network(small_cnn(size, None), None, mix=True)
+    trainer.compile(optimizer="adam", loss="categorical_crossentropy")
+    cpu_s, device_s = best_epochs([(small_cnn(size, None), cpu_feed), (trainer, device_feed)])
+    steps = len(device_feed)
+    rows.append(Row("augment", f"{count} x {size}px, batch {batch}: train img/s, MixUp/CutMix on the device / in "
+                               f"the loader ({workers} loader threads; step {device_s / steps * 1e3:.0f} vs "
+                               f"{cpu_s / steps * 1e3:.0f} ms)",
+                    f"{count / device_s:,.0f} vs {count / cpu_s:,.0f} img/s", cpu_s / device_s))
     return rows

@@ -2,10 +2,11 @@
 
 What is checked: each device form does what its albumentations transform does (at fixed
 parameters, against albumentations' own output); a probe inside the network sees augmented
-images while ``fit`` trains and the images as cached at inference; a fold trained so keeps a
-loader that only gathers rows, and its weights predict through the network built without the
-layer (the predict stage's); ``auto`` picks the CPU here and the device where the probe finds a
-GPU; a transform without a device form is one line naming it.
+images while ``fit`` trains the network behind the layer and the images as cached at inference;
+a fold trained so keeps a loader that only gathers rows, and its weights predict through the
+network without the layer (the predict stage's); ``auto`` picks the CPU here and the device where
+the probe finds a GPU; a transform without a device form is one line naming it. (MixUp and
+CutMix on the device: ``test_device_mix.py``.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from foldstack.pipeline import parse_pipeline
 from foldstack.runtime import device
 from foldstack.training import regimes, worker
 from foldstack.training.augment import augment_on_device, compose
-from foldstack.training.device_augment import NAME, DeviceAugment, device_augment
+from foldstack.training.device_augment import NAME, DeviceAugment, device_augment, training_network
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, recipe_fingerprint
 from foldstack.training.loader import ImageBatches
 from foldstack.training.network import build_network
@@ -109,9 +110,9 @@ def test_the_network_augments_inside_fit_and_never_at_inference() -> None:
     probe = Probe()
     inputs = keras.Input((size, size, 3))
     features = keras.layers.Conv2D(4, 3)(probe(inputs))
-    network = build_network(task, keras.Model(inputs, features), frozen_statistics=False,
-                            augment=device_augment([FLIP], seed=0))
-    network.compile(optimizer="sgd", loss="categorical_crossentropy")
+    network = build_network(task, keras.Model(inputs, features), frozen_statistics=False)
+    trainer = training_network(network, device_augment([FLIP], seed=0), mix=False)
+    trainer.compile(optimizer="sgd", loss="categorical_crossentropy")
     images = np.repeat(picture(size)[None], 64, axis=0)
     targets = np.eye(10, dtype=np.float32)[np.arange(64) % 10]
     flipped = by_albumentations({"__class_fullname__": "HorizontalFlip", "p": 1.0}, picture(size))
@@ -119,7 +120,7 @@ def test_the_network_augments_inside_fit_and_never_at_inference() -> None:
     seen_in_fit = []
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: seen_in_fit.extend(keras.ops.convert_to_numpy(probe.seen)))
-    network.fit(ImageBatches(images, np.arange(64), targets, batch_size=8, shuffle=True), epochs=1, verbose=0,
+    trainer.fit(ImageBatches(images, np.arange(64), targets, batch_size=8, shuffle=True), epochs=1, verbose=0,
                 callbacks=[record])
     assert any(np.array_equal(image, flipped) for image in seen_in_fit)
     assert any(np.array_equal(image, picture(size)) for image in seen_in_fit)
@@ -137,15 +138,16 @@ def network_task(size: int) -> FoldTask:
 
 
 def test_a_device_fold_gathers_rows_and_its_weights_predict_without_the_layer(tiny_digits, tmp_path: Path) -> None:
-    """A fold placed on the device: its network holds the layer, its loader hands over rows
-    exactly as cached, and the predict stage's network (built without the layer) loaded with its
+    """A fold placed on the device: the model it trains holds the layer (its network does not),
+    its loader hands over rows exactly as cached, and the predict stage's network loaded with its
     weights file predicts as it does: the file is the same, and inference is never augmented."""
     augment = make_config(augment={"train": [FLIP, {"__class_fullname__": "Affine", "rotate": [-20, 20], "p": 0.8}],
                                    "on": "device"}).augment
     task, images = fold_task(tiny_digits, tmp_path, model_config(regime="scratch", epochs=1), augment=augment,
                              augment_on_device=True)
     plan, predict = regimes.scratch(task, images)
-    assert NAME in [layer.name for layer in plan.network.layers]
+    assert NAME in [layer.name for layer in plan.trainer.layers]
+    assert NAME not in [layer.name for layer in plan.network.layers]
     batches = plan.train()["x"]
     batch, _ = batches[0]
     np.testing.assert_array_equal(batch, images["train"][batches._order[:len(batch)]])
@@ -226,17 +228,42 @@ for transforms in ({transforms}):
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(device_augment(transforms)(inputs)))
     model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
     print(model.jit_compile)
+
+# MixUp and CutMix on the device: the step with the mixing keeps XLA, and the jitted layer mixes
+# the pixels as the loader does.
+import jax
+import numpy as np
+from foldstack.core.config import CutMixConfig, MixUpConfig
+from foldstack.training.augment import BatchMix, mix_batch
+from foldstack.training.device_augment import DeviceMix, training_network
+inputs = keras.Input((16, 16, 3))
+plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
+trainer = training_network(plain, device_augment(({transforms})[0]), mix=True)
+trainer.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+print(trainer.jit_compile)
+images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+targets = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
+mixing = (MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
+layer = DeviceMix()
+step = jax.jit(lambda image, mix: layer(image, mix, training=True))
+for seed in range(4):
+    batch, mixed_targets = BatchMix(*mixing, on_device=True)(images, targets, np.random.default_rng(seed))
+    trainer.train_on_batch(batch, mixed_targets)
+    expected, _ = mix_batch(images, targets, *mixing, np.random.default_rng(seed))
+    mix = {{name: value for name, value in batch.items() if name != "image"}}
+    print(bool(np.allclose(step(images.astype(np.float32), mix), expected, atol=1e-3)))
 """
 
 
 def test_under_jax_the_training_step_keeps_xla_unless_a_crop_forbids_it() -> None:
     """Keras marks its geometric layers uncompilable for every backend, which under JAX would run
     the whole training step op by op; the device layer lifts that where JAX compiles them
-    (rotation, zoom, shift), not for RandomCrop (offsets drawn in the step)."""
+    (rotation, zoom, shift), not for RandomCrop (offsets drawn in the step). MixUp and CutMix on
+    the device keep XLA too, and jitted they mix as the loader does."""
     affine = [FLIP, {"__class_fullname__": "Affine", "rotate": [-10, 10], "scale": [0.9, 1.1],
                      "translate_percent": [-0.1, 0.1], "p": 0.5}]
     crop = [{"__class_fullname__": "RandomCrop", "height": 12, "width": 12, "p": 1.0}]
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", JIT_PROBE.format(transforms=f"{affine!r}, {crop!r}")], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "False"]
+    assert out == ["True", "False", "True", "True", "True", "True", "True"]

@@ -22,6 +22,7 @@ from foldstack.core.paths import Paths
 from foldstack.pipeline import load_pipeline
 from foldstack.stages import predict, stack, train
 
+from competitions import save_dicom
 from conftest import TINY
 from test_bad_input import assert_one_line
 
@@ -70,8 +71,9 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket")
 
 def test_images_predicts_every_image_and_names_those_unlike_the_training_images(trained, capsys, caplog,
                                                                                 tmp_path: Path) -> None:
-    """Unseen digits (PNG and JPEG, in sub-folders too) are predicted and pass; photos from
-    scikit-image are predicted and named in the warning; other files are not images."""
+    """Unseen digits (PNG and JPEG, in sub-folders too, and a DICOM twin of one PNG) are predicted
+    and pass; photos from scikit-image are predicted and named in the warning; other files are not
+    images."""
     import skimage.data
 
     folder = tmp_path / "new"
@@ -81,6 +83,9 @@ def test_images_predicts_every_image_and_names_those_unlike_the_training_images(
         name = ["", "more", "more/deeper"][i % 3] + f"/digit{i}.{'jpg' if i % 4 == 0 else 'png'}"
         Image.fromarray(image, mode="L").save(folder / name.lstrip("/"))
         digits.append(name.lstrip("/"))
+    twin = digits[1].replace(".png", ".dcm")
+    save_dicom(np.repeat(np.asarray(Image.open(folder / digits[1]))[..., None], 3, axis=-1), folder / twin, "twin")
+    digits.append(twin)
     photos = [f"photo_{name}.jpg" for name in PHOTOS]
     for name, file in zip(PHOTOS, photos):
         Image.fromarray(getattr(skimage.data, name)()).save(folder / file)
@@ -90,7 +95,7 @@ def test_images_predicts_every_image_and_names_those_unlike_the_training_images(
 
     code, out, err = run(trained, capsys, "--images", str(folder), "--out", str(tmp_path / "out.csv"))
     assert code == 0, err
-    assert re.search(r"predicted 25 images in [\d.]+ s \([\d.]+ images/s\)", out)
+    assert re.search(r"predicted 26 images in [\d.]+ s \([\d.]+ images/s\)", out)
     frame = pd.read_csv(tmp_path / "out.csv", dtype={"label": str})
     assert list(frame.columns) == ["image", "label", *CLASSES, "distance", "unfamiliar"]
     assert sorted(frame["image"]) == sorted(digits + photos)
@@ -98,6 +103,8 @@ def test_images_predicts_every_image_and_names_those_unlike_the_training_images(
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert (frame["label"] == np.array(CLASSES)[proba.argmax(axis=1)]).all()
     assert sorted(frame.loc[frame["unfamiliar"], "image"]) == sorted(photos)
+    by_image = frame.set_index("image")[CLASSES]
+    np.testing.assert_allclose(by_image.loc[twin], by_image.loc[digits[1]], rtol=0, atol=1e-6)  # DICOM read as its PNG
     warning = [r.message for r in caplog.records if "unlike the training images" in r.message]
     assert len(warning) == 1 and all(photo in warning[0] for photo in photos), warning
     assert not any(digit in warning[0] for digit in digits)

@@ -5,10 +5,13 @@ fit, and ``keras.backend.clear_session()`` does not free them, so memory grows f
 (measured in benchmarks/RESULTS.md, "Memory, fold over fold"). A fold in its own process hands
 all of it back when it exits.
 
-Children come from a fork server that imported the called function's module once (the first
-call's), so a call starts in milliseconds instead of paying a TensorFlow import each time. Where
-the platform has no fork server (Windows), children are spawned. The caller never imports the
-module (or Keras).
+Children come from a fork server that imported the called function's module once, so a call
+starts in milliseconds instead of paying a TensorFlow import each time. The server starts with the
+first call and imports that call's module and every module named by :func:`child_module`: a
+process that runs children of two modules (a test session, a notebook calling the bundle stage,
+then training) would otherwise pay the other module's import in every child of it. Where the
+platform has no fork server (Windows), children are spawned. The caller never imports the module
+(or Keras).
 
 A child:
 
@@ -45,6 +48,15 @@ _INTERRUPTED = 130
 _starting = threading.Lock()
 #: How long an interrupted child may take to end before it is killed.
 STOP_SECONDS = 5.0
+#: The modules whose functions run in children of this process (:func:`child_module`).
+_modules: set[str] = set()
+
+
+def child_module(module: str) -> str:
+    """Names ``module`` as one whose functions this process runs in children (its fork server
+    imports it when it starts, whichever module the first call names); returns it, for a constant."""
+    _modules.add(module)
+    return module
 
 
 class ChildError(RuntimeError):
@@ -142,7 +154,7 @@ def _context(preload: str) -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([preload])  # takes effect when the server starts (first call)
+    context.set_forkserver_preload(sorted(_modules | {preload}))  # takes effect when the server starts (first call)
     return context
 
 

@@ -46,6 +46,9 @@ from foldstack.training.fold_task import BEST, members
 log = logging.getLogger(__name__)
 
 KERNEL_SCRIPT = "foldstack_kernel.py"
+
+#: Where the ImageNet files a backbone reads are found: a child's work, as it builds the backbone.
+PRETRAINED = isolate.child_module("foldstack.backbones.pretrained")
 #: The source tree this foldstack runs from: src/foldstack/stages/bundle.py -> the repository.
 SOURCE_TREE = Path(__file__).resolve().parents[3]
 #: Files of a fold folder that inference never reads: resume points and per-phase checkpoints.
@@ -164,7 +167,7 @@ def _pretrained_weights(cfg: PipelineConfig, folder: Path) -> dict[str, list[str
         if model.weights != "imagenet":
             continue
         # Building the backbone needs Keras: in a child, as training does.
-        for kind, path in isolate.call("foldstack.backbones.pretrained:imagenet_files", model.backbone,
+        for kind, path in isolate.call(f"{PRETRAINED}:imagenet_files", model.backbone,
                                        model.image_size):
             (folder / kind).mkdir(parents=True, exist_ok=True)
             if Path(path).name not in found[kind]:

@@ -31,7 +31,7 @@ from foldstack.core.metrics import grades, hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
-from foldstack.data.images import load_rgb, resize
+from foldstack.data.images import DICOM_EXTENSIONS, load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import compute, isolate
@@ -154,8 +154,8 @@ def run(cfg: PipelineConfig, paths: Paths, workers: int | None = None) -> None:
 
 # --- foldstack predict --images --------------------------------------------------------------------
 
-#: What counts as an image in a folder: every extension Pillow can open.
-IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
+#: What counts as an image in a folder: every extension Pillow can open, and DICOM's.
+IMAGE_EXTENSIONS = frozenset({*(ext.lower() for ext in Image.registered_extensions()), *DICOM_EXTENSIONS})
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -170,7 +170,7 @@ def image_files(folder: Path) -> list[Path]:
                    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
                    and not any(part.startswith(".") for part in path.relative_to(folder).parts))
     if not files:
-        raise DataError(f"{folder}: no images in it or its sub-folders (any format Pillow reads: png, jpg, ...)")
+        raise DataError(f"{folder}: no images in it or its sub-folders (any format Pillow reads: png, jpg, ...; DICOM)")
     return files
 
 

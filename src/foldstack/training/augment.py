@@ -5,8 +5,10 @@ training step; per training batch, MixUp and CutMix (:func:`mix_batch`).
 The device forms are described here as plain data (:class:`DeviceStep`, no Keras), so the
 pipeline's validation, in a process that never imports Keras, can tell a transform without one;
 ``training.device_augment`` builds the layers. MixUp and CutMix mix targets as well as images,
-which a layer inside the network cannot see: they stay batch operations in the loader whichever
-way the per-image transforms run.
+which a layer inside the network cannot see: the loader draws them and mixes the targets
+(:class:`BatchMix`), and the pixels are mixed where the per-image transforms run, in the loader
+(:func:`mix_batch`) or on the device (the batch carries the draws, :func:`device_mix_inputs`, to
+``training.device_augment.DeviceMix``), the same draws and targets either way.
 """
 
 from __future__ import annotations
@@ -167,9 +169,10 @@ def check_device(transforms: list[dict[str, Any]]) -> None:
 def augment_on_device(model: ModelConfig, augment: AugmentConfig, gpus: int) -> bool:
     """Whether ``model``'s train transforms run on the device: as its ``augment_on`` says, else
     as ``augment.on`` says; ``auto`` is the device where there is a GPU and every train transform
-    has a device form that compiles (none in :data:`UNCOMPILED`). Nothing to augment is the CPU (a loader that only gathers either way)."""
+    has a device form that compiles (none in :data:`UNCOMPILED`). MixUp and CutMix go with them.
+    Nothing to augment or mix is the CPU (a loader that only gathers either way)."""
     choice = model.augment_on or augment.on
-    if not augment.train or model.regime == "features":
+    if not (augment.train or model.mixup or model.cutmix) or model.regime == "features":
         return False
     if choice == "auto":
         if gpus == 0:
@@ -185,73 +188,168 @@ def augment_on_device(model: ModelConfig, augment: AugmentConfig, gpus: int) -> 
 # --- batch mixing -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MixDraw:
+    """One training batch's MixUp or CutMix, as drawn (:func:`draw_mix`): image ``i`` is mixed
+    with image ``permutation[i]`` of the same batch, and its target becomes
+    ``weight[i] * y[i] + (1 - weight[i]) * y[permutation[i]]``.
+
+    Attributes:
+        permutation: ``(n,)`` each image's partner.
+        weight: ``(n,)`` float32, each image's share of its own target: MixUp's Beta draw, which
+            blends the pixels too; CutMix's share of pixels outside the box.
+        boxes: CutMix's ``(n, 4)`` int boxes, ``(top, left, height, width)`` in pixels, where the
+            partner's pixels replace the image's; None for MixUp.
+    """
+
+    permutation: np.ndarray
+    weight: np.ndarray
+    boxes: np.ndarray | None = None
+
+
+#: A batch's mixing parameters beside its ``image`` when the device mixes it, each name's shape
+#: per image and dtype (:func:`device_mix_inputs`, ``training.device_augment.DeviceMix``).
+MIX_INPUTS = {"mix_permutation": ((), "int32"), "mix_weight": ((), "float32"), "mix_box": ((4,), "int32")}
+
+
 class BatchMix:
-    """MixUp or CutMix of whole training batches (:func:`mix_batch`), as a model's YAML sets them.
+    """MixUp or CutMix of whole training batches, as a model's YAML sets them.
 
     The loader hands it each training batch with a generator seeded by ``(seed, epoch, batch)``,
     so a run repeats exactly whatever order its threads build batches in; validation and TTA
-    batches are never mixed.
+    batches are never mixed. The draws and the targets are numpy's wherever the pixels are
+    mixed: in the loader (:func:`mix_batch`), or on the device, where the batch becomes
+    ``{"image": images as given, **device_mix_inputs(draw)}`` for the training network's
+    ``DeviceMix`` layer; ``size`` then maps the batch's image size to the size the device's
+    transforms make of it (:func:`augmented_size`), where CutMix's boxes are placed.
     """
 
-    def __init__(self, mixup: MixUpConfig | None, cutmix: CutMixConfig | None):
+    def __init__(self, mixup: MixUpConfig | None, cutmix: CutMixConfig | None, on_device: bool = False,
+                 size: Callable[[tuple[int, int]], tuple[int, int]] | None = None):
         self.mixup = mixup
         self.cutmix = cutmix
+        self.on_device = on_device
+        self.size = size
 
     @classmethod
-    def of(cls, model: ModelConfig) -> BatchMix | None:
-        """The model's batch mixing, or None when it mixes nothing."""
-        return cls(model.mixup, model.cutmix) if model.mixup or model.cutmix else None
+    def of(cls, model: ModelConfig, device: list[DeviceStep] | None = None) -> BatchMix | None:
+        """The model's batch mixing, or None when it mixes nothing; ``device``: the pixels are
+        mixed on the device, after these steps (the train transforms' device forms)."""
+        if not (model.mixup or model.cutmix):
+            return None
+        if device is None:
+            return cls(model.mixup, model.cutmix)
+        return cls(model.mixup, model.cutmix, on_device=True, size=lambda size: augmented_size(device, size))
 
     def __call__(self, images: np.ndarray, targets: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return mix_batch(images, targets, self.mixup, self.cutmix, rng)
+                 rng: np.random.Generator) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]:
+        if not self.on_device:
+            return mix_batch(images, targets, self.mixup, self.cutmix, rng)
+        size = tuple(images.shape[1:3])
+        draw = draw_mix(len(images), self.size(size) if self.size else size, self.mixup, self.cutmix, rng)
+        return {"image": images, **device_mix_inputs(draw, len(images))}, mix_targets(targets, draw)
 
 
 def mix_batch(images: np.ndarray, targets: np.ndarray, mixup: MixUpConfig | None, cutmix: CutMixConfig | None,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A batch's images and targets, mixed by MixUp (probability ``mixup.p``), else by CutMix
-    (``cutmix.p``), else untouched: one draw per batch picks at most one of them.
+    (``cutmix.p``), else untouched: one draw per batch picks at most one of them
+    (:func:`draw_mix`). Mixed images are float32 in the images' range (0-255), which the
+    network's input takes as it takes uint8."""
+    draw = draw_mix(len(images), images.shape[1:3], mixup, cutmix, rng)
+    if draw is None:
+        return images, targets
+    return mix_images(images, draw), mix_targets(targets, draw)
 
-    Each image ``i`` is mixed with image ``perm[i]`` of the same batch (a random permutation)
-    and its target becomes ``w * y[i] + (1 - w) * y[perm[i]]``: MixUp blends the pixels with the
-    same ``w ~ Beta(alpha, alpha)``; CutMix pastes a box of ``perm[i]`` whose side is
-    ``sqrt(1 - w)`` of the image's, and ``w`` is then the share of pixels it did not cover
-    (exact on the pixel grid, so small boxes are counted right).
 
-    The draws are numpy's; the mixing itself is Keras's ``MixUp`` and ``CutMix`` layers'
-    (``transform_images``, ``transform_labels``). Their own draws are not used: with an integer
-    seed CutMix places a box's x and y from the same random number. Mixed images are float32
-    in the images' range (0-255), which the network's input takes as it takes uint8.
+def draw_mix(n: int, shape: tuple[int, int], mixup: MixUpConfig | None, cutmix: CutMixConfig | None,
+             rng: np.random.Generator) -> MixDraw | None:
+    """A batch of ``n`` images of ``shape``'s mixing: MixUp with probability ``mixup.p``, else
+    CutMix with ``cutmix.p``, else None (untouched).
+
+    MixUp blends the pixels with ``w ~ Beta(alpha, alpha)``; CutMix pastes a box of the partner
+    whose side is ``sqrt(1 - w)`` of the image's, and ``w`` is then the share of pixels it did
+    not cover (exact on the pixel grid, so small boxes are counted right). The draws are
+    numpy's, not Keras's ``MixUp`` and ``CutMix`` layers' own: with an integer seed CutMix places
+    a box's x and y from the same random number.
     """
-    import keras
-
-    n = len(images)
     choice = rng.random()
     if mixup is not None and choice < mixup.p:
-        weight = rng.beta(mixup.alpha, mixup.alpha, n).astype(np.float32)
-        layer, transformation = keras.layers.MixUp(), {"mix_weight": weight}
+        weight, boxes = rng.beta(mixup.alpha, mixup.alpha, n).astype(np.float32), None
     elif cutmix is not None and choice < (mixup.p if mixup else 0.0) + cutmix.p:
-        masks = _boxes(images.shape[1:3], rng.beta(cutmix.alpha, cutmix.alpha, n), rng)
-        weight = 1.0 - masks.mean(axis=(1, 2)).astype(np.float32)
-        masks = np.repeat(masks[..., None], images.shape[-1], axis=-1)
-        layer, transformation = keras.layers.CutMix(), {"mix_weight": weight, "batch_masks": masks}
+        boxes = _boxes(shape, rng.beta(cutmix.alpha, cutmix.alpha, n), rng)
+        weight = 1.0 - (boxes[:, 2] * boxes[:, 3] / (shape[0] * shape[1])).astype(np.float32)
     else:
-        return images, targets
-    transformation["permutation_order"] = rng.permutation(n)
-    mixed = layer.transform_images(images, transformation)
-    mixed_targets = layer.transform_labels(targets.astype(np.float32), transformation)
-    return (keras.ops.convert_to_numpy(mixed).astype(np.float32),
-            keras.ops.convert_to_numpy(mixed_targets).astype(np.float32))
+        return None
+    return MixDraw(rng.permutation(n), weight, boxes)
+
+
+def mix_images(images: np.ndarray, draw: MixDraw) -> np.ndarray:
+    """``images`` mixed as ``draw`` says, by Keras's ``MixUp`` or ``CutMix`` layer
+    (``transform_images``), as float32: the loader's side of :func:`mix_batch`."""
+    import keras
+
+    transformation = {"permutation_order": draw.permutation}
+    if draw.boxes is None:
+        layer = keras.layers.MixUp()
+        transformation["mix_weight"] = draw.weight
+    else:
+        layer = keras.layers.CutMix()
+        masks = _masks(images.shape[1:3], draw.boxes)
+        transformation["batch_masks"] = np.repeat(masks[..., None], images.shape[-1], axis=-1)
+    return keras.ops.convert_to_numpy(layer.transform_images(images, transformation)).astype(np.float32)
+
+
+def mix_targets(targets: np.ndarray, draw: MixDraw | None) -> np.ndarray:
+    """``targets`` mixed as ``draw`` says, float32 (the sum of Keras's ``MixUp`` and ``CutMix``
+    ``transform_labels``, in numpy: a Keras layer made per batch costs the loader milliseconds);
+    as they are when ``draw`` is None."""
+    if draw is None:
+        return targets
+    targets, weight = targets.astype(np.float32), draw.weight[:, None]
+    return weight * targets + (1.0 - weight) * targets[draw.permutation]
+
+
+def device_mix_inputs(draw: MixDraw | None, n: int) -> dict[str, np.ndarray]:
+    """What a batch of ``n`` carries for the device to mix its pixels as ``draw`` says
+    (:data:`MIX_INPUTS`): each image's partner, its pixels' weight (MixUp's; 1 for CutMix) and
+    its box (CutMix's; empty for MixUp). A batch that draws neither carries the identity: each
+    image its own partner, at weight 1, with no box, so every batch has the same structure and
+    the compiled step never branches."""
+    permutation, weight = np.arange(n), np.ones(n, np.float32)
+    boxes = np.zeros((n, 4), np.int32)
+    if draw is not None:
+        permutation = draw.permutation
+        if draw.boxes is None:
+            weight = draw.weight
+        else:
+            boxes = draw.boxes
+    return {name: array.astype(dtype)
+            for (name, (_, dtype)), array in zip(MIX_INPUTS.items(), (permutation, weight, boxes))}
+
+
+def augmented_size(steps: list[DeviceStep], size: tuple[int, int]) -> tuple[int, int]:
+    """The size ``steps`` make of images of ``size``: a crop's or a resize's, else the same."""
+    for step in steps:
+        for layer, arguments in step.layers:
+            if layer in ("RandomCrop", "Resizing"):
+                size = (arguments["height"], arguments["width"])
+    return size
 
 
 def _boxes(shape: tuple[int, int], kept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One boolean ``(height, width)`` mask per kept share: a box of ``sqrt(1 - kept)`` of each
-    side, in pixels, placed at random wholly inside the image."""
+    """One ``(top, left, height, width)`` box per kept share: ``sqrt(1 - kept)`` of each side, in
+    pixels, placed at random wholly inside the image."""
     height, width = shape
     ratio = np.sqrt(1.0 - kept)
     box_h, box_w = np.rint(ratio * height).astype(int), np.rint(ratio * width).astype(int)
     top = (rng.random(len(kept)) * (height - box_h + 1)).astype(int)
     left = (rng.random(len(kept)) * (width - box_w + 1)).astype(int)
-    rows, cols = np.arange(height)[None, :, None], np.arange(width)[None, None, :]
-    return ((rows >= top[:, None, None]) & (rows < (top + box_h)[:, None, None])
-            & (cols >= left[:, None, None]) & (cols < (left + box_w)[:, None, None]))
+    return np.stack([top, left, box_h, box_w], axis=1)
+
+
+def _masks(shape: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
+    """One boolean ``(height, width)`` mask per box, true inside it."""
+    rows, cols = np.arange(shape[0])[None, :, None], np.arange(shape[1])[None, None, :]
+    top, left, height, width = (boxes[:, i, None, None] for i in range(4))
+    return (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)

@@ -79,20 +79,30 @@ class FoldScore(keras.callbacks.Callback):
     """Adds the competition metric on the held-out fold to the epoch logs as ``val_score``.
 
     Listed before the checkpoint and early-stopping callbacks, which then monitor ``val_score``
-    (Keras hands every callback the same logs dict, in list order).
+    (Keras hands every callback the same logs dict, in list order). ``network``: the one that
+    predicts, where ``fit`` trains it wrapped (:func:`scored_network`).
     """
 
-    def __init__(self, inputs, y_true: np.ndarray, metric: Metric, n_classes: int | None = None):
+    def __init__(self, inputs, y_true: np.ndarray, metric: Metric, n_classes: int | None = None,
+                 network: keras.Model | None = None):
         super().__init__()
         self.inputs = inputs
         self.y_true = y_true
         self.metric = metric
         self.n_classes = n_classes  # an ordinal score is rounded to one of these grades
+        self.network = network
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        proba = self.model.predict(self.inputs, verbose=0)
+        proba = scored_network(self, self.network).predict(self.inputs, verbose=0)
         if logs is not None:
             logs["val_score"] = self.metric(self.y_true, proba, n_classes=self.n_classes)
+
+
+def scored_network(callback: keras.callbacks.Callback, network: keras.Model | None) -> keras.Model:
+    """``network``, or the model ``fit`` trains when there is none. The trained model is read
+    first either way: under JAX that puts ``fit``'s state into the variables ``network`` shares."""
+    model = callback.model
+    return model if network is None else network
 
 
 def save_weights(model: keras.Model, path: Path, attrs: dict[str, Any] | None = None) -> None:
@@ -119,12 +129,14 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     The score is stored inside the weights file and renamed into place with it, so a new phase
     or a resumed run starts from the best on disk: an epoch that does worse never replaces it.
+    ``network``: the one whose weights are saved, where ``fit`` trains it wrapped.
     """
 
-    def __init__(self, path: Path, metric: Metric):
+    def __init__(self, path: Path, metric: Metric, network: keras.Model | None = None):
         super().__init__()
         self.path = Path(path)
         self.metric = metric
+        self.network = network
         self.best: float | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -135,7 +147,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if score is None or not np.isfinite(score):
             return
         if self.best is None or self.metric.better(score, self.best):
-            save_weights(self.model, self.path, {SCORE_ATTR: score, EPOCH_ATTR: epoch})
+            save_weights(scored_network(self, self.network), self.path, {SCORE_ATTR: score, EPOCH_ATTR: epoch})
             self.best = score
 
 

@@ -1,18 +1,20 @@
 """Augmentation on the device: the train transforms' Keras forms (``training.augment.device_steps``)
-as one layer at the network's input, so they run inside the compiled training step and the
-loader only gathers uint8 rows of the image cache.
+as one layer, and MixUp and CutMix of the batch's pixels as another, so they run inside the
+compiled training step and the loader only gathers uint8 rows of the image cache (and, mixing,
+draws the few numbers a batch is mixed by, and mixes its targets: ``training.augment.BatchMix``).
 
-The layer transforms only in training (``fit``'s step calls the network with ``training=True``);
-in ``predict`` and ``evaluate`` it hands the images on untouched, so validation and the TTA
-views are never randomly augmented. It holds no weights: a network trained with it loads its
-weights file into the same network built without it (prediction, Grad-CAM).
+Both layers sit in the model ``fit`` trains, :func:`training_network`: the image (and the
+mixing's inputs) through them, then the fold's plain network, whose layers it shares. The plain
+network is the one that validates, checkpoints and predicts: it has one image input and never
+augments, so its weights file loads into the network prediction and Grad-CAM build. The layers
+transform only in training (``fit``'s step calls the model with ``training=True``).
 """
 
 from __future__ import annotations
 
 import keras
 
-from foldstack.training.augment import UNCOMPILED, DeviceStep, device_steps
+from foldstack.training.augment import MIX_INPUTS, UNCOMPILED, DeviceStep, device_steps
 
 #: The layer's name in a network: how a test, or a reader of a model summary, finds it.
 NAME = "device_augment"
@@ -80,3 +82,57 @@ def device_augment(transforms: list[dict], seed: int | None = None) -> DeviceAug
     """
     steps = device_steps(transforms)
     return DeviceAugment(steps, seed) if steps else None
+
+
+class DeviceMix(keras.layers.Layer):
+    """MixUp and CutMix of a batch's pixels as the loader drew them (``augment.device_mix_inputs``):
+    Keras's ``MixUp`` blends each image with its partner at its pixel weight (1: untouched), then
+    Keras's ``CutMix`` pastes its partner's pixels in its box (empty: nothing). One path for every
+    batch, MixUp's, CutMix's or neither, so the compiled step never branches on a tensor (a
+    weight of 1 and an empty box give the image back exactly). Pixels stay float32.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("name", "device_mix")
+        super().__init__(dtype="float32", **kwargs)
+        self.mixup = keras.layers.MixUp(dtype="float32")
+        self.cutmix = keras.layers.CutMix(dtype="float32")
+
+    def build(self, images_shape, mix_shape=None):
+        self.mixup.build(images_shape)
+        self.cutmix.build(images_shape)
+
+    def call(self, images, mix, training=None):
+        if not training:
+            return images
+        permutation, weight, box = (mix[name] for name in MIX_INPUTS)
+        images = self.mixup.transform_images(keras.ops.cast(images, "float32"),
+                                             {"mix_weight": weight, "permutation_order": permutation})
+        return self.cutmix.transform_images(images, {"batch_masks": box_masks(keras.ops.shape(images), box),
+                                                     "permutation_order": permutation})
+
+
+def box_masks(shape, box):
+    """``(n, height, width, 1)`` booleans, true inside each image's ``(top, left, height, width)``
+    box (``augment._masks``'s boxes, built on the device)."""
+    rows = keras.ops.arange(shape[1], dtype="int32")[None, :, None]
+    cols = keras.ops.arange(shape[2], dtype="int32")[None, None, :]
+    top, left, height, width = (box[:, i, None, None] for i in range(4))
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    return inside[..., None]
+
+
+def training_network(network: keras.Model, augment: DeviceAugment | None, mix: bool) -> keras.Model | None:
+    """The model ``fit`` trains when the device augments or mixes: the ``image`` through
+    ``augment``, then (``mix``) :class:`DeviceMix` with the batch's :data:`MIX_INPUTS`, then
+    ``network``, whose layers (and so weights) it shares. None when there is neither."""
+    if augment is None and not mix:
+        return None
+    image = keras.Input(network.input_shape[1:], name="image")
+    x = augment(image) if augment is not None else image
+    inputs = image
+    if mix:
+        params = {name: keras.Input(shape, dtype=dtype, name=name) for name, (shape, dtype) in MIX_INPUTS.items()}
+        x = DeviceMix()(x, params)
+        inputs = {"image": image, **params}
+    return keras.Model(inputs, network(x), name=f"{network.name}_on_device")

@@ -20,10 +20,11 @@ from foldstack.contracts import fold_done
 from foldstack.core.config import AugmentConfig, ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.metrics import one_hot
+from foldstack.runtime import isolate
 
 #: The module whose functions run a task in its own process (by name, through
 #: ``runtime.isolate.call``, so that the caller never imports Keras).
-WORKER = "foldstack.training.worker"
+WORKER = isolate.child_module("foldstack.training.worker")
 
 #: Input-pipeline threads when the caller names none: a Kaggle kernel's four cores at most.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -68,8 +69,8 @@ class FoldTask:
             its one-hot label (distillation, see ``training.rounds``), or None; the held-out
             fold is always scored against ``y``.
         pseudo: pseudo-labelled test images that join the training rows, or None.
-        augment_on_device: the train transforms run inside the network's training step
-            (``training.device_augment``), not in the loader; the fold's process decides it
+        augment_on_device: the train transforms, and MixUp's and CutMix's pixels, run inside
+            the training step (``training.device_augment``), not in the loader; the fold's process decides it
             (``training.augment.augment_on_device``), knowing its device.
     """
 

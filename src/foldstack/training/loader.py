@@ -1,4 +1,5 @@
-"""The input pipeline: numpy batches from the memory-mapped cache, augmented by albumentations.
+"""The input pipeline: numpy batches from the memory-mapped cache, augmented by albumentations,
+or gathered as cached where the device augments them (``training.device_augment``).
 
 Backend-neutral: a ``keras.utils.PyDataset``, so the same code feeds TensorFlow, JAX and PyTorch.
 Augmentation runs in Keras's worker threads (``workers``); albumentations releases the GIL in
@@ -20,8 +21,10 @@ from foldstack.core.config import AugmentConfig
 from foldstack.runtime.memory import keep_freed_memory
 from foldstack.training.augment import compose
 
-Mix = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
-"""``mix(images, targets, rng) -> (images, targets)``: a whole batch mixed (MixUp, CutMix)."""
+Mix = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]]
+"""``mix(images, targets, rng) -> (inputs, targets)``: a whole batch mixed (MixUp, CutMix); the
+inputs are the mixed images, or (mixed on the device) the images as given with the draws beside
+them, a dict of the training network's inputs."""
 
 #: Tells the batch-mixing generator's seed from the augmentation's, drawn from the same three numbers.
 _MIX = 1
@@ -47,7 +50,8 @@ class ImageBatches(keras.utils.PyDataset):
         workers: threads that build batches in parallel (Keras's ``PyDataset`` workers).
         mix: mixes a whole batch of augmented images and their targets
             (``training.augment.BatchMix``), given a generator seeded by ``(seed, epoch, batch)``;
-            training batches only.
+            training batches only. Where the device mixes the pixels, it leaves the images as
+            they are and puts the draws beside them (a batch's inputs are then a dict).
     """
 
     def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,

@@ -44,19 +44,16 @@ def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: S
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
-                  dense_units: Sequence[int] = (), any_size: bool = False,
-                  augment: keras.layers.Layer | None = None) -> keras.Model:
+                  dense_units: Sequence[int] = (), any_size: bool = False) -> keras.Model:
     """The backbone, pooled, under a head. ``frozen_statistics`` calls the backbone with
     ``training=False``: its BatchNorm stays in inference mode even once it is unfrozen, so a
     few small batches never overwrite the ImageNet statistics (the keras-io recipe).
     ``any_size``: the input takes images of any size (the backbone must too), which global
-    pooling makes one vector each; the weights are the same as at a fixed size.
-    ``augment`` (``training.device_augment``) sits between the input and the backbone: it
-    augments in training only, and holds no weights."""
+    pooling makes one vector each; the weights are the same as at a fixed size. It never
+    augments: augmentation on the device wraps it (``device_augment.training_network``)."""
     size = None if any_size else task.size
     inputs = keras.Input((size, size, 3), name="image")
-    x = augment(inputs) if augment is not None else inputs
-    x = backbone(x, training=False) if frozen_statistics else backbone(x)
+    x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
 

@@ -79,7 +79,8 @@ class Plan:
     """A regime's network and how to train it: its phases and the data they see.
 
     Attributes:
-        network: the model that trains, end to end.
+        network: the fold's network, end to end: what is scored, checkpointed and predicted
+            with, and what ``fit`` trains unless ``trainer`` wraps it.
         backbone: the backbone inside it whose trainable layers the phases set, or None.
         phases: what to train, in order.
         train: makes a phase's training data (at its size; without a phase, the model's own), as
@@ -87,6 +88,9 @@ class Plan:
             ``shuffle`` for arrays).
         steps: batches per epoch (for the learning-rate schedule).
         valid: what ``predict`` takes for the held-out fold's score each epoch.
+        trainer: what ``fit`` trains when it is not ``network`` itself: ``network`` behind the
+            device's augmentation and mixing (``device_augment.training_network``), sharing its
+            weights. ``network`` is still what is scored, checkpointed and predicted with.
     """
 
     network: keras.Model
@@ -95,12 +99,18 @@ class Plan:
     train: Callable[[Phase | None], dict[str, Any]]
     steps: int
     valid: Any
+    trainer: keras.Model | None = None
+
+    @property
+    def fitted(self) -> keras.Model:
+        """The model ``fit`` trains (compiled, holding the optimizer; backed up to resume)."""
+        return self.network if self.trainer is None else self.trainer
 
 
 def fit_phases(task: FoldTask, plan: Plan, metric: Metric, callbacks: Sequence[keras.callbacks.Callback] = (),
                jit_compile: bool | str = False) -> None:
     """Fit every phase of ``plan`` in order, then load the best weights of any phase."""
-    best = BestCheckpoint(task.fold_dir / BEST, metric)
+    best = BestCheckpoint(task.fold_dir / BEST, metric, network=plan.network)
     first_epoch = 0
     for phase in plan.phases:
         _fit_phase(task, plan, phase, first_epoch, metric, best, callbacks, jit_compile)
@@ -119,8 +129,8 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
         return
     if plan.backbone is not None:
         set_trainable(plan.backbone, phase.backbone)
-    compile_for(task, plan.network, phase.lr, phase.epochs, plan.steps, jit_compile)
-    plan.network.fit(**plan.train(phase), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
+    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile)
+    plan.fitted.fit(**plan.train(phase), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
                      class_weight=task.class_weight,
                      callbacks=_phase_callbacks(task, plan, phase, first_epoch, metric, best, callbacks))
     save_weights(plan.network, done)
@@ -136,7 +146,7 @@ def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int,
     backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"), ema=ema)
     return [
         *([ema] if ema else []),
-        FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes),
+        FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes, network=plan.network),
         best,
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),
         ResumableCSVLogger(task.fold_dir / LOG, backup, first_epoch),

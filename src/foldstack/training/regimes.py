@@ -24,8 +24,8 @@ import numpy as np
 
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
-from foldstack.training.augment import BatchMix, compose
-from foldstack.training.device_augment import device_augment
+from foldstack.training.augment import BatchMix, compose, device_steps
+from foldstack.training.device_augment import device_augment, training_network
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, train_split
 from foldstack.training.loader import ImageBatches, view_batches
@@ -69,18 +69,23 @@ def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple
 
     ``scratch`` lets BatchNorm learn the new images' statistics; the others keep the backbone's.
     ``any_size``: it takes images of every size (progressive resizing trains it so; prediction
-    builds it at ``image_size``, with the same weights). A fold whose train transforms run on
-    the device has them as the network's first layer.
+    builds it at ``image_size``, with the same weights). It never augments: a fold whose train
+    transforms run on the device trains it wrapped (:func:`device_network`).
     """
     model = task.model
     backbone = create_backbone(model, any_size)
-    augment = None
-    if isinstance(task, FoldTask) and task.augment_on_device:
-        augment = device_augment(task.augment.train, seed=task.seed)
     network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size,
-                            augment=augment)
+                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size)
     return network, backbone
+
+
+def device_network(task: FoldTask, network: keras.Model) -> keras.Model | None:
+    """What ``fit`` trains when the fold's train transforms (and its MixUp and CutMix) run on the
+    device: ``network`` behind them (``device_augment.training_network``); None on the CPU."""
+    if not task.augment_on_device:
+        return None
+    return training_network(network, device_augment(task.augment.train, seed=task.seed),
+                            mix=BatchMix.of(task.model) is not None)
 
 
 def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
@@ -169,7 +174,7 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
     batch_size = task.model.batch_size
     if task.model.progressive:
         phases = resized(phases, task.model.progressive)
-    return Plan(network=network, backbone=backbone, phases=phases,
+    return Plan(network=network, backbone=backbone, phases=phases, trainer=device_network(task, network),
                 train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
                 steps=math.ceil(n_training_rows(task) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
@@ -178,12 +183,16 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
 def train_batches(task: FoldTask, images: Images, size: int | None = None) -> ImageBatches:
     """Shuffled, augmented (and, as the model says, mixed) batches of the fold's training rows
     (and pseudo-labelled test images) at ``size`` (None: ``image_size``), seeded by the fold's
-    seed; with the transforms on the device, the rows as cached (the network augments them)."""
+    seed; with the transforms on the device, the rows as cached, and with MixUp or CutMix the
+    draws beside them and the targets mixed (the training network augments and mixes the rows)."""
     array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")))
-    transform = None if task.augment_on_device else compose(task.augment.train)
+    if task.augment_on_device:
+        transform, mix = None, BatchMix.of(task.model, device=device_steps(task.augment.train))
+    else:
+        transform, mix = compose(task.augment.train), BatchMix.of(task.model)
     return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
-                        mix=BatchMix.of(task.model))
+                        mix=mix)
 
 
 def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:
