@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import keras
@@ -41,36 +42,52 @@ def prepare() -> None:
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
+@dataclass(frozen=True)
+class Split:
+    """How a fold's batches are split, as the backend's distribution reports it (``done.json``).
+
+    Attributes:
+        replicas: how many copies of the model each take a share of a batch (1: not split).
+        devices: the devices the distribution places them on (JAX's device mesh, the strategy's
+            devices under TensorFlow); empty when not split.
+    """
+
+    replicas: int = 1
+    devices: tuple[str, ...] = ()
+
+
 @contextmanager
-def data_parallel(enabled: bool) -> Iterator[int]:
+def data_parallel(enabled: bool) -> Iterator[Split]:
     """Inside, a model built, compiled and fitted splits each batch over every device of the
-    process (one device: nothing changes); yields how many replicas there are.
+    process (one device: nothing changes); yields the :class:`Split`.
 
     Raises:
         ConfigError: the backend has no data parallel that foldstack drives (torch).
     """
     if not enabled:
-        yield 1
+        yield Split()
         return
     backend = keras.config.backend()
     if backend == "jax":
-        devices = keras.distribution.list_devices()
         previous = keras.distribution.distribution()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+        keras.distribution.set_distribution(distribution)
+        # The mesh the batches are sharded over, not the list asked for: what really happens.
+        devices = tuple(str(device) for device in distribution.device_mesh.devices.flatten())
         log.info("data parallel over %d device(s): %s", len(devices), ", ".join(devices))
         try:
-            yield len(devices)
+            yield Split(len(devices), devices)
         finally:
             keras.distribution.set_distribution(previous)
     elif backend == "tensorflow":
         import tensorflow as tf
 
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices)
+        logical = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([device.name for device in logical])
+        devices = tuple(strategy.extended.worker_devices)
         log.info("data parallel over %d device(s): %s", strategy.num_replicas_in_sync, ", ".join(devices))
         with strategy.scope():
-            yield strategy.num_replicas_in_sync
+            yield Split(strategy.num_replicas_in_sync, devices)
     else:
         raise ConfigError(f"compute.data_parallel = true: not available under the {backend} backend; "
                           "use jax or tensorflow")

@@ -10,7 +10,10 @@ The local executor runs as many jobs at once as it has *slots*: one per GPU
 (``CUDA_VISIBLE_DEVICES=<id>`` in the fold's process), or, without a GPU, one per CPU core asked
 for. A job whose process dies (killed, out of memory) is tried again on the next free slot, up
 to ``max_retries`` times, while the others go on; a job that fails with an error (bad input, a
-bug) is not, and once the running jobs end its error is raised.
+bug) is not, and once the running jobs end its error is raised. Ctrl-C ends every running job's
+process at once (:func:`foldstack.runtime.isolate.call`'s ``cancel``), hands the jobs that had
+already finished to ``done``, and raises ``KeyboardInterrupt``: an interrupted fold resumes from
+its last backed-up epoch on the next run.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -68,7 +71,8 @@ Done = Callable[[Job, Any, float], None]
 class Executor(Protocol):
     def run(self, jobs: Sequence[Job], done: Done) -> None:
         """Run every job; ``done`` for each as it finishes. Raises the first job's error once
-        the jobs already running have ended (and been handed to ``done``)."""
+        the jobs already running have ended (and been handed to ``done``); on Ctrl-C, ends the
+        running jobs and raises ``KeyboardInterrupt``."""
 
 
 class LocalExecutor:
@@ -92,16 +96,17 @@ class LocalExecutor:
         free: queue.Queue[Slot] = queue.Queue()
         for slot in self.slots:
             free.put(slot)
-        stop = threading.Event()
+        stop = threading.Event()  # start no more jobs
+        cancel = threading.Event()  # and end the running ones
 
         def attempt(job: Job) -> tuple[Any, float]:
             for tried in range(self.max_retries + 1):
                 if stop.is_set():
-                    raise _Cancelled
+                    raise isolate.Cancelled(job.name)
                 slot = free.get()
                 try:
                     started = time.perf_counter()
-                    result = isolate.call(job.function, *job.args, on_message=job.on_message, env=slot)
+                    result = isolate.call(job.function, *job.args, on_message=job.on_message, env=slot, cancel=cancel)
                     return result, time.perf_counter() - started
                 except isolate.ChildDied as error:
                     if tried == self.max_retries:
@@ -116,28 +121,37 @@ class LocalExecutor:
                 done(job, *attempt(job))
             return
         first: BaseException | None = None
+        handed: set[Future] = set()
         with ThreadPoolExecutor(len(self.slots), thread_name_prefix="fold") as pool:
             futures = {pool.submit(attempt, job): job for job in jobs}
             try:
                 for future in as_completed(futures):
                     try:
                         result, seconds = future.result()
-                    except _Cancelled:
+                    except isolate.Cancelled:
                         continue
                     except BaseException as error:  # noqa: BLE001 - raised below, once the others end
                         first = first or error
                         stop.set()
                         continue
+                    handed.add(future)
                     done(futures[future], result, seconds)
-            except BaseException:
+            except BaseException as error:  # Ctrl-C (or ``done`` failed): end the running folds now
                 stop.set()
+                cancel.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(error, KeyboardInterrupt):
+                    _hand_finished(futures, handed, done)
                 raise
         if first is not None:
             raise first
 
 
-class _Cancelled(Exception):
-    """A job not started because another one failed."""
+def _hand_finished(futures: dict[Future, Job], handed: set[Future], done: Done) -> None:
+    """Hand ``done`` the jobs that finished while the caller was being interrupted: kept, not trained again."""
+    for future, job in futures.items():
+        if future not in handed and future.done() and not future.cancelled() and future.exception() is None:
+            done(job, *future.result())
 
 
 def local(compute: ComputeConfig, gpu_count: Callable[[], int]) -> LocalExecutor:

@@ -20,7 +20,11 @@ A child:
 * may ``send`` messages while it runs (progress ticks), handed to the caller's ``on_message``;
 * returns its result, or its error: a :class:`FoldstackError` (or a full disk) becomes the same
   one-line error in the parent, Ctrl-C the parent's ``KeyboardInterrupt``, anything else a
-  :class:`ChildError` carrying the child's traceback.
+  :class:`ChildError` carrying the child's traceback;
+* is ended promptly when the caller stops waiting for it (Ctrl-C in the parent, which a notebook
+  sends to the parent alone, or the caller's ``cancel`` event): interrupted as Ctrl-C would
+  interrupt it, so its atomic writes unwind, then killed if it has not ended within
+  :data:`STOP_SECONDS`. A fold's finished epochs are in its backup either way.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import traceback
 from multiprocessing.connection import wait
@@ -41,6 +46,8 @@ from foldstack.runtime.native_logs import filtered_stderr
 
 _INTERRUPTED = 130
 _starting = threading.Lock()
+#: How long an interrupted child may take to end before it is killed.
+STOP_SECONDS = 5.0
 #: The modules whose functions run in children of this process (:func:`child_module`).
 _modules: set[str] = set()
 
@@ -60,13 +67,19 @@ class ChildDied(ChildError):
     """The child's process ended without a result (killed, out of memory): worth another try."""
 
 
+class Cancelled(Exception):
+    """The caller cancelled the call (its ``cancel`` event was set); the child has been ended."""
+
+
 def call(function: str, *args: Any, on_message: Callable[[Any], None] | None = None,
-         env: dict[str, str] | None = None) -> Any:
+         env: dict[str, str] | None = None, cancel: threading.Event | None = None) -> Any:
     """``module:function`` run in a child process as ``function(*args, send=...)``; its result.
 
     ``function`` is named, not passed, so that the parent never imports the module (and Keras).
     ``env`` is set in the child's environment before the function runs (its device:
-    ``CUDA_VISIBLE_DEVICES``). Several threads may call at once, each waiting on its own child.
+    ``CUDA_VISIBLE_DEVICES``). Several threads may call at once, each waiting on its own child;
+    another thread stops one by setting its ``cancel`` (the call then raises :class:`Cancelled`),
+    as Ctrl-C stops the one the main thread waits on.
     """
     context = _context(preload=function.split(":")[0])
     messages = context.Queue()
@@ -78,31 +91,52 @@ def call(function: str, *args: Any, on_message: Callable[[Any], None] | None = N
     # One start at a time: the filter swaps this process's file descriptor 2 in and out.
     with _starting, filtered_stderr(enabled=level > logging.DEBUG):
         child.start()
+    last_word = False
     try:
         while True:
-            kind, payload = _next(messages, child, function)
+            kind, payload = _next(messages, child, function, cancel)
             if kind == "message":
                 if on_message is not None:
                     on_message(payload)
-            elif kind == "result":
+                continue
+            last_word = True
+            if kind == "result":
                 return payload
-            elif kind == "error":
+            if kind == "error":
                 raise FoldstackError(payload)
-            else:
-                raise ChildError(f"{function} failed in its own process:\n{payload}")
+            raise ChildError(f"{function} failed in its own process:\n{payload}")
     finally:
-        child.join(timeout=60)
-        if child.is_alive():  # the parent was interrupted or failed first
-            child.terminate()
+        if last_word:
+            child.join(timeout=60)  # it is exiting
+        else:  # the caller stopped waiting (Ctrl-C, cancelled, failed) or the child died
+            _stop(child)
+        if child.is_alive():
+            child.kill()
             child.join()
 
 
-def _next(messages: multiprocessing.Queue, child: multiprocessing.Process, function: str) -> tuple[str, Any]:
-    """The child's next message; raises if it died without a last word."""
+def _stop(child: multiprocessing.Process) -> None:
+    """End a child still at work as Ctrl-C would (its atomic writes unwind), within ``STOP_SECONDS``."""
+    # A terminal's Ctrl-C reached the child as well: a moment to end by itself, so that a second
+    # SIGINT does not cut its unwinding short.
+    child.join(timeout=1.0)
+    if child.is_alive():
+        try:
+            os.kill(child.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        child.join(timeout=STOP_SECONDS)
+
+
+def _next(messages: multiprocessing.Queue, child: multiprocessing.Process, function: str,
+          cancel: threading.Event | None = None) -> tuple[str, Any]:
+    """The child's next message; raises if it died without a last word, or the call was cancelled."""
     while True:
         try:
             return messages.get(timeout=0.2)
         except queue.Empty:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"{function}: cancelled") from None
             if child.is_alive():
                 continue
         try:  # it may have sent its result just before it ended
@@ -134,6 +168,7 @@ def _child(function: str, args: tuple, level: int, messages: multiprocessing.Que
         result = target(*args, send=lambda message: messages.put(("message", message)))
         messages.put(("result", result))
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (the parent's) changes nothing now
         raise SystemExit(_INTERRUPTED) from None
     except FoldstackError as error:
         messages.put(("error", str(error)))

@@ -10,6 +10,11 @@ Files: a task reads the image caches and writes its fold's checkpoints where the
 them, so every node must mount the artifacts folder at the same path (a shared filesystem); its
 result (the OOF or test probabilities) comes back to the driver, which writes the hand-off files
 atomically, as the local executor's caller does.
+
+What a task sends while it runs (a fold's per-epoch score, for the progress bar) goes through a
+:class:`ray.util.queue.Queue` that the driver drains while it waits, and reaches the job's
+``on_message`` in the driver's thread, as with the local executor. Ctrl-C in the driver cancels
+the tasks still running (their workers are killed; a fold resumes from its last backup).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 ADDRESS_VARIABLE = "FOLDSTACK_RAY_ADDRESS"
 #: How long a Ray address may take to accept a connection before it counts as not answering.
 CONNECT_SECONDS = 5.0
+#: How often the driver passes on the tasks' messages while it waits for them to end.
+POLL_SECONDS = 0.5
 
 
 class RayExecutor:
@@ -75,6 +82,7 @@ class RayExecutor:
 
     def run(self, jobs: Sequence[Job], done: Done) -> None:
         import ray
+        from ray.util.queue import Queue
 
         if not jobs:
             return
@@ -83,30 +91,49 @@ class RayExecutor:
         max_retries = self.compute.max_retries
         # A worker process per task: the fold's memory (TensorFlow's traced graphs) goes back with it.
         remote = ray.remote(max_calls=1)(_run_job)
+        messages = Queue(actor_options={"num_cpus": 0})  # (job's index, message) from every task
         refs = {remote.options(name=f"foldstack {job.name}", num_cpus=1, num_gpus=self.num_gpus,
-                               max_retries=max_retries).remote(job.function, job.args, job.needs): job
-                for job in jobs}
+                               max_retries=max_retries).remote(job.function, job.args, job.needs, messages, index): job
+                for index, job in enumerate(jobs)}
         first: BaseException | None = None
         pending = list(refs)
-        while pending:  # every job ends, whatever the others do: a finished fold is never lost
-            ready, pending = ray.wait(pending, num_returns=1)
-            job = refs[ready[0]]
-            try:
-                outcome = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as error:  # a bug: its traceback, from the worker
-                first = first or ChildError(f"{job.function} ({job.name}) failed on the Ray cluster:\n{error}")
-                continue
-            except ray.exceptions.RayError as error:
-                first = first or ChildDied(f"{job.name}: its Ray worker died {max_retries + 1} time(s) "
-                                           f"(compute.max_retries = {max_retries}): {one_line(str(error))}")
-                continue
-            if isinstance(outcome, _Failed):
-                first = first or FoldstackError(outcome.message)
-                continue
-            result, seconds = outcome
-            done(job, result, seconds)
+        try:
+            while pending:  # every job ends, whatever the others do: a finished fold is never lost
+                ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
+                _pass_on(messages, jobs)  # a job's messages all come before its end: it waits on each put
+                if not ready:
+                    continue
+                job = refs[ready[0]]
+                try:
+                    outcome = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as error:  # a bug: its traceback, from the worker
+                    first = first or ChildError(f"{job.function} ({job.name}) failed on the Ray cluster:\n{error}")
+                    continue
+                except ray.exceptions.RayError as error:
+                    first = first or ChildDied(f"{job.name}: its Ray worker died {max_retries + 1} time(s) "
+                                               f"(compute.max_retries = {max_retries}): {one_line(str(error))}")
+                    continue
+                if isinstance(outcome, _Failed):
+                    first = first or FoldstackError(outcome.message)
+                    continue
+                result, seconds = outcome
+                done(job, result, seconds)
+        except BaseException:  # Ctrl-C: the running folds end now, not at their end
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            messages.shutdown(force=True)
         if first is not None:
             raise first
+
+
+def _pass_on(messages: Any, jobs: Sequence[Job]) -> None:
+    """Hand each message waiting in the queue to its job's ``on_message``."""
+    waiting = messages.qsize()
+    for index, message in messages.get_nowait_batch(waiting) if waiting else ():
+        if jobs[index].on_message is not None:
+            jobs[index].on_message(message)
 
 
 class _Failed:
@@ -117,16 +144,22 @@ class _Failed:
         self.message = message
 
 
-def _run_job(function: str, args: tuple, needs: tuple[Path, ...]) -> tuple[Any, float] | _Failed:
-    """A job in a Ray worker: ``module:function(*args)``, its result and seconds."""
+def _run_job(function: str, args: tuple, needs: tuple[Path, ...], messages: Any,
+             index: int) -> tuple[Any, float] | _Failed:
+    """A job in a Ray worker: ``module:function(*args)``, its result and seconds; what it sends
+    goes into ``messages`` (a Ray queue) as ``(index, message)``."""
     missing = [path for path in needs if not Path(path).exists()]
     if missing:
         return _Failed(f"{missing[0]}: not found on Ray node {socket.gethostname()}; the Ray executor needs the "
                        "artifacts folder on storage that every node mounts at the same path")
     module, name = function.split(":")
+
+    def send(message: Any) -> None:  # waits until the message is in the queue: none outlives the task
+        messages.put((index, message))
+
     started = time.perf_counter()
     try:
-        result = getattr(importlib.import_module(module), name)(*args, send=lambda message: None)
+        result = getattr(importlib.import_module(module), name)(*args, send=send)
     except FoldstackError as error:
         return _Failed(str(error))
     return result, time.perf_counter() - started

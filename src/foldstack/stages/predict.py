@@ -109,7 +109,7 @@ class Predictor:
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
-                bar.update(len(dirs) - ticks[job.name])  # a Ray task sends no ticks
+                bar.update(max(0, len(dirs) - ticks[job.name]))  # a retried job ticks its folds again
                 seeds = cfg.model(job.name).seeds
                 runs = f"{cfg.folds.k} folds" + (f" x {len(seeds)} seeds" if seeds else "")
                 tqdm.write(f"{job.name}: predicted {len(ids)} test images, {runs} x "

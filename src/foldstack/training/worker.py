@@ -57,8 +57,8 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     task = replace(task, augment_on_device=augment_on_device(task.model, task.augment, settings.gpus))
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
-    with distribute.data_parallel(distribute.requested()) as replicas:
-        if replicas > 1 and keras.config.backend() == "tensorflow" and BatchMix.of(task.model):
+    with distribute.data_parallel(distribute.requested()) as split:
+        if split.replicas > 1 and keras.config.backend() == "tensorflow" and BatchMix.of(task.model):
             # MirroredStrategy gives each replica its share of a batch, and MixUp and CutMix pair
             # images across the whole batch: mixed on a device, a partner may sit on another.
             task = replace(task, augment_on_device=False)
@@ -69,7 +69,8 @@ def train_fold(task: FoldTask, send: Send) -> dict:
         "oof": oof,
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
                    "mixed_precision": settings.mixed_precision, "augment_on_device": task.augment_on_device,
-                   "replicas": replicas, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "replicas": split.replicas, "split_over": list(split.devices),
+                   "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                    "slot": os.environ.get(SLOT), "host": socket.gethostname(), "pid": os.getpid()},
         "peak_mb": memory_mb("VmHWM"),
     }
