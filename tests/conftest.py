@@ -27,6 +27,14 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a ``slow`` test (a minute or so of end-to-end work) first, each module's tests
+    still together (its module-scoped fixture is built once): two workers then finish together
+    instead of one running a long test alone at the end."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
+
+
 def make_config(**overrides) -> PipelineConfig:
     """The tiny pipeline with top-level keys replaced."""
     raw = copy.deepcopy(TINY)
