@@ -62,6 +62,7 @@ def test_pipeline_is_valid_as_written(slug: str) -> None:
     assert any(model.weights == "imagenet" for model in cfg.models)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slug", list(COMPETITIONS))
 def test_competition_runs_end_to_end_from_its_yaml(slug: str, tmp_path: Path) -> None:
     competition = COMPETITIONS[slug]

@@ -253,6 +253,7 @@ with ThreadPoolExecutor(2) as pool:
 """
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_over_two_virtual_devices(tmp_path: Path) -> None:
     """Under JAX (``keras.distribution.DataParallel``; the fold process gets its two CPU devices
     from ``XLA_FLAGS``): both folds split over a mesh of two devices, and the OOF is within
@@ -361,6 +362,7 @@ def listening(run, heard: list):
     return listened
 
 
+@pytest.mark.slow
 def test_ray_executor_writes_the_same_files_and_retries_a_killed_worker(ray_cluster, one_device, tmp_path: Path,
                                                                         capsys, monkeypatch) -> None:
     """Train and predict as Ray tasks: Ctrl-C in the driver as both folds start cancels both

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
+from kaggle_image import make_image, offline_env
 from PIL import Image
 
 from foldstack import cli
 from foldstack.data.sources import write_digits
-from kaggle_image import make_image, offline_env
 
 SLUG = "tiny-digits"
 PIPELINE = {
@@ -80,6 +81,7 @@ def probabilities(root: Path) -> pd.DataFrame:
     return pd.read_parquet(root / "artifacts" / "tiny" / "stack" / "test.parquet").set_index("id").sort_index()
 
 
+@pytest.mark.slow
 def test_kernel_predicts_a_new_test_set_offline_as_the_training_machine_does(tmp_path: Path) -> None:
     assert has_predict(), ("foldstack has no `predict` subcommand yet: this test needs issue #13 items 1-3 "
                            "(branch predict) merged")
