@@ -108,7 +108,7 @@ check: | $(SETUP)
 
 # Two workers: most of the suite is single-threaded Python (building Keras models).
 test: | $(TEST_SETUP)
-	$(BIN)python -m pytest -q -n 2 --durations=15
+	$(BIN)python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15
 
 bench: | $(SETUP)
 	$(BIN)python -m benchmarks
