@@ -51,9 +51,7 @@ class Classes:
                 value); names ``source``.
         """
         multilabel = task == "multilabel"
-        # A multilabel row may hold no label at all; explode turns it into NaN, not a class.
-        values = split_labels(labels).explode().dropna() if multilabel else labels.astype(str)
-        unique = sorted(set(values))
+        unique = sorted(set(every_label(labels, multilabel)))
         numeric = all(_is_number(name) for name in unique)
         if unique and numeric:
             unique.sort(key=float)
@@ -116,6 +114,12 @@ SEPARATOR = "|"
 def split_labels(cells: pd.Series) -> pd.Series:
     """Each multilabel cell as the list of its classes (an empty cell: no class)."""
     return cells.astype(str).map(lambda cell: [name for name in cell.split(SEPARATOR) if name])
+
+
+def every_label(cells: pd.Series, multilabel: bool) -> pd.Series:
+    """Every label of every row, one an item: a multilabel row's each (a row without a label
+    gives none), else the cell itself as a string."""
+    return split_labels(cells).explode().dropna() if multilabel else cells.astype(str)
 
 
 def join_labels(names) -> str:

@@ -21,7 +21,7 @@ from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import images, sources, splits, tables
-from foldstack.data.labels import Classes, split_labels
+from foldstack.data.labels import Classes, every_label
 
 #: Messages of one kind shown before the rest are counted (a missing folder can be 10,000 rows).
 SHOWN_PER_KIND = 10
@@ -131,8 +131,7 @@ def _fold_problems(cfg: PipelineConfig, paths: Paths, table: pd.DataFrame) -> li
 
 
 def _class_counts(labels: pd.Series, task: str) -> Counter:
-    tokens = split_labels(labels).explode().dropna() if task == "multilabel" else labels
-    return Counter(tokens)
+    return Counter(every_label(labels, task == "multilabel"))
 
 
 def _check_test(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFrame | None:
