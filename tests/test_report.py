@@ -44,3 +44,16 @@ def test_page_embeds_pictures_and_says_which_are_missing(tmp_path: Path) -> None
     page.section("gone", picture=tmp_path / "missing.png")
     text = page.render()
     assert text.count('src="data:image/png;base64,iVBOR') == 1 and "missing.png not found" in text
+
+
+def test_multilabel_rows_are_judged_at_the_stacks_thresholds() -> None:
+    """The stack's tables use the thresholds its CV chose (chosen.json), not 0.5: class b at 0.3
+    turns row 1's 0.4 into a hit and row 2's 0.35 into a false alarm."""
+    y = np.array([[1, 0], [1, 1], [0, 0]])
+    proba = np.array([[0.9, 0.1], [0.8, 0.4], [0.2, 0.35]])
+    at_half = per_class(y, proba, ["a", "b"], multilabel=True)
+    fitted = per_class(y, proba, ["a", "b"], multilabel=True, thresholds=np.array([0.5, 0.3]))
+    assert at_half["recall"].tolist() == [1.0, 0.0] and fitted["recall"].tolist() == [1.0, 1.0]
+    assert fitted["precision"].tolist() == [1.0, 0.5]
+    assert worst_rows(y, proba, limit=3, multilabel=True).tolist() == [1]
+    assert worst_rows(y, proba, limit=3, multilabel=True, thresholds=np.array([0.5, 0.3])).tolist() == [2]

@@ -64,8 +64,11 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
     metric = metrics.get(cfg.metric)
     data = predictions.load_level_two(cfg, paths)
     folds = folds_file.read(paths.folds, cfg.folds.k).set_index("id")
-    chosen = stack_output.read(paths.stack).name
+    stacked = stack_output.read(paths.stack)
+    chosen = stacked.name
     names = list(data.classes.names)
+    # Multilabel: the stack's rows at its own thresholds (fitted on its OOF), the models' at 0.5.
+    thresholds = None if stacked.thresholds is None else stacked.thresholds.reindex(names).to_numpy()
     stack_oof = stack_output.read_oof(paths.stack, data.classes, folds, paths.folds)[names].to_numpy(np.float64)
     multilabel = cfg.task == "multilabel"
     # The tables take class probabilities: a model's ordinal score as its rounded grade's 0/1 row.
@@ -76,15 +79,17 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
         page.section("Stack leaderboard", stack_output.read_leaderboard(paths.stack).drop(columns="chosen"),
                      paths.stack / "leaderboard.png", note=f"chosen: {chosen}")
         page.section("OOF confusion matrix", None, paths.stack / "confusion.png")
-        page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel))
+        page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel, thresholds),
+                     note=None if thresholds is None else "each class at the stack's threshold (chosen.json)")
         for m, model in enumerate(data.models):
-            page.section(f"Per class: {model}", per_class(data.y, model_oof[m], names, multilabel), folded=True)
+            page.section(f"Per class: {model}", per_class(data.y, model_oof[m], names, multilabel), folded=True,
+                         note="each class at 0.5" if multilabel else None)
         if not multilabel:
             page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
         # Read once: reading the train table checks every image file is there.
         train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
         images = _train_images(paths, train_files, data.ids, cfg.models[0].image_size)
-        worst = worst_rows(data.y, stack_oof, WORST, multilabel)
+        worst = worst_rows(data.y, stack_oof, WORST, multilabel, thresholds)
         page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
             images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
         for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
@@ -120,9 +125,11 @@ def _as_classes(proba: np.ndarray, n_classes: int) -> np.ndarray:
     return metrics.one_hot(metrics.grades(proba, n_classes), n_classes).astype(np.float64)
 
 
-def per_class(y: np.ndarray, proba: np.ndarray, names: list[str], multilabel: bool) -> pd.DataFrame:
-    """Precision, recall, F1 and support of each class, from OOF probabilities."""
-    predicted = metrics.hard_predictions(proba, multilabel)
+def per_class(y: np.ndarray, proba: np.ndarray, names: list[str], multilabel: bool,
+              thresholds: np.ndarray | None = None) -> pd.DataFrame:
+    """Precision, recall, F1 and support of each class, from OOF probabilities (multilabel: each
+    class predicted at its ``thresholds``, default 0.5)."""
+    predicted = metrics.hard_predictions(proba, multilabel, thresholds)
     precision, recall, f1, support = precision_recall_fscore_support(
         y, predicted, labels=None if multilabel else np.arange(len(names)), zero_division=0)
     return pd.DataFrame({"class": names, "precision": precision, "recall": recall, "f1": f1, "support": support})
@@ -138,11 +145,13 @@ def confused_pairs(y: np.ndarray, proba: np.ndarray, names: list[str], limit: in
     return counts.head(limit)
 
 
-def worst_rows(y: np.ndarray, proba: np.ndarray, limit: int, multilabel: bool) -> np.ndarray:
-    """The rows wrong with the most confidence (the highest probability on a wrong class), worst first."""
+def worst_rows(y: np.ndarray, proba: np.ndarray, limit: int, multilabel: bool,
+               thresholds: np.ndarray | None = None) -> np.ndarray:
+    """The rows wrong with the most confidence (the highest probability on a wrong class), worst
+    first; a multilabel row is wrong where a class is on the wrong side of its ``thresholds``."""
     truth = metrics.one_hot(y, proba.shape[1]).astype(bool)
     if multilabel:
-        wrong = (metrics.hard_predictions(proba, multilabel=True).astype(bool) != truth).any(axis=1)
+        wrong = (metrics.hard_predictions(proba, True, thresholds).astype(bool) != truth).any(axis=1)
     else:
         wrong = proba.argmax(axis=1) != y
     wrong_confidence = np.where(truth, -np.inf, proba).max(axis=1)
