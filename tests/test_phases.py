@@ -19,7 +19,7 @@ from foldstack.core.paths import Paths
 from foldstack.runtime import isolate
 from foldstack.stages import predict, train
 from foldstack.training import regimes
-from foldstack.training.callbacks import EPOCH_ATTR, SCORE_ATTR, AtomicBackupAndRestore
+from foldstack.training.callbacks import EPOCH_ATTR, SCORE_ATTR, AtomicBackupAndRestore, load_weights
 from foldstack.training.loader import view_batches
 from foldstack.training.phases import BEST
 from foldstack.training.worker import open_caches
@@ -76,7 +76,7 @@ def differs(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 def best_weights(network: keras.Model, fold_dir: Path) -> tuple[list[np.ndarray], float, int]:
     """The weights, score and epoch of ``fold_dir``'s best checkpoint (loaded into ``network``)."""
-    network.load_weights(str(fold_dir / BEST))
+    load_weights(network, fold_dir / BEST)
     with h5py.File(fold_dir / BEST, "r") as handle:
         score, epoch = float(handle.attrs[SCORE_ATTR]), int(handle.attrs[EPOCH_ATTR])
     return network.get_weights(), score, epoch

@@ -5,6 +5,7 @@ written atomically where a kill could tear a file."""
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -113,6 +114,16 @@ def save_weights(model: keras.Model, path: Path, attrs: dict[str, Any] | None = 
         if attrs:
             with h5py.File(tmp, "a") as handle:
                 handle.attrs.update(attrs)
+
+
+def load_weights(model: keras.Model, path: Path) -> None:
+    """The weights of a checkpoint or phase marker into ``model``. The file also holds the
+    optimizer of the phase that wrote it, which another phase's optimizer (other trainable
+    weights) cannot take: only the weights are wanted, so Keras's warning that it skips the
+    optimizer's variables is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
+        model.load_weights(str(path))
 
 
 def best_so_far(path: Path) -> float | None:

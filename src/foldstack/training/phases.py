@@ -25,6 +25,7 @@ from foldstack.training.callbacks import (
     EMAWeights,
     FoldScore,
     ResumableCSVLogger,
+    load_weights,
     save_weights,
 )
 from foldstack.training.fold_task import BEST, FoldTask
@@ -116,7 +117,7 @@ def fit_phases(task: FoldTask, plan: Plan, metric: Metric, callbacks: Sequence[k
         _fit_phase(task, plan, phase, first_epoch, metric, best, callbacks, jit_compile)
         first_epoch += phase.epochs
     if best.path.exists():
-        plan.network.load_weights(str(best.path))
+        load_weights(plan.network, best.path)
 
 
 def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metric: Metric, best: BestCheckpoint,
@@ -124,7 +125,7 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
     """One call of ``fit``; skipped when a previous run finished it (its marker file exists)."""
     done = task.fold_dir / f"phase-{phase.name}.weights.h5"
     if done.exists():
-        plan.network.load_weights(str(done))
+        load_weights(plan.network, done)
         log.info("%s: phase %s already done, weights restored", task.fold_dir, phase.name)
         return
     if plan.backbone is not None:
