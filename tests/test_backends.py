@@ -20,7 +20,9 @@ from test_make import TINY_PIPELINE, assert_learnt
 @pytest.mark.slow
 def test_pipeline_trains_under_jax(tmp_path: Path) -> None:
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_PIPELINE))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1"}
+    cache = tmp_path / "foldstack-cache"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1", "FOLDSTACK_CACHE": str(cache)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     for stage in ("download", "folds", "train", "predict"):
         run = subprocess.run([sys.executable, "-m", "foldstack.cli", stage, "--pipeline", str(tmp_path / "tiny.yaml"),
                               "--root", str(tmp_path), "--verbose"], env=env, capture_output=True, text=True)
@@ -29,3 +31,5 @@ def test_pipeline_trains_under_jax(tmp_path: Path) -> None:
             train = run
     assert "backend jax" in train.stderr  # the stage process said so too
     assert_learnt(tmp_path, "jax")
+    # What XLA compiled was kept for the next fold process (runtime/device.keep_compiled).
+    assert any((cache / "xla").iterdir()), "no compiled program in the cache"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from foldstack.backbones.spec import BackboneSpec, register
 from foldstack.backbones.torch_pickle import load_state_dict
 from foldstack.core.errors import FoldstackError
 from foldstack.core.files import atomic_path
+from foldstack.core.paths import user_cache
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,7 @@ def torch_weights_path(variant: LiteVariant) -> Path:
 
 def weights_cache_dir() -> Path:
     """Where converted weights are kept: ``$FOLDSTACK_CACHE/weights`` or ``~/.cache/foldstack/weights``."""
-    root = os.environ.get("FOLDSTACK_CACHE") or Path.home() / ".cache" / "foldstack"
-    return Path(root) / "weights"
+    return user_cache("weights")
 
 
 def imagenet_weights(variant: LiteVariant) -> Path:

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from foldstack.core.config import PipelineConfig
 
 
+def user_cache(kind: str) -> Path:
+    """Where foldstack keeps what it can rebuild and every pipeline shares (converted ImageNet
+    weights, compiled programs): ``$FOLDSTACK_CACHE/<kind>``, else ``~/.cache/foldstack/<kind>``."""
+    return Path(os.environ.get("FOLDSTACK_CACHE") or Path.home() / ".cache" / "foldstack") / kind
+
+
 def in_kaggle_kernel() -> bool:
     """Whether this process runs inside a Kaggle notebook or script."""
     return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
