@@ -27,8 +27,8 @@ TINY = {
 }
 
 
-#: The modules that take longest, longest first (CPU seconds of a serial run, measured with a
-#: cpuacct cgroup around `pytest -p no:xdist`, 2026-11-29). `make test` hands whole modules to its
+#: The modules that take longest, longest first (ranked by `pytest -n 2 --durations=0` and by the
+#: CPU seconds of the tests of a serial run under a cpuacct cgroup, 2026-11-29). `make test` hands whole modules to its
 #: two workers in this order (``--dist loadscope --no-loadscope-reorder``), then the others in
 #: file order: each module's fixtures are built once, and the two workers end together instead of
 #: one finishing a long module alone.
