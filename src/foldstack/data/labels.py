@@ -119,7 +119,12 @@ def split_labels(cells: pd.Series) -> pd.Series:
 def every_label(cells: pd.Series, multilabel: bool) -> pd.Series:
     """Every label of every row, one an item: a multilabel row's each (a row without a label
     gives none), else the cell itself as a string."""
-    return split_labels(cells).explode().dropna() if multilabel else cells.astype(str)
+    return flat_labels(split_labels(cells)) if multilabel else cells.astype(str)
+
+
+def flat_labels(rows: pd.Series) -> pd.Series:
+    """The labels of rows already split (:func:`split_labels`), one an item; an empty row gives none."""
+    return rows.explode().dropna()
 
 
 def join_labels(names) -> str:

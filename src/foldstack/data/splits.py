@@ -27,7 +27,7 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.labels import Classes, every_label, split_labels
+from foldstack.data.labels import Classes, every_label, flat_labels, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def strata(labels: pd.Series, task: str) -> pd.Series:
     if task != "multilabel":
         return labels
     tokens = split_labels(labels)
-    counts = every_label(labels, multilabel=True).value_counts()
+    counts = flat_labels(tokens).value_counts()
     # Ties between equally rare labels go to the name, so the stratum does not hang on row order.
     return tokens.map(lambda row: min(row, key=lambda name: (counts[name], name)) if row else NO_LABEL)
 

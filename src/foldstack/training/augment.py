@@ -295,8 +295,7 @@ def mix_images(images: np.ndarray, draw: MixDraw) -> np.ndarray:
         transformation["mix_weight"] = draw.weight
     else:
         layer = keras.layers.CutMix()
-        masks = _masks(images.shape[1:3], draw.boxes)
-        transformation["batch_masks"] = np.repeat(masks[..., None], images.shape[-1], axis=-1)
+        transformation["batch_masks"] = box_masks(images.shape, draw.boxes)
     return keras.ops.convert_to_numpy(layer.transform_images(images, transformation)).astype(np.float32)
 
 
@@ -348,8 +347,15 @@ def _boxes(shape: tuple[int, int], kept: np.ndarray, rng: np.random.Generator) -
     return np.stack([top, left, box_h, box_w], axis=1)
 
 
-def _masks(shape: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
-    """One boolean ``(height, width)`` mask per box, true inside it."""
-    rows, cols = np.arange(shape[0])[None, :, None], np.arange(shape[1])[None, None, :]
+def box_masks(shape, boxes):
+    """``(n, height, width, 1)`` booleans for images of ``shape`` ``(n, height, width, ...)``, true
+    inside each image's ``(top, left, height, width)`` box; ``keras.ops``, so the loader (numpy
+    boxes) and ``training.device_augment.DeviceMix`` (the batch's tensors) build the same masks."""
+    import keras
+
+    boxes = keras.ops.convert_to_tensor(boxes, "int32")
+    rows = keras.ops.arange(shape[1], dtype="int32")[None, :, None]
+    cols = keras.ops.arange(shape[2], dtype="int32")[None, None, :]
     top, left, height, width = (boxes[:, i, None, None] for i in range(4))
-    return (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    return inside[..., None]

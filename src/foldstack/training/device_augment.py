@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keras
 
-from foldstack.training.augment import MIX_INPUTS, UNCOMPILED, DeviceStep, device_steps
+from foldstack.training.augment import MIX_INPUTS, UNCOMPILED, DeviceStep, box_masks, device_steps
 
 #: The layer's name in a network: how a test, or a reader of a model summary, finds it.
 NAME = "device_augment"
@@ -110,16 +110,6 @@ class DeviceMix(keras.layers.Layer):
                                              {"mix_weight": weight, "permutation_order": permutation})
         return self.cutmix.transform_images(images, {"batch_masks": box_masks(keras.ops.shape(images), box),
                                                      "permutation_order": permutation})
-
-
-def box_masks(shape, box):
-    """``(n, height, width, 1)`` booleans, true inside each image's ``(top, left, height, width)``
-    box (``augment._masks``'s boxes, built on the device)."""
-    rows = keras.ops.arange(shape[1], dtype="int32")[None, :, None]
-    cols = keras.ops.arange(shape[2], dtype="int32")[None, None, :]
-    top, left, height, width = (box[:, i, None, None] for i in range(4))
-    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
-    return inside[..., None]
 
 
 def training_network(network: keras.Model, augment: DeviceAugment | None, mix: bool) -> keras.Model | None:
