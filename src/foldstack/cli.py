@@ -90,9 +90,10 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     if args.upload and not args.message:
         raise FoldstackError("bundle --upload needs version notes: -m 'what changed'")
     folder = bundle.run(cfg, paths, _pipeline_path(args.pipeline), owner=args.owner, wheels=tuple(args.wheel or ()),
-                        find_links=tuple(Path(link) for link in args.find_links or ()), python=args.python,
+                        find_links=tuple(Path(link) for link in args.find_links or ()),
+                        pythons=tuple(args.python or (bundle.KAGGLE_PYTHON,)),
                         requirements=Path(args.requirements) if args.requirements else None,
-                        leave_out=(*bundle.LEAVE_OUT, *(args.leave_out or ())))
+                        leave_out=(*bundle.LEAVE_OUT, *(args.leave_out or ())), accelerator=args.accelerator)
     if args.upload:
         print(kaggle.publish_dataset(folder, args.message))
 
@@ -180,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the pins to ship (default: the checkout's requirements.txt)")
     bundle_cmd.add_argument("--find-links", action="append", metavar="DIR",
                             help="take the wheels from DIR, not the package index")
-    bundle_cmd.add_argument("--python", help="the kernel's Python version, e.g. 3.11 (default: this one)")
+    bundle_cmd.add_argument("--python", action="append", metavar="X.Y",
+                            help="a Python the kernel may run, wheels shipped for each; repeatable "
+                                 f"(default: {bundle.KAGGLE_PYTHON}, the Kaggle image's)")
+    bundle_cmd.add_argument("--accelerator", metavar="SHAPE",
+                            help="the kernel's machine_shape, e.g. NvidiaTeslaT4, NvidiaL4, TpuV5E8 "
+                                 "(default: Kaggle's default GPU)")
     kernel_cmd = sub.add_parser("kernel", parents=[common],
                                 help="in a Kaggle kernel: predict, stack and submit with an attached bundle")
     kernel_cmd.add_argument("--bundle", required=True, help="the bundle folder (under /kaggle/input)")
