@@ -17,10 +17,11 @@ from conftest import TINY, make_config
 from foldstack import cli
 from foldstack.backbones import pretrained
 from foldstack.backbones.efficientnet_lite import weights_cache_dir
-from foldstack.contracts import bundle_file, fold_done, manifest
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.stages import bundle
+from foldstack.training.fold_task import members, recipe_fingerprint
 
 MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
          "epochs": 1, "batch_size": 32}
@@ -37,19 +38,22 @@ def trained_tree(root: Path, **model_changes) -> tuple:
     pipeline_file.write_text(yaml.safe_dump(raw))
     paths = Paths.for_pipeline("tiny", root)
     paths.folds.parent.mkdir(parents=True)
-    paths.folds.write_text("id,label,fold\n")
+    paths.folds.write_text("id,label,fold\na,1,0\nb,2,1\nc,1,1\n")
     model_dir = paths.models / "m"
-    for fold in range(cfg.folds.k):
+    trained_cfg = make_config(models=[{**MODEL, **model_changes}])
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k))
+    for fold, run in enumerate(members(trained_cfg.models[0], cfg.folds.k, cfg.seed)):
         fold_dir = model_dir / f"fold{fold}"
+        fingerprint = recipe_fingerprint(trained_cfg.models[0], trained_cfg.augment, trained_cfg.task,
+                                         trained_cfg.metric, run.seed, folds_digest)
         (fold_dir / "backup-head").mkdir(parents=True)
         (fold_dir / "backup-head" / "state.weights.h5").write_bytes(b"resume point")
         (fold_dir / "phase-head.weights.h5").write_bytes(b"phase checkpoint")
         (fold_dir / "best.weights.h5").write_bytes(b"best weights %d" % fold)
         (fold_dir / "log.csv").write_text("epoch,loss\n0,1.0\n")
-        fold_done.write(fold_dir, {"fold": fold, "score": 0.5, "fingerprint": "f"})
+        fold_done.write(fold_dir, {"fold": fold, "score": 0.5, "fingerprint": fingerprint})
     (model_dir / "features").mkdir()
     (model_dir / "features" / "train.npy").write_bytes(b"features cache")
-    trained_cfg = make_config(models=[{**MODEL, **model_changes}])
     manifest.write(model_dir, trained_cfg, trained_cfg.models[0], [], 0.5, None)
     (paths.stack / "level2").mkdir(parents=True)
     (paths.stack / "chosen.json").write_text('{"name": "lightgbm"}')
@@ -181,6 +185,25 @@ def test_bundle_refuses_weights_of_another_recipe(tmp_path: Path) -> None:
     cfg, paths, pipeline_file = trained_tree(tmp_path, epochs=3)
     with pytest.raises(DataError, match=r"manifest.json: model 'm' was trained with another recipe \(epochs differ"):
         build(cfg, paths, pipeline_file)
+
+
+def test_bundle_refuses_folds_trained_on_other_tta_or_other_folds(tmp_path: Path) -> None:
+    """What a fold's fingerprint holds besides the model: a pipeline whose TTA views changed since
+    training, or a folds.csv written again, would bundle weights that the kernel's `predict`
+    refuses; `bundle` names the model and what changed, and leaves the earlier bundle alone."""
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    flipped = make_config(models=[MODEL], augment={"tta": [[], [{"__class_fullname__": "HorizontalFlip", "p": 1.0}]]})
+    with pytest.raises(DataError, match=r"^\S+/models/m/manifest.json: model 'm' was trained with another recipe "
+                                        r"\(augment.tta differ from the pipeline\); run `make train` again$"):
+        build(flipped, paths, pipeline_file)
+    assert not paths.bundle.exists()
+
+    paths.folds.write_text("id,label,fold\na,1,1\nb,2,0\nc,1,1\n")  # `make folds` again, other folds
+    with pytest.raises(DataError) as info:
+        build(cfg, paths, pipeline_file)
+    assert str(info.value).startswith(f"{paths.folds}: changed since model 'm' was trained (")
+    assert f"{paths.models / 'm' / 'fold0' / 'done.json'}: fold 0 of model 'm' was trained by another recipe" in str(info.value)
+    assert "\n" not in str(info.value) and not paths.bundle.exists()
 
 
 def test_the_bundle_carries_the_imagenet_files_the_backbone_reads(tmp_path: Path) -> None:

@@ -35,14 +35,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foldstack.backbones.pretrained import FOLDSTACK, KERAS
-from foldstack.contracts import bundle_file, fold_done, manifest
-from foldstack.core.config import PipelineConfig
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
+from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json, write_text
 from foldstack.core.paths import Paths, user_cache
 from foldstack.data.kaggle import OWNER_PLACEHOLDER
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import BEST, members
+from foldstack.training.fold_task import BEST, members, trained_fold_dirs
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,12 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
 
 
 def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
-    """The artifact files the kernel needs, relative to ``paths.artifacts``, once checked complete."""
+    """The artifact files the kernel needs, relative to ``paths.artifacts``, once checked complete
+    and trained by the pipeline's recipe: the kernel's ``predict`` refuses any other fold."""
     art = paths.artifacts
     if not paths.folds.is_file():
         raise DataError(f"{paths.folds}: not found; run `make folds` and `make train` before `make bundle`")
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k))
     files = [paths.folds.relative_to(art)]
     for model in cfg.models:
         model_dir = paths.models / model.name
@@ -151,11 +153,15 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
                                 "run `make train` before `make bundle`")
         if not (model_dir / manifest.NAME).is_file():
             raise DataError(f"{model_dir / manifest.NAME}: not found; run `make train` before `make bundle`")
-        trained, wanted = manifest.read(model_dir)["model"], model.model_dump(mode="json")
-        if trained != wanted:
-            changed = sorted(key for key in trained.keys() | wanted.keys() if trained.get(key) != wanted.get(key))
+        changed = _changed_since_training(cfg, model, manifest.read(model_dir))
+        if changed:
             raise DataError(f"{model_dir / manifest.NAME}: model {model.name!r} was trained with another recipe "
                             f"({', '.join(changed)} differ from the pipeline); run `make train` again")
+        try:
+            trained_fold_dirs(cfg, paths.models, model, folds_digest)  # each fold's fingerprint, as predict checks it
+        except DataError as error:
+            # The manifest's recipe is the pipeline's: of what a fingerprint holds, the folds are left.
+            raise DataError(f"{paths.folds}: changed since model {model.name!r} was trained ({error})") from None
         if model.weights not in ("imagenet", "none"):
             log.warning("%s: weights file %s is not bundled; the kernel needs the fold weights only",
                         model.name, model.weights)
@@ -168,6 +174,24 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
         files += [path.relative_to(art) for path in sorted(folder.rglob("*"))
                   if path.is_file() and not path.name.startswith(".")]
     return files
+
+
+def _changed_since_training(cfg: PipelineConfig, model: ModelConfig, trained: dict) -> list[str]:
+    """The keys of a fold's recipe (the model, the augmentation views, the task, metric and seed)
+    whose value in the model's manifest differs from the pipeline's, e.g. ``['augment.tta']``."""
+    now = {"model": model.model_dump(mode="json"), "pipeline": cfg.model_dump(mode="json")}
+    then = {"model": trained.get("model", {}), "pipeline": trained.get("pipeline", {})}
+    keys = [("model", key) for key in now["model"].keys() | then["model"].keys()]
+    keys += [("pipeline", key) for key in ("task", "metric", "seed")]
+    keys += [("pipeline", "augment", key) for key in now["pipeline"]["augment"]]
+    changed = []
+    for key in keys:
+        old, new = then, now
+        for part in key:
+            old, new = (old or {}).get(part), (new or {}).get(part)
+        if old != new:
+            changed.append(".".join(key[1:]))
+    return sorted(changed)
 
 
 def _excluded(relative: Path) -> bool:
