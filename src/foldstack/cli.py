@@ -106,8 +106,22 @@ def cmd_kernel(args: argparse.Namespace) -> None:
 
 
 def cmd_kernel_push(args: argparse.Namespace) -> None:
-    _, paths = _load(args)
-    print(kaggle.push_kernel(paths.kernel))
+    cfg, paths = _load(args)
+    if not args.submit:
+        if args.message:
+            raise FoldstackError("kernel-push: -m goes with --submit")
+        print(kaggle.push_kernel(paths.kernel).line())
+        return
+    if not args.message:
+        raise FoldstackError("kernel-push --submit needs a message: -m 'what this submission is'")
+
+    def upload(path: Path) -> float | None:
+        # The kernel writes and submits its own output; the local file's row in index.csv gets the score.
+        submitted = kaggle.submit_kernel(paths.kernel, args.message)
+        print(submitted.status)
+        return submitted.public_score
+
+    submit.run(cfg, paths, upload=upload)
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -192,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     kernel_cmd.add_argument("--bundle", required=True, help="the bundle folder (under /kaggle/input)")
     kernel_cmd.add_argument("--root", default=None, help="where to write (default: /kaggle/working in a kernel)")
     kernel_cmd.set_defaults(func=cmd_kernel)
-    stage("kernel-push", cmd_kernel_push, "push kernel/<pipeline>/ to Kaggle, which runs it")
+    push_cmd = stage("kernel-push", cmd_kernel_push, "push kernel/<pipeline>/ to Kaggle, which runs it on the "
+                     "bundle's newest version; --submit submits its output to the competition")
+    push_cmd.add_argument("--submit", action="store_true",
+                          help="wait for the run, submit its output (a code competition) and record the public "
+                               "score in index.csv")
+    push_cmd.add_argument("-m", "--message", help="--submit: the submission's description on Kaggle")
     backbones = sub.add_parser("backbones", help="list the registered backbones", parents=[common])
     backbones.set_defaults(func=cmd_backbones)
     return parser
