@@ -96,8 +96,10 @@ $(ART)/report.html: $(MARK)/submit
 bundle: stack | $(SETUP)
 	$(call RUN,bundle) $(if $(UPLOAD),--upload -m "$(UPLOAD)")
 
+# Push kernel/<pipeline>/ (Kaggle runs it on the bundle's newest version); `make kernel-push
+# SUBMIT="message"` also waits for the run, submits its output and records the public score.
 kernel-push: | $(SETUP)
-	$(call RUN,kernel-push)
+	$(call RUN,kernel-push) $(if $(SUBMIT),--submit -m "$(SUBMIT)")
 
 # What the inference kernel runs once foldstack is installed: `make kernel BUNDLE=<folder>`.
 kernel: | $(SETUP)

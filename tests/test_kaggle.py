@@ -437,21 +437,24 @@ def test_push_kernel_sends_the_script_offline_with_the_bundle_attached(standin, 
     kernel_dir = tmp_path / "kernel"
     bundle._kernel(cfg, kernel_dir, kaggle.OWNER_PLACEHOLDER, f"{kaggle.OWNER_PLACEHOLDER}/foldstack-dogs")
     ref = f"{USERNAME}/foldstack-dogs-inference"
-    assert kaggle.push_kernel(kernel_dir) == (f"pushed kernel /code/{ref} version 1: "
-                                               f"https://www.kaggle.com/code/{ref}")
+    assert kaggle.push_kernel(kernel_dir).line() == f"pushed kernel {ref} version 1: https://www.kaggle.com/code/{ref}"
     (pushed,) = standin.kernels[ref]
     assert pushed["enableInternet"] is False and pushed["enableGpu"] is True and pushed["isPrivate"] is True
-    assert pushed["datasetDataSources"] == [f"{USERNAME}/foldstack-dogs"]
+    assert pushed["dockerImagePinningType"] == "original"
+    # The bundle's version is pinned, in the request and in the metadata file.
+    assert pushed["datasetDataSources"] == [f"{USERNAME}/foldstack-dogs/1"]
+    assert json.loads((kernel_dir / "kernel-metadata.json").read_text())["dataset_sources"] == [f"{USERNAME}/foldstack-dogs/1"]
     assert pushed["competitionDataSources"] == [SLUG] and pushed["kernelType"] == "script"
     assert pushed["text"] == (kernel_dir / "foldstack_kernel.py").read_text()
-    assert kaggle.push_kernel(kernel_dir).endswith(f"version 2: https://www.kaggle.com/code/{ref}")
+    assert kaggle.push_kernel(kernel_dir).line().endswith(f"version 2: https://www.kaggle.com/code/{ref}")
 
 
 def test_push_kernel_before_its_bundle_is_uploaded(standin, env_credentials, tmp_path):
     bundle._kernel(pipeline(COMPETITION), tmp_path, USERNAME, f"{USERNAME}/foldstack-dogs")
-    message = raises(kaggle.KaggleError, lambda: kaggle.push_kernel(tmp_path))
-    assert message == (f"pushed kernel {USERNAME}/foldstack-dogs-inference, but Kaggle has no dataset "
-                       f"{USERNAME}/foldstack-dogs to attach; upload the bundle (`make bundle UPLOAD=...`), then push again")
+    message = raises(kaggle.KaggleNotFoundError, lambda: kaggle.push_kernel(tmp_path))
+    assert message == (f"Kaggle has no dataset '{USERNAME}/foldstack-dogs' (HTTP 404); upload the bundle first: "
+                       '`make bundle UPLOAD="notes"`')
+    assert standin.kernels == {}
 
 
 def test_push_kernel_needs_its_folder_and_credentials(standin, tmp_path, monkeypatch):
@@ -462,3 +465,167 @@ def test_push_kernel_needs_its_folder_and_credentials(standin, tmp_path, monkeyp
     monkeypatch.setenv("KAGGLE_KEY", "wrong")
     message = raises(kaggle.KaggleCredentialsError, lambda: kaggle.push_kernel(tmp_path / "kernel"))
     assert "rejected the credentials from KAGGLE_USERNAME/KAGGLE_KEY (HTTP 401)" in message
+
+
+# --- code competitions: kernel-push --submit -------------------------------------------------------
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """The waits the client asked for, none of them waited."""
+    waited: list[float] = []
+    monkeypatch.setattr("foldstack.data.kaggle.time.sleep", waited.append)
+    return waited
+
+
+def published_kernel(standin, tmp_path: Path) -> Path:
+    """The bundle uploaded (version 1) and its kernel written, owner still the placeholder."""
+    kaggle.publish_dataset(bundle_like(tmp_path / "bundle"), "first")
+    kernel_dir = tmp_path / "kernel"
+    bundle._kernel(pipeline(COMPETITION), kernel_dir, kaggle.OWNER_PLACEHOLDER, f"{kaggle.OWNER_PLACEHOLDER}/foldstack-dogs")
+    return kernel_dir
+
+
+@pytest.mark.parametrize("yaml_file", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda path: path.stem)
+def test_kernel_ids_are_their_titles_slug(yaml_file, tmp_path):
+    """Kaggle names a kernel by its title's slug (the client warns when the id is another): for
+    every pipeline the id is the slug of the title, by the client's own slugify."""
+    from slugify import slugify
+
+    cfg = load_pipeline(yaml_file)
+    bundle._kernel(cfg, tmp_path, "someone", "someone/data")
+    meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"someone/{slugify(meta['title'])}" and len(meta["title"]) <= bundle.TITLE_LENGTH
+    assert cfg.name in meta["title"] or meta["title"].split()[0] in cfg.name
+
+
+def test_push_waits_for_the_new_dataset_version_and_pins_it(standin, env_credentials, tmp_path, sleeps):
+    kernel_dir = published_kernel(standin, tmp_path)
+    standin.dataset_statuses = ["BLOBS_RECEIVED", "BLOBS_DECOMPRESSED", "READY"]
+    kaggle.publish_dataset(tmp_path / "bundle", "second")  # version 2, processing for two looks
+    pushed = kaggle.push_kernel(kernel_dir, kaggle.Polling(interval_s=5))
+    ref = f"{USERNAME}/foldstack-dogs-inference"
+    assert (pushed.kernel, pushed.version, pushed.competition) == (ref, 1, SLUG)
+    assert standin.kernels[ref][0]["datasetDataSources"] == [f"{USERNAME}/foldstack-dogs/2"]
+    assert standin.calls.count("datasets.DatasetApiService/GetDatasetStatus") >= 3 and sleeps == [5, 5]
+
+
+@pytest.mark.parametrize("statuses, expected", [
+    (["BLOBS_RECEIVED"], f"dataset {USERNAME}/foldstack-dogs version 2 is still processing (blobs_received) after "
+                         "2 min; push the kernel once it is ready"),
+    (["BLOBS_RECEIVED", "FAILED"], f"Kaggle could not process dataset {USERNAME}/foldstack-dogs version 2 (failed); "
+                                   "upload the bundle again (`make bundle UPLOAD=...`)"),
+])
+def test_push_stops_on_a_dataset_that_does_not_become_ready(standin, env_credentials, tmp_path, sleeps, statuses,
+                                                             expected):
+    kernel_dir = published_kernel(standin, tmp_path)
+    standin.dataset_statuses = statuses
+    kaggle.publish_dataset(tmp_path / "bundle", "second")
+    message = raises(kaggle.KaggleError, lambda: kaggle.push_kernel(kernel_dir, kaggle.Polling(interval_s=30, dataset_polls=4)))
+    assert message == expected and standin.kernels == {}
+
+
+def test_a_new_version_while_the_last_is_processing(standin, env_credentials, tmp_path):
+    standin.dataset_statuses = ["BLOBS_RECEIVED"]
+    folder = bundle_like(tmp_path / "bundle")
+    kaggle.publish_dataset(folder, "first")
+    message = raises(kaggle.KaggleError, lambda: kaggle.publish_dataset(folder, "second"))
+    assert message == (f"Kaggle refused a new version of dataset {USERNAME}/foldstack-dogs (HTTP 403): its last "
+                       "version is still processing (blobs_received); upload again once it is ready")
+
+
+def test_push_with_a_competition_kaggle_will_not_attach(standin, env_credentials, tmp_path):
+    kaggle.publish_dataset(bundle_like(tmp_path / "bundle"), "first")
+    cfg = pipeline({"type": "kaggle_competition", "competition": "dog-bread-identification"})
+    bundle._kernel(cfg, tmp_path / "kernel", USERNAME, f"{USERNAME}/foldstack-dogs")
+    message = raises(kaggle.KaggleError, lambda: kaggle.push_kernel(tmp_path / "kernel"))
+    assert message.startswith(f"pushed kernel {USERNAME}/foldstack-dogs-inference, but Kaggle would not attach "
+                              "competition 'dog-bread-identification' (invalid_competition_sources): ")
+
+
+@pytest.mark.parametrize("refusals, retry_after, outcome", [
+    (2, "7", None),
+    (4, "7", "Kaggle's rate limit refused the call 4 times (HTTP 429); it asks to wait 7 s: run the command again then"),
+    (1, "3600", "Kaggle's rate limit refused the call 1 times (HTTP 429); it asks to wait 3600 s: run the command "
+                "again then"),
+])
+def test_rate_limit_honours_retry_after_a_few_times(standin, env_credentials, tmp_path, sleeps, refusals, retry_after,
+                                                     outcome):
+    kernel_dir = published_kernel(standin, tmp_path)
+    standin.rate_limits["kernels.KernelsApiService/SaveKernel"] = refusals
+    standin.retry_after = retry_after
+    if outcome is None:
+        assert kaggle.push_kernel(kernel_dir).version == 1 and sleeps == [7.0, 7.0]
+    else:
+        assert raises(kaggle.KaggleRateLimitError, lambda: kaggle.push_kernel(kernel_dir)) == outcome
+        assert standin.kernels == {}
+
+
+def test_submit_upload_to_a_code_competition_says_to_push_the_kernel(standin, env_credentials, tmp_path):
+    standin.code_competitions.add(SLUG)
+    file = tmp_path / "submission.csv"
+    file.write_text("id,beagle,pug\nc3,0.5,0.5\n")
+    message = raises(kaggle.KaggleCodeCompetitionError, lambda: kaggle.submit(pipeline(COMPETITION), file, "m"))
+    assert message == (f"{SLUG} is a code competition: Kaggle scores a kernel's output, not an uploaded file; push "
+                       'the bundle\'s kernel and submit its output with `make kernel-push SUBMIT="message"` '
+                       "(foldstack kernel-push --submit -m MESSAGE)")
+    assert standin.submissions == []
+
+
+def test_kernel_push_submit_from_the_command_line(standin, env_credentials, tmp_path, monkeypatch, capfd, caplog,
+                                                  sleeps):
+    """`foldstack kernel-push --submit -m MSG`: the bundle's ready version pinned, the kernel pushed
+    and followed to completion, its output submitted as a code submission of that version, and
+    the public score handed to the submit stage for index.csv, as `submit --upload` does."""
+    import yaml
+
+    from foldstack import cli
+
+    standin.code_competitions.add(SLUG)
+    standin.statuses = ["PENDING", "COMPLETE"]
+    standin.kernel_statuses = ["QUEUED", "RUNNING", "RUNNING", "COMPLETE"]
+    (tmp_path / "dogs.yaml").write_text(yaml.safe_dump({
+        "name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION},
+        "models": [{"name": "m", "backbone": "mobilenet_v2"}]}))
+    paths = Paths.for_pipeline("dogs", tmp_path / "project")
+    kaggle.publish_dataset(bundle_like(tmp_path / "bundle"), "first")
+    bundle._kernel(pipeline(COMPETITION), paths.kernel, kaggle.OWNER_PLACEHOLDER,
+                   f"{kaggle.OWNER_PLACEHOLDER}/foldstack-dogs")
+    scores = []
+    monkeypatch.setattr("foldstack.stages.submit.run",
+                        lambda cfg, paths, upload: scores.append(upload(paths.submissions / "dogs.csv")))
+    capfd.readouterr()
+    code = cli.main(["kernel-push", "--submit", "-m", "5-fold effnet", "--pipeline", str(tmp_path / "dogs.yaml"),
+                     "--root", str(tmp_path / "project")])
+    out, _ = capfd.readouterr()
+    # What the terminal shows: the progress lines (logged, on stderr), then the outcome on stdout.
+    progress = [record.getMessage() for record in caplog.records if record.name == "foldstack.data.kaggle"]
+    print("\n".join(progress), out, sep="\n")  # shown with -s
+    kernel = f"{USERNAME}/foldstack-dogs-inference"
+    assert code == 0 and out == f"submitted to {SLUG}: complete, public score {standin.public_score}\n"
+    for line in (f"dataset {USERNAME}/foldstack-dogs version 1: ready",
+                 f"pushed kernel {kernel} version 1: https://www.kaggle.com/code/{kernel}",
+                 f"kernel {kernel} version 1: queued", f"kernel {kernel} version 1: running",
+                 f"kernel {kernel} version 1: complete"):
+        assert line in progress
+    (sent,) = standin.code_submissions
+    assert sent == {"competitionName": SLUG, "kernelOwner": USERNAME, "kernelSlug": "foldstack-dogs-inference",
+                    "kernelVersion": 1, "fileName": "submission.csv", "submissionDescription": "5-fold effnet"}
+    assert standin.kernels[kernel][0]["datasetDataSources"] == [f"{USERNAME}/foldstack-dogs/1"]
+    assert scores == [float(standin.public_score)]
+
+
+def test_kernel_push_submit_stops_at_a_failed_run_or_refused_rules(standin, env_credentials, tmp_path, sleeps):
+    kernel_dir = published_kernel(standin, tmp_path)
+    kernel = f"{USERNAME}/foldstack-dogs-inference"
+    standin.kernel_statuses = ["RUNNING", "ERROR"]
+    standin.kernel_failure = "Notebook Threw Exception"
+    message = raises(kaggle.KaggleError, lambda: kaggle.submit_kernel(kernel_dir, "m"))
+    assert message == (f"kernel {kernel} version 1 failed: Notebook Threw Exception; its log: "
+                       f"https://www.kaggle.com/code/{kernel}")
+    standin.kernel_statuses = ["COMPLETE"]
+    standin.rules_accepted.clear()
+    message = raises(kaggle.KaggleAccessError, lambda: kaggle.submit_kernel(kernel_dir, "m"))
+    assert message.startswith(f"Kaggle refused competition '{SLUG}' (HTTP 403): accept the competition's rules at "
+                              f"https://www.kaggle.com/competitions/{SLUG}/rules")
+    assert standin.code_submissions == [] and standin.submissions == []

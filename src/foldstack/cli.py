@@ -90,9 +90,10 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     if args.upload and not args.message:
         raise FoldstackError("bundle --upload needs version notes: -m 'what changed'")
     folder = bundle.run(cfg, paths, _pipeline_path(args.pipeline), owner=args.owner, wheels=tuple(args.wheel or ()),
-                        find_links=tuple(Path(link) for link in args.find_links or ()), python=args.python,
+                        find_links=tuple(Path(link) for link in args.find_links or ()),
+                        pythons=tuple(args.python or (bundle.KAGGLE_PYTHON,)),
                         requirements=Path(args.requirements) if args.requirements else None,
-                        leave_out=(*bundle.LEAVE_OUT, *(args.leave_out or ())))
+                        leave_out=(*bundle.LEAVE_OUT, *(args.leave_out or ())), accelerator=args.accelerator)
     if args.upload:
         print(kaggle.publish_dataset(folder, args.message))
 
@@ -105,8 +106,22 @@ def cmd_kernel(args: argparse.Namespace) -> None:
 
 
 def cmd_kernel_push(args: argparse.Namespace) -> None:
-    _, paths = _load(args)
-    print(kaggle.push_kernel(paths.kernel))
+    cfg, paths = _load(args)
+    if not args.submit:
+        if args.message:
+            raise FoldstackError("kernel-push: -m goes with --submit")
+        print(kaggle.push_kernel(paths.kernel).line())
+        return
+    if not args.message:
+        raise FoldstackError("kernel-push --submit needs a message: -m 'what this submission is'")
+
+    def upload(path: Path) -> float | None:
+        # The kernel writes and submits its own output; the local file's row in index.csv gets the score.
+        submitted = kaggle.submit_kernel(paths.kernel, args.message)
+        print(submitted.status)
+        return submitted.public_score
+
+    submit.run(cfg, paths, upload=upload)
 
 
 def cmd_check(args: argparse.Namespace) -> None:
@@ -180,13 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the pins to ship (default: the checkout's requirements.txt)")
     bundle_cmd.add_argument("--find-links", action="append", metavar="DIR",
                             help="take the wheels from DIR, not the package index")
-    bundle_cmd.add_argument("--python", help="the kernel's Python version, e.g. 3.11 (default: this one)")
+    bundle_cmd.add_argument("--python", action="append", metavar="X.Y",
+                            help="a Python the kernel may run, wheels shipped for each; repeatable "
+                                 f"(default: {bundle.KAGGLE_PYTHON}, the Kaggle image's)")
+    bundle_cmd.add_argument("--accelerator", metavar="SHAPE",
+                            help="the kernel's machine_shape, e.g. NvidiaTeslaT4, NvidiaL4, TpuV5E8 "
+                                 "(default: Kaggle's default GPU)")
     kernel_cmd = sub.add_parser("kernel", parents=[common],
                                 help="in a Kaggle kernel: predict, stack and submit with an attached bundle")
     kernel_cmd.add_argument("--bundle", required=True, help="the bundle folder (under /kaggle/input)")
     kernel_cmd.add_argument("--root", default=None, help="where to write (default: /kaggle/working in a kernel)")
     kernel_cmd.set_defaults(func=cmd_kernel)
-    stage("kernel-push", cmd_kernel_push, "push kernel/<pipeline>/ to Kaggle, which runs it")
+    push_cmd = stage("kernel-push", cmd_kernel_push, "push kernel/<pipeline>/ to Kaggle, which runs it on the "
+                     "bundle's newest version; --submit submits its output to the competition")
+    push_cmd.add_argument("--submit", action="store_true",
+                          help="wait for the run, submit its output (a code competition) and record the public "
+                               "score in index.csv")
+    push_cmd.add_argument("-m", "--message", help="--submit: the submission's description on Kaggle")
     backbones = sub.add_parser("backbones", help="list the registered backbones", parents=[common])
     backbones.set_defaults(func=cmd_backbones)
     return parser

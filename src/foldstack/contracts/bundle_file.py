@@ -1,7 +1,7 @@
 """``foldstack-bundle.json``: what a bundle holds, written by the bundle stage, read by the kernel.
 
-The record names the pipeline, the foldstack version, the Python the wheels were chosen for, every
-wheel, the requirement pins the bundle ships and every pretrained weight file with the cache it
+The record names the pipeline, the foldstack version, the Pythons the wheels were chosen for
+(``pythons``: the kernel's script refuses to install under any other), every wheel, the requirement pins the bundle ships and every pretrained weight file with the cache it
 goes back to. Beside it, ``requirements.txt`` holds those pins, one a line, for the kernel's
 ``pip install --no-index --find-links wheels -r requirements.txt``: pip keeps each one the image
 already has at the pin and installs the others from ``wheels/``. :func:`read` checks that each
@@ -19,7 +19,7 @@ from foldstack.core.errors import DataError
 from foldstack.core.files import write_json, write_text
 
 NAME = "foldstack-bundle.json"
-FORMAT = 2  # 2: requirements.txt and the record's "requirements"
+FORMAT = 3  # 2: requirements.txt and the record's "requirements"; 3: "pythons", a list
 WHEELS = "wheels"
 REQUIREMENTS = "requirements.txt"
 WEIGHTS = "weights"
@@ -29,9 +29,9 @@ PIPELINE = "pipeline.yaml"
 
 def write(folder: Path, record: dict) -> None:
     """Write the bundle's record and its ``requirements.txt``. ``record`` holds ``pipeline``,
-    ``foldstack``, ``python``, ``wheels`` (file names under ``wheels/``), ``requirements`` (pins
+    ``foldstack``, ``pythons`` (``["3.12"]``), ``wheels`` (file names under ``wheels/``), ``requirements`` (pins
     such as ``keras==3.15.1``, each with its wheel there) and ``weights`` (``{kind: [file names]}``)."""
-    missing = {"pipeline", "foldstack", "python", "wheels", "requirements", "weights"} - record.keys()
+    missing = {"pipeline", "foldstack", "pythons", "wheels", "requirements", "weights"} - record.keys()
     if missing:
         raise ValueError(f"{NAME} needs {', '.join(sorted(missing))}")
     write_text(folder / REQUIREMENTS, "".join(f"{pin}\n" for pin in record["requirements"]))
@@ -100,3 +100,22 @@ def wheel_pin(file_name: str) -> str:
     """The pin a wheel file satisfies: ``foo_bar-1.0-py3-none-any.whl`` -> ``foo-bar==1.0``."""
     name, version = file_name.split("-")[:2]
     return f"{normal_name(name)}=={version}"
+
+
+def wheel_fits(file_name: str, python: str) -> bool:
+    """Whether a wheel installs on CPython ``python`` (``3.12``), by its tags: built for that
+    CPython (``cp312-cp312``), for the stable ABI of it or an older one (``cp310-abi3``), or for
+    any Python 3 (``py3-none``). The platform tag is pip's choice and not looked at."""
+    major, minor = (int(part) for part in python.split("."))
+    py_tags, abi_tags = file_name.removesuffix(".whl").split("-")[-3:-1]
+    abis = abi_tags.split(".")
+    for tag in py_tags.split("."):
+        cpython = re.fullmatch(r"cp(\d)(\d+)", tag)
+        if cpython and int(cpython[1]) == major:
+            built = int(cpython[2])
+            if (built == minor and (f"cp{major}{minor}" in abis or "none" in abis)) or \
+                    ("abi3" in abis and built <= minor):
+                return True
+        if tag in (f"py{major}", f"py{major}{minor}") and "none" in abis:
+            return True
+    return False

@@ -1,10 +1,12 @@
 """Kaggle: download a competition's or a dataset's files, upload a submission, publish a bundle as
-a dataset (created, or versioned when it exists) and push an inference kernel.
+a dataset (created, or versioned when it exists), push an inference kernel pinned to the bundle's
+ready version and, for a code competition, submit the kernel's output once it has run.
 
 Everything goes through the official ``kaggle`` package (``KaggleApi``), so credentials are found
 where the Kaggle CLI finds them. Every failure a person can fix (no credentials, rules not
-accepted, a wrong slug, no network) raises a :class:`KaggleError` with one line saying what to do;
-no message, log line or file ever holds a credential.
+accepted, a wrong slug, no network, a rate limit) raises a :class:`KaggleError` with one line
+saying what to do; no message, log line or file ever holds a credential. A call refused by the
+rate limit (HTTP 429) is tried again after the ``Retry-After`` Kaggle sends, a few times at most.
 
 Inside a Kaggle kernel the data is already mounted under ``/kaggle/input``: :func:`download`
 returns that folder and fetches nothing.
@@ -65,6 +67,42 @@ class KaggleNotFoundError(KaggleError):
 
 class KaggleNetworkError(KaggleError):
     """The Kaggle API could not be reached."""
+
+
+class KaggleRateLimitError(KaggleError):
+    """Kaggle kept refusing calls for their rate (HTTP 429)."""
+
+
+class KaggleCodeCompetitionError(KaggleError):
+    """A file was uploaded to a competition that takes submissions from notebooks only."""
+
+
+#: The file a code competition's kernel writes and Kaggle scores (the kernel stage's output).
+KERNEL_OUTPUT = "submission.csv"
+#: A call refused for its rate (HTTP 429) is tried again this many times, each after the wait its
+#: ``Retry-After`` asks (:data:`RATE_LIMIT_WAIT_S` when it names none), if no longer than
+#: :data:`RATE_LIMIT_MAX_WAIT_S`.
+RATE_LIMIT_RETRIES = 3
+RATE_LIMIT_WAIT_S = 60.0
+RATE_LIMIT_MAX_WAIT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How often, and how many times, to ask Kaggle how something goes.
+
+    Attributes:
+        interval_s: seconds between two questions.
+        dataset_polls: for a new dataset version to be processed (half an hour at 30 s).
+        kernel_polls: for the kernel's run (10 h: a code competition's kernel may run 9 h).
+        score_polls: for the submission's score (Kaggle runs the kernel again on the hidden
+            test set first: as long as the kernel's own run).
+    """
+
+    interval_s: float = 30.0
+    dataset_polls: int = 60
+    kernel_polls: int = 1200
+    score_polls: int = 1200
 
 
 # --- public functions ---------------------------------------------------------------------------
@@ -157,8 +195,8 @@ def submit(cfg: PipelineConfig, file: Path, message: str, polls: int = 3,
     slug = source.competition
     logger.info("submitting %s to Kaggle competition %s", file, slug)
     with _kaggle_errors(source, credentials):
-        with _kaggle_output():
-            response = api.competition_submit(str(file), message, slug, quiet=False)
+        with _kaggle_output(), _code_competition_refusal(api, slug):
+            response = _retrying(api.competition_submit, str(file), message, slug, quiet=False)
         if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
             raise KaggleError(f"uploading {file} to Kaggle competition {slug!r} failed; try again")
         return _poll_status(api, slug, response.ref, polls, interval_s)
@@ -191,33 +229,60 @@ def publish_dataset(folder: Path, notes: str) -> str:
     with _kaggle_errors(source, credentials), _client_refusals(ref), _kaggle_output():
         exists = _dataset_exists(api, ref)
         if exists:
-            response = api.dataset_create_version(str(folder), notes, quiet=False, dir_mode="zip")
+            with _still_processing(api, ref):
+                response = _retrying(api.dataset_create_version, str(folder), notes, quiet=False, dir_mode="zip")
         else:
-            response = api.dataset_create_new(str(folder), public=False, quiet=False, dir_mode="zip")
+            response = _retrying(api.dataset_create_new, str(folder), public=False, quiet=False, dir_mode="zip")
     if response.error:
         raise KaggleError(f"Kaggle refused dataset {ref!r}: {one_line(str(response.error))}")
     what = "new version of dataset" if exists else "created dataset"
     return f"{what} {ref}: {response.url or f'https://www.kaggle.com/datasets/{ref}'}"
 
 
-def push_kernel(folder: Path) -> str:
+@dataclass(frozen=True)
+class Pushed:
+    """A kernel version Kaggle saved (and runs): ``owner/slug``, its version, where to watch it."""
+
+    kernel: str
+    version: int
+    url: str
+    competition: str | None
+
+    def line(self) -> str:
+        return f"pushed kernel {self.kernel} version {self.version}: {self.url}"
+
+
+def push_kernel(folder: Path, polling: Polling = Polling()) -> Pushed:
     """Push the kernel in ``folder`` (its script and ``kernel-metadata.json``) as a new version, which
     Kaggle then runs; an owner still :data:`OWNER_PLACEHOLDER` becomes the signed-in user.
 
-    Returns:
-        One line: the kernel, its version and where to watch it run.
+    First each attached dataset (the bundle) is waited for until its newest version is processed,
+    and ``dataset_sources`` names that version (``owner/slug/N``, saved in the metadata file): the
+    kernel runs on the bundle just uploaded, never on an older one or on one half processed.
 
     Raises:
-        KaggleError: no credentials, or Kaggle refused the kernel (its error, one line).
+        KaggleError: no credentials, a dataset missing, failed or still processing, or Kaggle
+            refused the kernel or one of its sources (one line each).
     """
     meta_file = Path(folder) / KERNEL_METADATA
     meta = _read_metadata(meta_file)
     api, credentials = _authenticated_api()
+    return _push(api, credentials, meta_file, meta, polling)
+
+
+def _push(api: KaggleApi, credentials: str, meta_file: Path, meta: dict, polling: Polling) -> Pushed:
+    folder = meta_file.parent
     meta = _with_owner(meta_file, meta, api, ("id", "dataset_sources"))
     ref = meta["id"]
+    with _kaggle_errors(SimpleNamespace(type="bundle", dataset=", ".join(meta.get("dataset_sources", []))),
+                        credentials), _client_refusals(ref):
+        pinned = [_ready_version(api, source, polling) for source in meta.get("dataset_sources", [])]
+    if pinned != meta.get("dataset_sources", []):
+        meta = {**meta, "dataset_sources": pinned}
+        write_json(meta_file, meta)
     with _kaggle_errors(SimpleNamespace(type="kernel", ref=ref), credentials), _client_refusals(ref), \
             _kaggle_output():
-        response = api.kernels_push(str(folder))
+        response = _retrying(api.kernels_push, str(folder))
     if response.error:
         raise KaggleError(f"Kaggle refused kernel {ref!r}: {one_line(str(response.error))}")
     if response.invalid_dataset_sources:
@@ -225,7 +290,95 @@ def push_kernel(folder: Path) -> str:
         raise KaggleError(f"pushed kernel {ref}, but Kaggle has no dataset "
                           f"{', '.join(response.invalid_dataset_sources)} to attach; upload the bundle "
                           "(`make bundle UPLOAD=...`), then push again")
-    return f"pushed kernel {response.ref or ref} version {response.version_number}: {response.url}"
+    if response.invalid_competition_sources:
+        slug = response.invalid_competition_sources[0]
+        raise KaggleError(f"pushed kernel {ref}, but Kaggle would not attach competition {slug!r} "
+                          "(invalid_competition_sources): check data.source.competition, join the competition at "
+                          f"https://www.kaggle.com/competitions/{slug}/rules, then run `make bundle` and push again")
+    competitions = meta.get("competition_sources") or [None]
+    return Pushed(ref, int(response.version_number or 0), response.url or f"https://www.kaggle.com/code/{ref}",
+                  competitions[0])
+
+
+def submit_kernel(folder: Path, message: str, polling: Polling = Polling()) -> Submitted:
+    """Push the kernel in ``folder`` (:func:`push_kernel`), follow its run to the end, submit its
+    :data:`KERNEL_OUTPUT` to the competition it is attached to, and follow that submission to its
+    public score: a code competition's submission from the command line.
+
+    Returns:
+        What Kaggle said of the submission, as :func:`submit` does.
+
+    Raises:
+        KaggleError: any step failed or outlasted its polls (one line naming it and what to do).
+    """
+    meta_file = Path(folder) / KERNEL_METADATA
+    meta = _read_metadata(meta_file)
+    if not meta.get("competition_sources"):
+        raise FoldstackError(f"{meta_file}: no competition_sources; only a kernel attached to a competition "
+                             "can be submitted")
+    api, credentials = _authenticated_api()
+    pushed = _push(api, credentials, meta_file, meta, polling)
+    logger.info("%s", pushed.line())
+    slug = pushed.competition
+    with _kaggle_errors(SimpleNamespace(type="kernel", ref=pushed.kernel), credentials), \
+            _client_refusals(pushed.kernel):
+        _follow_kernel(api, pushed, polling)
+    with _kaggle_errors(SimpleNamespace(type="kaggle_competition", competition=slug), credentials), \
+            _client_refusals(pushed.kernel), _kaggle_output():
+        response = _retrying(api.competition_submit_code, KERNEL_OUTPUT, message, slug, kernel=pushed.kernel,
+                             kernel_version=pushed.version, quiet=True)
+        logger.info("submitted %s of kernel %s version %s to %s", KERNEL_OUTPUT, pushed.kernel, pushed.version, slug)
+        return _poll_status(api, slug, response.ref, polling.score_polls, polling.interval_s)
+
+
+def _ready_version(api: KaggleApi, source: str, polling: Polling) -> str:
+    """``source`` (``owner/slug``, or ``owner/slug/N``) as ``owner/slug/N`` of its newest version,
+    once Kaggle has processed it."""
+    ref = "/".join(source.split("/")[:2])
+    status, version = "unknown", None
+    for attempt in range(max(polling.dataset_polls, 1)):
+        if attempt:
+            time.sleep(polling.interval_s)
+        state = json.loads(_retrying(api.dataset_status, ref, format="json(status,current_version_number)"))
+        if (state["status"], state["current_version_number"]) != (status, version):
+            status, version = state["status"], state["current_version_number"]
+            logger.info("dataset %s version %s: %s", ref, version, status)
+        if status == "ready":
+            return f"{ref}/{version}"
+        if status in ("failed", "deleted"):
+            raise KaggleError(f"Kaggle could not process dataset {ref} version {version} ({status}); "
+                              "upload the bundle again (`make bundle UPLOAD=...`)")
+    raise KaggleError(f"dataset {ref} version {version} is still processing ({status}) after "
+                      f"{_duration(polling.dataset_polls * polling.interval_s)}; push the kernel once it is ready")
+
+
+def _follow_kernel(api: KaggleApi, pushed: Pushed, polling: Polling) -> None:
+    """Wait for the pushed kernel version's run to complete."""
+    from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
+
+    status = None
+    for attempt in range(max(polling.kernel_polls, 1)):
+        if attempt:
+            time.sleep(polling.interval_s)
+        response = _retrying(api.kernels_status, f"{pushed.kernel}/{pushed.version}")
+        if response.status != status:
+            status = response.status
+            logger.info("kernel %s version %s: %s", pushed.kernel, pushed.version, status.name.lower())
+        if status == KernelWorkerStatus.COMPLETE:
+            return
+        if status in (KernelWorkerStatus.ERROR, KernelWorkerStatus.CANCEL_REQUESTED,
+                      KernelWorkerStatus.CANCEL_ACKNOWLEDGED):
+            what = "failed" if status == KernelWorkerStatus.ERROR else "was cancelled"
+            raise KaggleError(f"kernel {pushed.kernel} version {pushed.version} {what}: "
+                              f"{one_line(response.failure_message or 'no message')}; its log: {pushed.url}")
+    raise KaggleError(f"kernel {pushed.kernel} version {pushed.version} still {status.name.lower()} after "
+                      f"{_duration(polling.kernel_polls * polling.interval_s)}; once it completes, submit it with "
+                      f"`kaggle competitions submit {pushed.competition} -k {pushed.kernel} -v {pushed.version} "
+                      f"-f {KERNEL_OUTPUT} -m MESSAGE`")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def _read_metadata(path: Path) -> dict:
@@ -274,6 +427,90 @@ def _client_refusals(ref: str) -> Iterator[None]:
         yield
     except ValueError as error:
         raise KaggleError(f"{ref}: {one_line(str(error))}") from None
+
+
+def _retrying(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, tried again after the wait Kaggle asks for when its rate limit
+    refuses it (HTTP 429), :data:`RATE_LIMIT_RETRIES` times at most.
+
+    Raises:
+        KaggleRateLimitError: still refused, or Kaggle asks for a wait longer than
+            :data:`RATE_LIMIT_MAX_WAIT_S`.
+    """
+    import requests
+
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            return call(*args, **kwargs)
+        except requests.HTTPError as error:
+            if error.response is None or error.response.status_code != 429:
+                raise
+            wait = _retry_after(error.response.headers.get("Retry-After"))
+            if attempt == RATE_LIMIT_RETRIES or wait > RATE_LIMIT_MAX_WAIT_S:
+                raise KaggleRateLimitError(
+                    f"Kaggle's rate limit refused the call {attempt + 1} times (HTTP 429); it asks to wait "
+                    f"{wait:.0f} s: run the command again then") from None
+            logger.info("Kaggle's rate limit (HTTP 429): trying again in %.0f s, as Retry-After asks", wait)
+            time.sleep(wait)
+
+
+def _retry_after(header: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks for (a number, or an HTTP date)."""
+    if not header:
+        return RATE_LIMIT_WAIT_S
+    try:
+        return max(float(header), 0.0)
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return RATE_LIMIT_WAIT_S
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+@contextlib.contextmanager
+def _code_competition_refusal(api: KaggleApi, slug: str) -> Iterator[None]:
+    """A file upload refused (HTTP 400) by a competition that takes notebooks only, said so."""
+    import requests
+
+    try:
+        yield
+    except requests.HTTPError as error:
+        if error.response is None or error.response.status_code != 400 or not _code_competition(api, slug):
+            raise
+        raise KaggleCodeCompetitionError(
+            f"{slug} is a code competition: Kaggle scores a kernel's output, not an uploaded file; push the "
+            f"bundle's kernel and submit its output with `make kernel-push SUBMIT=\"message\"` "
+            "(foldstack kernel-push --submit -m MESSAGE)") from None
+
+
+def _code_competition(api: KaggleApi, slug: str) -> bool:
+    """Whether competition ``slug`` takes submissions from notebooks only."""
+    listed = _retrying(api.competitions_list, search=slug)
+    for competition in (listed.competitions if listed else []):
+        if competition.ref.rstrip("/").rsplit("/", 1)[-1] == slug:
+            return bool(competition.is_kernels_submissions_only)
+    return False
+
+
+@contextlib.contextmanager
+def _still_processing(api: KaggleApi, ref: str) -> Iterator[None]:
+    """A new version refused (HTTP 403) while the last one is being processed, said so."""
+    import requests
+
+    try:
+        yield
+    except requests.HTTPError as error:
+        if error.response is None or error.response.status_code != 403:
+            raise
+        status = _retrying(api.dataset_status, ref)
+        if status == "ready":
+            raise
+        raise KaggleError(f"Kaggle refused a new version of dataset {ref} (HTTP 403): its last version is "
+                          f"still processing ({status}); upload again once it is ready") from None
 
 
 # --- credentials and the client -------------------------------------------------------------------
@@ -397,13 +634,17 @@ def _http_error(status: int | None, text: str, source: Any, credentials: str) ->
     if status == 403 and source.type == "kaggle_competition":
         return KaggleAccessError(
             f"Kaggle refused {what} (HTTP 403): accept the competition's rules at "
-            f"https://www.kaggle.com/competitions/{source.competition}/rules, then run again")
+            f"https://www.kaggle.com/competitions/{source.competition}/rules (and verify your phone number "
+            "if Kaggle asks; a closed competition takes no more entries), then run again")
     if status == 403:
         return KaggleAccessError(f"Kaggle refused {what} (HTTP 403); it may be private to its owner")
     if status == 404 and source.type in ("kaggle_competition", "kaggle_dataset"):
         key = "competition" if source.type == "kaggle_competition" else "dataset"
         return KaggleNotFoundError(f"Kaggle has no {what} (HTTP 404); check data.source.{key} "
                                    "in the pipeline file")
+    if status == 404 and source.type == "bundle":
+        return KaggleNotFoundError(f"Kaggle has no {what} (HTTP 404); upload the bundle first: "
+                                   "`make bundle UPLOAD=\"notes\"`")
     if status == 404:
         return KaggleNotFoundError(f"Kaggle has no {what} (HTTP 404)")
     return KaggleError(f"Kaggle API error for {what} (HTTP {status}): {' '.join(text.split())}")
@@ -488,7 +729,7 @@ def _poll_status(api: KaggleApi, slug: str, ref: int, polls: int, interval_s: fl
     for attempt in range(max(polls, 1)):
         if attempt:
             time.sleep(interval_s)
-        submissions = api.competition_submissions(slug) or []
+        submissions = _retrying(api.competition_submissions, slug) or []
         submission = next((s for s in submissions if s.ref == ref), None)
         if submission is not None and submission.status != SubmissionStatus.PENDING:
             break

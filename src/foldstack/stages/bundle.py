@@ -3,8 +3,9 @@ kernel installs foldstack and predicts a hidden test set; and beside it the kern
 
 ``bundle/<pipeline>/`` holds:
 
-* ``wheels/``: the foldstack wheel and, for the kernel's Python, the wheels of every requirement
-  ``requirements.txt`` pins (but those of :data:`LEAVE_OUT`) and of their own dependencies;
+* ``wheels/``: the foldstack wheel and, for each Python the kernel may run (:data:`KAGGLE_PYTHON`
+  unless told), the wheels of every requirement ``requirements.txt`` pins (but those of
+  :data:`LEAVE_OUT`) and of their own dependencies;
 * ``requirements.txt``: those pins, for the kernel's ``pip install -r``, which keeps each one the
   image already has at the pin and installs the others from ``wheels/``;
 * ``pipeline.yaml``: the pipeline, as written;
@@ -15,7 +16,7 @@ kernel installs foldstack and predicts a hidden test set; and beside it the kern
 * ``foldstack-bundle.json`` (:mod:`foldstack.contracts.bundle_file`) and ``dataset-metadata.json``.
 
 ``kernel/<pipeline>/`` holds ``foldstack_kernel.py`` and ``kernel-metadata.json`` (Internet off,
-the bundle and the competition attached), for ``make kernel-push``.
+the bundle and the competition attached, the image pinned), for ``make kernel-push``.
 """
 
 from __future__ import annotations
@@ -34,18 +35,24 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foldstack.backbones.pretrained import FOLDSTACK, KERAS
-from foldstack.contracts import bundle_file, fold_done, manifest
-from foldstack.core.config import PipelineConfig
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
+from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json, write_text
-from foldstack.core.paths import Paths
+from foldstack.core.paths import Paths, user_cache
 from foldstack.data.kaggle import OWNER_PLACEHOLDER
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import BEST, members
+from foldstack.training.fold_task import BEST, members, trained_fold_dirs
 
 log = logging.getLogger(__name__)
 
 KERNEL_SCRIPT = "foldstack_kernel.py"
+#: The Python of Kaggle's notebook image, the one the wheels are chosen for unless ``--python``
+#: says otherwise: 3.12 since December 2025 (Kaggle/docker-python, "Upgrade to Python 3.12").
+#: Colab's base, which Kaggle's image follows, moved to 3.13 in August 2026; until Kaggle's does,
+#: ``--python 3.12 --python 3.13`` ships wheels for both. The kernel refuses a bundle built for
+#: another Python before it installs anything.
+KAGGLE_PYTHON = "3.12"
 
 #: Where the ImageNet files a backbone reads are found: a child's work, as it builds the backbone.
 PRETRAINED = isolate.child_module("foldstack.backbones.pretrained")
@@ -69,8 +76,9 @@ PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)), "m
 
 
 def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | None = None,
-        wheels: tuple[str, ...] = (), find_links: tuple[Path, ...] = (), python: str | None = None,
-        requirements: Path | None = None, leave_out: tuple[str, ...] = LEAVE_OUT) -> Path:
+        wheels: tuple[str, ...] = (), find_links: tuple[Path, ...] = (),
+        pythons: tuple[str, ...] = (KAGGLE_PYTHON,), requirements: Path | None = None,
+        leave_out: tuple[str, ...] = LEAVE_OUT, accelerator: str | None = None) -> Path:
     """Build ``paths.bundle`` and ``paths.kernel``; returns the bundle folder.
 
     Everything is checked before anything is written, and both folders are built beside their
@@ -82,23 +90,29 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
         pipeline_file: the YAML ``cfg`` was read from, copied into the bundle.
         owner: the Kaggle user owning the dataset and the kernel (default: filled in at upload).
         wheels: requirement names of ``leave_out`` to ship all the same, at their pins.
-        find_links: folders to take the wheels from instead of the package index.
-        python: the kernel's Python version (``3.11``) the wheels are chosen for; default this one.
+        find_links: folders to take the wheels from instead of the package index (and its cache,
+            ``user_cache("wheels")/<python>``).
+        pythons: the Python versions (``3.12``) the kernel may run, wheels shipped for each.
         requirements: the pins to ship; default this checkout's ``requirements.txt``.
         leave_out: requirement names not shipped (the image has them; see :data:`LEAVE_OUT`).
+        accelerator: the kernel's ``machine_shape`` (``NvidiaTeslaT4``, ``TpuV5E8``); default
+            Kaggle's default GPU.
 
     Raises:
         DataError: training or stacking has not finished, or was done with another recipe.
         FoldstackError: a wheel could not be built or fetched.
     """
     started = time.perf_counter()
+    pythons = tuple(dict.fromkeys(pythons))
+    bad = [python for python in pythons if not re.fullmatch(r"3\.\d{1,2}", python)]
+    if bad or not pythons:
+        raise FoldstackError(f"--python {bad[0] if bad else '(none)'}: not a Python version such as {KAGGLE_PYTHON}")
     files = _inference_files(cfg, paths)
-    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
     owner = owner or OWNER_PLACEHOLDER
     dataset = f"{owner}/{_slug(f'foldstack-{cfg.name}')}"
     with atomic_dir(paths.bundle) as folder:
         shipped, pins = _wheels(folder / bundle_file.WHEELS, requirements or SOURCE_TREE / "requirements.txt",
-                                wheels, leave_out, find_links, python)
+                                wheels, leave_out, find_links, pythons)
         weights = _pretrained_weights(cfg, folder / bundle_file.WEIGHTS)
         for relative in tqdm(files, desc="bundle", unit="file", disable=None):
             target = folder / bundle_file.ARTIFACTS / cfg.name / relative
@@ -106,12 +120,12 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
             shutil.copy2(paths.artifacts / relative, target)  # mtimes kept: predict reads them as up to date
         shutil.copy2(pipeline_file, folder / bundle_file.PIPELINE)
         bundle_file.write(folder, {"pipeline": cfg.name, "foldstack": metadata.version("foldstack"),
-                                   "python": python, "wheels": shipped, "requirements": pins, "weights": weights})
+                                   "pythons": list(pythons), "wheels": shipped, "requirements": pins, "weights": weights})
         write_json(folder / "dataset-metadata.json", {
             "id": dataset, "title": f"foldstack {cfg.name}"[:50], "licenses": [{"name": "CC0-1.0"}],
             "subtitle": f"foldstack models, wheels and weights for {cfg.name}"[:80],
         })
-    _kernel(cfg, paths.kernel, owner, dataset)
+    _kernel(cfg, paths.kernel, owner, dataset, accelerator)
     size = sum(path.stat().st_size for path in paths.bundle.rglob("*") if path.is_file())
     print(f"bundle: {paths.bundle} ({size / 2**20:.1f} MiB, {len(files)} artifact files, {len(shipped)} wheels, "
           f"{sum(map(len, weights.values()))} weight files) in {time.perf_counter() - started:.1f} s")
@@ -123,10 +137,12 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
 
 
 def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
-    """The artifact files the kernel needs, relative to ``paths.artifacts``, once checked complete."""
+    """The artifact files the kernel needs, relative to ``paths.artifacts``, once checked complete
+    and trained by the pipeline's recipe: the kernel's ``predict`` refuses any other fold."""
     art = paths.artifacts
     if not paths.folds.is_file():
         raise DataError(f"{paths.folds}: not found; run `make folds` and `make train` before `make bundle`")
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k))
     files = [paths.folds.relative_to(art)]
     for model in cfg.models:
         model_dir = paths.models / model.name
@@ -137,11 +153,15 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
                                 "run `make train` before `make bundle`")
         if not (model_dir / manifest.NAME).is_file():
             raise DataError(f"{model_dir / manifest.NAME}: not found; run `make train` before `make bundle`")
-        trained, wanted = manifest.read(model_dir)["model"], model.model_dump(mode="json")
-        if trained != wanted:
-            changed = sorted(key for key in trained.keys() | wanted.keys() if trained.get(key) != wanted.get(key))
+        changed = _changed_since_training(cfg, model, manifest.read(model_dir))
+        if changed:
             raise DataError(f"{model_dir / manifest.NAME}: model {model.name!r} was trained with another recipe "
                             f"({', '.join(changed)} differ from the pipeline); run `make train` again")
+        try:
+            trained_fold_dirs(cfg, paths.models, model, folds_digest)  # each fold's fingerprint, as predict checks it
+        except DataError as error:
+            # The manifest's recipe is the pipeline's: of what a fingerprint holds, the folds are left.
+            raise DataError(f"{paths.folds}: changed since model {model.name!r} was trained ({error})") from None
         if model.weights not in ("imagenet", "none"):
             log.warning("%s: weights file %s is not bundled; the kernel needs the fold weights only",
                         model.name, model.weights)
@@ -154,6 +174,24 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
         files += [path.relative_to(art) for path in sorted(folder.rglob("*"))
                   if path.is_file() and not path.name.startswith(".")]
     return files
+
+
+def _changed_since_training(cfg: PipelineConfig, model: ModelConfig, trained: dict) -> list[str]:
+    """The keys of a fold's recipe (the model, the augmentation views, the task, metric and seed)
+    whose value in the model's manifest differs from the pipeline's, e.g. ``['augment.tta']``."""
+    now = {"model": model.model_dump(mode="json"), "pipeline": cfg.model_dump(mode="json")}
+    then = {"model": trained.get("model", {}), "pipeline": trained.get("pipeline", {})}
+    keys = [("model", key) for key in now["model"].keys() | then["model"].keys()]
+    keys += [("pipeline", key) for key in ("task", "metric", "seed")]
+    keys += [("pipeline", "augment", key) for key in now["pipeline"]["augment"]]
+    changed = []
+    for key in keys:
+        old, new = then, now
+        for part in key:
+            old, new = (old or {}).get(part), (new or {}).get(part)
+        if old != new:
+            changed.append(".".join(key[1:]))
+    return sorted(changed)
 
 
 def _excluded(relative: Path) -> bool:
@@ -180,13 +218,15 @@ def _pretrained_weights(cfg: PipelineConfig, folder: Path) -> dict[str, list[str
 
 
 def _wheels(folder: Path, requirements: Path, also: tuple[str, ...], leave_out: tuple[str, ...],
-            find_links: tuple[Path, ...], python: str) -> tuple[list[str], list[str]]:
+            find_links: tuple[Path, ...], pythons: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """The foldstack wheel, and those of the pins of ``requirements`` but ``leave_out`` (less
-    ``also``) with their dependencies, in ``folder``; their file names, and the pins shipped.
+    ``also``) with their dependencies for each of ``pythons``, in ``folder``; their file names,
+    and the pins shipped.
 
     The dependencies come too (pip resolves them for the kernel's Python and platform): a pinned
     requirement newer than the image's may need newer dependencies than the image has. The
-    kernel's ``pip install -r`` takes from ``wheels/`` only what the image does not satisfy.
+    kernel's ``pip install -r`` takes from ``wheels/`` only what the image does not satisfy, and
+    of several wheels of one pin the one for its own Python.
     """
     folder.mkdir(parents=True)
     _foldstack_wheel(folder)
@@ -199,17 +239,45 @@ def _wheels(folder: Path, requirements: Path, also: tuple[str, ...], leave_out: 
     loose = [pin for pin in shipped if not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!_-]+", pin)]
     if loose:
         raise FoldstackError(f"{requirements}: {loose[0]!r} is not pinned (name==version); the kernel installs pins")
-    if shipped:
+    for python in pythons:
+        if shipped:
+            _download(shipped, python, folder, find_links)
+        names = [path.name for path in folder.glob("*.whl")]
+        for pin in shipped:  # pip found another version's wheel, or none: say so here, not in the kernel
+            if not any(bundle_file.wheel_pin(name) == bundle_file.normal_pin(pin)
+                       and bundle_file.wheel_fits(name, python) for name in names):
+                raise FoldstackError(f"pip fetched no wheel of {pin} for Python {python} into {folder}")
+    return sorted(path.name for path in folder.glob("*.whl")), shipped
+
+
+def _download(pins: list[str], python: str, folder: Path, find_links: tuple[Path, ...]) -> None:
+    """``pins`` and their dependencies as wheels for CPython ``python`` on a Kaggle image, into ``folder``.
+
+    From ``find_links`` where given; else from the cache ``user_cache("wheels")/<python>``, which
+    the package index fills first with what it lacks, so a second bundle of the same pins
+    downloads nothing.
+    """
+    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+    wanted = ("download", "--only-binary=:all:", "--python-version", python, "--implementation", "cp", *platforms)
+    what = f"wheels for Python {python}"
+    if find_links:
         index = [arg for link in find_links for arg in ("--no-index", "--find-links", str(link))]
-        platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-        _pip("download", "--only-binary=:all:", "--python-version", python, *platforms, "--dest", str(folder),
-             *dict.fromkeys(index), *shipped, what=f"wheels for Python {python}")
-    names = sorted(path.name for path in folder.glob("*.whl"))
-    have = {bundle_file.wheel_pin(name) for name in names}
-    missing = [pin for pin in shipped if bundle_file.normal_pin(pin) not in have]
-    if missing:  # pip found another version's wheel name, or none: say so here, not in the kernel
-        raise FoldstackError(f"pip fetched no wheel named for {missing[0]} into {folder}")
-    return names, shipped
+        _pip(*wanted, "--dest", str(folder), *dict.fromkeys(index), *pins, what=what)
+        return
+    cache = user_cache("wheels") / python
+    offline = (*wanted, "--no-index", "--find-links", str(cache), "--dest", str(folder), *pins)
+    try:
+        _pip(*offline, what=what)
+        return
+    except FoldstackError:
+        log.info("fetching %s into %s", what, cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    # Fetched beside the cache, then each file renamed in: a cached wheel is never half written.
+    with tempfile.TemporaryDirectory(prefix=".fetching-", dir=cache) as tmp:
+        _pip(*wanted, "--dest", tmp, *pins, what=what)
+        for path in Path(tmp).glob("*.whl"):
+            path.replace(cache / path.name)
+    _pip(*offline, what=what)
 
 
 def _foldstack_wheel(folder: Path) -> None:
@@ -247,23 +315,43 @@ _normal = bundle_file.normal_name
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:50]
+    """Kaggle's slug of a title (as the client's ``slugify``, for ASCII): lowercased, dashes between words."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:TITLE_LENGTH]
+
+
+#: The longest title whose slug Kaggle keeps whole as the kernel's id (assumed: Kaggle's kernel
+#: and dataset slugs are cut at 50 characters).
+TITLE_LENGTH = 50
+
+
+def kernel_title(pipeline: str) -> str:
+    """The inference kernel's title, short enough that its slug is the kernel's id in full: the
+    client warns, and Kaggle names the kernel otherwise, when the id is not the title's slug."""
+    for title in (f"foldstack {pipeline} inference", f"{pipeline} inference"):
+        if len(title) <= TITLE_LENGTH:
+            return title
+    return f"{pipeline[:TITLE_LENGTH - len(' inference')].rstrip('-_. ')} inference"
 
 
 # --- the kernel -------------------------------------------------------------------------------
 
 
-def _kernel(cfg: PipelineConfig, folder: Path, owner: str, dataset: str) -> None:
+def _kernel(cfg: PipelineConfig, folder: Path, owner: str, dataset: str, accelerator: str | None = None) -> None:
     """Write the kernel's script and ``kernel-metadata.json`` into ``folder`` (as a whole)."""
-    title = f"foldstack {cfg.name} inference"
+    title = kernel_title(cfg.name)
     source = cfg.data.source
+    shape = (accelerator or "").lower()
     with atomic_dir(folder) as tmp:
         write_text(tmp / KERNEL_SCRIPT, KERNEL_TEMPLATE.replace("{BUNDLE_FILE}", bundle_file.NAME))
         write_json(tmp / "kernel-metadata.json", {
             "id": f"{owner}/{_slug(title)}", "title": title, "code_file": KERNEL_SCRIPT,
             "language": "python", "kernel_type": "script", "is_private": True,
-            "enable_gpu": True, "enable_tpu": False,
+            "enable_gpu": not accelerator or shape.startswith("nvidia"), "enable_tpu": shape.startswith("tpu"),
+            **({"machine_shape": accelerator} if accelerator else {}),
             "enable_internet": False,  # code competitions score only kernels with Internet off
+            # The image the kernel first ran on, for every later version: a push never lands on
+            # a newer image whose packages the bundle was not built for.
+            "docker_image_pinning_type": "original",
             "dataset_sources": [dataset],
             "competition_sources": [source.competition] if source.type == "kaggle_competition" else [],
             "kernel_sources": [], "model_sources": [],
@@ -306,7 +394,13 @@ def find_bundle():
 def main():
     bundle = find_bundle()
     wheels = bundle / "wheels"
-    names = json.loads((bundle / BUNDLE_FILE).read_text(encoding="utf-8"))["wheels"]
+    record = json.loads((bundle / BUNDLE_FILE).read_text(encoding="utf-8"))
+    # Before pip: wheels of another Python would fail to install, one by one, with pip's words.
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if here not in record.get("pythons", []):
+        built = ", ".join(record.get("pythons") or [record.get("python", "another Python")])
+        fail(f"bundle built for {built}, this kernel runs {here}: rebuild with --python {here}")
+    names = record["wheels"]
     missing = [name for name in names if not (wheels / name).is_file()]
     if missing:
         fail(f"the bundle {bundle} lacks the wheel wheels/{missing[0]}; build and upload it again")
