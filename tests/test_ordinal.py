@@ -28,8 +28,8 @@ from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes
-from foldstack.level2 import selection
-from foldstack.level2.ordinal import cross_validated_cuts, fit_cuts
+from foldstack.level2 import decision, ordinal, selection
+from foldstack.level2.ordinal import fit_cuts
 from foldstack.pipeline import parse_pipeline
 from foldstack.stages import download, folds, predict, report, stack, submit, train
 
@@ -107,12 +107,12 @@ def test_fitted_cut_points_beat_rounding_where_they_must() -> None:
     cuts = fit_cuts(score, y, GRADES, KAPPA)
     assert np.all(np.diff(cuts) > 0)
     np.testing.assert_allclose(cuts, [0.25, 0.75, 1.25, 1.75], atol=0.15)
-    rounded = KAPPA(y, score[:, None], GRADES)
+    rounded = KAPPA(y, score[:, None], n_classes=GRADES)
     assert rounded < 0.8
-    assert KAPPA(y, metrics.grades(score, GRADES, cuts)[:, None], GRADES) > 0.97
+    assert KAPPA(y, metrics.grades(score, GRADES, cuts)[:, None], n_classes=GRADES) > 0.97
     # Scored honestly, on folds whose cut points never saw them, they still win.
     fold = np.arange(len(y)) % 3
-    fold_scores, _ = cross_validated_cuts(score, y, fold, GRADES, KAPPA)
+    fold_scores = decision.choose(ordinal.RULE, "fitted", y, score[:, None], fold, KAPPA, GRADES).fold_scores
     assert fold_scores.min() > rounded + 0.15
 
 
@@ -126,14 +126,15 @@ def test_cross_validate_reports_the_nested_cut_points_cv() -> None:
     oof = X.mean(axis=1)[:, 0]
     np.testing.assert_allclose(result.oof[:, 0], oof)
     by_hand = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, fit_cuts(oof[fold != k], y[fold != k],
-                                                                                    GRADES, KAPPA))[:, None], GRADES)
+                                                                                    GRADES, KAPPA))[:, None],
+                     n_classes=GRADES)
                for k in range(3)]
     np.testing.assert_allclose(result.fold_scores, by_hand)
     np.testing.assert_allclose(result.cuts, fit_cuts(oof, y, GRADES, KAPPA))
-    in_sample = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, result.cuts)[:, None], GRADES)
+    in_sample = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, result.cuts)[:, None], n_classes=GRADES)
                  for k in range(3)]
     assert np.mean(in_sample) > np.mean(by_hand)
-    np.testing.assert_allclose(result.rounded_scores, [KAPPA(y[fold == k], oof[fold == k, None], GRADES)
+    np.testing.assert_allclose(result.rounded_scores, [KAPPA(y[fold == k], oof[fold == k, None], n_classes=GRADES)
                                                        for k in range(3)])
     board = selection.leaderboard({"mean": result}, KAPPA)
     assert board.loc[0, "cv_mean"] == pytest.approx(np.mean(by_hand))
@@ -156,7 +157,7 @@ def test_only_score_candidates_stack_an_ordinal_task_and_each_gives_a_score() ->
         estimator = level2.get(name).build(cfg).fit(X, y)
         out = estimator.predict_proba(X)
         assert out.shape == (len(y), 1), name
-        assert KAPPA(y, out, GRADES) > 0.6, name
+        assert KAPPA(y, out, n_classes=GRADES) > 0.6, name
     assert level2.get("best_single").build(cfg).fit(X, y).best_ == 0
     assert level2.get("weighted_mean").build(cfg).fit(X, y).weights_[0] > 0.8
     with pytest.raises(selection.StackError, match="'logistic' needs class probabilities"):
