@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
 from foldstack import cli, level2
 from foldstack.contracts import predictions, stack_output
@@ -292,7 +293,58 @@ def test_predict_images_gives_the_score_and_the_grade_submit_gives(stacked, tmp_
     assert frame["label"].tolist() == np.searchsorted(cuts, frame["score"], side="right").tolist()
 
 
+class _Tables(HTMLParser):
+    """Each ``<h2>`` heading of a page and the cells of the table after it, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._heading: str | None = None
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in ("h2", "td", "th"):
+            self._text = []
+        elif tag == "tr" and self._heading is not None:
+            self.tables.setdefault(self._heading, []).append([])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h2":
+            self._heading = "".join(self._text)
+        elif tag in ("td", "th"):
+            self.tables[self._heading][-1].append("".join(self._text).strip())
+        if tag in ("h2", "td", "th"):
+            self._text = None
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+
 def test_report_shows_an_ordinal_pipeline_by_its_grades(stacked) -> None:
+    """The stack's per-class table has one row per grade: its support counted in folds.csv, its
+    precision and recall those of the grades the saved cut points give the stack's OOF scores
+    (not the scores rounded)."""
     cfg, paths, *_ = stacked
     page = report.run(cfg, paths).read_text()
-    assert "Per class: " in page and "Grad-CAM: cnn" in page
+    assert "Grad-CAM: cnn" in page
+    parser = _Tables()
+    parser.feed(page)
+    chosen = json.loads((paths.stack / "chosen.json").read_text())
+    shown = parser.tables[f"Per class: {chosen['name']} (stack)"]
+
+    folds_csv = pd.read_csv(paths.folds)
+    truth = folds_csv["label"].to_numpy()
+    score = pd.read_parquet(paths.stack / "oof.parquet").set_index("id").loc[folds_csv["id"], "score"].to_numpy()
+
+    def table(predicted: np.ndarray) -> list[list[str]]:
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, labels=range(GRADES),
+                                                                   zero_division=0)
+        return [["class", "precision", "recall", "f1", "support"]] + [
+            [str(g), f"{precision[g]:.4f}", f"{recall[g]:.4f}", f"{f1[g]:.4f}", str((truth == g).sum())]
+            for g in range(GRADES)]
+
+    at_cuts = table(np.searchsorted(chosen["cuts"], score, side="right"))
+    rounded = table(np.clip(np.floor(score + 0.5), 0, GRADES - 1).astype(int))
+    assert at_cuts != rounded, "the fixture's cut points grade its OOF as rounding does: nothing to tell apart"
+    assert shown == at_cuts
