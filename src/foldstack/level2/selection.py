@@ -126,7 +126,7 @@ def rule_for(y: np.ndarray, output: np.ndarray, setting: str = decision.FIXED) -
 
 
 def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
-                   metric: Metric, n_classes: int | None = None, thresholds: str = decision.FIXED,
+                   metric: Metric, n_classes: int | None = None, setting: str = decision.FIXED,
                    rule: tuple[Rule, str] | None = None) -> CVResult:
     """Fit a clone of ``estimator`` without each fold and score it on that fold, at its decision
     rule's values (:func:`rule_for`) fitted without that fold.
@@ -144,15 +144,15 @@ def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fol
         fold: each row's fold, as the base models used it.
         metric: scores each fold.
         n_classes: the number of grades of an ordinal task (default: those ``y`` reaches).
-        thresholds: multilabel: ``stack.thresholds`` (``fixed``, ``global``, ``per_class``, ``auto``).
-        rule: the rule and its setting, where not :func:`rule_for`'s.
+        setting: multilabel: ``stack.thresholds`` (``fixed``, ``global``, ``per_class``, ``auto``).
+        rule: the rule and its setting, where not :func:`rule_for`'s (which ignores ``setting``).
     """
     multilabel = is_multilabel(y)
     oof, models = _oof(estimator, X, y, fold)
-    rule = rule_for(y, oof, thresholds) if rule is None else rule
-    scores = np.array([metric(y[fold == k], oof[fold == k], n_classes=n_classes) for k in np.unique(fold)])
+    rule = rule_for(y, oof, setting) if rule is None else rule
     if rule is None:
-        return CVResult(oof, scores, np.unique(fold), models, multilabel)
+        scores = [metric(y[fold == k], oof[fold == k], n_classes=n_classes) for k in np.unique(fold)]
+        return CVResult(oof, np.array(scores), np.unique(fold), models, multilabel)
     rule, setting = rule
     inner = None if setting == decision.FIXED else {k: _inner_oof(estimator, X, y, fold, k) for k in np.unique(fold)}
     chosen = decision.choose(rule, setting, y, oof, fold, metric, n_classes, inner)

@@ -68,7 +68,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
         results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric,
-                                       len(data.classes), thresholds=cfg.stack.thresholds)
+                                       len(data.classes), setting=cfg.stack.thresholds)
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
     chosen = board.loc[board["chosen"], "candidate"].item()
