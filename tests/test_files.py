@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,52 @@ def test_atomic_writes_never_touch_the_process_umask(tmp_path: Path, monkeypatch
         (tmp / "b.txt").write_text("y")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_reader_never_finds_the_folder_missing_while_atomic_dir_swaps_it(tmp_path: Path, monkeypatch) -> None:
+    """A reader thread lists the target without pause while the block exits, swap after swap: it
+    must find the folder every time. (A listing may come back short: one that opened the old folder
+    just before the swap reads it while it is deleted.) This runs the path this machine takes (``renameat2``
+    exchanging the two folders, checked below); a swap that removes the old folder and then
+    renames the new one into place leaves a moment when a reader finds nothing."""
+    target = tmp_path / "stack"
+    _folder(target, "old")
+    (target / "more.txt").write_text("x")
+    exchanged = []
+    real_exchange = files._exchange
+
+    def recorded(a, b):
+        exchanged.append(real_exchange(a, b))
+        return exchanged[-1]
+
+    monkeypatch.setattr(files, "_exchange", recorded)
+    stop, problems, listings = threading.Event(), [], [0]
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                os.listdir(target)
+            except FileNotFoundError:
+                problems.append("missing")
+                continue
+            if not target.exists():
+                problems.append("missing")
+            listings[0] += 1
+
+    reader = threading.Thread(target=read, daemon=True)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the reader the GIL as often as possible
+    reader.start()
+    try:
+        for swap in range(200):
+            with files.atomic_dir(target) as tmp:
+                (tmp / "more.txt").write_text("x")
+                (tmp / "content.txt").write_text(str(swap))
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert exchanged and all(exchanged), "renameat2 did not exchange the folders on this machine"
+    assert not problems, problems[:5]
+    assert listings[0] > 200
+    assert (target / "content.txt").read_text() == "199"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
 from foldstack import cli, level2
 from foldstack.contracts import predictions, stack_output
@@ -28,8 +29,8 @@ from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes
-from foldstack.level2 import selection
-from foldstack.level2.ordinal import cross_validated_cuts, fit_cuts
+from foldstack.level2 import decision, ordinal, selection
+from foldstack.level2.ordinal import fit_cuts
 from foldstack.pipeline import parse_pipeline
 from foldstack.stages import download, folds, predict, report, stack, submit, train
 
@@ -107,12 +108,12 @@ def test_fitted_cut_points_beat_rounding_where_they_must() -> None:
     cuts = fit_cuts(score, y, GRADES, KAPPA)
     assert np.all(np.diff(cuts) > 0)
     np.testing.assert_allclose(cuts, [0.25, 0.75, 1.25, 1.75], atol=0.15)
-    rounded = KAPPA(y, score[:, None], GRADES)
+    rounded = KAPPA(y, score[:, None], n_classes=GRADES)
     assert rounded < 0.8
-    assert KAPPA(y, metrics.grades(score, GRADES, cuts)[:, None], GRADES) > 0.97
+    assert KAPPA(y, metrics.grades(score, GRADES, cuts)[:, None], n_classes=GRADES) > 0.97
     # Scored honestly, on folds whose cut points never saw them, they still win.
     fold = np.arange(len(y)) % 3
-    fold_scores, _ = cross_validated_cuts(score, y, fold, GRADES, KAPPA)
+    fold_scores = decision.choose(ordinal.RULE, "fitted", y, score[:, None], fold, KAPPA, GRADES).fold_scores
     assert fold_scores.min() > rounded + 0.15
 
 
@@ -126,14 +127,15 @@ def test_cross_validate_reports_the_nested_cut_points_cv() -> None:
     oof = X.mean(axis=1)[:, 0]
     np.testing.assert_allclose(result.oof[:, 0], oof)
     by_hand = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, fit_cuts(oof[fold != k], y[fold != k],
-                                                                                    GRADES, KAPPA))[:, None], GRADES)
+                                                                                    GRADES, KAPPA))[:, None],
+                     n_classes=GRADES)
                for k in range(3)]
     np.testing.assert_allclose(result.fold_scores, by_hand)
     np.testing.assert_allclose(result.cuts, fit_cuts(oof, y, GRADES, KAPPA))
-    in_sample = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, result.cuts)[:, None], GRADES)
+    in_sample = [KAPPA(y[fold == k], metrics.grades(oof[fold == k], GRADES, result.cuts)[:, None], n_classes=GRADES)
                  for k in range(3)]
     assert np.mean(in_sample) > np.mean(by_hand)
-    np.testing.assert_allclose(result.rounded_scores, [KAPPA(y[fold == k], oof[fold == k, None], GRADES)
+    np.testing.assert_allclose(result.rounded_scores, [KAPPA(y[fold == k], oof[fold == k, None], n_classes=GRADES)
                                                        for k in range(3)])
     board = selection.leaderboard({"mean": result}, KAPPA)
     assert board.loc[0, "cv_mean"] == pytest.approx(np.mean(by_hand))
@@ -156,7 +158,7 @@ def test_only_score_candidates_stack_an_ordinal_task_and_each_gives_a_score() ->
         estimator = level2.get(name).build(cfg).fit(X, y)
         out = estimator.predict_proba(X)
         assert out.shape == (len(y), 1), name
-        assert KAPPA(y, out, GRADES) > 0.6, name
+        assert KAPPA(y, out, n_classes=GRADES) > 0.6, name
     assert level2.get("best_single").build(cfg).fit(X, y).best_ == 0
     assert level2.get("weighted_mean").build(cfg).fit(X, y).weights_[0] > 0.8
     with pytest.raises(selection.StackError, match="'logistic' needs class probabilities"):
@@ -291,7 +293,58 @@ def test_predict_images_gives_the_score_and_the_grade_submit_gives(stacked, tmp_
     assert frame["label"].tolist() == np.searchsorted(cuts, frame["score"], side="right").tolist()
 
 
+class _Tables(HTMLParser):
+    """Each ``<h2>`` heading of a page and the cells of the table after it, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._heading: str | None = None
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in ("h2", "td", "th"):
+            self._text = []
+        elif tag == "tr" and self._heading is not None:
+            self.tables.setdefault(self._heading, []).append([])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h2":
+            self._heading = "".join(self._text)
+        elif tag in ("td", "th"):
+            self.tables[self._heading][-1].append("".join(self._text).strip())
+        if tag in ("h2", "td", "th"):
+            self._text = None
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+
 def test_report_shows_an_ordinal_pipeline_by_its_grades(stacked) -> None:
+    """The stack's per-class table has one row per grade: its support counted in folds.csv, its
+    precision and recall those of the grades the saved cut points give the stack's OOF scores
+    (not the scores rounded)."""
     cfg, paths, *_ = stacked
     page = report.run(cfg, paths).read_text()
-    assert "Per class: " in page and "Grad-CAM: cnn" in page
+    assert "Grad-CAM: cnn" in page
+    parser = _Tables()
+    parser.feed(page)
+    chosen = json.loads((paths.stack / "chosen.json").read_text())
+    shown = parser.tables[f"Per class: {chosen['name']} (stack)"]
+
+    folds_csv = pd.read_csv(paths.folds)
+    truth = folds_csv["label"].to_numpy()
+    score = pd.read_parquet(paths.stack / "oof.parquet").set_index("id").loc[folds_csv["id"], "score"].to_numpy()
+
+    def table(predicted: np.ndarray) -> list[list[str]]:
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, labels=range(GRADES),
+                                                                   zero_division=0)
+        return [["class", "precision", "recall", "f1", "support"]] + [
+            [str(g), f"{precision[g]:.4f}", f"{recall[g]:.4f}", f"{f1[g]:.4f}", str((truth == g).sum())]
+            for g in range(GRADES)]
+
+    at_cuts = table(np.searchsorted(chosen["cuts"], score, side="right"))
+    rounded = table(np.clip(np.floor(score + 0.5), 0, GRADES - 1).astype(int))
+    assert at_cuts != rounded, "the fixture's cut points grade its OOF as rounding does: nothing to tell apart"
+    assert shown == at_cuts

@@ -20,7 +20,7 @@ from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes, join_labels
-from foldstack.level2 import LightGBMStacker, selection
+from foldstack.level2 import LightGBMStacker, decision, selection
 from foldstack.pipeline import load_pipeline, parse_pipeline
 from foldstack.stages import stack, submit
 
@@ -277,6 +277,43 @@ def test_cv_never_fits_on_the_fold_it_scores() -> None:
 
     selection.cross_validate(Spy(), X, y, fold, metrics.get("accuracy"))
     assert seen == [40] * FOLDS
+
+
+@pytest.mark.parametrize("n_folds", [2, 4])
+def test_a_decision_rule_for_fold_k_is_fitted_on_predictions_of_models_that_never_saw_fold_k(n_folds: int) -> None:
+    """The rule scored on fold k (thresholds, cut points) is fitted on level-two predictions of
+    the other folds' rows; those predictions must come from level-two models that saw no row of
+    fold k either. The candidate's own OOF would not do: fold j's rows were predicted by a model
+    fitted on every other fold, fold k included. Here each row's fold is its one label and every
+    model predicts which folds it was fitted on (a bit per fold), so a rule that records what it
+    is fitted on can tell. With two folds, the one other fold is split in two."""
+    n = 24 * n_folds
+    fold = np.arange(n) % n_folds
+    X = np.repeat(fold.astype(np.float64)[:, None, None], n_folds, axis=2)
+    y = np.eye(n_folds, dtype=int)[fold]
+
+    class FoldsSeen(level2.MeanBlend):
+        def _fit(self, X, y):
+            self.seen_ = np.unique(X[:, 0, 0]).astype(int)
+
+        def _predict_proba(self, X):
+            return np.full((len(X), X.shape[2]), float(sum(2**k for k in self.seen_)))
+
+    fits = []
+
+    def record(y, output, metric, modes, n_classes):
+        fits.append((np.flatnonzero(y.sum(axis=0) == 0), output[:, 0].astype(int)))
+        return {mode: np.full(n_classes, 0.5) for mode in modes}
+
+    rule = decision.Rule("spy", ("fitted",), lambda n_classes: np.full(n_classes, 0.5), record, per_class=True)
+    result = selection.cross_validate(FoldsSeen(), X, y, fold, metrics.get("f1_micro"), rule=(rule, "fitted"))
+    assert result.decision.mode == "fitted"
+    *nested, (left_out, _) = fits
+    assert len(nested) == n_folds and not len(left_out)  # one fit per fold, then one on every row
+    for absent, masks in nested:
+        assert len(absent) == 1, absent  # the fold it scores is the one its rows leave out
+        assert not (masks & 2 ** absent[0]).any(), f"fold {absent[0]}: fitted on models that saw it"
+        assert (masks > 0).all()
 
 
 # --- choosing candidates ------------------------------------------------------------------------

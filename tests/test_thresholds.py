@@ -16,7 +16,7 @@ from foldstack.core import metrics
 from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes, join_labels
-from foldstack.level2 import thresholds
+from foldstack.level2 import decision, thresholds
 from foldstack.level2.selection import StackError
 from foldstack.pipeline import parse_pipeline
 from foldstack.stages import predict, stack, submit
@@ -83,7 +83,7 @@ def test_auto_keeps_per_class_thresholds_scored_by_nested_cv_and_beats_one_half(
     nested: fold k is scored with thresholds fitted on the other folds alone."""
     y, X = scaled(400, seed=1)
     proba, fold = X[:, 0], folds_of(400)
-    choice = thresholds.choose(y, proba, fold, F2, "auto")
+    choice = decision.choose(thresholds.RULE, "auto", y, proba, fold, F2)
 
     assert choice.mode == "per_class" and set(choice.cv) == {"global", "per_class"}
     assert choice.cv["per_class"] > choice.cv["global"]
@@ -92,7 +92,7 @@ def test_auto_keeps_per_class_thresholds_scored_by_nested_cv_and_beats_one_half(
     np.testing.assert_allclose(choice.fold_scores, by_hand, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(choice.values, thresholds.fit(y, proba, F2, "per_class"))  # then every row
 
-    fixed = thresholds.choose(y, proba, fold, F2, "fixed")
+    fixed = decision.choose(thresholds.RULE, "fixed", y, proba, fold, F2)
     assert fixed.mode == "fixed" and (fixed.values == 0.5).all()
     np.testing.assert_allclose(fixed.fold_scores, [F2(y[fold == k], proba[fold == k]) for k in range(FOLDS)])
     assert choice.fold_scores.mean() > fixed.fold_scores.mean() + 0.2
@@ -105,7 +105,7 @@ def test_in_sample_thresholds_flatter_the_score_the_nested_cv_reports() -> None:
     y, proba = (rng.random((80, 3)) < 0.5).astype(int), rng.random((80, 3))
     fold = folds_of(80)
     f1 = metrics.get("f1_macro")
-    nested = thresholds.cross_validate(y, proba, fold, f1, "per_class")
+    nested = decision.choose(thresholds.RULE, "per_class", y, proba, fold, f1).fold_scores
     in_sample = [f1(y[fold == k], proba[fold == k], thresholds.fit(y[fold == k], proba[fold == k], f1, "per_class"))
                  for k in range(FOLDS)]
     assert np.mean(in_sample) > nested.mean() + 0.03

@@ -3,9 +3,10 @@ read by ``submit`` and by ``predict --images``.
 
 ``leaderboard.csv`` (every candidate's CV, fold by fold), ``chosen.json`` (the chosen
 candidate, its metric and CV, the base models, the classes in order, ``cv_key``: what the
-CV was run on, for multilabel ``thresholds``: ``{"mode": ..., "values": {class: threshold}}``,
-the probability at which each class is predicted, and for an ordinal task ``ordinal: true`` and
-``cuts``, the cut points that turn its score into grades), ``level2/<candidate>.pkl`` (the chosen
+CV was run on, ``ordinal``, and the values of its decision rule (:mod:`foldstack.level2.decision`)
+under the rule's name: for multilabel ``thresholds``: ``{"mode": ..., "values": {class:
+threshold}}``, the probability at which each class is predicted; for an ordinal task ``cuts``,
+the cut points that turn its score into grades, a list), ``level2/<candidate>.pkl`` (the chosen
 candidate fitted on every OOF row), and
 its ``oof.parquet`` (from CV) and ``test.parquet`` (from the saved model) in the shapes of
 :mod:`foldstack.contracts.predictions`. After a CV the stage writes them into one folder that
@@ -26,10 +27,12 @@ import pandas as pd
 from foldstack.contracts import predictions
 from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_path, write_csv, write_json
-from foldstack.core.metrics import grades, one_hot
+from foldstack.core.metrics import hard_predictions, one_hot
 from foldstack.data.labels import Classes
+from foldstack.level2 import ordinal, thresholds
 from foldstack.level2.base import Level2Estimator
-from foldstack.level2.selection import as_submitted
+from foldstack.level2.decision import FIXED
+from foldstack.level2.selection import RULES, as_submitted
 
 CHOSEN = "chosen.json"
 LEADERBOARD = "leaderboard.csv"
@@ -61,19 +64,29 @@ class FittedStack:
         models: the base models whose predictions it takes, in the order of its model axis.
         classes: the classes, in the order of its class axis.
         estimator: the fitted level-two estimator.
-        thresholds: multilabel: the probability at which each class (in ``classes`` order) is
-            predicted; None: 0.5.
-        threshold_mode: how they were chosen (``stack.thresholds``: fixed, global, per_class).
-        cuts: an ordinal task's cut points (its score to grades), else None.
+        rule: its decision rule's name (``thresholds``: multilabel; ``cuts``: ordinal), else None.
+        mode: how the rule's values were chosen (``stack.thresholds``: fixed, global, per_class;
+            cuts: fitted).
+        values: the rule's values (thresholds in ``classes`` order; the cut points); None: none.
     """
 
     name: str
     models: tuple[str, ...]
     classes: Classes
     estimator: Level2Estimator
-    thresholds: tuple[float, ...] | None = None
-    threshold_mode: str | None = None
-    cuts: tuple[float, ...] | None = None
+    rule: str | None = None
+    mode: str | None = None
+    values: tuple[float, ...] | None = None
+
+    @property
+    def thresholds(self) -> tuple[float, ...] | None:
+        """Multilabel: the probability at which each class is predicted; None: 0.5."""
+        return self.values if self.rule == thresholds.RULE.name else None
+
+    @property
+    def cuts(self) -> tuple[float, ...] | None:
+        """An ordinal task's cut points (its score to grades), else None."""
+        return self.values if self.rule == ordinal.RULE.name else None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, C)`` from base-model probabilities ``(n, n_models, C)``, as
@@ -81,15 +94,17 @@ class FittedStack:
         ``(n, 1)`` from the models' ``(n, n_models, 1)``."""
         return as_submitted(self.estimator.predict_proba(X), self.classes.multilabel)
 
-    def grades(self, score: np.ndarray) -> np.ndarray:
-        """An ordinal score's grade indices ``(n,)``, cut at the saved cut points."""
-        return grades(score, len(self.classes), np.asarray(self.cuts))
+    def hard(self, output: np.ndarray) -> np.ndarray:
+        """Predicted classes of the candidate's output at its rule's values
+        (:func:`foldstack.core.metrics.hard_predictions`)."""
+        values = None if self.values is None else np.asarray(self.values)
+        return hard_predictions(output, self.classes.multilabel, values, len(self.classes))
 
 
-def grade_rows(score: pd.DataFrame, classes: Classes, cuts: tuple[float, ...]) -> pd.DataFrame:
+def grade_rows(score: pd.DataFrame, classes: Classes, cuts: np.ndarray) -> pd.DataFrame:
     """An ordinal score table (indexed by id, column ``score``) as the grades its cut points
     give: one 0/1 column per grade, a 1 at the row's grade (what ``submit`` writes as a label)."""
-    chosen = grades(score[Classes.SCORE].to_numpy(), len(classes), np.asarray(cuts))
+    chosen = hard_predictions(score[[Classes.SCORE]].to_numpy(), False, np.asarray(cuts), len(classes))
     return pd.DataFrame(one_hot(chosen, len(classes)).astype(np.float64), index=score.index,
                         columns=list(classes.names))
 
@@ -103,12 +118,46 @@ def write(folder: Path, board: pd.DataFrame, chosen: dict, fitted: FittedStack, 
         tmp.write_bytes(pickle.dumps(fitted.estimator))
     predictions.write(folder / OOF, ids, fitted.classes, oof, fold=fold)
     write_test(folder, test_ids, fitted.classes, test)
-    thresholds = {} if fitted.thresholds is None else {"thresholds": {
-        "mode": fitted.threshold_mode, "values": dict(zip(fitted.classes.names, fitted.thresholds))}}
-    cuts = None if fitted.cuts is None else [float(cut) for cut in fitted.cuts]
     write_json(folder / CHOSEN, {**chosen, "name": fitted.name, "models": list(fitted.models),
                                  "classes": list(fitted.classes.names), "multilabel": fitted.classes.multilabel,
-                                 **thresholds, "ordinal": fitted.classes.ordinal, "cuts": cuts})
+                                 "ordinal": fitted.classes.ordinal, **_saved_rule(fitted)})
+
+
+def _saved_rule(fitted: FittedStack) -> dict:
+    """The decision rule's entry of ``chosen.json``, under its name: a per-class rule's values by
+    class name, with its mode; an ordered rule's values as a list."""
+    if fitted.rule is None:
+        return {}
+    values = [float(value) for value in fitted.values]
+    if not RULES[fitted.rule].per_class:
+        return {fitted.rule: values}
+    return {fitted.rule: {"mode": fitted.mode, "values": dict(zip(fitted.classes.names, values))}}
+
+
+def _read_rule(chosen: dict, classes: Classes, path: Path) -> tuple[str | None, str | None, np.ndarray | None]:
+    """The decision rule's name, mode and values (in ``classes`` order) from ``chosen.json``;
+    Nones where it holds none (a single-label task; ``cuts: null``, as earlier stages wrote).
+
+    Raises:
+        DataError: a class has no value, or an ordered rule has the wrong number of them.
+    """
+    name = next((name for name in RULES if chosen.get(name) is not None), None)
+    if name is None:
+        if classes.ordinal:
+            raise DataError(f"{path}: an ordinal task needs {len(classes) - 1} cut points in 'cuts'; "
+                            f"run the stack stage again")
+        return None, None, None
+    entry = chosen[name]
+    if not RULES[name].per_class:
+        if not isinstance(entry, list) or len(entry) != len(classes) - 1:
+            raise DataError(f"{path}: {name!r} needs {len(classes) - 1} values for {len(classes)} classes; "
+                            f"run the stack stage again")
+        return name, RULES[name].modes[0], np.asarray(entry, dtype=np.float64)
+    values = pd.Series(entry["values"], dtype=np.float64)
+    missing = [label for label in classes.names if label not in values.index]
+    if missing:
+        raise DataError(f"{path}: no {name} value for class {missing[0]!r}; run the stack stage again")
+    return name, entry.get("mode", FIXED), values.loc[list(classes.names)].to_numpy()
 
 
 def write_test(folder: Path, test_ids: np.ndarray, classes: Classes, test: np.ndarray) -> None:
@@ -148,41 +197,14 @@ def read_model(folder: Path, models: tuple[str, ...]) -> FittedStack:
     if tuple(chosen["models"]) != tuple(models):
         raise DataError(f"{folder / CHOSEN}: stacks models {', '.join(chosen['models'])} but the pipeline has "
                         f"{', '.join(models)}; run the stack stage again with their OOF files")
-    thresholds = _thresholds(chosen, classes.names, folder / CHOSEN)
-    return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator,
-                       thresholds=None if thresholds is None else tuple(thresholds.tolist()),
-                       threshold_mode=chosen.get("thresholds", {}).get("mode"), cuts=_cuts(folder, chosen))
+    rule, mode, values = _read_rule(chosen, classes, folder / CHOSEN)
+    return FittedStack(chosen["name"], tuple(chosen["models"]), classes, estimator, rule, mode,
+                       None if values is None else tuple(values.tolist()))
 
 
 def _classes(chosen: dict) -> Classes:
     return Classes(tuple(chosen["classes"]), multilabel=bool(chosen["multilabel"]),
                    ordinal=bool(chosen.get("ordinal", False)))
-
-
-def _cuts(folder: Path, chosen: dict) -> tuple[float, ...] | None:
-    """The saved cut points of an ordinal task (None for the others)."""
-    if not chosen.get("ordinal"):
-        return None
-    cuts = chosen.get("cuts")
-    if not isinstance(cuts, list) or len(cuts) != len(chosen["classes"]) - 1:
-        raise DataError(f"{folder / CHOSEN}: an ordinal task needs {len(chosen['classes']) - 1} cut points in "
-                        f"'cuts'; run the stack stage again")
-    return tuple(float(cut) for cut in cuts)
-
-
-def _thresholds(chosen: dict, classes: tuple[str, ...], path: Path) -> pd.Series | None:
-    """``chosen.json``'s thresholds by class, for ``classes``; None where it holds none.
-
-    Raises:
-        DataError: a class has no threshold.
-    """
-    if "thresholds" not in chosen:
-        return None
-    values = pd.Series(chosen["thresholds"]["values"], dtype=np.float64)
-    missing = [name for name in classes if name not in values.index]
-    if missing:
-        raise DataError(f"{path}: no threshold for class {missing[0]!r}; run the stack stage again")
-    return values.loc[list(classes)]
 
 
 def read(folder: Path) -> StackOutput:
@@ -199,13 +221,15 @@ def read(folder: Path) -> StackOutput:
     test_path = folder / TEST
     if chosen.get("ordinal"):
         classes = _classes(chosen)
-        proba = grade_rows(predictions.read_predictions(test_path, classes), classes, _cuts(folder, chosen))
-    else:
-        columns = pd.read_parquet(test_path).columns if test_path.is_file() else []
-        classes = Classes(tuple(str(column) for column in columns if column != "id"))
-        proba = predictions.read_predictions(test_path, classes)
-    return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"], proba,
-                       _thresholds(chosen, classes.names, chosen_path))
+        _, _, cuts = _read_rule(chosen, classes, chosen_path)
+        return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"],
+                           grade_rows(predictions.read_predictions(test_path, classes), classes, cuts))
+    columns = pd.read_parquet(test_path).columns if test_path.is_file() else []
+    classes = Classes(tuple(str(column) for column in columns if column != "id"))
+    proba = predictions.read_predictions(test_path, classes)
+    rule, _, values = _read_rule(chosen, classes, chosen_path)
+    by_class = pd.Series(values, index=list(classes.names)) if rule == thresholds.RULE.name else None
+    return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"], proba, by_class)
 
 
 def read_oof(folder: Path, classes: Classes, folds: pd.DataFrame, reference: Path) -> pd.DataFrame:
@@ -215,7 +239,8 @@ def read_oof(folder: Path, classes: Classes, folds: pd.DataFrame, reference: Pat
     table = predictions.read_oof(folder / OOF, classes, folds, reference).loc[folds.index]
     if not classes.ordinal:
         return table
-    return grade_rows(table, classes, _cuts(folder, read_chosen(folder))).assign(fold=table["fold"])
+    _, _, cuts = _read_rule(read_chosen(folder), classes, folder / CHOSEN)
+    return grade_rows(table, classes, cuts).assign(fold=table["fold"])
 
 
 def read_leaderboard(folder: Path) -> pd.DataFrame:

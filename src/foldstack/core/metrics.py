@@ -4,7 +4,9 @@ A metric scores class probabilities: ``metric(y_true, proba)`` where ``y_true`` 
 indices (shape ``(n,)``; for multilabel a 0/1 matrix ``(n, C)``) and ``proba`` is ``(n, C)``.
 Metrics on hard predictions (``thresholded``) take the arg-max class, or for multilabel every
 class whose probability reaches its threshold: 0.5, or ``metric(y_true, proba, thresholds)``
-with one per class (fitted on OOF by :mod:`foldstack.level2.thresholds`).
+with one per class. :func:`hard_predictions` is the one place a level-two decision rule's values
+(:mod:`foldstack.level2.decision`: multilabel thresholds, an ordinal score's cut points) are
+applied.
 
 Where Kaggle's scorer would fail on a fold, the metric is defined instead, so a CV fold always
 has a score: a class column that is all 0 or all 1 in the fold has no ROC AUC and is left out of
@@ -13,8 +15,8 @@ defined at all the metric raises ``ValueError``.
 
 An ordinal task's predictions are one score per row ``(n, 1)``, on the scale of the grade's
 position (0 for the lowest grade): the metrics of grades (``on_grades``: accuracy, F-beta,
-quadratic kappa) score the grades it is cut into (:func:`grades`: rounded, or cut at fitted cut
-points); the others refuse a score.
+quadratic kappa) score the grades it is cut into (:func:`grades`: rounded, or cut at the cut
+points passed as ``thresholds``); the others refuse a score.
 """
 
 from __future__ import annotations
@@ -65,14 +67,15 @@ class Metric:
     def __call__(self, y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None, *,
                  n_classes: int | None = None) -> float:
         """The score; ``thresholds`` (one per class, multilabel) matter only where ``thresholded``.
-        An ordinal score ``(n, 1)`` is rounded to the nearest of ``n_classes`` grades first
-        (default: the grades ``y_true`` reaches)."""
+        An ordinal score ``(n, 1)`` is cut into one of ``n_classes`` grades first (default: the
+        grades ``y_true`` reaches) at ``thresholds``, its cut points (default: rounding)."""
         y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
         if is_score(y_true, proba):
             if not self.on_grades:
                 raise ValueError(f"metric {self.name!r} needs class probabilities, not an ordinal score")
             n_classes = int(y_true.max()) + 1 if n_classes is None else n_classes
-            proba = one_hot(grades(proba, n_classes), n_classes)
+            proba = one_hot(hard_predictions(proba, False, thresholds, n_classes), n_classes)
+            thresholds = None
         if self.thresholded:
             return float(self.score(y_true, proba, thresholds))
         return float(self.score(y_true, proba))
@@ -107,17 +110,30 @@ def rounding_cuts(n_classes: int) -> np.ndarray:
 def grades(score: np.ndarray, n_classes: int, cuts: np.ndarray | None = None) -> np.ndarray:
     """Grade indices ``(n,)`` of an ordinal score ``(n, 1)`` or ``(n,)``: the number of cut
     points at or below each score (default :func:`rounding_cuts`), so 0 .. ``n_classes - 1``."""
+    if cuts is not None and np.ndim(cuts) != 1:
+        raise ValueError(f"cut points must be a list of {n_classes - 1} numbers, not {cuts!r}")
     cuts = rounding_cuts(n_classes) if cuts is None else np.sort(np.asarray(cuts, dtype=np.float64))
     if len(cuts) != n_classes - 1:
         raise ValueError(f"{len(cuts)} cut points for {n_classes} grades; expected {n_classes - 1}")
     return np.searchsorted(cuts, np.asarray(score, dtype=np.float64).reshape(-1), side="right")
 
 
-def hard_predictions(proba: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None) -> np.ndarray:
-    """Predicted classes: arg-max indices, or for multilabel a 0/1 matrix (probability at or
-    above its class's threshold: ``thresholds``, one per class, default :data:`THRESHOLD`)."""
+def hard_predictions(proba: np.ndarray, multilabel: bool, thresholds: np.ndarray | None = None,
+                     n_classes: int | None = None) -> np.ndarray:
+    """Predicted classes, at a decision rule's values ``thresholds`` where there is one.
+
+    Arg-max indices; for multilabel a 0/1 matrix (probability at or above its class's threshold:
+    ``thresholds``, one per class, default :data:`THRESHOLD`); for an ordinal score (one column,
+    single-label) grade indices, cut at ``thresholds``, its ``n_classes - 1`` cut points
+    (default: rounding; ``n_classes`` defaults to one more than the cut points).
+    """
+    proba = np.asarray(proba, dtype=np.float64)
     if multilabel:
         return (proba >= (THRESHOLD if thresholds is None else np.asarray(thresholds))).astype(int)
+    if proba.ndim == 2 and proba.shape[1] == 1:
+        if n_classes is None and thresholds is None:
+            raise ValueError("an ordinal score needs its number of grades or its cut points")
+        return grades(proba, len(thresholds) + 1 if n_classes is None else n_classes, thresholds)
     return proba.argmax(axis=1)
 
 

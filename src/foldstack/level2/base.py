@@ -20,7 +20,12 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from foldstack.core.errors import FoldstackError
 from foldstack.core.metrics import grades, hard_predictions
+
+
+class StackError(FoldstackError):
+    """The stacking settings cannot be honoured for this pipeline."""
 
 
 class Level2Estimator(BaseEstimator):

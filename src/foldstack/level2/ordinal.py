@@ -2,16 +2,18 @@
 points fitted on OOF scores to maximise the pipeline's metric (quadratic kappa, where winners of
 aptos2019 fitted them), instead of rounding at 0.5, 1.5, ...
 
-They are scored honestly: for each fold, cut points fitted on the other folds' OOF scores cut
-that fold's (:func:`cross_validated_cuts`), as :func:`foldstack.level2.selection.cross_validate`
-scores a candidate; the cut points that go on to ``submit`` are then fitted on every OOF score.
+Cut points are a rule of :mod:`foldstack.level2.decision` (:data:`RULE`, always fitted): each
+candidate's CV scores fold k at cut points fitted without fold k, on level-two scores of models
+that never saw fold k either; the cut points that go on to ``submit`` are then fitted on every
+OOF score.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from foldstack.core.metrics import Metric, grades, rounding_cuts
+from foldstack.core.metrics import Metric, rounding_cuts
+from foldstack.level2.decision import Rule
 
 #: Candidate positions tried for one cut point per sweep (quantiles of the scores between its
 #: neighbours), and the most sweeps over all cut points.
@@ -52,17 +54,15 @@ def fit_cuts(score: np.ndarray, y: np.ndarray, n_classes: int, metric: Metric) -
     return cuts
 
 
-def cross_validated_cuts(score: np.ndarray, y: np.ndarray, fold: np.ndarray, n_classes: int,
-                         metric: Metric) -> tuple[np.ndarray, np.ndarray]:
-    """Each fold's metric with cut points fitted on the other folds' OOF scores (in the order of
-    ``np.unique(fold)``), and the cut points fitted on every row (the ones to submit with)."""
-    scores = []
-    for k in np.unique(fold):
-        held = fold == k
-        cuts = fit_cuts(score[~held], y[~held], n_classes, metric)
-        scores.append(_score(score[held], y[held], n_classes, cuts, metric))
-    return np.array(scores), fit_cuts(score, y, n_classes, metric)
+def _fit_modes(y: np.ndarray, score: np.ndarray, metric: Metric, modes: tuple[str, ...],
+               n_classes: int) -> dict[str, np.ndarray]:
+    """The rule's ``fit``: one mode, ``fitted``."""
+    return {mode: fit_cuts(score, y, n_classes, metric) for mode in modes}
+
+
+#: Cut points as a decision rule: rounding's, or fitted.
+RULE = Rule("cuts", ("fitted",), rounding_cuts, _fit_modes)
 
 
 def _score(score: np.ndarray, y: np.ndarray, n_classes: int, cuts: np.ndarray, metric: Metric) -> float:
-    return metric(y, grades(score, n_classes, cuts)[:, None], n_classes=n_classes)
+    return metric(y, score[:, None], cuts, n_classes=n_classes)

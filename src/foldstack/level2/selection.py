@@ -8,10 +8,11 @@ the saved model (:mod:`foldstack.contracts.stack_output`). :meth:`CVResult.predi
 mean of the K fold models, stays for inspecting a CV run.
 
 What CV scores is what is submitted: single-label outputs are renormalised row by row
-(:func:`as_submitted`) before they are scored, not after. An ordinal task's candidates give a
-score, cut into grades at cut points that are themselves cross-validated
-(:mod:`foldstack.level2.ordinal`): the CV reported is that of the scores and the cut points
-together, as ``submit`` applies them.
+(:func:`as_submitted`) before they are scored, not after. Where a decision rule turns the output
+into hard predictions (:mod:`foldstack.level2.decision`: multilabel thresholds, an ordinal
+score's cut points), the CV reported is that of the candidate and its rule together, as
+``submit`` applies them: the rule's values are themselves cross-validated, fitted for fold k on
+an inner OOF of level-two models that never saw fold k.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ import pandas as pd
 from sklearn.base import clone
 
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import FoldstackError
 from foldstack.core.metrics import Metric, is_multilabel, is_score, normalise_rows
-from foldstack.level2 import candidates
-from foldstack.level2.base import Level2Estimator
-from foldstack.level2.ordinal import cross_validated_cuts
+from foldstack.level2 import candidates, decision, ordinal, thresholds
+from foldstack.level2.base import Level2Estimator, StackError
+from foldstack.level2.decision import Decision, Rule
 
-
-class StackError(FoldstackError):
-    """The stacking settings cannot be honoured for this pipeline."""
+#: The decision rules, each under its own name (``chosen.json``'s key).
+RULES = {rule.name: rule for rule in (thresholds.RULE, ordinal.RULE)}
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,13 @@ class CVResult:
 
     Attributes:
         oof: its out-of-fold probabilities ``(n, C)``, as submitted (ordinal: scores ``(n, 1)``).
-        fold_scores: the metric on each fold, in the order of ``folds`` (ordinal: of the grades
-            cut at points fitted on the other folds).
+        fold_scores: the metric on each fold, in the order of ``folds`` (with a decision rule: at
+            its values fitted without that fold).
         folds: the fold values.
         models: the candidate fitted without each fold, in the same order.
         multilabel: whether rows are independent classes (never renormalised).
-        cuts: ordinal: the cut points fitted on every OOF score, to submit with; else None.
-        rounded_scores: ordinal: each fold's metric of the scores rounded instead; else None.
+        decision: the decision rule's values (multilabel thresholds, ordinal cut points) fitted on
+            every OOF row, to submit with, and their CV; None where there is no rule.
     """
 
     oof: np.ndarray
@@ -54,8 +53,18 @@ class CVResult:
     folds: np.ndarray
     models: tuple[Level2Estimator, ...]
     multilabel: bool = False
-    cuts: np.ndarray | None = None
-    rounded_scores: np.ndarray | None = None
+    decision: Decision | None = None
+
+    @property
+    def cuts(self) -> np.ndarray | None:
+        """Ordinal: the cut points fitted on every OOF score; else None."""
+        return self.decision.values if self.decision is not None and self.decision.rule == ordinal.RULE.name else None
+
+    @property
+    def rounded_scores(self) -> np.ndarray | None:
+        """With a fitted rule: each fold's metric at its plain values (0.5; rounding); else None."""
+        fitted = self.decision is not None and self.decision.mode != decision.FIXED
+        return self.decision.rounded_scores if fitted else None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """The mean of the fold models' probabilities (the test-time prediction), as submitted."""
@@ -105,13 +114,28 @@ def _applies(name: str, cfg: PipelineConfig, metric: Metric) -> bool:
     return candidate.applies(metric) and (cfg.task != "ordinal" or candidate.scores)
 
 
-def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
-                   metric: Metric, n_classes: int | None = None) -> CVResult:
-    """Fit a clone of ``estimator`` without each fold and score it on that fold.
+def rule_for(y: np.ndarray, output: np.ndarray, setting: str = decision.FIXED) -> tuple[Rule, str] | None:
+    """The decision rule for these targets and outputs, and its setting: multilabel thresholds
+    (``setting``: ``stack.thresholds``), an ordinal score's cut points (always fitted); None for
+    a single-label task's class probabilities (arg-max)."""
+    if is_multilabel(y):
+        return thresholds.RULE, setting
+    if is_score(y, output):
+        return ordinal.RULE, ordinal.RULE.modes[0]
+    return None
 
-    For an ordinal task (one score per model) the OOF scores are then cut into grades, each
-    fold's at cut points fitted on the other folds' OOF scores, and the fold scores are those
-    grades'; :attr:`CVResult.cuts` are fitted on every row.
+
+def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
+                   metric: Metric, n_classes: int | None = None, setting: str = decision.FIXED,
+                   rule: tuple[Rule, str] | None = None) -> CVResult:
+    """Fit a clone of ``estimator`` without each fold and score it on that fold, at its decision
+    rule's values (:func:`rule_for`) fitted without that fold.
+
+    The rule's values for fold k are fitted on an inner OOF: every other fold j predicted by a
+    clone fitted on the folds that are neither j nor k (with two folds, the other fold's rows in
+    two halves), so no level-two model behind them saw fold k (:mod:`foldstack.level2.decision`).
+    A rule that fits nothing (``fixed``) costs no inner fit. :attr:`CVResult.decision` holds the
+    values fitted on every row.
 
     Args:
         estimator: an unfitted level-2 estimator.
@@ -120,36 +144,58 @@ def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fol
         fold: each row's fold, as the base models used it.
         metric: scores each fold.
         n_classes: the number of grades of an ordinal task (default: those ``y`` reaches).
+        setting: multilabel: ``stack.thresholds`` (``fixed``, ``global``, ``per_class``, ``auto``).
+        rule: the rule and its setting, where not :func:`rule_for`'s (which ignores ``setting``).
     """
     multilabel = is_multilabel(y)
-    folds = np.unique(fold)
+    oof, models = _oof(estimator, X, y, fold)
+    rule = rule_for(y, oof, setting) if rule is None else rule
+    if rule is None:
+        scores = [metric(y[fold == k], oof[fold == k], n_classes=n_classes) for k in np.unique(fold)]
+        return CVResult(oof, np.array(scores), np.unique(fold), models, multilabel)
+    rule, setting = rule
+    inner = None if setting == decision.FIXED else {k: _inner_oof(estimator, X, y, fold, k) for k in np.unique(fold)}
+    chosen = decision.choose(rule, setting, y, oof, fold, metric, n_classes, inner)
+    return CVResult(oof, chosen.fold_scores, np.unique(fold), models, multilabel, chosen)
+
+
+def _oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray,
+         fold: np.ndarray) -> tuple[np.ndarray, tuple[Level2Estimator, ...]]:
+    """Each fold's rows predicted by a clone fitted on the other folds, as submitted; the clones."""
+    multilabel = is_multilabel(y)
     oof = np.zeros((len(X), X.shape[2]))
-    scores, models = [], []
-    for k in folds:
+    models = []
+    for k in np.unique(fold):
         held = fold == k
-        model = clone(estimator).fit(X[~held], y[~held])
-        oof[held] = as_submitted(model.predict_proba(X[held]), multilabel)
-        scores.append(metric(y[held], oof[held], n_classes=n_classes))
-        models.append(model)
-    if not is_score(y, oof):
-        return CVResult(oof, np.array(scores), folds, tuple(models), multilabel)
-    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
-    fold_scores, cuts = cross_validated_cuts(oof, y, fold, n_classes, metric)
-    return CVResult(oof, fold_scores, folds, tuple(models), multilabel, cuts=cuts, rounded_scores=np.array(scores))
+        models.append(clone(estimator).fit(X[~held], y[~held]))
+        oof[held] = as_submitted(models[-1].predict_proba(X[held]), multilabel)
+    return oof, tuple(models)
+
+
+def _inner_oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray, k) -> np.ndarray:
+    """The rows of every fold but ``k``, each predicted by a clone that saw neither its own fold
+    nor fold ``k``; where only one other fold is left, its rows in two alternating halves."""
+    rest = fold != k
+    inner = fold[rest] if len(np.unique(fold[rest])) > 1 else np.arange(rest.sum()) % 2
+    return _oof(estimator, X[rest], y[rest], inner)[0]
 
 
 def leaderboard(results: dict[str, CVResult], metric: Metric, force: str | None = None) -> pd.DataFrame:
     """One row per candidate, best CV mean first, with the chosen one marked.
 
-    ``cv_std`` is the sample standard deviation over folds. An ordinal task's board also has
-    ``cv_rounded``: the CV mean of the scores rounded rather than cut at fitted points.
+    ``cv_std`` is the sample standard deviation over folds. Where a decision rule was fitted
+    (ordinal cut points, multilabel thresholds but ``fixed``) the board also has ``cv_rounded``:
+    the CV mean at the rule's plain values (rounding; 0.5); where the rule has a choice of modes
+    (thresholds), a column named after it says which mode each candidate kept.
     """
     rows = []
     for name, result in results.items():
         folds = {f"fold_{k}": score for k, score in zip(result.folds, result.fold_scores)}
         rounded = {} if result.rounded_scores is None else {"cv_rounded": result.rounded_scores.mean()}
+        chosen = result.decision
+        mode = {chosen.rule: chosen.mode} if chosen is not None and len(RULES[chosen.rule].modes) > 1 else {}
         rows.append({"candidate": name, "cv_mean": result.fold_scores.mean(),
-                     "cv_std": result.fold_scores.std(ddof=1), **rounded, **folds})
+                     "cv_std": result.fold_scores.std(ddof=1), **rounded, **folds, **mode})
     board = pd.DataFrame(rows).sort_values("cv_mean", ascending=not metric.greater_is_better,
                                            kind="stable", ignore_index=True)
     chosen = force or board["candidate"].iloc[0]

@@ -7,17 +7,17 @@ with the others held, for :data:`PASSES` passes); ``auto`` fits both and keeps t
 better. Thresholds are searched on :data:`GRID` and maximise the pipeline's metric, which must be
 one of hard predictions (``Metric.thresholded``: f1/f2 micro, f1 macro, subset accuracy).
 
-CV is nested, as :func:`foldstack.level2.selection.cross_validate` scores the candidates: the
-thresholds scored on fold k are fitted on the other folds' OOF rows alone. (Those rows are the
-level-two model's own OOF, made by models that saw fold k's rows at level two, as the candidates'
-CV uses them.) The thresholds that go on to ``submit`` are then fitted on every OOF row.
+Thresholds are a rule of :mod:`foldstack.level2.decision` (:data:`RULE`): the stack stage's CV
+scores each candidate at thresholds fitted without the fold it scores, on level-two predictions
+of models that never saw that fold either; the thresholds that go on to ``submit`` are then
+fitted on every OOF row.
 
 Metrics that are F-beta of counts summed over every cell (``Metric.from_counts``) are searched
-from per-class counts of positives and negatives at or above each grid value, made once per fold
-(the other folds' counts are the total less the fold's): a sweep costs a few array sums, which
-keeps thousands of classes (imet) tractable, and ``auto``'s nested CV costs one pass over the
-probabilities (9.5 s for 20,000 rows x 1,000 classes on this 2-core machine, busy). Any other
-metric is scored from scratch at each grid value (``per_class``: classes x 99 x passes scores).
+from per-class counts of positives and negatives at or above each grid value, made once per fit
+(and shared by ``auto``'s two modes): a sweep costs a few array sums, which keeps thousands of
+classes (imet) tractable; the nested CV makes them once per fold and once on every row. Any
+other metric is scored from scratch at each grid value (``per_class``: classes x 99 x passes
+scores).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 
 from foldstack.core.metrics import THRESHOLD, Metric
-from foldstack.level2.selection import StackError
+from foldstack.level2.base import StackError
+from foldstack.level2.decision import FIXED, Rule
 
 #: The thresholds searched: 0.01 to 0.99 in steps of 0.01.
 GRID = np.round(np.linspace(0.01, 0.99, 99), 2)
@@ -40,61 +41,11 @@ PASSES = 2
 FITTED = ("global", "per_class")
 
 
-@dataclass(frozen=True)
-class Choice:
-    """The thresholds a setting gives, and their CV.
-
-    Attributes:
-        mode: ``fixed``, ``global`` or ``per_class`` (what ``auto`` chose).
-        values: one threshold per class, fitted on every row.
-        fold_scores: the metric on each fold (in the order of ``np.unique(fold)``), with
-            thresholds fitted on the other folds.
-        cv: each fitted mode's CV mean (``auto`` compared them); empty otherwise.
-    """
-
-    mode: str
-    values: np.ndarray
-    fold_scores: np.ndarray
-    cv: dict[str, float]
-
-
 def check(setting: str, metric: Metric) -> None:
     """Raises StackError where ``setting`` fits thresholds for a metric they cannot change."""
-    if setting != "fixed" and not metric.thresholded:
+    if setting != FIXED and not metric.thresholded:
         raise StackError(f"stack.thresholds: {setting!r} fits thresholds for a metric of hard predictions "
                          f"(f1_micro, f2_micro, f1_macro, accuracy); metric {metric.name!r} does not use them")
-
-
-def choose(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric, setting: str) -> Choice:
-    """The thresholds of ``setting`` for OOF probabilities ``proba`` and their nested CV.
-
-    Args:
-        y: the 0/1 label matrix ``(n, C)``.
-        proba: OOF probabilities ``(n, C)``.
-        fold: each row's fold.
-        metric: what the thresholds maximise and CV scores.
-        setting: ``fixed``, ``global``, ``per_class`` or ``auto``.
-    """
-    check(setting, metric)
-    if setting == "fixed":
-        fixed = np.full(proba.shape[1], THRESHOLD)
-        return Choice("fixed", fixed, _fold_scores(y, proba, fold, metric, lambda k: fixed), {})
-    whole, without = _sweeps(y, proba, fold, metric)
-    modes = FITTED if setting == "auto" else (setting,)
-    scores = {mode: _fold_scores(y, proba, fold, metric, lambda k: _search(without[k], metric, mode))
-              for mode in modes}
-    best = modes[0]
-    for mode in modes[1:]:
-        if metric.better(scores[mode].mean(), scores[best].mean()):
-            best = mode
-    cv = {mode: float(s.mean()) for mode, s in scores.items()} if setting == "auto" else {}
-    return Choice(best, _search(whole, metric, best), scores[best], cv)
-
-
-def cross_validate(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric, mode: str) -> np.ndarray:
-    """The metric on each fold with ``mode`` thresholds fitted on the other folds' rows."""
-    _, without = _sweeps(y, proba, fold, metric)
-    return _fold_scores(y, proba, fold, metric, lambda k: _search(without[k], metric, mode))
 
 
 def fit(y: np.ndarray, proba: np.ndarray, metric: Metric, mode: str) -> np.ndarray:
@@ -103,13 +54,18 @@ def fit(y: np.ndarray, proba: np.ndarray, metric: Metric, mode: str) -> np.ndarr
     Of equally good grid values a class keeps the one nearest to where it was (0.5, then the
     global threshold), so a class these rows cannot tell apart stays put.
     """
-    return _search(_sweeps(y, proba, np.zeros(len(y), int), metric)[0], metric, mode)
+    return _fit_modes(y, proba, metric, (mode,))[mode]
 
 
-def _fold_scores(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, metric: Metric,
-                 fitted: Callable[[int], np.ndarray]) -> np.ndarray:
-    """The metric on each fold ``k`` at the thresholds ``fitted(k)``."""
-    return np.array([metric(y[fold == k], proba[fold == k], fitted(k)) for k in np.unique(fold)])
+def _fit_modes(y: np.ndarray, proba: np.ndarray, metric: Metric, modes: tuple[str, ...],
+               n_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Each mode's thresholds on these rows, from one sweep (the rule's ``fit``)."""
+    sweep = _ScoreSweep(y, proba, metric) if metric.from_counts is None else _CountSweep.of(y, proba, metric)
+    return {mode: _search(sweep, metric, mode) for mode in modes}
+
+
+#: Thresholds as a decision rule: 0.5 per class, or fitted (``global``, ``per_class``).
+RULE = Rule("thresholds", FITTED, lambda n_classes: np.full(n_classes, THRESHOLD), _fit_modes, per_class=True)
 
 
 def _search(sweep: _CountSweep | _ScoreSweep, metric: Metric, mode: str) -> np.ndarray:
@@ -133,22 +89,6 @@ def _best(scores: np.ndarray, metric: Metric, current: int) -> int:
 def _nearest(allowed: np.ndarray, value: float) -> int:
     candidates = np.flatnonzero(allowed)
     return int(candidates[np.argmin(np.abs(GRID[candidates] - value))])
-
-
-def _sweeps(y: np.ndarray, proba: np.ndarray, fold: np.ndarray,
-            metric: Metric) -> tuple[_CountSweep | _ScoreSweep, dict[int, _CountSweep | _ScoreSweep]]:
-    """The search over every row, and over every row but fold k's for each fold k.
-
-    Counts add up over rows, so for a metric of counts each fold's are made once and the others'
-    are the total less that fold's: one pass over the probabilities serves the whole nested CV.
-    """
-    folds = np.unique(fold)
-    if metric.from_counts is None:
-        return (_ScoreSweep(y, proba, metric),
-                {k: _ScoreSweep(y[fold != k], proba[fold != k], metric) for k in folds})
-    parts = {k: _CountSweep.of(y[fold == k], proba[fold == k], metric) for k in folds}
-    whole = sum(parts.values(), _CountSweep.empty(proba.shape[1], metric))
-    return whole, {k: whole - parts[k] for k in folds}
 
 
 class _ScoreSweep:
@@ -190,20 +130,9 @@ class _CountSweep:
         at_or_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]
         return cls(at_or_above[..., 1], at_or_above[..., 0], counts[..., 1].sum(axis=1), metric.from_counts)
 
-    @classmethod
-    def empty(cls, n_classes: int, metric: Metric) -> _CountSweep:
-        zeros = np.zeros((n_classes, len(GRID)), np.int64)
-        return cls(zeros, zeros, np.zeros(n_classes, np.int64), metric.from_counts)
-
     @property
     def n_classes(self) -> int:
         return len(self.positives)
-
-    def __add__(self, other: _CountSweep) -> _CountSweep:
-        return _CountSweep(self.tp + other.tp, self.fp + other.fp, self.positives + other.positives, self.from_counts)
-
-    def __sub__(self, other: _CountSweep) -> _CountSweep:
-        return _CountSweep(self.tp - other.tp, self.fp - other.fp, self.positives - other.positives, self.from_counts)
 
     def scores(self, index: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """The metric with ``columns`` set to each grid value, the other classes at ``index``."""

@@ -27,7 +27,7 @@ from foldstack.contracts import folds_file, predictions, reference, stack_output
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, shorten
 from foldstack.core.files import atomic_dir, write_csv
-from foldstack.core.metrics import grades, hard_predictions
+from foldstack.core.metrics import hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
@@ -209,7 +209,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
-    frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.thresholds, fitted.cuts)
+    frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.values)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
                                     frame, out)
@@ -273,15 +273,13 @@ def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple
 
 
 def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray, distance: np.ndarray | None,
-           known: reference.Reference | None, thresholds: tuple[float, ...] | None = None,
-           cuts: tuple[float, ...] | None = None) -> pd.DataFrame:
-    """The CSV's rows; ``thresholds``: multilabel's, ``cuts``: an ordinal score's cut points."""
+           known: reference.Reference | None, thresholds: tuple[float, ...] | None = None) -> pd.DataFrame:
+    """The CSV's rows; ``thresholds``: the stack's decision rule's values (multilabel's
+    thresholds, an ordinal score's cut points)."""
     names = np.array(classes.names)
-    if classes.ordinal:
-        labels = list(names[grades(proba, len(classes), np.asarray(cuts))])
-    else:
-        hard = hard_predictions(proba, classes.multilabel, thresholds)
-        labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
+    hard = hard_predictions(proba, classes.multilabel, None if thresholds is None else np.asarray(thresholds),
+                            len(classes))
+    labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
     frame = pd.DataFrame(proba, columns=list(classes.columns))
     frame.insert(0, "image", [path.relative_to(folder).as_posix() for path in files])
     frame.insert(1, "label", labels)

@@ -122,7 +122,7 @@ def _as_classes(proba: np.ndarray, n_classes: int) -> np.ndarray:
     """Class probabilities as they are; an ordinal score ``(n, 1)`` as its rounded grade's 0/1 row."""
     if proba.shape[1] != 1:
         return proba
-    return metrics.one_hot(metrics.grades(proba, n_classes), n_classes).astype(np.float64)
+    return metrics.one_hot(metrics.hard_predictions(proba, False, n_classes=n_classes), n_classes).astype(np.float64)
 
 
 def per_class(y: np.ndarray, proba: np.ndarray, names: list[str], multilabel: bool,

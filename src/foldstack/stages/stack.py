@@ -8,15 +8,14 @@ folds.csv, every OOF file's bytes and the settings that shape the candidates; wh
 (or where the OOF files are absent, as in a bundle), the stage only applies the saved model to
 the current ``test/*.parquet``, so a new test set costs a prediction, not a CV.
 
-Multilabel: each candidate's CV is scored with the thresholds ``stack.thresholds`` gives
-(:mod:`foldstack.level2.thresholds`, nested like the candidates' CV), so the leaderboard ranks the
-candidates as they will be submitted; the chosen candidate's thresholds, fitted on every OOF row,
-are saved with it.
+Multilabel and ordinal: each candidate's CV is scored at its decision rule's values (the
+thresholds ``stack.thresholds`` gives; the cut points), fitted nested like the candidates' CV
+(:mod:`foldstack.level2.decision`), so the leaderboard ranks the candidates as they will be
+submitted; the chosen candidate's values, fitted on every OOF row, are saved with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -32,6 +31,7 @@ from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
 from foldstack.level2 import candidates, thresholds
+from foldstack.level2.decision import Decision
 from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard, left_out
 from foldstack.plots import stacking as plots
 from foldstack.training.fold_task import digest
@@ -64,37 +64,23 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     data = predictions.load_level_two(cfg, paths)
     log.info("stacking %d models x %d classes, %d rows, %d folds", len(data.models), len(data.classes),
              len(data.ids), len(np.unique(data.fold)))
-    results, choices = {}, {}
+    results = {}
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
-        results[name], choices[name] = _cross_validate(cfg, data, name, metric)
+        results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric,
+                                       len(data.classes), setting=cfg.stack.thresholds)
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
-    if data.classes.multilabel:
-        board.insert(board.columns.get_loc("chosen"), "thresholds", board["candidate"].map(lambda n: choices[n].mode))
     chosen = board.loc[board["chosen"], "candidate"].item()
-    # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row.
-    choice = choices[chosen]
-    # An ordinal task's cut points are those fitted on the chosen candidate's OOF scores.
-    cuts = None if results[chosen].cuts is None else tuple(results[chosen].cuts)
+    # CV scored the recipe; the model that goes on is the same recipe fitted on every OOF row, with
+    # its decision rule's values fitted on the chosen candidate's every OOF row.
+    choice = results[chosen].decision
+    rule = {} if choice is None else {"rule": choice.rule, "mode": choice.mode, "values": tuple(choice.values.tolist())}
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
-                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y),
-                                      thresholds=None if choice is None else tuple(choice.values.tolist()),
-                                      threshold_mode=None if choice is None else choice.mode, cuts=cuts)
+                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y), **rule)
     _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
     _show(board, chosen, metric, choice, left_out(cfg, metric) if cfg.stack.candidates is None else [], cfg.task)
     return board
-
-
-def _cross_validate(cfg: PipelineConfig, data: predictions.LevelTwoData, name: str,
-                    metric: Metric) -> tuple[CVResult, thresholds.Choice | None]:
-    """One candidate's CV; multilabel: scored at the thresholds ``stack.thresholds`` gives its OOF
-    (nested), which the returned choice holds."""
-    result = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric, len(data.classes))
-    if not data.classes.multilabel:
-        return result, None
-    choice = thresholds.choose(data.y, result.oof, data.fold, metric, cfg.stack.thresholds)
-    return dataclasses.replace(result, fold_scores=choice.fold_scores), choice
 
 
 def cv_key(cfg: PipelineConfig, paths: Paths) -> str | None:
@@ -138,13 +124,13 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
                            data.test_ids, fitted.predict_proba(data.test))
         plots.leaderboard(board, metric, folder / "leaderboard.png")
         oof = result.oof
-        if fitted.cuts is not None:  # the grades its cut points give, as 0/1 rows
-            oof = metrics.one_hot(fitted.grades(oof), len(data.classes))
+        if data.classes.ordinal:  # the grades its cut points give, as 0/1 rows
+            oof = metrics.one_hot(fitted.hard(oof), len(data.classes))
         plots.confusion(data.y, oof, data.classes.names, f"OOF confusion: {fitted.name}",
                         folder / "confusion.png", fitted.thresholds)
 
 
-def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.Choice | None, left: list[str],
+def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: Decision | None, left: list[str],
           task: str) -> None:
     direction = "higher" if metric.greater_is_better else "lower"
     n_folds = sum(column.startswith("fold_") for column in board.columns)
@@ -153,12 +139,12 @@ def _show(board: pd.DataFrame, chosen: str, metric: Metric, choice: thresholds.C
     row = board.set_index("candidate").loc[chosen]
     forced = "" if chosen == board["candidate"].iloc[0] else " (forced)"
     print(f"chosen: {chosen}{forced}, CV {row['cv_mean']:.4f} +/- {row['cv_std']:.4f}")
-    if choice is not None:
+    if choice is not None and choice.rule == thresholds.RULE.name:
         tried = "".join(f", {mode} CV {cv:.4f}" for mode, cv in choice.cv.items())
         values = np.unique(choice.values)
         shown = f"{values[0]:.2f}" if len(values) == 1 else f"{values.min():.2f}..{values.max():.2f}"
         print(f"thresholds: {choice.mode} ({shown}{tried})")
     if "cv_rounded" in board.columns:
-        print("cv_mean: each fold's scores cut at points fitted on the other folds; cv_rounded: rounded instead")
+        print(f"cv_mean: each fold at {choice.rule} fitted without it; cv_rounded: rounded instead (at 0.5)")
     if left:
         print(f"not scored for task {task!r} (they need class probabilities): {', '.join(left)}")
