@@ -15,7 +15,7 @@ from conftest import TINY, make_config
 from foldstack import cli
 from foldstack.backbones import pretrained
 from foldstack.backbones.efficientnet_lite import weights_cache_dir
-from foldstack.contracts import bundle_file, fold_done, manifest
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.stages import bundle
@@ -36,6 +36,7 @@ def trained_tree(root: Path, **model_changes) -> tuple:
     paths = Paths.for_pipeline("tiny", root)
     paths.folds.parent.mkdir(parents=True)
     paths.folds.write_text("id,label,fold\n")
+    folds_file.classes_path(paths.folds).write_text('{"task": "multiclass"}')
     model_dir = paths.models / "m"
     for fold in range(cfg.folds.k):
         fold_dir = model_dir / f"fold{fold}"
@@ -91,7 +92,7 @@ def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> N
     assert relative_files(folder) == {
         "foldstack-bundle.json", "dataset-metadata.json", "pipeline.yaml", "requirements.txt",
         "wheels/foldstack-0.1.0-py3-none-any.whl",
-        f"{art}folds.csv", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
+        f"{art}folds.csv", f"{art}classes.json", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
         f"{art}oof/m.parquet",
         *(f"{art}models/m/fold{k}/{name}" for k in (0, 1) for name in ("best.weights.h5", "done.json", "log.csv")),
     }  # no backup-*, phase-* or features/
@@ -164,6 +165,7 @@ def test_bundle_ships_the_pinned_requirements_but_those_left_out(tmp_path: Path)
     (lambda paths: (paths.models / "m" / "fold0" / "best.weights.h5").unlink(), r"fold0: fold not finished"),
     (lambda paths: (paths.stack / "chosen.json").unlink(), r"chosen.json: not found; run `make stack`"),
     (lambda paths: paths.folds.unlink(), r"folds.csv: not found"),
+    (lambda paths: folds_file.classes_path(paths.folds).unlink(), r"classes.json: not found; run `make folds`"),
 ])
 def test_bundle_refuses_unfinished_training(tmp_path: Path, breakage, message: str) -> None:
     cfg, paths, pipeline_file = trained_tree(tmp_path)

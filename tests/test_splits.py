@@ -10,11 +10,16 @@ import pytest
 from conftest import make_config
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
+from PIL import Image
+
+from foldstack.contracts import folds_file
 from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import splits
 from foldstack.data.labels import join_labels, split_labels
+from foldstack.stages import download, folds, predict, train
+from foldstack.training.fold_task import members
 
 K = 5
 
@@ -131,3 +136,66 @@ def test_grouped_strategies_need_a_group_column_in_the_yaml() -> None:
     with pytest.raises(ConfigError, match=r"folds = .*strategy 'stratified_grouped' needs group_column"):
         make_config(folds={"k": 2, "strategy": "stratified_grouped"})
     assert make_config(folds={"strategy": "stratified_grouped", "group_column": "PatientID"}).folds.k == 5
+
+
+# --- the class order, written once with the folds ------------------------------------------------------
+
+
+def binary_competition(folder: Path, labels: list[str], sample_column: str = "label") -> Path:
+    """train.csv (id, label), train/<id>.png, test/t<n>.png and a sample submission whose value
+    column is ``sample_column``."""
+    rng = np.random.default_rng(0)
+    ids = [f"i{n}" for n in range(len(labels))]
+    for name in [*ids, "t0", "t1"]:
+        (folder / ("test" if name.startswith("t") else "train")).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (8, 8, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / ("test" if name.startswith("t") else "train") / f"{name}.png")
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame({"id": ["t0", "t1"], sample_column: 0.5}).to_csv(folder / "sample_submission.csv", index=False)
+    return folder
+
+
+def binary_folds(root: Path, source: Path, **top):
+    """A binary pipeline on ``source`` (``top``: YAML keys), downloaded and split into folds."""
+    cfg = make_config(task="binary", metric="roc_auc", data={"source": {"type": "local", "path": str(source)}}, **top)
+    paths = Paths.for_pipeline("tiny", root)
+    download.run(cfg, paths)
+    folds.run(cfg, paths)
+    return cfg, paths
+
+
+def test_the_class_order_is_written_with_the_folds_and_a_new_positive_class_trains_again(tmp_path: Path) -> None:
+    source = binary_competition(tmp_path / "competition", ["cactus", "none"] * 4)
+    cactus, paths = binary_folds(tmp_path / "root", source, positive_class="cactus")
+    assert folds_file.read_classes(paths.folds, cactus).names == ("none", "cactus")
+    first = folds_file.read(paths.folds, cactus.folds.k)
+    run = members(cactus.models[0], cactus.folds.k, cactus.seed)[0]
+    before = train.Trainer(cactus, paths)._fingerprint(cactus.models[0], run)
+
+    none, _ = binary_folds(tmp_path / "root", source, positive_class="none")
+    assert folds_file.read_classes(paths.folds, none).names == ("cactus", "none")
+    pd.testing.assert_frame_equal(folds_file.read(paths.folds, none.folds.k), first)  # the same rows...
+    assert train.Trainer(none, paths)._fingerprint(none.models[0], run) != before  # ...yet every fold trains again
+    # Folds written for another positive class are refused, not relabelled.
+    with pytest.raises(DataError, match=r"classes.json: class 'none' is the positive one but positive_class = "
+                                        r"'cactus'; run `make folds` again"):
+        train.Trainer(cactus, paths)
+
+
+def test_a_positive_class_from_the_sample_submission_is_kept_without_it(tmp_path: Path) -> None:
+    """The sample submission names the positive class; later stages read it from the folds, so a
+    machine without the competition's files (a bundle) keeps it."""
+    source = binary_competition(tmp_path / "competition", ["cactus", "none"] * 4, sample_column="none")
+    cfg, paths = binary_folds(tmp_path / "root", source)
+    (paths.data / "sample_submission.csv").unlink()
+    assert predict.Predictor(cfg, paths).classes.names == ("cactus", "none")  # what `predict --images` encodes by
+    assert train.Trainer(cfg, paths).classes.names == ("cactus", "none")
+
+
+def test_stages_after_folds_refuse_folds_without_their_class_order(tiny_digits, tmp_path: Path) -> None:
+    cfg, paths = tiny_digits
+    with pytest.raises(DataError, match=r"classes.json: not found; run `make folds`"):
+        folds_file.read_classes(tmp_path / "folds.csv", cfg)
+    with pytest.raises(DataError, match=r"classes.json: written for task 'multiclass' but the pipeline's task is "
+                                        r"'multilabel'; run `make folds` again"):
+        folds_file.read_classes(paths.folds, make_config(task="multilabel", metric="f1_micro"))

@@ -8,7 +8,7 @@ kernel installs foldstack and predicts a hidden test set; and beside it the kern
 * ``requirements.txt``: those pins, for the kernel's ``pip install -r``, which keeps each one the
   image already has at the pin and installs the others from ``wheels/``;
 * ``pipeline.yaml``: the pipeline, as written;
-* ``artifacts/<pipeline>/``: ``folds.csv``, ``models/`` (each fold's best weights, ``done.json``,
+* ``artifacts/<pipeline>/``: ``folds.csv`` and ``classes.json``, ``models/`` (each fold's best weights, ``done.json``,
   log and the model's manifest; no ``backup-*``, ``features/`` or per-phase weights), ``oof/`` and
   ``stack/`` (the chosen candidate and the fitted level-two model);
 * ``weights/keras/``, ``weights/foldstack/``: the ImageNet weight files the models load;
@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foldstack.backbones.pretrained import FOLDSTACK, KERAS
-from foldstack.contracts import bundle_file, fold_done, manifest
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json, write_text
@@ -127,7 +127,10 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
     art = paths.artifacts
     if not paths.folds.is_file():
         raise DataError(f"{paths.folds}: not found; run `make folds` and `make train` before `make bundle`")
-    files = [paths.folds.relative_to(art)]
+    classes = folds_file.classes_path(paths.folds)
+    if not classes.is_file():
+        raise DataError(f"{classes}: not found; run `make folds` and `make train` before `make bundle`")
+    files = [paths.folds.relative_to(art), classes.relative_to(art)]
     for model in cfg.models:
         model_dir = paths.models / model.name
         for run in members(model, cfg.folds.k, cfg.seed):

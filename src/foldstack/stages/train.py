@@ -58,10 +58,10 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = tables.classes(cfg, paths, self.folds["label"], paths.folds)
+        self.classes = folds_file.read_classes(paths.folds, cfg)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
-        self.folds_digest = folds_file.digest(self.folds)
+        self.folds_digest = folds_file.digest(self.folds, self.classes)
         self.teachers = Teachers(cfg, paths, len(self.classes), self.folds_digest, self.files,
                                  self.folds["id"].tolist(), self.workers)
 
