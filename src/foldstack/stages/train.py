@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from foldstack.contracts import fold_done, folds_file, manifest, predictions
 from foldstack.core import metrics
 from foldstack.core.config import ModelConfig, PipelineConfig
+from foldstack.core.errors import FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
@@ -34,6 +35,7 @@ from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import (
+    BEST,
     DEFAULT_WORKERS,
     WORKER,
     FoldTask,
@@ -46,6 +48,10 @@ from foldstack.training.fold_task import (
 from foldstack.training.rounds import Teachers, round_fields
 
 log = logging.getLogger(__name__)
+
+
+class FoldFailed(FoldstackError):
+    """A fold that ended without its best weights; it is not marked done, so it trains again."""
 
 
 class Trainer:
@@ -127,13 +133,23 @@ class Trainer:
                             needs=(*caches.values(), *([features] if features else []))))
             run_of[jobs[-1].name] = run
 
+        failed = []
+
         def done(job: Job, result: dict, seconds: float) -> None:
             run = run_of[job.name]
+            bar.update(max(0, model.epochs - ticks[run]))  # early stopping ends a fold early; a retry ticks again
+            fold_dir = job.args[0].fold_dir
+            if not (fold_dir / BEST).is_file():  # the others go on; this one is reported once they end
+                failed.append(f"{fold_dir / BEST}: {job.name} ended without a checkpoint: no epoch's "
+                              f"{self.cfg.metric} was a finite number (does its validation fold hold one class?); "
+                              "not marked done, so the next run trains it again")
+                return
             results[run] = self._finish_fold(model, run, job.args[0], result, seconds, fingerprints[run],
                                              sources[run.fold])
-            bar.update(max(0, model.epochs - ticks[run]))  # early stopping ends a fold early; a retry ticks again
 
         self.executor.run(jobs, done)
+        if failed:
+            raise FoldFailed(failed[0] + (f" (and {len(failed) - 1} more fold(s))" if len(failed) > 1 else ""))
         return self._merge(model, {run: results[run] for run in runs}, features_seconds)
 
     def _fingerprint(self, model: ModelConfig, run: Member) -> str:
