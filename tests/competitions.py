@@ -62,6 +62,8 @@ class Competition:
         answers: the answers file's name in ``private/``.
         grade: ``grade(submission, answers) -> score``, as the competition scores.
         check: ``check(submission, sample, fixture)`` asserts the competition's own rules.
+        solution: the answers as the pipeline's train table labels its rows (``data.solution``,
+            for foldstack's local score), where the answers are laid out otherwise; None: as they are.
     """
 
     slug: str
@@ -70,6 +72,7 @@ class Competition:
     answers: str
     grade: Callable[[pd.DataFrame, pd.DataFrame], float]
     check: Callable[[pd.DataFrame, pd.DataFrame, Fixture], None]
+    solution: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 
 
 # --- images ----------------------------------------------------------------------------------------
@@ -570,6 +573,19 @@ def grade_imet(submission: pd.DataFrame, answers: pd.DataFrame) -> float:
     return float(f1_score(y_true, y_pred, average="micro"))
 
 
+# --- the answers as a train table labels its rows ---------------------------------------------------
+
+
+def dog_breed_solution(answers: pd.DataFrame) -> pd.DataFrame:
+    """One-hot answers as labels.csv writes them: ``id, breed``."""
+    return pd.DataFrame({"id": answers["id"], "breed": answers[DOG_BREEDS].astype(int).idxmax(axis=1)})
+
+
+def dogs_vs_cats_solution(answers: pd.DataFrame) -> pd.DataFrame:
+    """0/1 answers (1: a dog) as the file names label the training images: ``cat``, ``dog``."""
+    return pd.DataFrame({"id": answers["id"], "label": answers["label"].map({"0": "cat", "1": "dog"})})
+
+
 # --- each competition's rules for a submission -------------------------------------------------------
 
 
@@ -613,13 +629,13 @@ def check_imet(submission: pd.DataFrame, sample: pd.DataFrame, fixture: Fixture)
 
 COMPETITIONS: dict[str, Competition] = {c.slug: c for c in [
     Competition("dog-breed-identification", build_dog_breed, "sample_submission.csv", "test.csv",
-                grade_dog_breed, probabilities(DOG_BREEDS, sum_to_one=True)),
+                grade_dog_breed, probabilities(DOG_BREEDS, sum_to_one=True), dog_breed_solution),
     Competition("aerial-cactus-identification", build_aerial_cactus, "sample_submission.csv", "test.csv",
                 auc("id", "has_cactus"), probabilities(["has_cactus"], sum_to_one=False)),
     Competition("plant-seedlings-classification", build_plant_seedlings, "sample_submission.csv", "answers.csv",
                 f1_micro_labels("file", "species"), labels_from(SEEDLINGS, "species")),
     Competition("dogs-vs-cats-redux-kernels-edition", build_dogs_vs_cats, "sample_submission.csv", "answers.csv",
-                grade_dogs_vs_cats, probabilities(["label"], sum_to_one=False)),
+                grade_dogs_vs_cats, probabilities(["label"], sum_to_one=False), dogs_vs_cats_solution),
     Competition("histopathologic-cancer-detection", build_histopathologic, "sample_submission.csv", "answers.csv",
                 auc("id", "label"), probabilities(["label"], sum_to_one=False)),
     Competition("aptos2019-blindness-detection", build_aptos, "sample_submission.csv", "test.csv",

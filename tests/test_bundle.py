@@ -20,6 +20,7 @@ from foldstack.backbones.efficientnet_lite import weights_cache_dir
 from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
+from foldstack.data.labels import Classes
 from foldstack.stages import bundle
 from foldstack.training.fold_task import members, recipe_fingerprint
 
@@ -38,10 +39,11 @@ def trained_tree(root: Path, **model_changes) -> tuple:
     pipeline_file.write_text(yaml.safe_dump(raw))
     paths = Paths.for_pipeline("tiny", root)
     paths.folds.parent.mkdir(parents=True)
-    paths.folds.write_text("id,label,fold\na,1,0\nb,2,1\nc,1,1\n")
+    folds = pd.DataFrame({"id": ["a", "b", "c"], "label": ["1", "2", "1"], "fold": [0, 1, 1]})
+    folds_file.write(paths.folds, folds, Classes.from_labels(folds["label"], cfg.task), cfg.task)
     model_dir = paths.models / "m"
     trained_cfg = make_config(models=[{**MODEL, **model_changes}])
-    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k))
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k), folds_file.read_classes(paths.folds, cfg))
     for fold, run in enumerate(members(trained_cfg.models[0], cfg.folds.k, cfg.seed)):
         fold_dir = model_dir / f"fold{fold}"
         fingerprint = recipe_fingerprint(trained_cfg.models[0], trained_cfg.augment, trained_cfg.task,
@@ -97,7 +99,7 @@ def test_bundle_holds_what_inference_needs_and_nothing_else(tmp_path: Path) -> N
     assert relative_files(folder) == {
         "foldstack-bundle.json", "dataset-metadata.json", "pipeline.yaml", "requirements.txt",
         "wheels/foldstack-0.1.0-py3-none-any.whl",
-        f"{art}folds.csv", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
+        f"{art}folds.csv", f"{art}classes.json", f"{art}models/m/manifest.json", f"{art}stack/chosen.json", f"{art}stack/level2/lightgbm.pkl",
         f"{art}oof/m.parquet",
         *(f"{art}models/m/fold{k}/{name}" for k in (0, 1) for name in ("best.weights.h5", "done.json", "log.csv")),
     }  # no backup-*, phase-* or features/
@@ -170,6 +172,7 @@ def test_bundle_ships_the_pinned_requirements_but_those_left_out(tmp_path: Path)
     (lambda paths: (paths.models / "m" / "fold0" / "best.weights.h5").unlink(), r"fold0: fold not finished"),
     (lambda paths: (paths.stack / "chosen.json").unlink(), r"chosen.json: not found; run `make stack`"),
     (lambda paths: paths.folds.unlink(), r"folds.csv: not found"),
+    (lambda paths: folds_file.classes_path(paths.folds).unlink(), r"classes.json: not found; run `make folds`"),
 ])
 def test_bundle_refuses_unfinished_training(tmp_path: Path, breakage, message: str) -> None:
     cfg, paths, pipeline_file = trained_tree(tmp_path)
@@ -201,7 +204,7 @@ def test_bundle_refuses_folds_trained_on_other_tta_or_other_folds(tmp_path: Path
     paths.folds.write_text("id,label,fold\na,1,1\nb,2,0\nc,1,1\n")  # `make folds` again, other folds
     with pytest.raises(DataError) as info:
         build(cfg, paths, pipeline_file)
-    assert str(info.value).startswith(f"{paths.folds}: changed since model 'm' was trained (")
+    assert str(info.value).startswith(f"{paths.folds}: the folds or their class order changed since model 'm' was trained (")
     assert f"{paths.models / 'm' / 'fold0' / 'done.json'}: fold 0 of model 'm' was trained by another recipe" in str(info.value)
     assert "\n" not in str(info.value) and not paths.bundle.exists()
 

@@ -384,8 +384,7 @@ def write_pipeline(root: Path, task: str, n: int = 150, n_test: int = 30, **over
     internal = [join_labels(names[row == 1]) for row in y] if multilabel else labels
     ids = [f"img{i:04d}" for i in range(n + n_test)]
     folds = pd.DataFrame({"id": ids[:n], "label": internal[:n], "fold": fold_of(n)})
-    paths.folds.parent.mkdir(parents=True)
-    folds.to_csv(paths.folds, index=False)
+    folds_file.write(paths.folds, folds, Classes.from_labels(folds["label"], task), task)
     for m, model in enumerate(cfg.models):
         shuffled = list(reversed(classes))
         oof = pd.DataFrame(X[:n, m], columns=classes).assign(id=ids[:n], fold=folds["fold"])

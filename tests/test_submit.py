@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldstack.contracts import stack_output, submission_index
+from foldstack.contracts import folds_file, stack_output, submission_index
 from foldstack.core import files as io
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError
+from foldstack.data.labels import Classes
 from foldstack.core.paths import Paths
 from foldstack.pipeline import parse_pipeline
 from foldstack.stages import submit
@@ -146,19 +147,24 @@ def test_index_appends_new_files_and_updates_a_rewritten_one(tmp_path: Path) -> 
 
 
 def pipeline(root: Path, fmt: str = "probabilities", solution: bool = True, proba: pd.DataFrame = PROBA,
-             sample_columns: tuple[str, ...] = ("dog", "cat", "owl")) -> tuple[PipelineConfig, Paths]:
-    """A stack output (chosen.json, test.parquet), a sample submission and a solution."""
+             sample_columns: tuple[str, ...] = ("dog", "cat", "owl"), answers: tuple[str, ...] = ("cat", "owl", "owl"),
+             **top) -> tuple[PipelineConfig, Paths]:
+    """The folds' class order (the stack output's columns), a stack output (chosen.json,
+    test.parquet), a sample submission and a solution (``answers``); ``top``: YAML keys."""
     cfg = parse_pipeline({
         "name": "tiny", "metric": "log_loss", "submission": {"format": fmt},
         "data": {"source": {"type": "embedded", "dataset": "digits"}, "solution": "solution.csv"},
-        "models": [{"name": "m", "backbone": "mobilenet_v2"}],
+        "models": [{"name": "m", "backbone": "mobilenet_v2"}], **top,
     })
     paths = Paths.for_pipeline("tiny", root)
+    names = tuple(proba.columns)
+    folds = pd.DataFrame({"id": [f"t{i}" for i in range(len(names))], "label": names, "fold": 0})
+    folds_file.write(paths.folds, folds, Classes(names), cfg.task)
     io.write_json(paths.stack / "chosen.json", {"name": "mean", "metric": "log_loss", "cv_mean": 0.61234, "cv_std": 0.02})
     io.write_parquet(paths.stack / "test.parquet", proba.reset_index())
     io.write_csv(paths.data / "sample_submission.csv", sample(*sample_columns))
     if solution:
-        io.write_csv(paths.data / "solution.csv", pd.DataFrame({"id": IDS, "label": ["cat", "owl", "owl"]}))
+        io.write_csv(paths.data / "solution.csv", pd.DataFrame({"id": IDS, "label": list(answers)}))
     return cfg, paths
 
 
@@ -228,3 +234,16 @@ def test_read_stack_output_gives_the_choice_and_its_probabilities(tmp_path: Path
     output = stack_output.read(paths.stack)
     assert (output.name, output.metric, output.cv_mean) == ("mean", "log_loss", 0.61234)
     pd.testing.assert_frame_equal(output.proba, PROBA, check_names=False)
+
+
+def test_a_binary_task_with_named_classes_is_scored_on_its_solution(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """'cat' and 'dog' say nothing of which is positive: the folds' class order does (dog, second)."""
+    proba = pd.DataFrame({"cat": [0.8, 0.3, 0.4], "dog": [0.2, 0.7, 0.6]}, index=pd.Index(IDS, name="id"))
+    cfg, paths = pipeline(tmp_path, fmt="binary", proba=proba, sample_columns=("label",), answers=("cat", "dog", "cat"),
+                          task="binary", positive_class="dog")
+    written = pd.read_csv(submit.run(cfg, paths), dtype={"id": str})
+    np.testing.assert_allclose(written["label"], [0.2, 0.7, 0.6])  # P(dog)
+    lb = -np.mean(np.log([0.8, 0.7, 0.4]))
+    assert pd.read_csv(paths.submissions / "index.csv")["local_lb"].item() == pytest.approx(lb)
+    assert f"local LB log_loss {lb:.4f}" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldstack.contracts import stack_output
+from foldstack.contracts import folds_file, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.paths import Paths
@@ -150,7 +150,8 @@ def write_pipeline(root: Path, **overrides) -> tuple[PipelineConfig, Paths]:
     paths.folds.parent.mkdir(parents=True)
     # folds.csv joins a row's classes as every stage reads them; the solution as the competition ships it.
     internal = [join_labels(names[row == 1]) for row in y[:n]]
-    pd.DataFrame({"id": ids[:n], "label": internal, "fold": folds_of(n)}).to_csv(paths.folds, index=False)
+    folds = pd.DataFrame({"id": ids[:n], "label": internal, "fold": folds_of(n)})
+    folds_file.write(paths.folds, folds, Classes.from_labels(folds["label"], "multilabel"), "multilabel")
     for m, model in enumerate(cfg.models):
         for folder, rows, extra in ((paths.oof, slice(0, n), {"fold": folds_of(n)}), (paths.test, slice(n, None), {})):
             folder.mkdir(parents=True, exist_ok=True)

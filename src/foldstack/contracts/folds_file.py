@@ -1,23 +1,69 @@
 """``folds.csv``: ``id, label, fold``, one row per training image, the same on every run for the
-same seed. Written by the folds stage; read, with its checks, by the train and stack stages."""
+same seed; and beside it ``classes.json``, the task's class order, derived once with the folds.
+Written by the folds stage; read, with their checks, by every stage after it.
+
+``classes.json`` holds ``task``, ``names`` (the one class order, a binary task's positive class
+second), ``multilabel`` and ``ordinal``: what :class:`~foldstack.data.labels.Classes` is. No later
+stage derives the classes again, so a positive class taken from the sample submission holds on a
+machine without it (a Kaggle bundle), and a new ``positive_class`` is new folds (:func:`digest`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError
-from foldstack.core.files import write_csv
+from foldstack.core.files import write_csv, write_json
+from foldstack.data.labels import Classes
 from foldstack.data.tables import read_csv, require_columns
 
 COLUMNS = ["id", "label", "fold"]
 
+#: The class order's file, beside ``folds.csv``.
+CLASSES = "classes.json"
 
-def write(path: Path, frame: pd.DataFrame) -> None:
-    """Write the ``id, label, fold`` columns of ``frame``."""
+
+def classes_path(folds: Path) -> Path:
+    """``classes.json`` beside the folds file ``folds``."""
+    return folds.with_name(CLASSES)
+
+
+def write(path: Path, frame: pd.DataFrame, classes: Classes, task: str) -> None:
+    """Write the ``id, label, fold`` columns of ``frame`` and, beside them, ``classes``."""
+    write_json(classes_path(path), {"task": task, "names": list(classes.names), "multilabel": classes.multilabel,
+                                    "ordinal": classes.ordinal})
     write_csv(path, frame[COLUMNS])
+
+
+def read_classes(path: Path, cfg: PipelineConfig) -> Classes:
+    """The class order written with the folds file ``path`` (``classes.json`` beside it).
+
+    Raises:
+        DataError: the file is missing or unreadable, or it was written for another task or
+            another ``positive_class`` than the pipeline's (run `make folds` again).
+    """
+    source = classes_path(path)
+    if not source.is_file():
+        raise DataError(f"{source}: not found; run `make folds` (it writes the class order beside folds.csv)")
+    try:
+        raw = json.loads(source.read_text(encoding="utf-8"))
+        task, names = raw["task"], tuple(str(name) for name in raw["names"])
+        classes = Classes(names, multilabel=bool(raw["multilabel"]), ordinal=bool(raw["ordinal"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{source}: not a class order ({type(error).__name__}: {error}); run `make folds` again") from None
+    if task != cfg.task:
+        raise DataError(f"{source}: written for task {task!r} but the pipeline's task is {cfg.task!r}; "
+                        "run `make folds` again")
+    positive = cfg.positive_class
+    if task == "binary" and positive is not None and len(names) == 2 and names[1] != positive:
+        raise DataError(f"{source}: class {names[1]!r} is the positive one but positive_class = {positive!r}; "
+                        "run `make folds` again")
+    return classes
 
 
 def read(path: Path, k: int) -> pd.DataFrame:
@@ -43,9 +89,13 @@ def read(path: Path, k: int) -> pd.DataFrame:
     return frame[COLUMNS]
 
 
-def digest(frame: pd.DataFrame) -> str:
-    """A sha256 of the folds' rows: part of every fold's recipe, so new folds train again."""
-    return hashlib.sha256(pd.util.hash_pandas_object(frame[COLUMNS], index=False).values).hexdigest()
+def digest(frame: pd.DataFrame, classes: Classes) -> str:
+    """A sha256 of the folds' rows and their class order (``classes``): part of every fold's
+    recipe (``fold_task.recipe_fingerprint``), so new folds, or the same folds with another
+    positive class, train again."""
+    rows = hashlib.sha256(pd.util.hash_pandas_object(frame[COLUMNS], index=False).values).hexdigest()
+    order = {"names": list(classes.names), "multilabel": classes.multilabel, "ordinal": classes.ordinal}
+    return hashlib.sha256(json.dumps({"rows": rows, "classes": order}, sort_keys=True).encode()).hexdigest()
 
 
 def image_files(folds: pd.DataFrame, table: pd.DataFrame, path: Path) -> list[str]:

@@ -21,7 +21,6 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError, shorten
 from foldstack.core.files import has_key, rekeyed, write_parquet
 from foldstack.core.paths import Paths
-from foldstack.data import tables
 from foldstack.data.labels import Classes
 
 
@@ -87,7 +86,7 @@ def load_level_two(cfg: PipelineConfig, paths: Paths) -> LevelTwoData:
             folds, or holds a value that is not a probability; the message names file and id.
     """
     folds = folds_file.read(paths.folds, cfg.folds.k).set_index("id")
-    classes = tables.classes(cfg, paths, folds["label"], paths.folds)
+    classes = folds_file.read_classes(paths.folds, cfg)
     models = tuple(model.name for model in cfg.models)
     oof = [read_oof(paths.oof / f"{model}.parquet", classes, folds, paths.folds) for model in models]
     test_ids, test = load_test(paths, models, classes)

@@ -42,9 +42,15 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
                groups: pd.Series | None = None) -> pd.Series:
     """The fold of each row (see the module's docstring for each ``strategy``).
 
+    A single-label task's every validation fold must hold every class: a fold without one
+    cannot be scored by a metric that needs both sides of it (binary ROC AUC is undefined on one
+    class, and its fold would end without a checkpoint), nor does it test that class at all.
+
     Raises:
-        DataError: a class (single-label, see :func:`rare_classes`) or, grouped, the number of
-            groups is smaller than the number of folds, so some fold would never see it.
+        DataError: a class (single-label, see :func:`rare_classes`; in fewer groups, where folds
+            are grouped) or, grouped, the number of groups is smaller than the number of folds, so
+            some fold would never see it; or the split leaves a fold's validation rows without a
+            class (:func:`folds_missing_a_class`), naming the fold and the class.
     """
     if strategy in GROUPED:
         if len(groups) != len(table):  # read row for row from the train table: it must be this table
@@ -53,12 +59,11 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
         if groups.nunique() < k:  # sklearn's own ValueError would be a traceback
             raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
                             "(folds.k); lower folds.k")
-    if strategy != "grouped":
-        rare = rare_classes(table["label"], k, task)
-        if rare:
-            raise DataError(rare[0])
-        if task == "multilabel":
-            _warn_sparse_labels(table["label"], k)
+    rare = rare_classes(table["label"], k, task, groups if strategy in GROUPED else None)
+    if rare:
+        raise DataError(rare[0])
+    if task == "multilabel" and strategy != "grouped":
+        _warn_sparse_labels(table["label"], k)
     if strategy == "grouped":
         splits = GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(table, groups=groups)
     elif strategy == "stratified_grouped":
@@ -72,7 +77,21 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
     fold = pd.Series(-1, index=table.index, name="fold")
     for number, (_, valid) in enumerate(splits):
         fold.iloc[valid] = number
+    missing = folds_missing_a_class(table["label"], fold, k, task)
+    if missing:
+        raise DataError(missing[0])
     return fold
+
+
+def folds_missing_a_class(labels: pd.Series, fold: pd.Series, k: int, task: str) -> list[str]:
+    """One message per (fold, class) of a single-label task whose validation rows hold none of
+    the class (none for multilabel: see :func:`rare_classes`)."""
+    if task == "multilabel":
+        return []
+    held = pd.crosstab(fold, labels).reindex(range(k), fill_value=0)
+    return [f"fold {number}: its validation rows hold no class {name!r} ({int(held[name].sum())} example(s) in "
+            f"all), so its score is undefined or blind to it; lower folds.k or change folds.seed"
+            for number in held.index for name in held.columns if held.loc[number, name] == 0]
 
 
 def strata(labels: pd.Series, task: str) -> pd.Series:
@@ -86,9 +105,10 @@ def strata(labels: pd.Series, task: str) -> pd.Series:
     return tokens.map(lambda row: min(row, key=lambda name: (counts[name], name)) if row else NO_LABEL)
 
 
-def rare_classes(labels: pd.Series, k: int, task: str) -> list[str]:
+def rare_classes(labels: pd.Series, k: int, task: str, groups: pd.Series | None = None) -> list[str]:
     """One message per class with fewer examples than folds: stratified folds cannot put one in
-    each fold.
+    each fold. With ``groups`` (grouped folds: a group never spans two folds) a class counts the
+    groups it is in, not its rows: 6 melanomas of 3 patients reach 3 folds at most.
 
     Multilabel folds refuse none (a warning names them): a label rarer than the folds (imet has
     hundreds) simply misses some folds, and the metrics allow for it (a column undefined in a
@@ -96,6 +116,11 @@ def rare_classes(labels: pd.Series, k: int, task: str) -> list[str]:
     """
     if task == "multilabel":
         return []
+    if groups is not None:
+        counts = pd.Series(groups.to_numpy()).groupby(labels.to_numpy()).nunique()
+        return [f"class {name!r} is in {count} group(s) (folds.group_column), fewer than the {k} folds "
+                "(folds.k); grouped folds cannot put it in each fold: lower folds.k"
+                for name, count in counts[counts < k].items()]
     counts = labels.value_counts()
     return [f"class {name!r} has {count} example(s), fewer than the {k} folds (folds.k); merge rare "
             "classes or lower folds.k" for name, count in counts[counts < k].items()]

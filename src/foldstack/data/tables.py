@@ -70,10 +70,17 @@ def read_train_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, P
     """
     data = cfg.data
     if data.layout == "folders":
-        return _train_from_folders(data, paths.data), paths.data / data.train_dir
+        return _train_from_folders(data, paths.data), train_source(cfg, paths)
     if data.layout == "file_names":
-        return _train_from_file_names(data, paths.data), paths.data / data.train_dir
-    return _train_from_csv(data, cfg.task, paths.data), paths.data / data.train_csv
+        return _train_from_file_names(data, paths.data), train_source(cfg, paths)
+    return _train_from_csv(data, cfg.task, paths.data), train_source(cfg, paths)
+
+
+def train_source(cfg: PipelineConfig, paths: Paths) -> Path:
+    """Where the train table's labels come from: ``data.train_csv``, or the train folder for
+    the ``folders`` and ``file_names`` layouts."""
+    data = cfg.data
+    return paths.data / (data.train_dir if data.layout in ("folders", "file_names") else data.train_csv)
 
 
 def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:

@@ -9,7 +9,7 @@ kernel installs foldstack and predicts a hidden test set; and beside it the kern
 * ``requirements.txt``: those pins, for the kernel's ``pip install -r``, which keeps each one the
   image already has at the pin and installs the others from ``wheels/``;
 * ``pipeline.yaml``: the pipeline, as written;
-* ``artifacts/<pipeline>/``: ``folds.csv``, ``models/`` (each fold's best weights, ``done.json``,
+* ``artifacts/<pipeline>/``: ``folds.csv`` and ``classes.json``, ``models/`` (each fold's best weights, ``done.json``,
   log and the model's manifest; no ``backup-*``, ``features/`` or per-phase weights), ``oof/`` and
   ``stack/`` (the chosen candidate and the fitted level-two model);
 * ``weights/keras/``, ``weights/foldstack/``: the ImageNet weight files the models load;
@@ -142,8 +142,11 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
     art = paths.artifacts
     if not paths.folds.is_file():
         raise DataError(f"{paths.folds}: not found; run `make folds` and `make train` before `make bundle`")
-    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k))
-    files = [paths.folds.relative_to(art)]
+    classes = folds_file.classes_path(paths.folds)
+    if not classes.is_file():
+        raise DataError(f"{classes}: not found; run `make folds` and `make train` before `make bundle`")
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k), folds_file.read_classes(paths.folds, cfg))
+    files = [paths.folds.relative_to(art), classes.relative_to(art)]
     for model in cfg.models:
         model_dir = paths.models / model.name
         for run in members(model, cfg.folds.k, cfg.seed):
@@ -160,8 +163,10 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
         try:
             trained_fold_dirs(cfg, paths.models, model, folds_digest)  # each fold's fingerprint, as predict checks it
         except DataError as error:
-            # The manifest's recipe is the pipeline's: of what a fingerprint holds, the folds are left.
-            raise DataError(f"{paths.folds}: changed since model {model.name!r} was trained ({error})") from None
+            # The manifest's recipe is the pipeline's: of what a fingerprint holds, the folds (their
+            # rows and their class order, classes.json) are left.
+            raise DataError(f"{paths.folds}: the folds or their class order changed since model {model.name!r} "
+                            f"was trained ({error})") from None
         if model.weights not in ("imagenet", "none"):
             log.warning("%s: weights file %s is not bundled; the kernel needs the fold weights only",
                         model.name, model.weights)

@@ -16,13 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
-    """Write ``folds.csv`` (``id, label, fold``) and a preview of the training augmentation."""
-    table = tables.load_train_table(cfg, paths)
+    """Write ``folds.csv`` (``id, label, fold``), the class order beside it (``classes.json``,
+    derived here once: every later stage reads it) and a preview of the training augmentation."""
+    table, source = tables.load_train_table(cfg, paths), tables.train_source(cfg, paths)
+    classes = tables.classes(cfg, paths, table["label"], source)
     table["fold"] = splits.make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.task, cfg.folds.strategy,
                                       splits.read_groups(cfg, paths))
-    folds_file.write(paths.folds, table)
+    folds_file.write(paths.folds, table, classes, cfg.task)
     sizes = table["fold"].value_counts().sort_index()
-    log.info("folds: %d images, %d classes, fold sizes %s -> %s", len(table), table["label"].nunique(),
+    log.info("folds: %d images, %d classes, fold sizes %s -> %s", len(table), len(classes),
              sizes.tolist(), paths.folds)
     preview = augmentation_preview(cfg, table, paths.artifacts / "augmentation.png", seed=cfg.seed)
     log.info("augmentation preview -> %s", preview)

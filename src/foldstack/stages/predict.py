@@ -59,8 +59,8 @@ class Predictor:
         self.paths = paths
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
-        self.classes = tables.classes(cfg, paths, self.folds["label"], paths.folds)
-        self.folds_digest = folds_file.digest(self.folds)
+        self.classes = folds_file.read_classes(paths.folds, cfg)
+        self.folds_digest = folds_file.digest(self.folds, self.classes)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
         """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
@@ -87,6 +87,7 @@ class Predictor:
                 dirs = self.fold_dirs(model)
                 k = len(dirs)
                 key = digest({"weights": weights_digest(dirs), "ids": ids, "task": cfg.task,
+                              "classes": list(self.classes.names),
                               "model": model.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json")})
                 out = paths.test / f"{model.name}.parquet"
                 if predictions.is_current(out, key):

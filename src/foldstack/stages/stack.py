@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from foldstack.contracts import predictions, stack_output
+from foldstack.contracts import folds_file, predictions, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import PipelineConfig
 from foldstack.core.files import atomic_dir
@@ -84,9 +84,9 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
 
 
 def cv_key(cfg: PipelineConfig, paths: Paths) -> str | None:
-    """What the CV depends on: folds.csv, every OOF file's bytes, the task, metric, seed and
+    """What the CV depends on: folds.csv and its class order, every OOF file's bytes, the task, metric, seed and
     stack settings; None where an OOF file or folds.csv is absent (a bundle: apply only)."""
-    files = [paths.folds, *(paths.oof / f"{model.name}.parquet" for model in cfg.models)]
+    files = [paths.folds, folds_file.classes_path(paths.folds), *(paths.oof / f"{model.name}.parquet" for model in cfg.models)]
     if not all(path.is_file() for path in files):
         return None
     return digest({"files": [hashlib.sha256(path.read_bytes()).hexdigest() for path in files],

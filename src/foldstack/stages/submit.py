@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from foldstack.contracts import stack_output, submission_index
+from foldstack.contracts import folds_file, stack_output, submission_index
 from foldstack.contracts.predictions import check_same_ids, first_non_probability
 from foldstack.core import metrics
 from foldstack.core.config import PipelineConfig
@@ -25,7 +25,7 @@ from foldstack.core.errors import DataError, FoldstackError, shorten
 from foldstack.core.files import write_csv
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.labels import Classes
+from foldstack.data.labels import Classes, every_label
 
 log = logging.getLogger(__name__)
 
@@ -256,14 +256,17 @@ def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame,
         return None
     labels = tables.read_solution_labels(cfg, path)
     check_same_ids(path, labels.index, proba.index, paths.data / cfg.data.sample_submission)
-    unseen = sorted(set(Classes.from_labels(labels, cfg.task).names) - set(proba.columns))
+    # The class order the folds wrote (a binary task's positive class second), never derived again
+    # from the solution: that would need the positive class said again, and could order it otherwise.
+    trained = folds_file.read_classes(paths.folds, cfg)
+    unseen = sorted(set(every_label(labels, trained.multilabel)) - set(trained.names))
     if unseen:
         # No model can predict a class it never saw: score those rows as missed (probability 0)
         # rather than refuse to score at all.
         log.warning("%s: label(s) %s never appear in training; their rows count as wrong in the local "
                     "score", path, shorten(unseen))
-        proba = proba.reindex(columns=[*proba.columns, *unseen], fill_value=0.0)
-    classes = Classes(tuple(proba.columns), multilabel=cfg.task == "multilabel")
+    proba = proba.reindex(columns=[*trained.names, *unseen], fill_value=0.0)
+    classes = Classes(tuple(proba.columns), multilabel=trained.multilabel)
     y_true = classes.encode(labels.reindex(proba.index), path)
     # A class never seen in training is never predicted, whatever its threshold.
     aligned = None if thresholds is None else thresholds.reindex(proba.columns, fill_value=1.0).to_numpy(np.float64)

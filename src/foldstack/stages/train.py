@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from foldstack.contracts import fold_done, folds_file, manifest, predictions
 from foldstack.core import metrics
 from foldstack.core.config import ModelConfig, PipelineConfig
+from foldstack.core.errors import FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
@@ -34,6 +35,7 @@ from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.fold_task import (
+    BEST,
     DEFAULT_WORKERS,
     WORKER,
     FoldTask,
@@ -48,6 +50,10 @@ from foldstack.training.rounds import Teachers, round_fields
 log = logging.getLogger(__name__)
 
 
+class FoldFailed(FoldstackError):
+    """A fold that ended without its best weights; it is not marked done, so it trains again."""
+
+
 class Trainer:
     """Trains the pipeline's models fold by fold; one instance per ``train`` run."""
 
@@ -58,10 +64,10 @@ class Trainer:
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.files = self._train_files()
-        self.classes = tables.classes(cfg, paths, self.folds["label"], paths.folds)
+        self.classes = folds_file.read_classes(paths.folds, cfg)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
-        self.folds_digest = folds_file.digest(self.folds)
+        self.folds_digest = folds_file.digest(self.folds, self.classes)
         self.teachers = Teachers(cfg, paths, len(self.classes), self.folds_digest, self.files,
                                  self.folds["id"].tolist(), self.workers)
 
@@ -127,13 +133,23 @@ class Trainer:
                             needs=(*caches.values(), *([features] if features else []))))
             run_of[jobs[-1].name] = run
 
+        failed = []
+
         def done(job: Job, result: dict, seconds: float) -> None:
             run = run_of[job.name]
+            bar.update(max(0, model.epochs - ticks[run]))  # early stopping ends a fold early; a retry ticks again
+            fold_dir = job.args[0].fold_dir
+            if not (fold_dir / BEST).is_file():  # the others go on; this one is reported once they end
+                failed.append(f"{fold_dir / BEST}: {job.name} ended without a checkpoint: no epoch's "
+                              f"{self.cfg.metric} was a finite number (does its validation fold hold one class?); "
+                              "not marked done, so the next run trains it again")
+                return
             results[run] = self._finish_fold(model, run, job.args[0], result, seconds, fingerprints[run],
                                              sources[run.fold])
-            bar.update(max(0, model.epochs - ticks[run]))  # early stopping ends a fold early; a retry ticks again
 
         self.executor.run(jobs, done)
+        if failed:
+            raise FoldFailed(failed[0] + (f" (and {len(failed) - 1} more fold(s))" if len(failed) > 1 else ""))
         return self._merge(model, {run: results[run] for run in runs}, features_seconds)
 
     def _fingerprint(self, model: ModelConfig, run: Member) -> str:
