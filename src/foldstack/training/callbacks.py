@@ -26,7 +26,8 @@ class EMAWeights(keras.callbacks.Callback):
     each epoch to the start of the next: the callbacks after it score, checkpoint and log the
     average, and training goes on from the raw weights.
 
-    Listed first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
+    The average itself (warmed up, carried across phases) is ``network.AdamW``'s. Listed
+    first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
     only fixes up the final epoch that ``epochs`` names: a phase that early stopping ends would
     finish holding its raw weights (``fit`` copies the optimizer's slots, then holding the raw
     ones, into the network). Here the raw weights wait in host memory and the slots keep the
