@@ -72,3 +72,44 @@ def test_config_is_immutable(tmp_path: Path) -> None:
     cfg = load_pipeline(_write(tmp_path, TINY))
     with pytest.raises(Exception):
         cfg.models[0].epochs = 3
+
+
+
+def _model(**fields) -> dict:
+    return {**TINY["models"][0], "backbone": "small_cnn", "image_size": 16, **fields}
+
+
+#: The recipe refusals README lists: the models refused, the same models with the one setting
+#: changed (they load: the refusal is about that setting alone), the key the line names and what
+#: it says.
+REFUSALS = {
+    "mixup and cutmix p above 1": ([_model(mixup={"alpha": 0.2, "p": 0.6}, cutmix={"alpha": 1.0, "p": 0.5})],
+                                   [_model(mixup={"alpha": 0.2, "p": 0.6}, cutmix={"alpha": 1.0, "p": 0.4})],
+                                   "models.0.cutmix", "cutmix.p + mixup.p = 1.1", "add up to 1 at most"),
+    "a seed-bagged teacher": ([_model(name="teacher", seeds=[0, 1]), _model(name="student", distill={"from": ["teacher"]})],
+                              [_model(name="teacher"), _model(name="student", distill={"from": ["teacher"]})],
+                              "models", "models[1].distill.from: 'teacher' has seeds",
+                              "seed-bagged teachers are not supported"),
+    "progressive with features": ([_model(regime="features", epochs=3, progressive=[{"size": 8, "epochs": 1}])],
+                                  [_model(regime="scratch", epochs=3, progressive=[{"size": 8, "epochs": 1}])],
+                                  "models.0.progressive", "not 'features'"),
+    "mixup with features": ([_model(regime="features", mixup={"alpha": 0.2, "p": 0.5})],
+                            [_model(regime="scratch", mixup={"alpha": 0.2, "p": 0.5})],
+                            "models.0.mixup", "not 'features'"),
+    "cutmix with features": ([_model(regime="features", cutmix={"alpha": 1.0, "p": 0.5})],
+                             [_model(regime="scratch", cutmix={"alpha": 1.0, "p": 0.5})],
+                             "models.0.cutmix", "not 'features'"),
+    "duplicate seeds": ([_model(seeds=[3, 1, 3])], [_model(seeds=[3, 1])], "models.0.seeds", "seeds must be distinct"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSALS)
+def test_recipe_refusals_name_the_key(tmp_path: Path, name: str) -> None:
+    refused, accepted, key, *said = REFUSALS[name]
+    path = _write(tmp_path, {**TINY, "models": refused})
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: {key}") and "\n" not in message, message
+    assert all(part in message for part in said), message
+    load_pipeline(_write(tmp_path, {**TINY, "models": accepted}))

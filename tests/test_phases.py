@@ -20,6 +20,7 @@ from foldstack.runtime import isolate
 from foldstack.stages import predict, train
 from foldstack.training import regimes
 from foldstack.training.callbacks import EPOCH_ATTR, SCORE_ATTR, AtomicBackupAndRestore, load_weights
+from foldstack.training.features import FeatureCache
 from foldstack.training.loader import view_batches
 from foldstack.training.phases import BEST
 from foldstack.training.worker import open_caches
@@ -209,6 +210,55 @@ def test_finetune_trains_the_head_then_what_unfreeze_names(tiny_digits, tmp_path
     assert len(watch.phases) == 2 and BACKBONE < watch.layers() and head == {"probabilities"}
     assert watch.changed(0) == head  # the head phase: the backbone frozen
     assert watch.changed(1) == head | trained
+
+
+def test_scratch_trains_every_layer(tiny_digits, tmp_path: Path) -> None:
+    watch = _train_watching(tiny_digits, tmp_path, regime="scratch", epochs=1)
+    assert len(watch.phases) == 1 and BACKBONE < watch.layers()
+    assert watch.changed(0) == watch.layers()  # the backbone and the head, BatchNorm included
+
+
+class FirstBatch(keras.callbacks.Callback):
+    """The training rows' probabilities as ``fit`` starts, and the loss of its first batch."""
+
+    def __init__(self, rows: np.ndarray):
+        super().__init__()
+        self.rows = rows
+
+    def on_train_begin(self, logs=None):
+        self.proba = self.model.predict(self.rows, verbose=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self.loss = float(logs["loss"])
+
+
+def test_class_weights_weigh_each_rows_loss(tiny_digits, tmp_path: Path) -> None:
+    """With class weights the loss is the batch's mean of each row's cross-entropy times its
+    class's weight (the train stage's weights: scikit-learn's balanced, n / (classes * count)).
+    One batch holds every training row of the ``features`` regime, so its loss is worked out by
+    hand from the probabilities the network gives them at the start."""
+    cfg, paths = tiny_digits
+    trainer = train.Trainer(cfg, paths, workers=1)
+    rows = np.flatnonzero(trainer.folds["fold"].to_numpy() != 0)
+    balanced = trainer._class_weight(model_config(class_weights=True), rows)
+    counts = np.bincount(trainer.y[rows], minlength=10)
+    assert balanced == pytest.approx({c: len(rows) / (10 * counts[c]) for c in range(10)})
+
+    weights = {c: 0.5 + c / 4 for c in range(10)}  # far from 1, so a loss without them shows
+    task, images = fold_task(tiny_digits, tmp_path, model_config(regime="features", epochs=1, batch_size=128, dropout=0.0),
+                             class_weight=weights)
+    # Every TTA view of a training image is a training row of its own.
+    views = FeatureCache.load(task.features, ["train"], len(task.augment.tta)).views("train")
+    features = np.concatenate([view[task.train_index] for view in views])
+    y = np.tile(task.y[task.train_index], len(views))
+    assert len(features) <= 128
+    spy = FirstBatch(features)
+    regimes.fit(task, images, metrics.get(task.metric), callbacks=[spy])
+    cross_entropy = -np.log(np.clip(spy.proba[np.arange(len(y)), y], 1e-7, 1.0))
+    expected = np.mean(np.array([weights[c] for c in y]) * cross_entropy)
+    assert spy.loss == pytest.approx(expected, rel=1e-4)
+    assert spy.loss != pytest.approx(cross_entropy.mean(), rel=1e-2)
 
 
 # --- the train and predict stages' files, made of the right fold models and views -----------------

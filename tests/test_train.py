@@ -19,6 +19,7 @@ from foldstack.core import metrics
 from foldstack.core.config import ModelConfig
 from foldstack.data import tables
 from foldstack.stages import train
+from foldstack.training.callbacks import AtomicBackupAndRestore
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.regimes import REGIMES, fit
@@ -102,13 +103,16 @@ def test_stage_writes_contract_files_and_skips_finished_folds(tiny_digits, capsy
 
 @pytest.mark.slow
 def test_killed_run_resumes(tmp_path: Path) -> None:
-    """Kill `foldstack train` mid-fold; the rerun skips the finished fold and completes the OOF."""
+    """SIGKILL `foldstack train` mid-fold, after fold 1 backed up an epoch; the rerun skips the
+    finished fold, starts fold 1 at its backed-up epoch (``resumed_from`` in its ``done.json``)
+    and completes the OOF."""
     base, args, env = _ready_to_train(tmp_path)
     fold_dir = Path(tmp_path, "artifacts", "tiny", "models", "m")
+    backup = AtomicBackupAndRestore(str(fold_dir / "fold1" / "backup-all"))  # the scratch regime's one phase
     process = subprocess.Popen([*base, "train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 400
-    # Wait until fold 0 is done and fold 1 has saved at least one epoch, then kill mid-fold.
-    while not ((fold_dir / "fold0" / "done.json").exists() and _epochs_logged(fold_dir / "fold1") >= 1):
+    # Wait until fold 0 is done and fold 1 has backed up at least one epoch, then kill mid-fold.
+    while not ((fold_dir / "fold0" / "done.json").exists() and (backup.resume_epoch() or 0) >= 1):
         assert process.poll() is None, process.stdout.read().decode()
         assert time.time() < deadline
         time.sleep(0.5)
@@ -120,6 +124,8 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
     assert not (fold_dir / "fold1" / "done.json").exists()
     assert not (tmp_path / "artifacts" / "tiny" / "oof" / "m.parquet").exists()
     epochs_before = _epochs_logged(fold_dir / "fold1")
+    backed_up = backup.resume_epoch()  # the epoch a resumed fit starts at
+    assert 1 <= backed_up < 6, backed_up
 
     rerun = subprocess.run([*base, "train", *args], env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, (rerun.returncode, rerun.stdout[-2000:], rerun.stderr[-3000:])
@@ -127,6 +133,8 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
     log = pd.read_csv(fold_dir / "fold1" / "log.csv")
     assert log["epoch"].tolist() == list(range(len(log)))  # resumed, no epoch run twice
     assert len(log) >= epochs_before
+    assert json.loads((fold_dir / "fold1" / "done.json").read_text())["resumed_from"] == backed_up
+    assert json.loads((fold_dir / "fold0" / "done.json").read_text())["resumed_from"] is None
     oof = pd.read_parquet(tmp_path / "artifacts" / "tiny" / "oof" / "m.parquet")
     assert len(oof) == 120 and oof["fold"].nunique() == 2
 
@@ -247,3 +255,53 @@ def test_augmented_batches_repeat_whatever_the_thread_order() -> None:
     for i in range(6):
         np.testing.assert_array_equal(forward[i], backward[i])
     assert not np.array_equal(forward[0], images[:16])  # it did augment
+
+
+#: Under JAX, data parallel over two virtual CPU devices (``argv[1]``: the tiny competition's
+#: root, ``argv[2]``: a folder): each regime fits a fold of 59 training and 59 held-out rows in
+#: batches of 16 (the last one 11 rows, odd), then predicts the odd rows. Prints, per regime, the
+#: held-out predictions and the same rows predicted in slices of an even length, as JSON.
+JAX_ODD_ROWS = """
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from conftest import make_config
+from test_train import fold_task, model_config
+from foldstack.core import metrics
+from foldstack.core.paths import Paths
+from foldstack.runtime import distribute
+from foldstack.training.regimes import fit
+tiny = make_config(), Paths.for_pipeline("tiny", Path(sys.argv[1]))
+out = {}
+for regime in ("scratch", "features"):
+    (Path(sys.argv[2]) / regime).mkdir()
+    with distribute.data_parallel(True) as split:
+        task, images = fold_task(tiny, Path(sys.argv[2]) / regime, model_config(regime=regime, epochs=1, batch_size=16))
+        task = replace(task, train_index=task.train_index[:59], valid_index=task.valid_index[:59])
+        predict = fit(task, images, metrics.get(task.metric))
+        index = task.valid_index
+        out[regime] = {"replicas": split.replicas, "odd": predict("train", index).tolist(),
+                       "even": [*predict("train", index[:58]).tolist(), predict("train", index[-2:])[-1].tolist()]}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_jax_data_parallel_fits_and_predicts_odd_batches(tiny_digits, tmp_path: Path) -> None:
+    """keras-team/keras#21167: JAX's DataParallel shards every batch evenly over its devices. An
+    odd last training batch is cut to an even one, an odd prediction batch padded and its extra
+    output dropped: each held-out row's prediction is the one it gets among even slices."""
+    _, paths = tiny_digits
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true"}
+    run = subprocess.run([sys.executable, "-c", JAX_ODD_ROWS, str(paths.root), str(tmp_path),
+                          str(Path(__file__).parent)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1])
+    for regime, seen in result.items():
+        odd, even = np.array(seen["odd"]), np.array(seen["even"])
+        assert seen["replicas"] == 2 and odd.shape == (59, 10), regime
+        np.testing.assert_allclose(odd.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(odd, even, rtol=1e-4, atol=1e-6, err_msg=regime)

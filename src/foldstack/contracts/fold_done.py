@@ -3,6 +3,11 @@
 Written last by the train stage, once the fold's predictions are on disk, so that its presence
 means the fold is complete; read by the next ``train`` to skip the fold while its recipe (the
 fingerprint) is unchanged.
+
+Beside ``fold``, ``score`` and ``fingerprint`` the train stage records, among others,
+``epochs`` (how many the log holds) and ``resumed_from``: the epoch at which the run that
+finished the fold started, when an earlier run was killed after a backed-up epoch or a finished
+phase (None: it trained from the first epoch).
 """
 
 from __future__ import annotations

@@ -42,6 +42,19 @@ def prepare() -> None:
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
+def batch_multiple() -> int:
+    """What every batch's row count must be a multiple of, under the distribution now set: the
+    device count under JAX's ``DataParallel``, which shards each batch evenly and fails on one
+    that does not divide (keras-team/keras#21167); 1 otherwise (TensorFlow's MirroredStrategy
+    splits an uneven batch itself)."""
+    if keras.config.backend() != "jax":
+        return 1
+    distribution = keras.distribution.distribution()
+    if not isinstance(distribution, keras.distribution.DataParallel):
+        return 1
+    return int(distribution.device_mesh.devices.size)
+
+
 @dataclass(frozen=True)
 class Split:
     """How a fold's batches are split, as the backend's distribution reports it (``done.json``).

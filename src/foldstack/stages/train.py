@@ -207,7 +207,7 @@ class Trainer:
         done = {"fold": fold, "seed": run.seed, "score": score, "seconds": round(seconds, 2),
                 "fingerprint": fingerprint, "source": source,
                 "pseudo_labelled": None if task.pseudo is None else len(task.pseudo.index),
-                "epochs": _epochs_run(fold_dir), "device": result["device"],
+                "epochs": _epochs_run(fold_dir), "resumed_from": result["resumed_from"], "device": result["device"],
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat
         fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists

@@ -16,6 +16,7 @@ import numpy as np
 
 from foldstack.core.files import atomic_path, write_text
 from foldstack.core.metrics import Metric
+from foldstack.training.loader import predict
 
 #: HDF5 attributes of a best checkpoint: the score and epoch its weights reached.
 SCORE_ATTR, EPOCH_ATTR = "foldstack_val_score", "foldstack_epoch"
@@ -26,7 +27,8 @@ class EMAWeights(keras.callbacks.Callback):
     each epoch to the start of the next: the callbacks after it score, checkpoint and log the
     average, and training goes on from the raw weights.
 
-    Listed first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
+    The average itself (warmed up, carried across phases) is ``network.AdamW``'s. Listed
+    first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
     only fixes up the final epoch that ``epochs`` names: a phase that early stopping ends would
     finish holding its raw weights (``fit`` copies the optimizer's slots, then holding the raw
     ones, into the network). Here the raw weights wait in host memory and the slots keep the
@@ -94,7 +96,7 @@ class FoldScore(keras.callbacks.Callback):
         self.network = network
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        proba = scored_network(self, self.network).predict(self.inputs, verbose=0)
+        proba = predict(scored_network(self, self.network), self.inputs)
         if logs is not None:
             logs["val_score"] = self.metric(self.y_true, proba, n_classes=self.n_classes)
 
@@ -215,6 +217,19 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
             if len(kept) < len(rows):
                 write_text(path, "".join([header, *kept]))
         super().on_train_begin(logs)
+
+
+class FirstEpoch(keras.callbacks.Callback):
+    """The first epoch this run of a fold trains (``epoch``; None before one starts): after a
+    kill, the epoch its backup or its finished phases resume it at."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch: int | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.epoch is None:
+            self.epoch = epoch
 
 
 class EpochTicks(keras.callbacks.Callback):

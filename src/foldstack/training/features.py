@@ -12,7 +12,7 @@ import numpy as np
 
 from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.core.files import atomic_path, has_key, rekeyed
-from foldstack.training.loader import view_batches
+from foldstack.training.loader import predict, view_batches
 from foldstack.training.network import create_backbone
 
 
@@ -69,6 +69,5 @@ def _extractor(model: ModelConfig) -> keras.Model:
 def _views(extractor: keras.Model, model: ModelConfig, images: np.ndarray, augment: AugmentConfig,
            workers: int) -> list[np.ndarray]:
     index = np.arange(len(images))
-    return [extractor.predict(view_batches(images, index, augment, view, model.batch_size, workers),
-                              verbose=0).astype(np.float32)
+    return [predict(extractor, view_batches(images, index, augment, view, model.batch_size, workers)).astype(np.float32)
             for view in augment.tta]

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from foldstack.core.config import AugmentConfig
+from foldstack.runtime.distribute import batch_multiple
 from foldstack.runtime.memory import keep_freed_memory
 from foldstack.training.augment import compose
 
@@ -52,11 +53,15 @@ class ImageBatches(keras.utils.PyDataset):
             (``training.augment.BatchMix``), given a generator seeded by ``(seed, epoch, batch)``;
             training batches only. Where the device mixes the pixels, it leaves the images as
             they are and puts the draws beside them (a batch's inputs are then a dict).
+        multiple: every batch's row count is a multiple of it (None: what the distribution now
+            set needs, ``distribute.batch_multiple``): a training batch drops its remainder
+            (another one each epoch, the order being shuffled), a prediction batch (no
+            ``targets``) repeats its last row; :func:`predict` trims those rows' outputs.
     """
 
     def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,
                  transform: A.Compose | None = None, batch_size: int = 32, shuffle: bool = False,
-                 seed: int = 0, workers: int = 1, mix: Mix | None = None, **kwargs):
+                 seed: int = 0, workers: int = 1, mix: Mix | None = None, multiple: int | None = None, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.images = images
         self.index = np.asarray(index)
@@ -66,17 +71,31 @@ class ImageBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.mix = mix
+        self.multiple = batch_multiple() if multiple is None else multiple
         self._epoch = 0
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(self.index) if shuffle else self.index
         self._local = threading.local()  # each worker thread's own copy of the transform
 
     def __len__(self) -> int:
-        return math.ceil(len(self.index) / self.batch_size)
+        batches = math.ceil(len(self.index) / self.batch_size)
+        if self.targets is not None and batches and len(self._rows(batches - 1)) == 0:
+            return batches - 1  # a training remainder smaller than ``multiple``: dropped
+        return batches
+
+    def _rows(self, batch: int) -> np.ndarray:
+        """The batch's rows: a training batch's cut, a prediction batch's padded, to ``multiple``."""
+        rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        extra = len(rows) % self.multiple
+        if not extra:
+            return rows
+        if self.targets is not None:
+            return rows[:len(rows) - extra]
+        return np.concatenate([rows, np.repeat(rows[-1:], self.multiple - extra)])
 
     def __getitem__(self, batch: int):
         keep_freed_memory()  # undoes TensorFlow's malloc trim patch; see its docstring
-        rows = self._order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        rows = self._rows(batch)
         images = np.asarray(self.images[rows])
         if self.transform is not None:
             transform = self._thread_transform()
@@ -106,3 +125,16 @@ def view_batches(images: np.ndarray, index: np.ndarray, augment: AugmentConfig, 
     """Unshuffled batches of one TTA view: the valid transforms, then the view's own."""
     return ImageBatches(images, index, transform=compose([*augment.valid, *view]),
                         batch_size=batch_size, workers=workers)
+
+
+def predict(network: keras.Model, inputs: ImageBatches | np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """``network.predict`` of every row of ``inputs`` (batches, or an array such as pooled
+    features), one output row per input row: batches padded to the distribution's
+    ``multiple`` (:class:`ImageBatches`) have the padding's outputs trimmed, and an array is
+    padded (its last row repeated) and cut into batches of a multiple of it."""
+    if isinstance(inputs, ImageBatches):
+        return network.predict(inputs, verbose=0)[:len(inputs.index)]
+    multiple = batch_multiple()
+    extra = len(inputs) % multiple
+    padded = inputs if not extra else np.concatenate([inputs, np.repeat(inputs[-1:], multiple - extra, axis=0)])
+    return network.predict(padded, batch_size=math.ceil(batch_size / multiple) * multiple, verbose=0)[:len(inputs)]

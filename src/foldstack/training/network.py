@@ -64,19 +64,53 @@ def features_network(task: FoldTask, n_features: int) -> keras.Model:
     return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task), name=task.model.name)
 
 
+class AdamW(keras.optimizers.AdamW):
+    """Keras's AdamW whose moving average of the weights (``use_ema``) warms up and goes on
+    across phases.
+
+    Keras's own average has no warm-up: it is the weights of the first step, then moves at
+    ``ema_momentum`` (0.999: a few hundred steps later most of it is still that first step's,
+    a near-random model on small data), and it starts again in every phase's optimizer. Here
+    the average starts from the weights it is built on and the momentum of step ``t`` (counted
+    from the fold's first step: ``ema_step`` steps ran in earlier phases) is
+    ``min(ema_momentum, (1 + t) / (10 + t))``, as in TF-Models' and timm's EMA. A phase's
+    ``fit`` ends with the average in the network (Keras's finalisation), so the next phase's
+    optimizer, built on those weights, carries it on.
+    """
+
+    def __init__(self, *args, ema_step: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ema_step = ema_step
+
+    def build(self, variables):
+        super().build(variables)
+        if self.use_ema:
+            for variable, average in zip(variables, self._model_variables_moving_average):
+                average.assign(variable)
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        step = keras.ops.cast(self.iterations, "float32") + float(self.ema_step)
+        momentum = keras.ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                kept = keras.ops.cast(momentum, variable.dtype)
+                average.assign(kept * average + (1 - kept) * variable)
+
+
 def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, steps_per_epoch: int,
-                jit_compile: bool | str = False) -> None:
+                jit_compile: bool | str = False, ema_step: int = 0) -> None:
     """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task. With the
-    model's ``ema``, the optimizer keeps a moving average of the weights (``use_ema``), which
-    ``callbacks.EMAWeights`` puts in the network for validation and checkpoints."""
+    model's ``ema``, the optimizer keeps a moving average of the weights (:class:`AdamW`;
+    ``ema_step``: the fold's training steps before this phase), which ``callbacks.EMAWeights``
+    puts in the network for validation and checkpoints."""
     total = max(1, epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr * 0.01, decay_steps=max(1, total - warmup), alpha=0.01,
         warmup_target=lr, warmup_steps=warmup)
     ema = task.model.ema
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
-                                       ema_momentum=ema.decay if ema else 0.99)
+    optimizer = AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
+                      ema_momentum=ema.decay if ema else 0.99, ema_step=ema_step)
     network.compile(optimizer=optimizer, loss=_loss(task), jit_compile=jit_compile)
     # Its variables now, not in the first step: TensorFlow would otherwise trace the training step
     # twice per fit (once creating them, once using them), seconds a fold.

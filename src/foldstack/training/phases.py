@@ -130,7 +130,7 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
         return
     if plan.backbone is not None:
         set_trainable(plan.backbone, phase.backbone)
-    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile)
+    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile, ema_step=first_epoch * plan.steps)
     plan.fitted.fit(**plan.train(phase), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
                      class_weight=task.class_weight,
                      callbacks=_phase_callbacks(task, plan, phase, first_epoch, metric, best, callbacks))

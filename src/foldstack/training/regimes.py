@@ -28,7 +28,7 @@ from foldstack.training.augment import BatchMix, compose, device_steps
 from foldstack.training.device_augment import device_augment, training_network
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, train_split
-from foldstack.training.loader import ImageBatches, view_batches
+from foldstack.training.loader import ImageBatches, predict, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
 from foldstack.training.phases import Phase, Plan, fit_phases, resized
 from foldstack.training.rounds import n_training_rows, training_rows
@@ -102,21 +102,24 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     plan = Plan(
         network=network, backbone=None,
         phases=[Phase("all", task.model.epochs, task.model.lr, backbone=None)],
-        train=lambda phase=None: {"x": train_x, "y": train_y, "batch_size": batch_size, "shuffle": True},
+        # Batches like the image regimes' (shuffled each epoch, seeded; under data parallel a
+        # whole multiple of the devices), of feature rows.
+        train=lambda phase=None: {"x": ImageBatches(train_x, np.arange(len(train_x)), train_y, batch_size=batch_size,
+                                                    shuffle=True, seed=task.seed)},
         steps=math.ceil(len(train_x) / batch_size),
         # The first view's features are the plain image; validation scores it like the other regimes.
         valid=cache.views("train")[0][task.valid_index],
     )
 
-    def predict(split: str, index: np.ndarray) -> np.ndarray:
+    def predict_split(split: str, index: np.ndarray) -> np.ndarray:
         return features_tta(network, [view[index] for view in cache.views(split)])
 
-    return plan, predict
+    return plan, predict_split
 
 
 def features_tta(network: keras.Model, views: list[np.ndarray]) -> np.ndarray:
     """A features-regime head's probabilities averaged over the TTA views' features."""
-    return np.mean([network.predict(view, verbose=0) for view in views], axis=0)
+    return np.mean([predict(network, view) for view in views], axis=0)
 
 
 REGIMES: dict[str, Callable[[FoldTask, Images], tuple[Plan, Predict]]] = {
@@ -196,10 +199,10 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
 
 
 def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:
-    def predict(split: str, index: np.ndarray) -> np.ndarray:
-        views = [network.predict(view_batches(images[split], index, task.augment, view, task.model.batch_size,
-                                              task.workers), verbose=0)
+    def predict_split(split: str, index: np.ndarray) -> np.ndarray:
+        views = [predict(network, view_batches(images[split], index, task.augment, view, task.model.batch_size,
+                                               task.workers))
                  for view in task.augment.tta]
         return np.mean(views, axis=0)
 
-    return predict
+    return predict_split

@@ -24,11 +24,11 @@ from foldstack.runtime import device, distribute
 from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
 from foldstack.training.augment import BatchMix, augment_on_device
-from foldstack.training.callbacks import EpochTicks
+from foldstack.training.callbacks import EpochTicks, FirstEpoch
 from foldstack.training.features import FeatureCache, extract
 from foldstack.training.fold_task import FoldTask, PredictTask
 from foldstack.training.gradcam import explain
-from foldstack.training.loader import view_batches
+from foldstack.training.loader import predict, view_batches
 from foldstack.training.regimes import features_tta, fit, trained_network, tta_predictor
 
 Send = Callable[[object], None]
@@ -47,7 +47,9 @@ def gpu_count(send: Send) -> int:
 
 
 def train_fold(task: FoldTask, send: Send) -> dict:
-    """Fit one fold; its OOF probabilities, the device it ran on and its peak memory.
+    """Fit one fold; its OOF probabilities, the device it ran on, its peak memory and the epoch
+    it resumed at (``resumed_from``: a killed run's backup or finished phases; None from the
+    first epoch).
 
     ``send(val_score)`` after every epoch, for the parent's progress bar. Data parallel over the
     process's devices where the executor asked for it (:mod:`foldstack.runtime.distribute`).
@@ -62,9 +64,10 @@ def train_fold(task: FoldTask, send: Send) -> dict:
             # MirroredStrategy gives each replica its share of a batch, and MixUp and CutMix pair
             # images across the whole batch: mixed on a device, a partner may sit on another.
             task = replace(task, augment_on_device=False)
-        predict = fit(task, images, metrics.get(task.metric), callbacks=[EpochTicks(send)],
-                      jit_compile=settings.jit_compile)
-        oof = predict("train", task.valid_index)
+        first = FirstEpoch()
+        predict_split = fit(task, images, metrics.get(task.metric), callbacks=[EpochTicks(send), first],
+                            jit_compile=settings.jit_compile)
+        oof = predict_split("train", task.valid_index)
     return {
         "oof": oof,
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
@@ -73,6 +76,8 @@ def train_fold(task: FoldTask, send: Send) -> dict:
                    "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                    "slot": os.environ.get(SLOT), "host": socket.gethostname(), "pid": os.getpid()},
         "peak_mb": memory_mb("VmHWM"),
+        # No epoch trained: every phase had finished before a kill.
+        "resumed_from": (task.model.epochs if first.epoch is None else first.epoch) or None,
     }
 
 
@@ -118,7 +123,7 @@ def embed(task: PredictTask, send: Send) -> np.ndarray:
     embedder = keras.Model(network.inputs, pooled.output)
     batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
                            task.workers)
-    return embedder.predict(batches, verbose=0).astype(np.float32)
+    return predict(embedder, batches).astype(np.float32)
 
 
 def _features(task: PredictTask, images: np.ndarray) -> list[np.ndarray] | None:
