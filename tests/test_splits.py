@@ -252,7 +252,7 @@ class CheckpointlessFolds:
                 (task.fold_dir / BEST).write_bytes(b"weights")
             oof = np.full((len(task.valid_index), task.n_classes), 1.0 / task.n_classes)
             done(job, {"oof": oof, "device": {"backend": "stand-in", "gpus": 0, "mixed_precision": False},
-                       "peak_mb": 0}, 0.1)
+                       "peak_mb": 0, "resumed_from": None}, 0.1)
 
 
 def test_a_fold_without_a_checkpoint_is_never_marked_done(tiny_digits, tmp_path: Path, monkeypatch) -> None:
