@@ -25,8 +25,9 @@ from foldstack.core.config import ConfigError
 from foldstack.pipeline import parse_pipeline
 from foldstack.runtime import device
 from foldstack.training import regimes, worker
-from foldstack.training.augment import augment_on_device, compose
+from foldstack.training.augment import compose
 from foldstack.training.device_augment import NAME, DeviceAugment, device_augment, training_network
+from foldstack.training.device_forms import augment_on_device
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, recipe_fingerprint
 from foldstack.training.loader import ImageBatches
 from foldstack.training.network import build_network
@@ -234,8 +235,8 @@ for transforms in ({transforms}):
 import jax
 import numpy as np
 from foldstack.core.config import CutMixConfig, MixUpConfig
-from foldstack.training.augment import BatchMix, mix_batch
-from foldstack.training.device_augment import DeviceMix, training_network
+from foldstack.training.batch_mix import BatchMix
+from foldstack.training.device_augment import DeviceMix, loader_pixels, training_network
 inputs = keras.Input((16, 16, 3))
 plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
 trainer = training_network(plain, device_augment(({transforms})[0]), mix=True)
@@ -247,9 +248,9 @@ mixing = (MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
 layer = DeviceMix()
 step = jax.jit(lambda image, mix: layer(image, mix, training=True))
 for seed in range(4):
-    batch, mixed_targets = BatchMix(*mixing, on_device=True)(images, targets, np.random.default_rng(seed))
+    batch, mixed_targets = BatchMix(*mixing)(images, targets, np.random.default_rng(seed))
     trainer.train_on_batch(batch, mixed_targets)
-    expected, _ = mix_batch(images, targets, *mixing, np.random.default_rng(seed))
+    expected, _ = BatchMix(*mixing, loader_pixels())(images, targets, np.random.default_rng(seed))
     mix = {{name: value for name, value in batch.items() if name != "image"}}
     print(bool(np.allclose(step(images.astype(np.float32), mix), expected, atol=1e-3)))
 """

@@ -21,15 +21,10 @@ from sklearn.datasets import load_digits
 from foldstack.core.config import CutMixConfig, MixUpConfig
 from foldstack.core.metrics import Metric
 from foldstack.training import regimes, worker
-from foldstack.training.augment import (
-    BatchMix,
-    augment_on_device,
-    device_steps,
-    draw_mix,
-    mix_batch,
-)
+from foldstack.training.batch_mix import BatchMix, draw_mix
 from foldstack.training.callbacks import FoldScore
-from foldstack.training.device_augment import NAME, DeviceMix, training_network
+from foldstack.training.device_augment import NAME, DeviceMix, loader_pixels, training_network
+from foldstack.training.device_forms import augment_on_device, device_steps
 from foldstack.training.fold_task import BEST, PredictTask
 from foldstack.training.loader import ImageBatches
 from foldstack.training.network import build_network
@@ -50,6 +45,12 @@ def digits(n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return images, np.eye(10, dtype=np.float32)[data.target[:n]]
 
 
+def mix_batch(images: np.ndarray, targets: np.ndarray, mixup: MixUpConfig | None, cutmix: CutMixConfig | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The loader's mixing where the CPU augments: the pixels mixed in the loader."""
+    return BatchMix(mixup, cutmix, loader_pixels())(images, targets, rng)
+
+
 def on_device(inputs: dict[str, np.ndarray]) -> np.ndarray:
     mix = {name: value for name, value in inputs.items() if name != "image"}
     return keras.ops.convert_to_numpy(DeviceMix()(inputs["image"].astype(np.float32), mix, training=True))
@@ -60,7 +61,7 @@ def test_the_device_mixes_pixels_as_the_loader_does_and_the_targets_alike() -> N
     its targets are exactly the loader's, and the device's pixels are the loader's (CutMix's to
     the bit, MixUp's to float rounding)."""
     images, targets = digits(16)
-    device = BatchMix(MIXUP, CUTMIX, on_device=True)
+    device = BatchMix(MIXUP, CUTMIX)
     kinds = set()
     for seed in range(12):
         draw = draw_mix(len(images), images.shape[1:3], MIXUP, CUTMIX, np.random.default_rng(seed))
@@ -131,7 +132,7 @@ def test_fit_mixes_on_the_device_and_validation_and_prediction_never_do() -> Non
     plain = build_network(network_task(size), backbone, frozen_statistics=False)
     trainer = training_network(plain, None, mix=True)
     trainer.compile(optimizer="sgd", loss="categorical_crossentropy")
-    mix = Recording(MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5), on_device=True)
+    mix = Recording(MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
     batches = ImageBatches(images, np.arange(n), targets, batch_size=batch, shuffle=True, seed=3, mix=mix)
     order = batches._order.copy()
     served, _ = batches[0]

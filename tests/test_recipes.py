@@ -21,12 +21,13 @@ from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
 from foldstack.stages import predict, train
 from foldstack.training import loader, regimes
-from foldstack.training.augment import BatchMix, mix_batch
+from foldstack.training.batch_mix import BatchMix
 from foldstack.training.callbacks import EPOCH_ATTR, SCORE_ATTR
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.phases import BEST
 
 from conftest import make_config
+from test_device_mix import mix_batch
 from test_train import MODEL, fold_task, model_config
 
 CLASSES = [str(d) for d in range(10)]
