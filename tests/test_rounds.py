@@ -26,7 +26,7 @@ from foldstack.core.paths import Paths
 from foldstack.stages import download, folds, predict, train
 from foldstack.training.fold_task import FoldTask, PseudoRows
 from foldstack.training.regimes import features, train_batches
-from foldstack.training.rounds import Teachers, pseudo_rows, round_fields
+from foldstack.training.rounds import Teachers, pseudo_rows, round_fields, source_key
 
 from conftest import TINY, make_config
 
@@ -273,14 +273,14 @@ def test_the_stage_trains_a_student_on_its_teachers_folds_and_notices_a_changed_
     paths = competition
     train.run(pipeline(), paths, only=["t"], workers=1)
     trainer = train.Trainer(pipeline(), paths, workers=1)
-    teachers = Teachers(pipeline(), paths, 10, trainer.folds_digest, trainer.files, trainer.folds["id"].tolist())
+    teachers = Teachers(pipeline(), paths, trainer.images, 10, trainer.folds_digest)
     test = teachers.predictions("t", "test")
     threshold = float(np.median(test[0].max(axis=1)))  # about half of fold 0's test images pass
     cfg = pipeline(threshold=threshold)
     train.run(cfg, paths, workers=1)
     for fold in range(2):
         record = done(paths, "s", fold)
-        assert record["source"] == teachers.source_key(cfg.model("s"), fold)
+        assert record["source"] == source_key(cfg.model("s"), fold, teachers)
         assert record["pseudo_labelled"] == (test[fold].max(axis=1) >= threshold).sum()
     assert 0 < done(paths, "s", 0)["pseudo_labelled"] < 10
     assert len(pd.read_parquet(paths.oof / "s.parquet")) == 40
@@ -294,8 +294,8 @@ def test_the_stage_trains_a_student_on_its_teachers_folds_and_notices_a_changed_
     # stage still takes the student as it is, since its recipe holds.
     teacher = paths.models / "t"
     shutil.copy(teacher / "fold1" / "best.weights.h5", teacher / "fold0" / "best.weights.h5")
-    fresh = Teachers(cfg, paths, 10, trainer.folds_digest, trainer.files, trainer.folds["id"].tolist())
+    fresh = Teachers(cfg, paths, trainer.images, 10, trainer.folds_digest)
     fingerprint = done(paths, "s", 0)["fingerprint"]
-    assert fold_done.finished(paths.models / "s" / "fold0", fingerprint, fresh.source_key(cfg.model("s"), 0)) is None
-    assert fold_done.finished(paths.models / "s" / "fold1", fingerprint, fresh.source_key(cfg.model("s"), 1))
+    assert fold_done.finished(paths.models / "s" / "fold0", fingerprint, source_key(cfg.model("s"), 0, fresh)) is None
+    assert fold_done.finished(paths.models / "s" / "fold1", fingerprint, source_key(cfg.model("s"), 1, fresh))
     assert len(predict.Predictor(cfg, paths).fold_dirs(cfg.model("s"))) == 2
