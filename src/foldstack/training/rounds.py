@@ -29,6 +29,7 @@ caches), :class:`Teachers` (each teacher's folds' predictions of a split, made o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -89,6 +90,7 @@ class SplitImages:
         return path
 
 
+@dataclass
 class Teachers:
     """The pipeline's trained models as teachers: each one's folds predict a split once per run,
     in a worker process (:func:`foldstack.training.worker.predict_folds`), from the split's cache
@@ -103,15 +105,13 @@ class Teachers:
         workers: input-pipeline threads.
     """
 
-    def __init__(self, cfg: PipelineConfig, paths: Paths, images: SplitImages, n_classes: int, folds_digest: str,
-                 workers: int = 1):
-        self.cfg = cfg
-        self.paths = paths
-        self.images = images
-        self.n_classes = n_classes
-        self.folds_digest = folds_digest
-        self.workers = workers
-        self._predicted: dict[tuple[str, str], list[np.ndarray]] = {}
+    cfg: PipelineConfig
+    paths: Paths
+    images: SplitImages
+    n_classes: int
+    folds_digest: str
+    workers: int = 1
+    _predicted: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict, init=False, repr=False)
 
     def fold_dirs(self, name: str) -> tuple[Path, ...]:
         """The teacher's fold folders, checked to hold its current recipe's weights."""
