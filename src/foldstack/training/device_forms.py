@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import albumentations as A
+import cv2
+import numpy as np
 
 from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.training.augment import compose
@@ -36,8 +38,43 @@ class DeviceStep:
     rate: float = 1.0
 
 
-#: How an image is filled where a geometric transform leaves it: black, as albumentations' Affine.
-_FILL = {"fill_mode": "constant", "fill_value": 0.0, "interpolation": "bilinear"}
+#: cv2's border modes that Keras's geometric layers have, as their ``fill_mode``: the edge pixel
+#: repeated (Keras's ``nearest``) and reflected with it (``reflect``, cv2's ``BORDER_REFLECT``).
+#: Keras has no ``BORDER_REFLECT_101`` (the edge pixel not repeated), and its ``wrap`` is not
+#: cv2's under TensorFlow (a rotation wraps off by a pixel).
+_FILL_MODES = {cv2.BORDER_CONSTANT: "constant", cv2.BORDER_REPLICATE: "nearest", cv2.BORDER_REFLECT: "reflect"}
+_BORDERS = {cv2.BORDER_CONSTANT: "BORDER_CONSTANT", cv2.BORDER_REPLICATE: "BORDER_REPLICATE",
+            cv2.BORDER_REFLECT: "BORDER_REFLECT", cv2.BORDER_WRAP: "BORDER_WRAP",
+            cv2.BORDER_REFLECT_101: "BORDER_REFLECT_101"}
+#: cv2's interpolations that Keras's geometric layers (rotation, zoom, translation) sample with.
+_SAMPLING = {cv2.INTER_NEAREST: "nearest", cv2.INTER_LINEAR: "bilinear"}
+#: cv2's interpolations that Keras's ``Resizing`` has: its ``nearest`` samples pixel centres, as
+#: ``INTER_NEAREST_EXACT`` does (``INTER_NEAREST`` does not); its ``bicubic`` and ``lanczos3`` are
+#: other kernels than cv2's, and its ``area`` is TensorFlow's alone.
+_RESIZING = {cv2.INTER_NEAREST_EXACT: "nearest", cv2.INTER_LINEAR: "bilinear"}
+_INTERPOLATIONS = {cv2.INTER_NEAREST: "INTER_NEAREST", cv2.INTER_LINEAR: "INTER_LINEAR",
+                   cv2.INTER_CUBIC: "INTER_CUBIC", cv2.INTER_AREA: "INTER_AREA",
+                   cv2.INTER_LANCZOS4: "INTER_LANCZOS4", cv2.INTER_LINEAR_EXACT: "INTER_LINEAR_EXACT",
+                   cv2.INTER_NEAREST_EXACT: "INTER_NEAREST_EXACT"}
+
+
+def _keras_mode(key: str, value: int, modes: dict[int, str], names: dict[int, str]) -> str:
+    """Keras's name for cv2's mode ``value`` of ``key``; a ValueError naming both where Keras has none."""
+    if value not in modes:
+        has = ", ".join(f"{mode} (cv2.{names[mode]})" for mode in modes)
+        raise ValueError(f"{key} = {value} (cv2.{names.get(value, '?')}) has no device form; those with one: {has}")
+    return modes[value]
+
+
+def _geometry(t: A.BasicTransform) -> dict[str, Any]:
+    """How a geometric layer fills and samples as transform ``t`` does: its border (and, constant,
+    its fill) and its interpolation."""
+    fill_mode = _keras_mode("border_mode", t.border_mode, _FILL_MODES, _BORDERS)
+    fill = np.unique(np.asarray(t.fill, dtype=np.float32))
+    if fill_mode == "constant" and len(fill) > 1:
+        raise ValueError(f"fill = {t.fill}: Keras fills every channel alike; use one number")
+    return {"fill_mode": fill_mode, "fill_value": float(fill[0]) if fill_mode == "constant" else 0.0,
+            "interpolation": _keras_mode("interpolation", t.interpolation, _SAMPLING, _INTERPOLATIONS)}
 
 
 def _flip(mode: str) -> Callable[[A.BasicTransform], tuple]:
@@ -57,9 +94,11 @@ def _affine(t: A.BasicTransform) -> tuple:
         raise ValueError("fit_output has no device form")
     if t.translate_px is not None and any(t.translate_px[axis] != (0, 0) for axis in "xy"):
         raise ValueError("translate_px has no device form; use translate_percent")
-    layers = []
+    if t.balanced_scale:
+        raise ValueError("balanced_scale has no device form")
+    geometry, layers = _geometry(t), []
     if t.rotate != (0.0, 0.0):
-        layers.append(("RandomRotation", {"factor": tuple(degrees / 360 for degrees in t.rotate), **_FILL}))
+        layers.append(("RandomRotation", {"factor": tuple(degrees / 360 for degrees in t.rotate), **geometry}))
     scale = t.scale
     if any(scale[axis] != (1.0, 1.0) for axis in "xy"):
         # Keras zooms by 1 + factor in the sampling grid: an image scaled by s is a factor 1/s - 1.
@@ -68,16 +107,18 @@ def _affine(t: A.BasicTransform) -> tuple:
             return 1 / high - 1, 1 / low - 1
 
         width = None if t.keep_ratio else zoom("x")
-        layers.append(("RandomZoom", {"height_factor": zoom("y"), "width_factor": width, **_FILL}))
+        layers.append(("RandomZoom", {"height_factor": zoom("y"), "width_factor": width, **geometry}))
     shift = t.translate_percent
     if shift is not None and any(shift[axis] != (0.0, 0.0) for axis in "xy"):
         layers.append(("RandomTranslation", {"height_factor": tuple(shift["y"]), "width_factor": tuple(shift["x"]),
-                                             **_FILL}))
+                                             **geometry}))
     return tuple(layers)
 
 
 def _rotate(t: A.BasicTransform) -> tuple:
-    return (("RandomRotation", {"factor": tuple(degrees / 360 for degrees in t.limit), **_FILL}),)
+    if t.crop_border:
+        raise ValueError("crop_border has no device form")
+    return (("RandomRotation", {"factor": tuple(degrees / 360 for degrees in t.limit), **_geometry(t)}),)
 
 
 def _brightness_contrast(t: A.BasicTransform) -> tuple:
@@ -93,11 +134,16 @@ def _brightness_contrast(t: A.BasicTransform) -> tuple:
 def _random_crop(t: A.BasicTransform) -> tuple:
     if t.p < 1:
         raise ValueError(f"p = {t.p:g}: a crop of some images only leaves a batch of mixed sizes; use p = 1")
+    if t.pad_if_needed:
+        raise ValueError("pad_if_needed has no device form")
     return (("RandomCrop", {"height": t.height, "width": t.width}),)
 
 
 def _resize(t: A.BasicTransform) -> tuple:
-    return (("Resizing", {"height": t.height, "width": t.width, "interpolation": "bilinear"}),)
+    if t.area_for_downscale is not None:
+        raise ValueError("area_for_downscale has no device form")
+    interpolation = _keras_mode("interpolation", t.interpolation, _RESIZING, _INTERPOLATIONS)
+    return (("Resizing", {"height": t.height, "width": t.width, "interpolation": interpolation}),)
 
 
 #: Each albumentations transform that has a device form, and how its parameters map to Keras's.
