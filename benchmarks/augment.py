@@ -34,12 +34,13 @@ import numpy as np
 
 from benchmarks import Row, timed
 from foldstack.core.config import CutMixConfig, MixUpConfig
-from foldstack.training.augment import BatchMix, compose
-from foldstack.training.device_augment import device_augment, training_network
+from foldstack.training.augment import compose
+from foldstack.training.batch_mix import BatchMix
+from foldstack.training.device_augment import device_augment, loader_pixels, training_network
 from foldstack.training.loader import ImageBatches
 
 COPY_TARGET = 0.9
-#: The transforms of both paths: each has a device form (``training.augment.DEVICE_FORMS``).
+#: The transforms of both paths: each has a device form (``training.device_forms.DEVICE_FORMS``).
 AUGMENT = [
     {"__class_fullname__": "HorizontalFlip", "p": 0.5},
     {"__class_fullname__": "Affine", "translate_percent": [-0.08, 0.08], "rotate": [-10, 10],
@@ -178,7 +179,7 @@ def mixing(gather_cache: np.ndarray, gather_targets: np.ndarray, cache: np.ndarr
     size, without per-image transforms so that only the mixing's place differs."""
     rows = []
     gather_case = f"{len(gather_cache)} x {gather_cache.shape[1]}px, batch {batch}"
-    for where, mix in (("in the loader", BatchMix(*MIX)), ("on the device", BatchMix(*MIX, on_device=True))):
+    for where, mix in (("in the loader", BatchMix(*MIX, loader_pixels())), ("on the device", BatchMix(*MIX))):
         loader_s, numpy_s = gather_epochs(gather_cache, gather_targets, batch, epochs=6, mix=mix)
         per_batch = 1e3 / -(-len(gather_cache) // batch)
         met = None if not mix.on_device else numpy_s / loader_s >= COPY_TARGET
@@ -190,9 +191,9 @@ def mixing(gather_cache: np.ndarray, gather_targets: np.ndarray, cache: np.ndarr
     count, size = len(cache), cache.shape[1]
     index = np.arange(count)
     cpu_feed = ImageBatches(cache, index, targets, None, batch_size=batch, shuffle=True, workers=workers,
-                            mix=BatchMix(*MIX))
+                            mix=BatchMix(*MIX, loader_pixels()))
     device_feed = ImageBatches(cache, index, targets, None, batch_size=batch, shuffle=True, workers=workers,
-                               mix=BatchMix(*MIX, on_device=True))
+                               mix=BatchMix(*MIX))
     trainer = training_network(small_cnn(size, None), None, mix=True)
     trainer.compile(optimizer="adam", loss="categorical_crossentropy")
     cpu_s, device_s = best_epochs([(small_cnn(size, None), cpu_feed), (trainer, device_feed)])

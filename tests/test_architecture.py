@@ -190,6 +190,37 @@ def test_library_code_leaves_process_wide_settings_alone(call: str) -> None:
     assert not found, f"{call} in {found}"
 
 
+#: The training modules the train stage's process and the pipeline's validation use: Keras-free.
+KERAS_FREE = ["foldstack.training.fold_task", "foldstack.training.augment", "foldstack.training.device_forms",
+              "foldstack.training.batch_mix"]
+BACKENDS = ("keras", "tensorflow", "jax", "torch")
+
+
+def _backend_imports(name: str) -> list[str]:
+    """Each import of a backend, anywhere (also inside a function), in ``name`` and in every
+    foldstack module it imports, directly or not."""
+    seen, todo, found = set(), [name], []
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in MODULES:
+            continue
+        seen.add(module)
+        todo.extend(target for target, _, _ in GRAPH[module])
+        for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found.extend(f"{MODULES[module].relative_to(PACKAGE)}:{node.lineno} imports {imported}"
+                         for imported in names if imported.split(".")[0] in BACKENDS)
+    return found
+
+
+@pytest.mark.parametrize("name", KERAS_FREE)
+def test_keras_free_modules_import_no_keras_even_in_a_function(name: str) -> None:
+    found = _backend_imports(name)
+    assert not found, f"{name} reaches a backend:\n" + "\n".join(found)
+    assert _backend_imports("foldstack.training.device_augment")  # the check sees a Keras module's import
+
+
 def test_the_stage_process_never_imports_keras() -> None:
     """Keras work runs in fold processes: the command line and every stage import no Keras (and
     no TensorFlow, whose start-up lines and memory the stage process must not carry)."""

@@ -25,8 +25,9 @@ from foldstack.core.config import ConfigError
 from foldstack.pipeline import parse_pipeline
 from foldstack.runtime import device
 from foldstack.training import regimes, worker
-from foldstack.training.augment import augment_on_device, compose
+from foldstack.training.augment import compose
 from foldstack.training.device_augment import NAME, DeviceAugment, device_augment, training_network
+from foldstack.training.device_forms import augment_on_device
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, recipe_fingerprint
 from foldstack.training.loader import ImageBatches
 from foldstack.training.network import build_network
@@ -73,6 +74,36 @@ def test_a_device_form_does_what_albumentations_does(transform: dict, tolerance:
     expected = by_albumentations(transform, image)
     got = on_device(device_augment([transform], seed=0), image[None])[0]
     assert not np.array_equal(expected, image)  # the transform moves the picture
+    assert np.abs(got - expected).mean() < tolerance
+
+
+def textured(size: int = 24) -> np.ndarray:
+    """The off-centre L on a gradient reaching every edge: a border filled black, repeated or
+    reflected differs, and so does a nearest-pixel sample from a bilinear one."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    image = np.stack([cols * 9 + 20, rows * 9 + 20, (rows + cols) * 4 + 10], axis=-1).astype(np.uint8)
+    image[3:9, 4:19] = (250, 120, 30)
+    image[9:20, 4:8] = (90, 200, 160)
+    return image
+
+
+@pytest.mark.parametrize("transform, tolerance", [
+    ({"__class_fullname__": "Affine", "rotate": [25, 25], "border_mode": 1, "p": 1.0}, 1.0),  # edge repeated
+    ({"__class_fullname__": "Affine", "scale": [0.75, 0.75], "border_mode": 2, "p": 1.0}, 1.0),  # reflected
+    ({"__class_fullname__": "Affine", "translate_percent": {"x": [0.25, 0.25], "y": [-0.125, -0.125]},
+      "border_mode": 2, "interpolation": 0, "p": 1.0}, 1e-3),
+    ({"__class_fullname__": "Affine", "rotate": [25, 25], "fill": 128, "p": 1.0}, 1.0),  # a grey fill
+    ({"__class_fullname__": "Affine", "rotate": [25, 25], "interpolation": 0, "p": 1.0}, 1e-3),  # nearest
+    ({"__class_fullname__": "Rotate", "limit": [-30, -30], "border_mode": 2, "interpolation": 0, "p": 1.0}, 1e-3),
+    ({"__class_fullname__": "Resize", "height": 40, "width": 40, "interpolation": 6, "p": 1.0}, 1e-3),
+])
+def test_a_device_form_fills_and_samples_as_albumentations_does(transform: dict, tolerance: float) -> None:
+    """Border modes and interpolations map to Keras's own: the device's image is albumentations'
+    (black fill for a reflected border, or bilinear for nearest, differs by several levels on
+    average; nearest on both sides is exact)."""
+    image = textured()
+    expected = by_albumentations(transform, image)
+    got = on_device(device_augment([transform], seed=0), image[None])[0]
     assert np.abs(got - expected).mean() < tolerance
 
 
@@ -196,6 +227,17 @@ def test_auto_is_the_cpu_here_and_the_device_where_the_probe_finds_a_gpu(monkeyp
      "augment.on = 'device': Value error, augment.train: [0] HorizontalFlip: p = 0.9: Keras's RandomFlip flips half the images at most"),
     ("pipeline", [{"__class_fullname__": "Affine", "shear": [-10, 10], "p": 0.5}],
      "augment.on = 'device': Value error, augment.train: [0] Affine: shear has no device form"),
+    ("pipeline", [{"__class_fullname__": "Rotate", "limit": 10, "border_mode": 4, "p": 0.5}],
+     "augment.on = 'device': Value error, augment.train: [0] Rotate: border_mode = 4 (cv2.BORDER_REFLECT_101) has "
+     "no device form; those with one: 0 (cv2.BORDER_CONSTANT), 1 (cv2.BORDER_REPLICATE), 2 (cv2.BORDER_REFLECT)"),
+    ("model", [{"__class_fullname__": "Affine", "rotate": 10, "border_mode": 3, "p": 0.5}],
+     "models.0.augment_on = 'device': Value error, augment.train: [0] Affine: border_mode = 3 (cv2.BORDER_WRAP)"),
+    ("pipeline", [{"__class_fullname__": "Affine", "scale": [0.9, 1.1], "interpolation": 2, "p": 0.5}],
+     "augment.on = 'device': Value error, augment.train: [0] Affine: interpolation = 2 (cv2.INTER_CUBIC) has no "
+     "device form; those with one: 0 (cv2.INTER_NEAREST), 1 (cv2.INTER_LINEAR)"),
+    ("pipeline", [{"__class_fullname__": "Resize", "height": 16, "width": 16, "interpolation": 0, "p": 1.0}],
+     "augment.on = 'device': Value error, augment.train: [0] Resize: interpolation = 0 (cv2.INTER_NEAREST) has no "
+     "device form; those with one: 6 (cv2.INTER_NEAREST_EXACT), 1 (cv2.INTER_LINEAR)"),
 ])
 def test_device_refuses_a_transform_without_a_device_form_in_one_line(where, transforms, message) -> None:
     raw = copy.deepcopy(TINY)
@@ -207,7 +249,9 @@ def test_device_refuses_a_transform_without_a_device_form_in_one_line(where, tra
     assert str(error.value).startswith(f"p.yaml: {message}") and "\n" not in str(error.value)
     raw["augment"].pop("on", None)
     raw["models"][0].pop("augment_on", None)
-    assert parse_pipeline(raw).augment.on == "auto"  # auto takes it, and augments it on the CPU
+    auto = parse_pipeline(raw)
+    assert auto.augment.on == "auto"  # auto takes it, and augments it on the CPU, also where there is a GPU
+    assert not augment_on_device(auto.models[0], auto.augment, 1)
 
 
 def test_the_defaults_leave_fingerprints_as_they_were() -> None:
@@ -234,8 +278,8 @@ for transforms in ({transforms}):
 import jax
 import numpy as np
 from foldstack.core.config import CutMixConfig, MixUpConfig
-from foldstack.training.augment import BatchMix, mix_batch
-from foldstack.training.device_augment import DeviceMix, training_network
+from foldstack.training.batch_mix import BatchMix
+from foldstack.training.device_augment import DeviceMix, loader_pixels, training_network
 inputs = keras.Input((16, 16, 3))
 plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
 trainer = training_network(plain, device_augment(({transforms})[0]), mix=True)
@@ -247,9 +291,9 @@ mixing = (MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
 layer = DeviceMix()
 step = jax.jit(lambda image, mix: layer(image, mix, training=True))
 for seed in range(4):
-    batch, mixed_targets = BatchMix(*mixing, on_device=True)(images, targets, np.random.default_rng(seed))
+    batch, mixed_targets = BatchMix(*mixing)(images, targets, np.random.default_rng(seed))
     trainer.train_on_batch(batch, mixed_targets)
-    expected, _ = mix_batch(images, targets, *mixing, np.random.default_rng(seed))
+    expected, _ = BatchMix(*mixing, loader_pixels())(images, targets, np.random.default_rng(seed))
     mix = {{name: value for name, value in batch.items() if name != "image"}}
     print(bool(np.allclose(step(images.astype(np.float32), mix), expected, atol=1e-3)))
 """

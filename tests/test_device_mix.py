@@ -1,9 +1,9 @@
 """MixUp and CutMix on the device: the loader draws and mixes the targets, the training step mixes
 the pixels.
 
-What is checked: for the same seed, epoch and batch the device's mixed pixels are the loader's
-(``mix_batch``) and the targets are the same numbers, for MixUp, CutMix and a batch that draws
-neither; inside ``fit`` a probe sees the mixed images while the loader hands uint8 rows as cached,
+What is checked: for the same seed, epoch and batch the device's mixed pixels and the loader's, and
+both paths' targets, are an oracle's written here from the batch's draws, for MixUp, CutMix and
+a batch that draws neither; inside ``fit`` a probe sees the mixed images while the loader hands uint8 rows as cached,
 and validation and prediction see them unmixed; a fold mixed on the device trains, resumes from
 its backup, and its weights file predicts through the plain network (the predict stage's).
 """
@@ -21,15 +21,10 @@ from sklearn.datasets import load_digits
 from foldstack.core.config import CutMixConfig, MixUpConfig
 from foldstack.core.metrics import Metric
 from foldstack.training import regimes, worker
-from foldstack.training.augment import (
-    BatchMix,
-    augment_on_device,
-    device_steps,
-    draw_mix,
-    mix_batch,
-)
+from foldstack.training.batch_mix import BatchMix
 from foldstack.training.callbacks import FoldScore
-from foldstack.training.device_augment import NAME, DeviceMix, training_network
+from foldstack.training.device_augment import NAME, DeviceMix, loader_pixels, training_network
+from foldstack.training.device_forms import augment_on_device, device_steps
 from foldstack.training.fold_task import BEST, PredictTask
 from foldstack.training.loader import ImageBatches
 from foldstack.training.network import build_network
@@ -50,33 +45,60 @@ def digits(n: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return images, np.eye(10, dtype=np.float32)[data.target[:n]]
 
 
+def mix_batch(images: np.ndarray, targets: np.ndarray, mixup: MixUpConfig | None, cutmix: CutMixConfig | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The loader's mixing where the CPU augments: the pixels mixed in the loader."""
+    return BatchMix(mixup, cutmix, loader_pixels())(images, targets, rng)
+
+
 def on_device(inputs: dict[str, np.ndarray]) -> np.ndarray:
     mix = {name: value for name, value in inputs.items() if name != "image"}
     return keras.ops.convert_to_numpy(DeviceMix()(inputs["image"].astype(np.float32), mix, training=True))
 
 
-def test_the_device_mixes_pixels_as_the_loader_does_and_the_targets_alike() -> None:
-    """Seeds that draw MixUp, CutMix and neither: the device path's batch holds the rows as given,
-    its targets are exactly the loader's, and the device's pixels are the loader's (CutMix's to
-    the bit, MixUp's to float rounding)."""
-    images, targets = digits(16)
-    device = BatchMix(MIXUP, CUTMIX, on_device=True)
+def oracle(images: np.ndarray, targets: np.ndarray, permutation: np.ndarray, weight: np.ndarray,
+           boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MixUp and CutMix as their papers write them, from the draws alone: each image blended with
+    its partner, ``w * x + (1 - w) * x[perm]``, then its partner's pixels pasted in its box; the
+    target's own share is MixUp's ``w`` times the share of pixels outside the box."""
+    x = images.astype(np.float64)
+    mixed = weight[:, None, None, None] * x + (1 - weight[:, None, None, None]) * x[permutation]
+    kept = weight.astype(np.float64)
+    for i, (top, left, height, width) in enumerate(boxes):
+        mixed[i, top:top + height, left:left + width] = x[permutation[i], top:top + height, left:left + width]
+        kept[i] *= 1 - height * width / (images.shape[1] * images.shape[2])
+    y = targets.astype(np.float64)
+    return mixed, kept[:, None] * y + (1 - kept[:, None]) * y[permutation]
+
+
+def test_both_paths_mix_as_the_oracle_does() -> None:
+    """Seeds that draw MixUp, CutMix and neither, on non-square images (a box with its rows and
+    columns swapped lands elsewhere): the device's pixels (``DeviceMix``) and the loader's
+    (the CPU path) are the oracle's from the batch's draws, and so are both paths' targets, with
+    CutMix's target weight taken from the box's area, not from the draw's own weight."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 12, 20, 3), dtype=np.uint8)
+    targets = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)]
+    device, loader = BatchMix(MIXUP, CUTMIX), BatchMix(MIXUP, CUTMIX, loader_pixels())
     kinds = set()
     for seed in range(12):
-        draw = draw_mix(len(images), images.shape[1:3], MIXUP, CUTMIX, np.random.default_rng(seed))
-        kind = "none" if draw is None else "mixup" if draw.boxes is None else "cutmix"
-        kinds.add(kind)
-        cpu_images, cpu_targets = mix_batch(images, targets, MIXUP, CUTMIX, np.random.default_rng(seed))
         inputs, device_targets = device(images, targets, np.random.default_rng(seed))
-        assert inputs["image"] is images
-        np.testing.assert_array_equal(device_targets, cpu_targets)
-        mixed = on_device(inputs)
-        if kind == "mixup":
-            np.testing.assert_allclose(mixed, cpu_images, rtol=1e-6, atol=1e-4)
-            assert np.abs(mixed - images).max() > 50  # really blended
-        else:
-            np.testing.assert_array_equal(mixed, cpu_images)
-            assert (kind == "none") == np.array_equal(mixed, images)
+        cpu_images, cpu_targets = loader(images, targets, np.random.default_rng(seed))
+        permutation, weight, boxes = inputs["mix_permutation"], inputs["mix_weight"], inputs["mix_box"]
+        assert inputs["image"] is images and sorted(permutation) == list(range(16))
+        assert ((weight > 0) & (weight <= 1)).all()
+        assert ((boxes[:, 0] + boxes[:, 2] <= 12) & (boxes[:, 1] + boxes[:, 3] <= 20)).all()
+        kind = ("none" if (permutation == np.arange(16)).all() else
+                "cutmix" if boxes[:, 2:].any() else "mixup")
+        kinds.add(kind)
+        assert kind == "none" or (weight < 1).any() or (boxes[:, 2] * boxes[:, 3] > 0).any()
+        expected_images, expected_targets = oracle(images, targets, permutation, weight, boxes)
+        for mixed in (on_device(inputs), cpu_images):
+            np.testing.assert_allclose(mixed, expected_images, rtol=0, atol=1e-3)
+        for mixed_targets in (device_targets, cpu_targets):
+            np.testing.assert_allclose(mixed_targets, expected_targets, rtol=0, atol=1e-6)
+        if kind != "none":
+            assert np.abs(expected_images - images).max() > 50  # really mixed
     assert kinds == {"none", "mixup", "cutmix"}
 
 
@@ -131,7 +153,7 @@ def test_fit_mixes_on_the_device_and_validation_and_prediction_never_do() -> Non
     plain = build_network(network_task(size), backbone, frozen_statistics=False)
     trainer = training_network(plain, None, mix=True)
     trainer.compile(optimizer="sgd", loss="categorical_crossentropy")
-    mix = Recording(MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5), on_device=True)
+    mix = Recording(MixUpConfig(alpha=0.4, p=0.5), CutMixConfig(alpha=1.0, p=0.5))
     batches = ImageBatches(images, np.arange(n), targets, batch_size=batch, shuffle=True, seed=3, mix=mix)
     order = batches._order.copy()
     served, _ = batches[0]

@@ -20,7 +20,10 @@ from sklearn.datasets import load_digits
 from foldstack import cli
 from foldstack.core.paths import Paths
 from foldstack.pipeline import load_pipeline
+from foldstack.plots.heatmaps import overlay
 from foldstack.stages import predict, stack, train
+from foldstack.training.fold_task import FoldTask
+from foldstack.training.gradcam import explain
 
 from competitions import save_dicom
 from conftest import TINY
@@ -248,16 +251,41 @@ def test_a_new_test_set_is_predicted_stacked_and_submitted_without_training(trai
     assert "skip cnn: test predictions up to date" in stage("predict")
 
 
-def test_explain_writes_each_images_heatmap_beside_its_prediction(trained, capsys, tmp_path: Path) -> None:
-    root, _ = trained
+def test_explain_writes_each_images_heatmap_beside_its_prediction(trained, capsys, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Each picture is the first model's fold 0 Grad-CAM (``gradcam.explain``) of the image, for
+    the class the CSV predicts, and the heatmaps are neither blank nor constant nor all alike."""
+    root, config = trained
     folder = tmp_path / "few"
     folder.mkdir()
     for name in sorted((root / "data" / "tiny" / "test").glob("*.png"))[:3]:
         shutil.copy(name, folder / name.name)
+    drawn = []
+
+    def recorded(image, heatmap, path, title=None):
+        drawn.append((np.array(image), np.array(heatmap), title))
+        return overlay(image, heatmap, path, title=title)
+
+    monkeypatch.setattr(predict, "overlay", recorded)
     code, _, err = run(trained, capsys, "--images", str(folder), "--out", str(tmp_path / "few.csv"), "--explain")
     assert code == 0, err
-    frame = pd.read_csv(tmp_path / "few.csv")
+    frame = pd.read_csv(tmp_path / "few.csv", dtype={"label": str})
     assert len(frame) == 3 and frame["heatmap"].str.startswith("few-explain/").all()
+
+    cfg = load_pipeline(config)
+    model, names = cfg.models[0], [str(digit) for digit in range(10)]
+    task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=np.zeros(0, np.int64), n_classes=10,
+                    train_index=np.zeros(0, np.int64), valid_index=np.zeros(0, np.int64), augment=cfg.augment,
+                    caches={}, fold_dir=Paths.for_pipeline("tiny", root).models / model.name / "fold0", seed=cfg.seed)
+    images = np.stack([image for image, _, _ in drawn])
+    predicted = np.array([names.index(label) for label in frame["label"]])
+    expected = explain(task, images, class_index=predicted)
+    for (_, heatmap, title), label, want in zip(drawn, frame["label"], expected.heatmaps):
+        assert title.endswith(f"where {label} shows")
+        np.testing.assert_allclose(heatmap, want, atol=1e-5)
+        assert heatmap.max() - heatmap.min() > 0.5  # neither blank nor constant
+    heatmaps = [heatmap for _, heatmap, _ in drawn]
+    assert all(np.abs(a - b).max() > 0.1 for i, a in enumerate(heatmaps) for b in heatmaps[i + 1:])
     for picture in frame["heatmap"]:
         with Image.open(tmp_path / picture) as image:
             assert image.size[0] > 100 and image.size[1] > 50

@@ -23,13 +23,14 @@ from foldstack.data.cache import cached_images
 from foldstack.stages import download, predict, train
 from foldstack.stages import folds as folds_stage
 from foldstack.training import loader, regimes
-from foldstack.training.augment import BatchMix, mix_batch
+from foldstack.training.batch_mix import BatchMix
 from foldstack.training.callbacks import EPOCH_ATTR, SCORE_ATTR
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.loader import ImageBatches, view_batches
 from foldstack.training.phases import BEST
 
 from conftest import make_config
+from test_device_mix import mix_batch
 from test_train import MODEL, fold_task, model_config
 
 CLASSES = [str(d) for d in range(10)]

@@ -19,14 +19,15 @@ import pandas as pd
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from foldstack.contracts import fold_done
+from foldstack.contracts import fold_done, predictions
 from foldstack.core.config import ConfigError, ModelConfig
 from foldstack.core.metrics import one_hot
 from foldstack.core.paths import Paths
 from foldstack.stages import download, folds, predict, train
-from foldstack.training.fold_task import FoldTask, PseudoRows
+from foldstack.training import worker
+from foldstack.training.fold_task import FoldTask, PseudoRows, predict_task
 from foldstack.training.regimes import features, train_batches
-from foldstack.training.rounds import Teachers, pseudo_rows, round_fields
+from foldstack.training.rounds import Teachers, pseudo_rows, round_fields, source_key
 
 from conftest import TINY, make_config
 
@@ -247,9 +248,13 @@ def test_the_features_regime_trains_on_pseudo_labelled_test_features_too(tmp_pat
 
 @pytest.fixture(scope="module")
 def competition(tmp_path_factory) -> Paths:
+    return new_competition(tmp_path_factory.mktemp("rounds"))
+
+
+def new_competition(root: Path) -> Paths:
     """A 50-image digits competition (40 train, 10 test) with 2 folds."""
     cfg = pipeline()
-    paths = Paths.for_pipeline("tiny", tmp_path_factory.mktemp("rounds"))
+    paths = Paths.for_pipeline("tiny", root)
     download.run(cfg, paths)
     folds.run(cfg, paths)
     return paths
@@ -273,14 +278,14 @@ def test_the_stage_trains_a_student_on_its_teachers_folds_and_notices_a_changed_
     paths = competition
     train.run(pipeline(), paths, only=["t"], workers=1)
     trainer = train.Trainer(pipeline(), paths, workers=1)
-    teachers = Teachers(pipeline(), paths, 10, trainer.folds_digest, trainer.files, trainer.folds["id"].tolist())
+    teachers = Teachers(pipeline(), paths, trainer.images, 10, trainer.folds_digest)
     test = teachers.predictions("t", "test")
     threshold = float(np.median(test[0].max(axis=1)))  # about half of fold 0's test images pass
     cfg = pipeline(threshold=threshold)
     train.run(cfg, paths, workers=1)
     for fold in range(2):
         record = done(paths, "s", fold)
-        assert record["source"] == teachers.source_key(cfg.model("s"), fold)
+        assert record["source"] == source_key(cfg.model("s"), fold, teachers)
         assert record["pseudo_labelled"] == (test[fold].max(axis=1) >= threshold).sum()
     assert 0 < done(paths, "s", 0)["pseudo_labelled"] < 10
     assert len(pd.read_parquet(paths.oof / "s.parquet")) == 40
@@ -294,8 +299,57 @@ def test_the_stage_trains_a_student_on_its_teachers_folds_and_notices_a_changed_
     # stage still takes the student as it is, since its recipe holds.
     teacher = paths.models / "t"
     shutil.copy(teacher / "fold1" / "best.weights.h5", teacher / "fold0" / "best.weights.h5")
-    fresh = Teachers(cfg, paths, 10, trainer.folds_digest, trainer.files, trainer.folds["id"].tolist())
+    fresh = Teachers(cfg, paths, trainer.images, 10, trainer.folds_digest)
     fingerprint = done(paths, "s", 0)["fingerprint"]
-    assert fold_done.finished(paths.models / "s" / "fold0", fingerprint, fresh.source_key(cfg.model("s"), 0)) is None
-    assert fold_done.finished(paths.models / "s" / "fold1", fingerprint, fresh.source_key(cfg.model("s"), 1))
+    assert fold_done.finished(paths.models / "s" / "fold0", fingerprint, source_key(cfg.model("s"), 0, fresh)) is None
+    assert fold_done.finished(paths.models / "s" / "fold1", fingerprint, source_key(cfg.model("s"), 1, fresh))
     assert len(predict.Predictor(cfg, paths).fold_dirs(cfg.model("s"))) == 2
+
+
+def test_a_students_fold_k_learns_from_its_teachers_fold_k_files(tmp_path: Path, monkeypatch) -> None:
+    """Through the train stage: fold k of a student takes as pseudo-labels (every test image,
+    soft) exactly the test predictions the predict stage wrote for the teacher's fold k
+    (``fold<k>/test.parquet``), and as distillation targets the alpha mix with what fold k's
+    weights predict of the training rows; the two folds' sources differ, so a student fed the
+    teacher's fold mean, or its fold k + 1, fails."""
+    paths = new_competition(tmp_path)
+    teacher_only = make_config(data=pipeline().data.model_dump(by_alias=True), models=[{**TEACHER, "regime": "features"}])
+    train.run(teacher_only, paths, workers=1)
+    predict.run(teacher_only, paths, workers=1)
+    alpha = 0.5
+    cfg = make_config(data=teacher_only.data.model_dump(by_alias=True), models=[
+        {**TEACHER, "regime": "features"},
+        student(regime="features", pseudo_labels={"from": ["t"], "threshold": 0.0, "soft": True},
+                distill={"from": ["t"], "alpha": alpha})])
+
+    tasks = {}
+    fold_task = train.Trainer._fold_task
+
+    def recorded(self, model, run, *args, **kwargs):
+        task = fold_task(self, model, run, *args, **kwargs)
+        if model.name == "s":
+            tasks[run.fold] = task
+        return task
+
+    monkeypatch.setattr(train.Trainer, "_fold_task", recorded)
+    train.run(cfg, paths, only=["s"], workers=1)
+    assert sorted(tasks) == [0, 1]
+
+    trainer = train.Trainer(cfg, paths, workers=1)
+    test_ids = pd.Index(trainer.images.ids("test"))
+    t = cfg.model("t")
+    cache = trainer.images.cache("train", t.image_size)
+    fold_dirs = tuple(paths.models / "t" / f"fold{fold}" for fold in (0, 1))
+    on_test = [predictions.read_predictions(fold_dir / "test.parquet", trainer.classes, expected=test_ids)
+               [list(trainer.classes.columns)].to_numpy() for fold_dir in fold_dirs]
+    on_train = worker.predict_folds(predict_task(cfg, paths.models, t, 10, cache, fold_dirs, "train",
+                                                 trainer.folds["id"].tolist()), send=lambda message: None)
+    assert np.abs(on_test[0] - on_test[1]).max() > 1e-3 and np.abs(on_train[0] - on_train[1]).max() > 1e-3
+
+    for fold, task in tasks.items():  # fold k's sources are fold k's files
+        np.testing.assert_array_equal(task.pseudo.index, np.arange(len(test_ids)))  # threshold 0: every image
+        np.testing.assert_allclose(task.pseudo.targets, on_test[fold], atol=1e-5)
+        rows = task.train_index
+        teacher = (task.soft_targets[rows] - alpha * one_hot(trainer.y[rows], 10)) / (1 - alpha)
+        np.testing.assert_allclose(teacher, on_train[fold][rows], atol=1e-5)
+        np.testing.assert_array_equal(task.soft_targets[task.valid_index], one_hot(trainer.y[task.valid_index], 10))

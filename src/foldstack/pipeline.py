@@ -11,7 +11,8 @@ from foldstack import backbones
 from foldstack.core import config, metrics
 from foldstack.core.config import BackboneSizes, Known, PipelineConfig
 from foldstack.level2 import candidates
-from foldstack.training.augment import check_device, compose
+from foldstack.training.augment import compose
+from foldstack.training.device_forms import check_device
 
 
 def known() -> Known:

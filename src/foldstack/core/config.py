@@ -57,7 +57,7 @@ class Known:
         check_augment: raises on a list of transforms albumentations cannot build.
         grade_metrics: the metrics that score an ordinal score's grades (``task: ordinal``).
         check_device_augment: raises (one line naming it) on a transform of a list that has no
-            device form (``training.augment.device_steps``); None checks nothing.
+            device form (``training.device_forms.device_steps``); None checks nothing.
     """
 
     backbones: Mapping[str, BackboneSizes]
@@ -208,7 +208,7 @@ class AugmentConfig(_Frozen):
     transforms (an empty list is the plain image). Predictions average over the TTA views.
 
     ``on`` says where the ``train`` transforms run: ``cpu``, albumentations in the loader's
-    threads; ``device``, their Keras forms (``training.augment.device_steps``) inside the
+    threads; ``device``, their Keras forms (``training.device_forms.device_steps``) inside the
     compiled training step, the loader only gathering uint8 rows; ``auto``, the device where a
     GPU is present and every train transform has a device form, else the CPU. Validation and
     TTA views always run on the CPU, and are never random.

@@ -45,7 +45,7 @@ from foldstack.training.fold_task import (
     recipe_fingerprint,
     train_split,
 )
-from foldstack.training.rounds import Teachers, round_fields
+from foldstack.training.rounds import SplitImages, Teachers, round_fields, source_key
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class Trainer:
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
         self.device: dict | None = None  # what the first trained fold ran on, logged once
         self.folds_digest = folds_file.digest(self.folds, self.classes)
-        self.teachers = Teachers(cfg, paths, len(self.classes), self.folds_digest, self.files,
-                                 self.folds["id"].tolist(), self.workers)
+        self.images = SplitImages(cfg, paths, self.files, self.folds["id"].tolist())
+        self.teachers = Teachers(cfg, paths, self.images, len(self.classes), self.folds_digest, self.workers)
 
     def _train_files(self) -> list[str]:
         return folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
@@ -98,12 +98,12 @@ class Trainer:
             caches[train_split(own)] = self.paths.cache / str(size) / "train.npy"
             cached_images(self.files, ids, size, caches[train_split(own)], desc=f"train {size}px")
             if model.pseudo_labels:  # its folds train on test images too
-                caches[train_split(own, "test")] = self.teachers.cache("test", size)
+                caches[train_split(own, "test")] = self.images.cache("test", size)
         if model.pseudo_labels:
-            keys["test"] = features_key(model, self.cfg.augment, self.teachers.ids("test"))
+            keys["test"] = features_key(model, self.cfg.augment, self.images.ids("test"))
         runs = members(model, self.cfg.folds.k, self.cfg.seed)
         fingerprints = {run: self._fingerprint(model, run) for run in runs}
-        sources = [self.teachers.source_key(model, fold) for fold in range(self.cfg.folds.k)]
+        sources = [source_key(model, fold, self.teachers) for fold in range(self.cfg.folds.k)]
         features, features_seconds = None, None
         if model.regime == "features":
             features = self.paths.models / model.name / "features"

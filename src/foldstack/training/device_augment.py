@@ -1,7 +1,9 @@
-"""Augmentation on the device: the train transforms' Keras forms (``training.augment.device_steps``)
+"""Augmentation on the device: the train transforms' Keras forms (``training.device_forms.device_steps``)
 as one layer, and MixUp and CutMix of the batch's pixels as another, so they run inside the
 compiled training step and the loader only gathers uint8 rows of the image cache (and, mixing,
-draws the few numbers a batch is mixed by, and mixes its targets: ``training.augment.BatchMix``).
+draws the few numbers a batch is mixed by, and mixes its targets: ``training.batch_mix.BatchMix``).
+The mixing layer's code mixes the pixels in the loader too, where the CPU augments
+(:func:`loader_pixels`): one mixing of pixels, wherever it runs.
 
 Both layers sit in the model ``fit`` trains, :func:`training_network`: the image (and the
 mixing's inputs) through them, then the fold's plain network, whose layers it shares. The plain
@@ -13,8 +15,10 @@ transform only in training (``fit``'s step calls the model with ``training=True`
 from __future__ import annotations
 
 import keras
+import numpy as np
 
-from foldstack.training.augment import MIX_INPUTS, UNCOMPILED, DeviceStep, box_masks, device_steps
+from foldstack.training.batch_mix import MIX_INPUTS, Pixels
+from foldstack.training.device_forms import UNCOMPILED, DeviceStep, device_steps
 
 #: The layer's name in a network: how a test, or a reader of a model summary, finds it.
 NAME = "device_augment"
@@ -85,7 +89,7 @@ def device_augment(transforms: list[dict], seed: int | None = None) -> DeviceAug
 
 
 class DeviceMix(keras.layers.Layer):
-    """MixUp and CutMix of a batch's pixels as the loader drew them (``augment.device_mix_inputs``):
+    """MixUp and CutMix of a batch's pixels as the loader drew them (``batch_mix.device_mix_inputs``):
     Keras's ``MixUp`` blends each image with its partner at its pixel weight (1: untouched), then
     Keras's ``CutMix`` pastes its partner's pixels in its box (empty: nothing). One path for every
     batch, MixUp's, CutMix's or neither, so the compiled step never branches on a tensor (a
@@ -105,11 +109,34 @@ class DeviceMix(keras.layers.Layer):
     def call(self, images, mix, training=None):
         if not training:
             return images
+        return self.mix(images, mix)
+
+    def mix(self, images, mix):
+        """``images`` mixed as ``mix`` (:data:`MIX_INPUTS`) says, in training or not: the layer's
+        work, which the loader calls too (stateless, so its threads share one layer)."""
         permutation, weight, box = (mix[name] for name in MIX_INPUTS)
         images = self.mixup.transform_images(keras.ops.cast(images, "float32"),
                                              {"mix_weight": weight, "permutation_order": permutation})
         return self.cutmix.transform_images(images, {"batch_masks": box_masks(keras.ops.shape(images), box),
                                                      "permutation_order": permutation})
+
+
+def loader_pixels() -> Pixels:
+    """The loader's pixel mixing, for ``BatchMix`` where the CPU augments: a batch's pixels mixed
+    by :class:`DeviceMix`'s own code as its draws say, as float32 numpy."""
+    layer = DeviceMix()
+    return lambda images, mix: keras.ops.convert_to_numpy(layer.mix(images, mix)).astype(np.float32)
+
+
+def box_masks(shape, boxes):
+    """``(n, height, width, 1)`` booleans for images of ``shape`` ``(n, height, width, ...)``, true
+    inside each image's ``(top, left, height, width)`` box."""
+    boxes = keras.ops.convert_to_tensor(boxes, "int32")
+    rows = keras.ops.arange(shape[1], dtype="int32")[None, :, None]
+    cols = keras.ops.arange(shape[2], dtype="int32")[None, None, :]
+    top, left, height, width = (boxes[:, i, None, None] for i in range(4))
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    return inside[..., None]
 
 
 def training_network(network: keras.Model, augment: DeviceAugment | None, mix: bool) -> keras.Model | None:

@@ -71,7 +71,7 @@ class FoldTask:
         pseudo: pseudo-labelled test images that join the training rows, or None.
         augment_on_device: the train transforms, and MixUp's and CutMix's pixels, run inside
             the training step (``training.device_augment``), not in the loader; the fold's process decides it
-            (``training.augment.augment_on_device``), knowing its device.
+            (``training.device_forms.augment_on_device``), knowing its device.
     """
 
     model: ModelConfig

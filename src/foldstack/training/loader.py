@@ -50,7 +50,7 @@ class ImageBatches(keras.utils.PyDataset):
             exactly however the worker threads interleave.
         workers: threads that build batches in parallel (Keras's ``PyDataset`` workers).
         mix: mixes a whole batch of augmented images and their targets
-            (``training.augment.BatchMix``), given a generator seeded by ``(seed, epoch, batch)``;
+            (``training.batch_mix.BatchMix``), given a generator seeded by ``(seed, epoch, batch)``;
             training batches only. Where the device mixes the pixels, it leaves the images as
             they are and puts the draws beside them (a batch's inputs are then a dict).
         multiple: every batch's row count is a multiple of it (None: what the distribution now

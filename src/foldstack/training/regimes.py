@@ -24,8 +24,10 @@ import numpy as np
 
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
-from foldstack.training.augment import BatchMix, compose, device_steps
-from foldstack.training.device_augment import device_augment, training_network
+from foldstack.training.augment import compose
+from foldstack.training.batch_mix import BatchMix, mixes
+from foldstack.training.device_augment import device_augment, loader_pixels, training_network
+from foldstack.training.device_forms import device_steps
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, train_split
 from foldstack.training.loader import ImageBatches, predict, view_batches
@@ -85,7 +87,7 @@ def device_network(task: FoldTask, network: keras.Model) -> keras.Model | None:
     if not task.augment_on_device:
         return None
     return training_network(network, device_augment(task.augment.train, seed=task.seed),
-                            mix=BatchMix.of(task.model) is not None)
+                            mix=mixes(task.model))
 
 
 def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
@@ -192,7 +194,7 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
     if task.augment_on_device:
         transform, mix = None, BatchMix.of(task.model, device=device_steps(task.augment.train))
     else:
-        transform, mix = compose(task.augment.train), BatchMix.of(task.model)
+        transform, mix = compose(task.augment.train), BatchMix.of(task.model, pixels=loader_pixels())
     return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
                         mix=mix)

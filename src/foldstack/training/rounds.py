@@ -20,12 +20,16 @@ that this rule has neither.
   nested OOF (a model per pair of folds), would give out-of-sample soft labels for k(k-1)/2 more
   trainings per teacher.
 
-The train stage's side (:class:`Teachers`, :func:`round_fields`) is free of Keras; the worker's
-side (:func:`training_rows`) puts the pseudo-labelled test images after the training rows.
+The train stage's side is free of Keras: :class:`SplitImages` (the splits' files, ids and image
+caches), :class:`Teachers` (each teacher's folds' predictions of a split, made once per run),
+:func:`source_key` (what a student's fold learned from, for its ``done.json``) and
+:func:`round_fields` (fold k's share of the teachers' predictions). The worker's side
+(:func:`training_rows`) puts the pseudo-labelled test images after the training rows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -52,46 +56,62 @@ TeacherFolds = Callable[[str, str], list[np.ndarray]]
 (``train``: every training row in folds.csv order; ``test``: the test images)."""
 
 
-class Teachers:
-    """The pipeline's trained models as teachers: each one's folds predict a split once per run,
-    in a worker process (:func:`foldstack.training.worker.predict_folds`).
+class SplitImages:
+    """The images a round reads, per split: their files and ids (``train``: folds.csv's, given;
+    ``test``: the test table, read only when a student asks) and their image cache at a size,
+    the one the stages share.
 
     Args:
         cfg: the pipeline.
         paths: its paths.
-        n_classes: the number of classes.
-        folds_digest: folds.csv's digest (a teacher's folds are checked against its recipe).
         train_files: every training image's file, in folds.csv order.
         train_ids: their ids.
-        workers: input-pipeline threads.
     """
 
-    def __init__(self, cfg: PipelineConfig, paths: Paths, n_classes: int, folds_digest: str, train_files: list[str],
-                 train_ids: list[str], workers: int = 1):
+    def __init__(self, cfg: PipelineConfig, paths: Paths, train_files: list[str], train_ids: list[str]):
         self.cfg = cfg
         self.paths = paths
-        self.n_classes = n_classes
-        self.folds_digest = folds_digest
-        self.workers = workers
         self._splits: dict[str, tuple[list[str], list[str]]] = {"train": (train_files, train_ids)}
-        self._predicted: dict[tuple[str, str], list[np.ndarray]] = {}
 
     def _split(self, split: str) -> tuple[list[str], list[str]]:
-        """The split's image files and ids; the test set is read only when a student asks."""
         if split not in self._splits:
             test = tables.load_test_table(self.cfg, self.paths)
             self._splits[split] = (test["path"].tolist(), test["id"].tolist())
         return self._splits[split]
 
+    def ids(self, split: str) -> list[str]:
+        return self._split(split)[1]
+
     def cache(self, split: str, size: int) -> Path:
-        """The split's image cache at ``size``, built if needed (the cache the stages share)."""
+        """The split's image cache at ``size``, built if needed."""
         files, ids = self._split(split)
         path = self.paths.cache / str(size) / f"{split}.npy"
         cached_images(files, ids, size, path, desc=split)
         return path
 
-    def ids(self, split: str) -> list[str]:
-        return self._split(split)[1]
+
+@dataclass
+class Teachers:
+    """The pipeline's trained models as teachers: each one's folds predict a split once per run,
+    in a worker process (:func:`foldstack.training.worker.predict_folds`), from the split's cache
+    at the teacher's size.
+
+    Args:
+        cfg: the pipeline.
+        paths: its paths.
+        images: the splits' images.
+        n_classes: the number of classes.
+        folds_digest: folds.csv's digest (a teacher's folds are checked against its recipe).
+        workers: input-pipeline threads.
+    """
+
+    cfg: PipelineConfig
+    paths: Paths
+    images: SplitImages
+    n_classes: int
+    folds_digest: str
+    workers: int = 1
+    _predicted: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict, init=False, repr=False)
 
     def fold_dirs(self, name: str) -> tuple[Path, ...]:
         """The teacher's fold folders, checked to hold its current recipe's weights."""
@@ -102,20 +122,21 @@ class Teachers:
         if (name, split) not in self._predicted:
             model = self.cfg.model(name)
             task = predict_task(self.cfg, self.paths.models, model, self.n_classes,
-                                self.cache(split, model.image_size), self.fold_dirs(name), split, self.ids(split),
-                                self.workers)
+                                self.images.cache(split, model.image_size), self.fold_dirs(name), split,
+                                self.images.ids(split), self.workers)
             self._predicted[name, split] = isolate.call(f"{WORKER}:predict_folds", task)
         return self._predicted[name, split]
 
-    def source_key(self, model: ModelConfig, fold: int) -> str | None:
-        """What fold ``fold`` of ``model`` learns from besides its own rows: each teacher's
-        fold-``fold`` weights and, for pseudo-labels, the test ids; None for a first-round model.
-        A fold whose ``done.json`` holds another key trains again."""
-        if not model.teachers:
-            return None
-        return digest({"teachers": {name: weights_digest(self.fold_dirs(name)[fold:fold + 1])
-                                    for name in model.teachers},
-                       "test": self.ids("test") if model.pseudo_labels else None})
+
+def source_key(model: ModelConfig, fold: int, teachers: Teachers) -> str | None:
+    """What fold ``fold`` of ``model`` learns from besides its own rows: each teacher's
+    fold-``fold`` weights and, for pseudo-labels, the test ids; None for a first-round model.
+    A fold whose ``done.json`` holds another key trains again."""
+    if not model.teachers:
+        return None
+    return digest({"teachers": {name: weights_digest(teachers.fold_dirs(name)[fold:fold + 1])
+                                for name in model.teachers},
+                   "test": teachers.images.ids("test") if model.pseudo_labels else None})
 
 
 def round_fields(model: ModelConfig, fold: int, train_index: np.ndarray, y: np.ndarray, n_classes: int,

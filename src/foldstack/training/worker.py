@@ -23,8 +23,9 @@ from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.runtime import device, distribute
 from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
-from foldstack.training.augment import BatchMix, augment_on_device
+from foldstack.training.batch_mix import mixes
 from foldstack.training.callbacks import EpochTicks, FirstEpoch
+from foldstack.training.device_forms import augment_on_device
 from foldstack.training.features import FeatureCache, extract
 from foldstack.training.fold_task import FoldTask, PredictTask
 from foldstack.training.gradcam import explain
@@ -60,7 +61,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
     with distribute.data_parallel(distribute.requested()) as split:
-        if split.replicas > 1 and keras.config.backend() == "tensorflow" and BatchMix.of(task.model):
+        if split.replicas > 1 and keras.config.backend() == "tensorflow" and mixes(task.model):
             # MirroredStrategy gives each replica its share of a batch, and MixUp and CutMix pair
             # images across the whole batch: mixed on a device, a partner may sit on another.
             task = replace(task, augment_on_device=False)
