@@ -42,17 +42,20 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# The report's browser test drives the system's Chromium (Debian's package; we run as root).
-$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+# The report's browser test drives the system's Chromium (Debian's package; we run as root). The
+# Kaggle image's published versions (tests/kaggle-image.txt) are built once into a cached environment
+# outside the repository, ~/.cache/foldstack/kaggle-image-<key> (a few minutes; reused after).
+$(VENV)/.installed-test: requirements-test.txt tests/kaggle-image.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(VENV)/bin/python tests/kaggle_image.py
 	touch $@
 
-# A Kaggle kernel already has TensorFlow, Keras and the rest: install only foldstack itself.
-# Offline too: no index, no dependencies, and no isolated build environment (which pip would
-# otherwise fill with setuptools from the Internet); the image's own setuptools builds it.
-$(ROOT)/.foldstack-installed: pyproject.toml
-	$(PYTHON) -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+# A Kaggle kernel already has TensorFlow, Keras and most pins: install only the pins the image lacks
+# or holds at another version (from an attached wheels/ folder, `WHEELS=DIR` names one; else the
+# index), one line each, then foldstack itself (runtime/kernel_setup.py).
+$(ROOT)/.foldstack-installed: pyproject.toml requirements.txt
+	PYTHONPATH=src $(PYTHON) -m foldstack.runtime.kernel_setup $(if $(WHEELS),--wheels $(WHEELS))
 	@mkdir -p $(@D) && touch $@
 
 download: $(MARK)/download

@@ -20,11 +20,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import DataError
+from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.labels import Classes, every_label, flat_labels, split_labels
@@ -66,13 +65,24 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
         splits = splitter.split(table, strata(table["label"], task), groups=groups)
     elif task == "multilabel":
         matrix = Classes.from_labels(table["label"], task).encode(table["label"])
-        splits = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, matrix)
+        splits = _multilabel_kfold(k, seed).split(table, matrix)
     else:
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, table["label"])
     fold = pd.Series(-1, index=table.index, name="fold")
     for number, (_, valid) in enumerate(splits):
         fold.iloc[valid] = number
     return fold
+
+
+def _multilabel_kfold(k: int, seed: int):
+    """Iterative stratification's splitter. Imported here, not at the top: a Kaggle image lacks the
+    package, and every foldstack command imports this module."""
+    try:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    except ImportError:
+        raise FoldstackError("multilabel stratified folds need the package iterative-stratification "
+                             "(pip install iterative-stratification, or `make setup`)") from None
+    return MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
 
 
 def strata(labels: pd.Series, task: str) -> pd.Series:
