@@ -5,8 +5,9 @@
 
 PIPELINE ?= digits
 PYTHON   ?= python3
-# Inside a Kaggle kernel outputs go under /kaggle/working and the kernel's own Python is used.
-ROOT     ?= $(if $(KAGGLE_KERNEL_RUN_TYPE),/kaggle/working,.)
+# Inside a Kaggle kernel outputs go under /kaggle/working (FOLDSTACK_KAGGLE_WORKING moves it, as
+# for foldstack itself) and the kernel's own Python is used; caches go to scratch (core/paths.py).
+ROOT     ?= $(if $(KAGGLE_KERNEL_RUN_TYPE),$(or $(FOLDSTACK_KAGGLE_WORKING),/kaggle/working),.)
 VENV     ?= .venv
 
 CFG   ?= pipelines/$(PIPELINE).yaml

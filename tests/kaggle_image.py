@@ -15,8 +15,8 @@ one only (what it upgrades shadows the image's copy), so no test changes the cac
 the image too, as it does on Kaggle. Python itself stays this machine's (3.11; Kaggle's is 3.12):
 the tests build bundles with ``--python`` for the interpreter they run.
 
-:func:`offline` runs a command in a network namespace with no route out (``unshare --net``), with
-no proxy variable and no pip configuration (the machine's ``/etc/pip.conf`` names local indexes).
+:func:`offline` runs a command in a network namespace with no route out (``unshare --net``: the
+loopback alone), with no proxy variable and no pip configuration (the machine's ``/etc/pip.conf`` names local indexes).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,20 @@ def make_image(folder: Path) -> Path:
     return venv / "bin" / "python"
 
 
+def add_pytest(python: Path) -> None:
+    """Let the environment of ``python`` (from :func:`make_image`) run pytest: this environment's
+    pytest and its few pure-Python dependencies, seen through links, as the image's packages are."""
+    import pytest
+
+    here = Path(pytest.__file__).resolve().parents[1]
+    links = python.parents[1] / "pytest-links"
+    links.mkdir()
+    for entry in here.iterdir():
+        if re.match(r"(_?pytest|pluggy|iniconfig|py)([-.]|$)", entry.name):
+            (links / entry.name).symlink_to(entry)
+    (site_packages(python.parents[1]) / "pytest-links.pth").write_text(f"import site; site.addsitedir({str(links)!r})\n")
+
+
 def offline_env(python: Path, **extra: str) -> dict[str, str]:
     """This process's environment without proxies or pip settings, the image's ``bin`` first on
     ``PATH``, and nothing of this checkout on the Python path (foldstack must come from what was
@@ -111,8 +126,10 @@ def offline_env(python: Path, **extra: str) -> dict[str, str]:
 
 
 def offline(command: list) -> list[str]:
-    """``command`` run in a new network namespace: only a loopback, down; no route anywhere."""
-    return ["unshare", "--net", "--", *(str(part) for part in command)]
+    """``command`` run in a new network namespace (we are root): the loopback up, as in a kernel
+    (a test's stand-in server listens there), and no other interface, so no route out."""
+    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+            *(str(part) for part in command)]
 
 
 if __name__ == "__main__":  # make test's set-up: build the environment ahead of the tests

@@ -18,7 +18,7 @@ from packaging.version import Version
 
 from foldstack.contracts import bundle_file
 from foldstack.stages import bundle
-from kaggle_image import make_image, offline, offline_env, pins
+from kaggle_image import add_pytest, make_image, offline, offline_env, pins
 from test_bundle import build, trained_tree, wheel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,3 +189,16 @@ def test_pyproject_declares_python_and_dependencies_the_published_image_satisfie
         assert name in image, f"{name}: a dependency the Kaggle image lacks"
         assert dependency.specifier.contains(image[name]), f"{dependency}: the image holds {image[name]}"
     assert "tensorflow" not in {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+
+
+def test_the_kaggle_client_of_the_published_image_answers_every_call(tmp_path: Path, image: Path) -> None:
+    """tests/test_kaggle.py (download, submit, publish, push, against the loopback stand-in) on the
+    image's kaggle 2.0.2, whose competition download has no ``unzip`` and whose client names no
+    upload-failed constant."""
+    add_pytest(image)
+    env = {**offline_env(image), "PYTHONPATH": str(REPO / "src")}
+    done = run(offline([image, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                        REPO / "tests" / "test_kaggle.py"]), REPO, env)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert run([image, "-c", "import importlib.metadata as m; print(m.version('kaggle'))"], tmp_path,
+               env).stdout.strip() == "2.0.2"
