@@ -61,8 +61,8 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
     if strategy == "grouped":
         splits = GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(table, groups=groups)
     elif strategy == "stratified_grouped":
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = splitter.split(table, strata(table["label"], task), groups=groups)
+        splitter = StratifiedGroupKFold(n_splits=k)
+        splits = splitter.split(table, strata(table["label"], task), groups=_shuffled_groups(groups, seed))
     elif task == "multilabel":
         matrix = Classes.from_labels(table["label"], task).encode(table["label"])
         splits = _multilabel_kfold(k, seed).split(table, matrix)
@@ -72,6 +72,19 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
     for number, (_, valid) in enumerate(splits):
         fold.iloc[valid] = number
     return fold
+
+
+def _shuffled_groups(groups: pd.Series, seed: int) -> np.ndarray:
+    """The groups renamed ``0..n-1`` in a seeded random order, for ``StratifiedGroupKFold``
+    without its own ``shuffle``, which scrambles the stratification before scikit-learn 1.8
+    (scikit-learn#32478; a Kaggle image holds 1.6.1). The order is the fixed version's (1.8's
+    ``shuffle=True, random_state=seed``): the same folds on every version."""
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.arange(index.max() + 1)
+    np.random.RandomState(seed).shuffle(order)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[index]
 
 
 def _multilabel_kfold(k: int, seed: int):
