@@ -5,8 +5,9 @@
 
 PIPELINE ?= digits
 PYTHON   ?= python3
-# Inside a Kaggle kernel outputs go under /kaggle/working and the kernel's own Python is used.
-ROOT     ?= $(if $(KAGGLE_KERNEL_RUN_TYPE),/kaggle/working,.)
+# Inside a Kaggle kernel outputs go under /kaggle/working (FOLDSTACK_KAGGLE_WORKING moves it, as
+# for foldstack itself) and the kernel's own Python is used; caches go to scratch (core/paths.py).
+ROOT     ?= $(if $(KAGGLE_KERNEL_RUN_TYPE),$(or $(FOLDSTACK_KAGGLE_WORKING),/kaggle/working),.)
 VENV     ?= .venv
 
 CFG   ?= pipelines/$(PIPELINE).yaml
@@ -42,17 +43,20 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# The report's browser test drives the system's Chromium (Debian's package; we run as root).
-$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+# The report's browser test drives the system's Chromium (Debian's package; we run as root). The
+# Kaggle image's published versions (tests/kaggle-image.txt) are built once into a cached environment
+# outside the repository, ~/.cache/foldstack/kaggle-image-<key> (a few minutes; reused after).
+$(VENV)/.installed-test: requirements-test.txt tests/kaggle-image.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(VENV)/bin/python tests/kaggle_image.py
 	touch $@
 
-# A Kaggle kernel already has TensorFlow, Keras and the rest: install only foldstack itself.
-# Offline too: no index, no dependencies, and no isolated build environment (which pip would
-# otherwise fill with setuptools from the Internet); the image's own setuptools builds it.
-$(ROOT)/.foldstack-installed: pyproject.toml
-	$(PYTHON) -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+# A Kaggle kernel already has TensorFlow, Keras and most pins: install only the pins the image lacks
+# or holds at another version (from an attached wheels/ folder, `WHEELS=DIR` names one; else the
+# index), one line each, then foldstack itself (runtime/kernel_setup.py).
+$(ROOT)/.foldstack-installed: pyproject.toml requirements.txt
+	PYTHONPATH=src $(PYTHON) -m foldstack.runtime.kernel_setup $(if $(WHEELS),--wheels $(WHEELS))
 	@mkdir -p $(@D) && touch $@
 
 download: $(MARK)/download

@@ -231,7 +231,7 @@ def test_commands_name_what_is_missing_in_one_line(tmp_path: Path, capfd) -> Non
 
 
 def test_kernel_lays_the_bundle_out_and_stops_at_a_failed_stage(tmp_path: Path, monkeypatch, capfd) -> None:
-    """`foldstack kernel`: the bundle's artifacts under the working root (times kept), its weight files
+    """`foldstack kernel`: the bundle's artifacts in scratch (times kept), its weight files
     into the caches (a file already cached is kept), then predict -> stack -> submit; a stage that
     fails (here `predict`: these stand-in weights are no model) stops it in one line, no submission."""
     cfg, paths, pipeline_file = trained_tree(tmp_path / "trained")
@@ -244,15 +244,16 @@ def test_kernel_lays_the_bundle_out_and_stops_at_a_failed_stage(tmp_path: Path, 
     cache = tmp_path / "cache"
     (cache / "weights").mkdir(parents=True)
     (cache / "weights" / "cached.weights.h5").write_bytes(b"already here")
-    working = tmp_path / "working"
+    working, scratch = tmp_path / "working", tmp_path / "scratch"
     for name, value in (("KAGGLE_KERNEL_RUN_TYPE", "Batch"), ("FOLDSTACK_KAGGLE_WORKING", str(working)),
-                        ("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input")), ("FOLDSTACK_CACHE", str(cache))):
+                        ("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input")), ("FOLDSTACK_CACHE", str(cache)),
+                        ("FOLDSTACK_SCRATCH", str(scratch))):
         monkeypatch.setenv(name, value)
 
     assert cli.main(["kernel", "--bundle", str(folder)]) == 2
     assert capfd.readouterr().err.splitlines()[-1] == ("foldstack kernel: error: `foldstack predict` failed (see above); "
                                                        "the kernel stopped before submission.csv")
-    laid_out = working / "artifacts" / "tiny" / "models" / "m" / "fold1" / "best.weights.h5"
+    laid_out = scratch / "artifacts" / "tiny" / "models" / "m" / "fold1" / "best.weights.h5"  # off /kaggle/working
     original = paths.models / "m" / "fold1" / "best.weights.h5"
     assert laid_out.read_bytes() == original.read_bytes() and laid_out.stat().st_mtime == original.stat().st_mtime
     assert (cache / "weights" / "lite.weights.h5").read_bytes() == b"imagenet"

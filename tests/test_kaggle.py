@@ -332,6 +332,7 @@ def kernel(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
     monkeypatch.setenv("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input"))
     monkeypatch.setenv("FOLDSTACK_KAGGLE_WORKING", str(tmp_path / "working"))
+    monkeypatch.setenv("FOLDSTACK_SCRATCH", str(tmp_path / "scratch"))
     route_to(9, monkeypatch)  # the discard port: any request would fail the test
     return tmp_path / "input"
 
@@ -353,14 +354,14 @@ def test_kernel_uses_the_mounted_input(kernel, tmp_path, source, mount):
 
 def test_kernel_unpacks_a_mounted_competition_that_ships_archives(kernel, tmp_path):
     """aerial-cactus is mounted with train.zip and test.zip: the read-only mount cannot hold them
-    unpacked, so the data becomes an unpacked copy under the working root, made once."""
+    unpacked, so the data becomes an unpacked copy in scratch (not the 20 GB working disk), made once."""
     mount = kernel / "competitions" / SLUG
     mount.mkdir(parents=True)
     (mount / "train.csv").write_bytes(b"id,has_cactus\na1.jpg,1\n")
     (mount / "train.zip").write_bytes(make_zip({"train/a1.jpg": b"\xff\xd8jpeg-a1"}))
     cfg = pipeline(COMPETITION)
     paths = Paths.for_config(cfg)
-    assert paths.data == tmp_path / "working" / "data" / "dogs"
+    assert paths.data == tmp_path / "scratch" / "data" / "dogs"
     assert kaggle.download(cfg, paths) == paths.data
     assert (paths.data / "train" / "a1.jpg").read_bytes() == b"\xff\xd8jpeg-a1" and (paths.data / "train.csv").is_file()
     assert (mount / "train.zip").is_file() and not (paths.data / "train.zip").exists()

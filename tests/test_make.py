@@ -15,7 +15,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from foldstack.data.sources import write_digits
+
 from browser import open_page
+from kaggle_image import make_image, offline, offline_env, pins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,3 +140,49 @@ def test_make_all_then_nothing_to_do(tmp_path: Path) -> None:
     assert pd.read_csv(newest, dtype=str)["id"].tolist() == ids
     assert _make(tmp_path, "submit", flags=("-q",)).returncode == 0
     assert _make(tmp_path, "all", flags=("-q",)).returncode == 1  # the report is still the old test set's
+
+
+@pytest.mark.slow
+def test_make_all_in_a_kaggle_kernel_of_the_published_image(tmp_path: Path) -> None:
+    """Kernel mode (``KAGGLE_KERNEL_RUN_TYPE`` set, /kaggle/input and /kaggle/working relocated), on
+    the Kaggle image's published versions (tests/kaggle_image.py), no route out: `make all` sets up,
+    trains, predicts, stacks and writes a valid submission; the caches go to scratch."""
+    tree = tmp_path / "foldstack"
+    tree.mkdir()
+    for name in ("Makefile", "pyproject.toml", "README.md"):
+        (tree / name).write_bytes((REPO / name).read_bytes())
+    subprocess.run(["cp", "-r", str(REPO / "src"), str(tree / "src")], check=True)
+    # The image's own versions as the pins: the set-up installs foldstack alone, and every stage runs
+    # on the published Keras, pandas, scikit-learn, LightGBM, matplotlib.
+    (tree / "requirements.txt").write_text("".join(f"{pin}\n" for pin in pins()))
+    data = tmp_path / "input" / "competitions" / "tiny-digits"
+    write_digits(data, limit=120)
+    pipeline = {"name": "tiny", "task": "multiclass", "metric": "accuracy",
+                "data": {"source": {"type": "kaggle_competition", "competition": "tiny-digits"},
+                         "solution": "solution.csv"},
+                "folds": {"k": 2, "seed": 0},
+                "models": [{"name": "cnn", "backbone": "small_cnn", "weights": "none", "image_size": 16,
+                            "regime": "scratch", "epochs": 2, "batch_size": 16, "lr": 0.003}],
+                "stack": {"candidates": ["mean", "lightgbm"], "force": "lightgbm"}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(pipeline))
+    image = make_image(tmp_path / "image")
+    working, scratch = tmp_path / "working", tmp_path / "scratch"
+    env = offline_env(image, KAGGLE_KERNEL_RUN_TYPE="Interactive", FOLDSTACK_KAGGLE_INPUT=str(tmp_path / "input"),
+                      FOLDSTACK_KAGGLE_WORKING=str(working), FOLDSTACK_SCRATCH=str(scratch), PYTHONUNBUFFERED="1",
+                      KERAS_HOME=str(tmp_path / "keras"), FOLDSTACK_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(offline(["make", "-C", tree, "all", "PIPELINE=tiny", f"CFG={tmp_path / 'tiny.yaml'}",
+                                   f"PYTHON={image}"]), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "kernel set-up: the image holds every pin" in done.stdout
+
+    art = working / "artifacts" / "tiny"
+    assert sorted(path.parent.name for path in art.glob("models/cnn/fold*/done.json")) == ["fold0", "fold1"]
+    (submission,) = (working / "submissions" / "tiny").glob("tiny-*.csv")
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
+    written = pd.read_csv(submission, dtype=str)
+    assert list(written.columns) == list(sample.columns) and written["id"].tolist() == sample["id"].tolist()
+    assert set(written["label"]) <= {str(d) for d in range(10)}
+    assert (art / "report.html").is_file()
+    # The resized images went to scratch, not to the working disk.
+    assert (scratch / "cache" / "tiny" / "16" / "train.npy").is_file()
+    assert not [path for path in working.rglob("*.npy")], "a cache under /kaggle/working"

@@ -16,7 +16,7 @@ from foldstack import backbones
 from foldstack.contracts import bundle_file
 from foldstack.core.errors import DiskFullError, FoldstackError, is_disk_full
 from foldstack.core.logs import setup_logging
-from foldstack.core.paths import Paths
+from foldstack.core.paths import Paths, scratch_root
 from foldstack.data import kaggle
 from foldstack.pipeline import load_pipeline
 from foldstack.stages import bundle, check, download, folds, kernel, predict, report, stack, submit, train
@@ -102,7 +102,8 @@ def cmd_kernel(args: argparse.Namespace) -> None:
     bundle_dir = Path(args.bundle)
     bundle_file.read(bundle_dir)  # a folder that is no bundle, or lacks a file, is named before anything else
     cfg = load_pipeline(bundle_dir / bundle_file.PIPELINE)
-    kernel.run(cfg, Paths.for_config(cfg, args.root), bundle_dir)
+    # Everything but the submission goes to scratch: /kaggle/working keeps 20 GB.
+    kernel.run(cfg, Paths.for_config(cfg, args.root or scratch_root()), bundle_dir, time_limit=args.time_limit)
 
 
 def cmd_kernel_push(args: argparse.Namespace) -> None:
@@ -204,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     kernel_cmd = sub.add_parser("kernel", parents=[common],
                                 help="in a Kaggle kernel: predict, stack and submit with an attached bundle")
     kernel_cmd.add_argument("--bundle", required=True, help="the bundle folder (under /kaggle/input)")
-    kernel_cmd.add_argument("--root", default=None, help="where to write (default: /kaggle/working in a kernel)")
+    kernel_cmd.add_argument("--root", default=None, help="where the artifacts and caches go (default: scratch, "
+                                                         "/kaggle/temp or /tmp/foldstack; FOLDSTACK_SCRATCH moves it)")
+    kernel_cmd.add_argument("--time-limit", type=float, default=kernel.TIME_LIMIT_HOURS, metavar="HOURS",
+                            help="the competition's run-time limit: warn when the projection passes it (default: 9)")
     kernel_cmd.set_defaults(func=cmd_kernel)
     push_cmd = stage("kernel-push", cmd_kernel_push, "push kernel/<pipeline>/ to Kaggle, which runs it on the "
                      "bundle's newest version; --submit submits its output to the competition")

@@ -30,7 +30,9 @@ PIPELINE = "pipeline.yaml"
 def write(folder: Path, record: dict) -> None:
     """Write the bundle's record and its ``requirements.txt``. ``record`` holds ``pipeline``,
     ``foldstack``, ``pythons`` (``["3.12"]``), ``wheels`` (file names under ``wheels/``), ``requirements`` (pins
-    such as ``keras==3.15.1``, each with its wheel there) and ``weights`` (``{kind: [file names]}``)."""
+    such as ``keras==3.15.1``, each with its wheel there), ``weights`` (``{kind: [file names]}``) and,
+    optionally, ``seconds_per_image`` (``{model: seconds}`` as ``predict`` measured them; the kernel
+    projects its run time from them)."""
     missing = {"pipeline", "foldstack", "pythons", "wheels", "requirements", "weights"} - record.keys()
     if missing:
         raise ValueError(f"{NAME} needs {', '.join(sorted(missing))}")

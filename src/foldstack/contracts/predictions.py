@@ -1,7 +1,8 @@
 """Prediction files: ``oof/<model>.parquet`` (``id, fold``, then one probability column per
 class; for an ordinal task the one column ``score`` instead, see
 :attr:`~foldstack.data.labels.Classes.columns`) and ``test/<model>.parquet`` (``id``, then the same class columns) with its key
-``test/<model>.key`` (what made it), and the per-fold files of the same shapes under
+``test/<model>.key`` (what made it) and ``test/<model>.pace.json`` (seconds per test image the
+predicting took: decoding and every fold and view), and the per-fold files of the same shapes under
 ``models/<model>/fold<k>/``.
 
 The train stage writes the OOF files, the predict stage the test files, the stack stage reads
@@ -10,6 +11,7 @@ both; readers check them and align them by id and class name, never by row or co
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pandas as pd
 from foldstack.contracts import folds_file
 from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import DataError, shorten
-from foldstack.core.files import has_key, rekeyed, write_parquet
+from foldstack.core.files import has_key, rekeyed, write_json, write_parquet
 from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes
 
@@ -51,6 +53,19 @@ def write_test(path: Path, ids: np.ndarray, classes: Classes, proba: np.ndarray,
 def is_current(path: Path, key: str) -> bool:
     """Whether ``path`` holds test predictions made with ``key``."""
     return path.is_file() and has_key(path.with_suffix(".key"), key)
+
+
+def write_pace(path: Path, seconds_per_image: float, images: int) -> None:
+    """Beside test predictions ``path``: how long they took per test image, measured by ``predict``."""
+    write_json(path.with_suffix(".pace.json"), {"seconds_per_image": seconds_per_image, "images": images})
+
+
+def read_pace(path: Path) -> float | None:
+    """Seconds per test image of the predictions at ``path``; None where never measured."""
+    try:
+        return float(json.loads(path.with_suffix(".pace.json").read_text(encoding="utf-8"))["seconds_per_image"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)

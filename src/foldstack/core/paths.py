@@ -4,6 +4,11 @@ Inside a Kaggle kernel (``KAGGLE_KERNEL_RUN_TYPE`` is set) outputs go under ``/k
 and a Kaggle source is read where the kernel mounts it under ``/kaggle/input`` (read-only).
 ``FOLDSTACK_KAGGLE_INPUT`` and ``FOLDSTACK_KAGGLE_WORKING`` move those two roots, so a kernel can
 be simulated in a temporary folder.
+
+``/kaggle/working`` keeps 20 GB and is saved as the notebook's output, so in a kernel what is big
+and can be rebuilt goes to scratch (:func:`scratch_root`): the image caches, the unpacked copy of
+a zipped competition, and (the ``kernel`` stage) the bundle's artifacts and every stage's output.
+``/kaggle/working`` receives the submission and small logs.
 """
 
 from __future__ import annotations
@@ -61,6 +66,15 @@ def holds_archives(folder: Path) -> bool:
     return any(path.suffix.lower() == ".zip" for path in folder.iterdir() if path.is_file())
 
 
+def scratch_root() -> Path:
+    """A kernel's disk for what need not be kept: ``$FOLDSTACK_SCRATCH``, else ``/kaggle/temp`` where
+    it exists, else ``/tmp/foldstack``."""
+    if os.environ.get("FOLDSTACK_SCRATCH"):
+        return Path(os.environ["FOLDSTACK_SCRATCH"])
+    temp = Path("/kaggle/temp")
+    return temp if temp.is_dir() else Path("/tmp/foldstack")
+
+
 def _default_root() -> Path:
     return kaggle_working_root() if in_kaggle_kernel() else Path.cwd()
 
@@ -71,16 +85,20 @@ class Paths:
 
     The root defaults to the working directory (``/kaggle/working`` in a Kaggle kernel).
     ``mounted_data``, when set, is a read-only folder that replaces ``root/data/<pipeline>``.
+    ``scratch``, when set (in a kernel: :func:`scratch_root`), holds the image caches and the
+    downloaded or unpacked data instead of the root.
     """
 
     pipeline: str
     root: Path
     mounted_data: Path | None = None
+    scratch: Path | None = None
 
     @classmethod
     def for_pipeline(cls, pipeline: str, root: str | Path | None = None,
                      mounted_data: Path | None = None) -> Paths:
-        return cls(pipeline, Path(root) if root is not None else _default_root(), mounted_data)
+        scratch = scratch_root() if in_kaggle_kernel() else None
+        return cls(pipeline, Path(root) if root is not None else _default_root(), mounted_data, scratch)
 
     @classmethod
     def for_config(cls, cfg: PipelineConfig, root: str | Path | None = None) -> Paths:
@@ -94,7 +112,7 @@ class Paths:
 
     @property
     def data(self) -> Path:
-        return self.mounted_data or self.root / "data" / self.pipeline
+        return self.mounted_data or (self.scratch or self.root) / "data" / self.pipeline
 
     @property
     def artifacts(self) -> Path:
@@ -106,7 +124,8 @@ class Paths:
 
     @property
     def cache(self) -> Path:
-        return self.artifacts / "cache"
+        """The resized images (``data/cache.py``): under the artifacts, or in scratch (a kernel)."""
+        return self.scratch / "cache" / self.pipeline if self.scratch else self.artifacts / "cache"
 
     @property
     def models(self) -> Path:

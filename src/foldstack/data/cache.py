@@ -7,15 +7,36 @@ disk (``cache/<size>/<split>.npy``), which training memory-maps: epochs never de
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from foldstack.core.errors import FoldstackError
 from foldstack.core.files import atomic_path, has_key, write_text
 from foldstack.data.images import load_rgb, resize
 
 log = logging.getLogger(__name__)
+
+
+#: Room for a ``.npy`` header and the ids file beside the pixels, at most.
+HEADER_BYTES = 1 << 20
+
+
+def check_room(folder: Path, needed: int) -> None:
+    """Stop before writing ``needed`` bytes into ``folder`` if its disk has not that much free
+    (a Kaggle kernel's working disk keeps 20 GB: one 512 px cache of 15k images is 12 GB).
+
+    Raises:
+        FoldstackError: naming the bytes needed, the bytes free and the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise FoldstackError(f"{folder}: the image cache needs {needed} bytes ({needed / 2**30:.1f} GiB), "
+                             f"{free} bytes ({free / 2**30:.1f} GiB) are free; free some space, or move "
+                             "scratch with FOLDSTACK_SCRATCH in a kernel")
 
 
 def cached_images(files: list[str], ids: list[str], size: int, cache_file: Path,
@@ -32,6 +53,7 @@ def cached_images(files: list[str], ids: list[str], size: int, cache_file: Path,
     wanted = "\n".join(ids) + "\n"
     if cache_file.exists() and has_key(ids_file, wanted):
         return np.load(cache_file, mmap_mode="r")
+    check_room(cache_file.parent, len(files) * size * size * 3 + HEADER_BYTES)
     with atomic_path(cache_file) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
         for i, path in enumerate(tqdm(files, desc=f"{desc} {size}px", unit="img", leave=False)):

@@ -15,12 +15,14 @@ returns that folder and fetches nothing.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +43,8 @@ TOKEN_PAGE = "https://www.kaggle.com/settings/api"
 #: The owner a bundle's dataset and kernel carry until an upload signs in and knows who you are.
 OWNER_PLACEHOLDER = "your-kaggle-username"
 DATASET_METADATA = "dataset-metadata.json"
+#: What the client answers when a submission's upload failed (its COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE).
+UPLOAD_FAILED = "Could not submit to competition"
 KERNEL_METADATA = "kernel-metadata.json"
 WHERE_CREDENTIALS_GO = (
     f"set KAGGLE_API_TOKEN to an API token from {TOKEN_PAGE} (or save it in ~/.kaggle/access_token), "
@@ -197,7 +201,8 @@ def submit(cfg: PipelineConfig, file: Path, message: str, polls: int = 3,
     with _kaggle_errors(source, credentials):
         with _kaggle_output(), _code_competition_refusal(api, slug):
             response = _retrying(api.competition_submit, str(file), message, slug, quiet=False)
-        if response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+        # The Kaggle image's client (2.0.2) answers the same words but names no constant for them.
+        if response.message == getattr(api, "COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE", UPLOAD_FAILED):
             raise KaggleError(f"uploading {file} to Kaggle competition {slug!r} failed; try again")
         return _poll_status(api, slug, response.ref, polls, interval_s)
 
@@ -704,11 +709,17 @@ def _fetch(api: KaggleApi, source: Any, folder: Path) -> None:
     with _kaggle_output():
         # quiet=False for the progress bar, which goes to stderr.
         if source.type == "kaggle_competition":
-            api.competition_download_files(source.competition, path=str(folder), force=True,
-                                           quiet=False, unzip=True)
+            download, name = api.competition_download_files, source.competition
         else:
-            api.dataset_download_files(source.dataset, path=str(folder), force=True, quiet=False,
-                                       unzip=True)
+            download, name = api.dataset_download_files, source.dataset
+        # The Kaggle image's client (2.0.2) has no `unzip` for competitions: it leaves <slug>.zip.
+        unzips = "unzip" in inspect.signature(download).parameters
+        download(name, path=str(folder), force=True, quiet=False, **({"unzip": True} if unzips else {}))
+    if not unzips:
+        for archive in sorted(folder.glob("*.zip")):
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(folder)
+            archive.unlink()
 
 
 # --- submitting -----------------------------------------------------------------------------------

@@ -20,11 +20,10 @@ import logging
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import DataError
+from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.labels import Classes, every_label, flat_labels, split_labels
@@ -67,11 +66,11 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
     if strategy == "grouped":
         splits = GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(table, groups=groups)
     elif strategy == "stratified_grouped":
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = splitter.split(table, strata(table["label"], task), groups=groups)
+        splitter = StratifiedGroupKFold(n_splits=k)
+        splits = splitter.split(table, strata(table["label"], task), groups=_shuffled_groups(groups, seed))
     elif task == "multilabel":
         matrix = Classes.from_labels(table["label"], task).encode(table["label"])
-        splits = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, matrix)
+        splits = _multilabel_kfold(k, seed).split(table, matrix)
     else:
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, table["label"])
     fold = pd.Series(-1, index=table.index, name="fold")
@@ -92,6 +91,30 @@ def folds_missing_a_class(labels: pd.Series, fold: pd.Series, k: int, task: str)
     return [f"fold {number}: its validation rows hold no class {name!r} ({int(held[name].sum())} example(s) in "
             f"all), so its score is undefined or blind to it; lower folds.k or change folds.seed"
             for number in held.index for name in held.columns if held.loc[number, name] == 0]
+
+
+def _shuffled_groups(groups: pd.Series, seed: int) -> np.ndarray:
+    """The groups renamed ``0..n-1`` in a seeded random order, for ``StratifiedGroupKFold``
+    without its own ``shuffle``, which scrambles the stratification before scikit-learn 1.8
+    (scikit-learn#32478; a Kaggle image holds 1.6.1). The order is the fixed version's (1.8's
+    ``shuffle=True, random_state=seed``): the same folds on every version."""
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.arange(index.max() + 1)
+    np.random.RandomState(seed).shuffle(order)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[index]
+
+
+def _multilabel_kfold(k: int, seed: int):
+    """Iterative stratification's splitter. Imported here, not at the top: a Kaggle image lacks the
+    package, and every foldstack command imports this module."""
+    try:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    except ImportError:
+        raise FoldstackError("multilabel stratified folds need the package iterative-stratification "
+                             "(pip install iterative-stratification, or `make setup`)") from None
+    return MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
 
 
 def strata(labels: pd.Series, task: str) -> pd.Series:

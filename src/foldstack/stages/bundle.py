@@ -35,7 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from foldstack.backbones.pretrained import FOLDSTACK, KERAS
-from foldstack.contracts import bundle_file, fold_done, folds_file, manifest
+from foldstack.contracts import bundle_file, fold_done, folds_file, manifest, predictions
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json, write_text
@@ -120,7 +120,8 @@ def run(cfg: PipelineConfig, paths: Paths, pipeline_file: Path, owner: str | Non
             shutil.copy2(paths.artifacts / relative, target)  # mtimes kept: predict reads them as up to date
         shutil.copy2(pipeline_file, folder / bundle_file.PIPELINE)
         bundle_file.write(folder, {"pipeline": cfg.name, "foldstack": metadata.version("foldstack"),
-                                   "pythons": list(pythons), "wheels": shipped, "requirements": pins, "weights": weights})
+                                   "pythons": list(pythons), "wheels": shipped, "requirements": pins, "weights": weights,
+                                   "seconds_per_image": _paces(cfg, paths)})
         write_json(folder / "dataset-metadata.json", {
             "id": dataset, "title": f"foldstack {cfg.name}"[:50], "licenses": [{"name": "CC0-1.0"}],
             "subtitle": f"foldstack models, wheels and weights for {cfg.name}"[:80],
@@ -197,6 +198,12 @@ def _changed_since_training(cfg: PipelineConfig, model: ModelConfig, trained: di
         if old != new:
             changed.append(".".join(key[1:]))
     return sorted(changed)
+
+
+def _paces(cfg: PipelineConfig, paths: Paths) -> dict[str, float | None]:
+    """Seconds per test image each model took at ``predict`` (None where never measured): the
+    kernel projects its run time from them."""
+    return {model.name: predictions.read_pace(paths.test / f"{model.name}.parquet") for model in cfg.models}
 
 
 def _excluded(relative: Path) -> bool:

@@ -95,8 +95,10 @@ class Predictor:
                     bar.update(k)
                     continue
                 cache = paths.cache / str(model.image_size) / "test.npy"
+                started = time.perf_counter()
                 cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
-                stale[model.name], ticks[model.name] = (dirs, key, out), 0
+                # Decoding counts in the kernel's time too; each model is charged its own size's cache.
+                stale[model.name], ticks[model.name] = (dirs, key, out, time.perf_counter() - started), 0
 
                 def tick(_: None, name: str = model.name) -> None:
                     ticks[name] += 1
@@ -106,10 +108,11 @@ class Predictor:
                                 tick, needs=(cache, *dirs)))
 
             def done(job: Job, folds: list[np.ndarray], seconds: float) -> None:
-                dirs, key, out = stale[job.name]
+                dirs, key, out, decoding = stale[job.name]
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
+                predictions.write_pace(out, (decoding + seconds) / max(len(ids), 1), len(ids))
                 bar.update(max(0, len(dirs) - ticks[job.name]))  # a retried job ticks its folds again
                 seeds = cfg.model(job.name).seeds
                 runs = f"{cfg.folds.k} folds" + (f" x {len(seeds)} seeds" if seeds else "")
