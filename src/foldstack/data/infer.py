@@ -343,12 +343,11 @@ def _task_of_labels(found: Inference, labels: pd.Series, where: str, sample: pd.
     row and the sample's prediction columns."""
     labels = labels.astype(str).str.strip()
     values = set(labels) - {""}
-    tokens = {t for v in values for t in v.split()}
     preds = list(sample.columns[1:]) if sample is not None else []
     cells = sample[preds[0]].astype(str).str.strip() if len(preds) == 1 else pd.Series(dtype=str)
     numbers = pd.to_numeric(pd.Series(sorted(values)), errors="coerce")
-    if maps is not None and len(tokens) < len(values) and any(len(v.split()) > 1 for v in values):
-        found.set("task", "multilabel", f"{where} holds {len(tokens)} classes, space-separated, in "
+    if maps is not None and _space_separated(values):
+        found.set("task", "multilabel", f"{where} holds {len({t for v in values for t in v.split()})} classes, space-separated, in "
                   f"{len(values)} combinations")
         found.set("submission.format", "multilabel" if len(preds) == 1 else "probabilities",
                   "one column for the space-separated classes" if len(preds) == 1 else "one column per class")
@@ -385,10 +384,27 @@ def _task_of_labels(found: Inference, labels: pd.Series, where: str, sample: pd.
               else "no sample submission", check=not preds)
 
 
+def _space_separated(values: set[str]) -> bool:
+    """Whether label cells list several classes separated by spaces: some cell holds several
+    words and one of them is a class alone elsewhere ('scab' and 'scab rust'), or there are fewer
+    words than distinct cells (combinations of a few classes); a class name with a space
+    ('Common wheat') is neither."""
+    several = [v.split() for v in values if len(v.split()) > 1]
+    if not several:
+        return False
+    tokens = {t for v in values for t in v.split()}
+    return any(t in values for words in several for t in words) or len(tokens) < len(values)
+
+
 def _binary(found: Inference, values: set[str], cells: pd.Series, column: str, where: str) -> None:
+    if cells.empty:
+        found.set("submission.format", "binary", "no sample submission: the positive class's probability, "
+                  "as most binary tasks are scored", check=True)
     decimals = pd.to_numeric(cells, errors="coerce")
     probability = decimals.notna().all() and len(cells) > 0 and not set(cells) <= values
-    if probability or (decimals.notna().all() and len(cells)):
+    if cells.empty:
+        pass
+    elif probability or decimals.notna().all():
         found.set("submission.format", "binary", "the sample's one column holds " +
                   ("a probability" if probability else "a number: the positive class's probability"),
                   check=not probability)
