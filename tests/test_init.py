@@ -26,8 +26,8 @@ from test_competitions import K, TINY_MODEL
 from foldstack import cli
 from foldstack.core.errors import FoldstackError
 from foldstack.core.paths import Paths
-from foldstack.pipeline import load_pipeline, parse_pipeline
-from foldstack.stages import download, folds, init, predict, stack, submit, train
+from foldstack.pipeline import load_pipeline
+from foldstack.stages import download, init
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,17 +81,15 @@ def test_inferred_pipeline_runs_end_to_end(slug: str, tmp_path: Path) -> None:
 
 
 def _run_inferred(slug: str, public: Path, tmp_path: Path) -> Path:
+    """Init, then every stage through the command line, as `make all` runs them; the submission."""
     done = _init(slug, public, tmp_path)
     raw = yaml.safe_load(done.path.read_text())
     raw["models"], raw["folds"]["k"] = [TINY_MODEL], K
-    cfg = parse_pipeline(raw, source=str(done.path))
-    paths = Paths.for_pipeline(cfg.name, tmp_path / "root")
-    download.run(cfg, paths)
-    folds.run(cfg, paths)
-    train.run(cfg, paths, workers=1)
-    predict.run(cfg, paths, workers=1)
-    stack.run(cfg, paths)
-    return submit.run(cfg, paths)
+    done.path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    root = str(tmp_path / "root")
+    for stage in ("download", "folds", "train", "predict", "stack", "submit"):
+        assert cli.main([stage, "-p", str(done.path), "--root", root]) == 0, stage
+    return next((tmp_path / "root" / "submissions" / slug).glob(f"{slug}-*.csv"))
 
 
 # --- new fixtures, each as its competition ships it ---------------------------------------------------
