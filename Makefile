@@ -29,7 +29,7 @@ endif
 FOLDSTACK := $(BIN)foldstack
 RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
 
-.PHONY: all download folds train predict stack submit report check test bench clean setup bundle kernel kernel-push
+.PHONY: all init download folds train predict stack submit report check test bench clean setup bundle kernel kernel-push
 .DELETE_ON_ERROR:
 
 all: report
@@ -108,6 +108,12 @@ kernel-push: | $(SETUP)
 # What the inference kernel runs once foldstack is installed: `make kernel BUNDLE=<folder>`.
 kernel: | $(SETUP)
 	$(FOLDSTACK) kernel --bundle $(or $(BUNDLE),$(error name the bundle: make kernel BUNDLE=<folder>)) --root $(ROOT)
+
+# Write pipelines/<name>.yaml from a competition's own files, then check it: `make init PIPELINE=<name>
+# DATA=<folder>` (the files as shipped) or `COMPETITION=<slug>` (downloaded by the Kaggle client);
+# FORCE=1 overwrites an existing pipeline. DATA counts only when given on the command line.
+init: | $(SETUP)
+	$(FOLDSTACK) init --pipeline $(PIPELINE) --root $(ROOT) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(FORCE),--force)
 
 check: | $(SETUP)
 	$(call RUN,check)

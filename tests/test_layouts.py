@@ -20,7 +20,7 @@ from foldstack.core import metrics
 from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.data import images, sources, tables
+from foldstack.data import archives, images, sources, tables
 from foldstack.data.labels import Classes
 from foldstack.stages import check, download, submit
 
@@ -102,13 +102,13 @@ def test_interrupted_unpacking_keeps_the_previous_download(tmp_path: Path, monke
     source = _cactus(tmp_path / "competition")
     cfg, paths = _local(tmp_path, source, task="binary", label_column="has_cactus", ids_have_extension=True)
     before = sorted(p.relative_to(paths.data).as_posix() for p in paths.data.rglob("*"))
-    unpack = sources.unpack
+    unpack = archives.unpack
 
     def killed_midway(archive: Path, shown: Path | None = None) -> Path:
         unpack(archive, shown)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sources, "unpack", killed_midway)
+    monkeypatch.setattr(archives, "unpack", killed_midway)
     with pytest.raises(KeyboardInterrupt):
         download.run(cfg, paths, force=True)
     assert sorted(p.relative_to(paths.data).as_posix() for p in paths.data.rglob("*")) == before

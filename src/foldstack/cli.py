@@ -19,7 +19,7 @@ from foldstack.core.logs import setup_logging
 from foldstack.core.paths import Paths, scratch_root
 from foldstack.data import kaggle
 from foldstack.pipeline import load_pipeline
-from foldstack.stages import bundle, check, download, folds, kernel, predict, report, stack, submit, train
+from foldstack.stages import bundle, check, download, folds, init, kernel, predict, report, stack, submit, train
 
 
 def _pipeline_path(name: str) -> Path:
@@ -126,12 +126,33 @@ def cmd_kernel_push(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    cfg, paths = _load(args)
+    _check(*_load(args))
+
+
+def _check(cfg, paths: Paths) -> None:
     report = check.run(cfg, paths)
     print(report.render())
     if report.problems:
         raise FoldstackError(f"{len(report.problems)} problem(s) found in {paths.data}; "
                              "fix them before training (listed above)")
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    if bool(args.data) == bool(args.competition):
+        raise FoldstackError("init: name the competition's files with --data DIR or --competition SLUG (one of them)")
+    source = ({"type": "local", "path": str(Path(args.data).resolve())} if args.data
+              else {"type": "kaggle_competition", "competition": args.competition})
+    name = Path(args.pipeline).stem
+    done = init.run(name, Paths.for_pipeline(name, args.root), _pipeline_path(args.pipeline), source, force=args.force)
+    print(f"wrote {done.path}")
+    for line in done.notes:
+        print(f"  {line}")
+    if done.checks:
+        print(f"check these {len(done.checks)} key(s) (marked '# check:'):")
+        print("\n".join(f"  {line}" for line in done.checks))
+    if done.task == "regression":
+        raise FoldstackError(f"{done.path}: task regression; foldstack cannot train regression yet")
+    _check(*_load(args))
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:
@@ -173,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="--images: predict the readable images, warn about the others")
     predict_parser.add_argument("--workers", type=int, default=None, help="input-pipeline threads")
     stage("check", cmd_check, "validate the config and every train and test file before training")
+    init_cmd = stage("init", cmd_init, "write pipelines/<pipeline>.yaml from a competition's own files, then check it")
+    init_cmd.add_argument("--data", metavar="DIR", help="a folder holding the competition's files as shipped")
+    init_cmd.add_argument("--competition", metavar="SLUG", help="a Kaggle competition, downloaded by the client")
+    init_cmd.add_argument("--force", action="store_true", help="overwrite the pipeline if it exists")
     stage("stack", cmd_stack, "score blends and the LightGBM stacker by CV; save the best; apply it to "
           "the test predictions")
     submit = stage("submit", cmd_submit, "write a validated submission; --upload sends it to Kaggle")

@@ -139,7 +139,7 @@ class DataConfig(_Frozen):
     test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
     sample_submission: str = "sample_submission.csv"
     solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
-    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
+    unpack: bool = Field(True, description="download: unpack every archive inside the downloaded files (.zip, .7z, .tar, .tar.gz, .gz), once")
 
     @field_validator("label_columns")
     @classmethod

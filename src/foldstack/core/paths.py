@@ -61,9 +61,18 @@ def kaggle_mounted_input(source: Any) -> Path | None:
     return next((path for path in kaggle_input_candidates(source) if path.is_dir()), None)
 
 
+#: The endings of the archives a download unpacks (``data/archives.py``), longest first.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip", ".7z", ".gz")
+
+
+def archive_suffix(name: str) -> str | None:
+    """The archive ending of a file name (``.tar.gz`` of ``train.tar.gz``), or None."""
+    return next((suffix for suffix in ARCHIVE_SUFFIXES if name.lower().endswith(suffix)), None)
+
+
 def holds_archives(folder: Path) -> bool:
-    """Whether ``folder`` holds a ``.zip`` at its top, as a competition ships ``train.zip``."""
-    return any(path.suffix.lower() == ".zip" for path in folder.iterdir() if path.is_file())
+    """Whether ``folder`` holds an archive at its top, as a competition ships ``train.zip``."""
+    return any(archive_suffix(path.name) for path in folder.iterdir() if path.is_file())
 
 
 def scratch_root() -> Path:

@@ -761,3 +761,22 @@ def _score(text: str | None) -> float | None:
         return float(text)
     except (TypeError, ValueError):
         return None
+
+
+def evaluation_metric(slug: str) -> str | None:
+    """The competition's evaluation metric as Kaggle names it (``competitions_list``'s
+    ``evaluation_metric``: 'Area Under Receiver Operating Characteristic Curve', ...), or None
+    where the client cannot say (no such field, a network or credentials problem: logged)."""
+    try:
+        api, credentials = _authenticated_api()
+        with _kaggle_errors(None, credentials), _kaggle_output():
+            found = api.competitions_list(search=slug) or []
+    except KaggleError as error:
+        logger.warning("cannot read the evaluation of competition %r: %s", slug, error)
+        return None
+    found = getattr(found, "competitions", found)
+    for competition in found:
+        ref = str(getattr(competition, "ref", ""))
+        if ref.rstrip("/").split("/")[-1] == slug:
+            return getattr(competition, "evaluation_metric", None) or getattr(competition, "evaluationMetric", None)
+    return None

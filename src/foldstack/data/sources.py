@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from foldstack.core.config import PipelineConfig
-from foldstack.core.errors import DataError, one_line
+from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_dir, write_csv, write_json
 from foldstack.core.paths import Paths
+from foldstack.data import archives
 
 log = logging.getLogger(__name__)
 
@@ -47,90 +46,8 @@ def complete(folder: Path, cfg: PipelineConfig, final: Path) -> None:
     """Finish a download built in ``folder``, before it takes its place at ``final``: unpack its
     archives (``data.unpack``), then write the marker. Every source ends here."""
     if cfg.data.unpack:
-        unpack_archives(folder, final)
+        archives.unpack_all(folder, final)
     write_marker(folder, cfg.data.source)
-
-
-#: Rounds of unpacking (a zip inside a zip inside ...) before an archive is taken for a zip bomb.
-MAX_NESTING = 8
-#: Members that zip tools on macOS add and that are no data.
-_NOT_DATA = ("__MACOSX/",)
-
-
-def unpack_archives(folder: Path, shown: Path | None = None) -> list[str]:
-    """Unpack every ``.zip`` under ``folder``, zips found inside zips too, each once; an archive
-    goes once it is unpacked. Returns the archives unpacked (relative POSIX paths).
-
-    An archive whose members all sit under one top folder (``train.zip`` holding ``train/...``),
-    or that holds one file named by its stem (``train.csv.zip`` holding ``train.csv``), is
-    unpacked beside itself; one whose members are flat, into a folder named by its stem
-    (``test.zip`` -> ``test/``). ``shown``: the folder's final name, for messages.
-
-    Raises:
-        DataError: an archive is not a valid zip, a member would land outside its folder or on a
-            file already there; names the archive as under ``shown``.
-    """
-    done: list[str] = []
-    for _ in range(MAX_NESTING):
-        archives = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".zip" and p.is_file())
-        if not archives:
-            return done
-        for archive in archives:
-            name = archive.relative_to(folder).as_posix()
-            log.info("unpacking %s", name)
-            unpack(archive, (shown or folder) / name)
-            archive.unlink()
-            done.append(name)
-    raise DataError(f"{shown or folder}: archives nested more than {MAX_NESTING} deep; refused as a possible zip bomb")
-
-
-def unpack(archive: Path, shown: Path | None = None) -> Path:
-    """Unpack one zip (see :func:`unpack_archives`); returns the folder it went into."""
-    shown = shown or archive
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = [m for m in zipped.infolist() if not m.filename.startswith(_NOT_DATA)]
-            names = [m.filename for m in members]
-            _check_members(names, shown)
-            beside = _one_top_folder(names) or names == [archive.stem]  # train/..., or train.csv.zip
-            target = archive.parent if beside else archive.parent / archive.stem
-            clash = next((name for name in names if not name.endswith("/") and (target / name).exists()), None)
-            if clash is not None:
-                raise DataError(f"{shown}: member {clash!r} would overwrite {(target / clash).name}, already there")
-            zipped.extractall(target, members)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
-        raise DataError(f"{shown}: cannot unpack: {one_line(str(error)) or type(error).__name__}") from None
-    return target
-
-
-def archive_problem(archive: Path) -> str:
-    """Why a ``.zip`` is still in a downloaded folder (``check``): it was never unpacked, or it
-    cannot be."""
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            bad = zipped.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f"{archive}: cannot unpack: {one_line(str(error))}"
-    if bad is not None:
-        return f"{archive}: cannot unpack: member {bad!r} is corrupt"
-    return f"{archive}: archive not unpacked (data.unpack is on); run the download stage with --force"
-
-
-def _check_members(names: list[str], shown: Path) -> None:
-    """Refuse a member whose path would leave the folder it is unpacked into (zip slip)."""
-    for name in names:
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-            raise DataError(f"{shown}: member {name!r} would land outside the folder it unpacks into; refused")
-
-
-def _one_top_folder(names: list[str]) -> bool:
-    """Whether every member sits under one folder (``train/a.jpg``, ``train/b.jpg``)."""
-    tops = {name.split("/", 1)[0] for name in names}
-    if len(tops) != 1:
-        return False
-    top = tops.pop() + "/"
-    return all(name.startswith(top) for name in names)
 
 
 def write_marker(folder: Path, source: Any) -> None:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.data import images, sources, splits, tables
+from foldstack.data import archives, images, splits, tables
 from foldstack.data.labels import Classes, every_label
 
 #: Messages of one kind shown before the rest are counted (a missing folder can be 10,000 rows).
@@ -65,7 +65,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Report:
         report.problem([f"{paths.data}: data folder not found; run the download stage first"])
         return report
     if cfg.data.unpack:
-        report.problem([sources.archive_problem(path) for path in sorted(paths.data.rglob("*.zip")) if path.is_file()])
+        report.problem([archives.archive_problem(path) for path in archives.find(paths.data)])
     train = _check_train(cfg, paths, report)
     test = _check_test(cfg, paths, report)
     _warn_unlisted(cfg, paths, train, test, report)
