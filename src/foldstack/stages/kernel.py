@@ -47,9 +47,7 @@ def run(cfg: PipelineConfig, paths: Paths, bundle: Path) -> Path:
     if record["pipeline"] != cfg.name:
         raise DataError(f"{bundle}: a bundle of pipeline {record['pipeline']!r}, not {cfg.name!r}")
     _copy_tree(bundle / bundle_file.ARTIFACTS / cfg.name, paths.artifacts, replace=True)
-    for kind in record["weights"]:
-        # Never over a cached file: a cache may hold the same file already, in use.
-        _copy_tree(bundle / bundle_file.WEIGHTS / kind, cache_dir(kind), replace=False)
+    restore_weights(bundle)
     started = time.time()
     for step in STEPS:
         command = [sys.executable, "-m", "foldstack.cli", step, "--pipeline", str(bundle / bundle_file.PIPELINE),
@@ -66,6 +64,14 @@ def run(cfg: PipelineConfig, paths: Paths, bundle: Path) -> Path:
         shutil.copyfile(max(written, key=lambda path: path.stat().st_mtime), tmp)
     print(f"kernel: wrote {target}")
     return target
+
+
+def restore_weights(bundle: Path) -> None:
+    """The bundle's pretrained files into the caches they are read from. Before the pipeline is
+    loaded too: validating a ``hub:<preset>`` backbone reads the preset, found in its cache."""
+    for kind in bundle_file.read(bundle)["weights"]:
+        # Never over a cached file: a cache may hold the same file already, in use.
+        _copy_tree(bundle / bundle_file.WEIGHTS / kind, cache_dir(kind), replace=False)
 
 
 def _copy_tree(source: Path, target: Path, replace: bool) -> None:
