@@ -102,7 +102,7 @@ def test_a_pipeline_takes_the_presets_size_and_refuses_a_bad_preset_in_one_line(
 
 def test_unfreeze_and_partial_go_by_block(presets: dict[str, str]) -> None:
     for name, block, earlier in ((presets["resnet"], "P3", "P2"),
-                                 (presets["vit"], "transformer_block_2", "transformer_block_1")):
+                                 (presets["vit"], "block_2", "block_1")):
         spec = backbones.get(name)
         model = backbones.create(name, weights=None)
         inner = model.layers[-1]
@@ -118,7 +118,7 @@ def test_unfreeze_and_partial_go_by_block(presets: dict[str, str]) -> None:
 def test_a_vit_fold_fine_tunes_by_block_and_grad_cam_reads_its_token_grid(presets, tmp_path: Path) -> None:
     images, y, _ = _corner_images(96, seed=0)
     cfg = make_config(models=[{"name": "vit", "backbone": presets["vit"], "regime": "finetune", "epochs": 2,
-                               "head_epochs": 1, "unfreeze": "transformer_block_2", "batch_size": 16,
+                               "head_epochs": 1, "unfreeze": "block_2", "batch_size": 16,
                                "lr": 0.003}])
     task = FoldTask(model=cfg.models[0], task="multiclass", metric="accuracy", y=y, n_classes=2,
                     train_index=np.arange(64), valid_index=np.arange(64, 96), augment=cfg.augment, caches={},
@@ -147,14 +147,16 @@ def test_hub_folds_train_predict_bundle_and_run_in_the_offline_kernel(tmp_path: 
     vit, resnet = save_vit(tmp_path / "presets" / "vit"), save_resnet(tmp_path / "presets" / "resnet")
     pipeline = {**PIPELINE, "models": [
         {"name": "vit", "backbone": f"hub:{vit}", "regime": "finetune", "epochs": 2, "head_epochs": 1,
-         "unfreeze": "transformer_block_2", "batch_size": 32, "lr": 0.003},
+         "unfreeze": "block_2", "batch_size": 32, "lr": 0.003},
         {"name": "resnet", "backbone": f"hub:{resnet}", "regime": "features", "epochs": 2, "batch_size": 32},
     ]}
     (tmp_path / "tinyhub.yaml").write_text(yaml.safe_dump(pipeline))
     competition(tmp_path / "input")
-    env = {**os.environ, "FOLDSTACK_KAGGLE_INPUT": str(tmp_path / "input"), "PYTHONUNBUFFERED": "1",
-           "FOLDSTACK_CACHE": str(tmp_path / "cache-trained"), "KERAS_HOME": str(tmp_path / "keras-trained")}
     trained = tmp_path / "trained"
+    # Kaggle-like, as test_kernel_offline trains: the competition read from its input mount.
+    env = {**os.environ, "KAGGLE_KERNEL_RUN_TYPE": "Batch", "FOLDSTACK_KAGGLE_INPUT": str(tmp_path / "input"),
+           "FOLDSTACK_KAGGLE_WORKING": str(trained), "PYTHONUNBUFFERED": "1",
+           "FOLDSTACK_CACHE": str(tmp_path / "cache-trained"), "KERAS_HOME": str(tmp_path / "keras-trained")}
     common = ["--pipeline", str(tmp_path / "tinyhub.yaml"), "--root", str(trained)]
     (tmp_path / "no-requirements.txt").write_text("")
     for stage in ("folds", "train", "predict", "stack", "bundle"):
@@ -168,7 +170,7 @@ def test_hub_folds_train_predict_bundle_and_run_in_the_offline_kernel(tmp_path: 
     shutil.move(tmp_path / "presets", tmp_path / "elsewhere")  # the kernel has only the bundle
     working = tmp_path / "working"
     kernel_env = {**env, "FOLDSTACK_CACHE": str(tmp_path / "cache-kernel"), "KERAS_HOME": str(tmp_path / "keras-kernel"),
-                  "FOLDSTACK_KAGGLE_WORKING": str(working), "KAGGLE_KERNEL_RUN_TYPE": "Batch"}
+                  "FOLDSTACK_KAGGLE_WORKING": str(working)}
     foldstack("kernel", "--bundle", str(bundle), "--root", str(working), env=kernel_env)
     assert (working / "submission.csv").is_file()
     for model in ("vit", "resnet"):

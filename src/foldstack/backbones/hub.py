@@ -12,9 +12,9 @@ Each backbone is rebuilt as a chain of its blocks, so the regimes see blocks as 
 * a CNN with a feature pyramid (``ResNetBackbone``, ``CSPNetBackbone``, ``EfficientNetBackbone``,
   ``DenseNetBackbone``): one nested model per pyramid level (``P2``, ``P3``, ...; the stem goes
   with the first, the layers after the last level in ``post``), ending in the last feature map;
-* a ViT (``ViTBackbone``): the patch embedding, each transformer block, the final norm, and the
-  patch tokens put back on their grid (the class token dropped), so pooling, ``partial`` cuts
-  and Grad-CAM see a feature map as they do a CNN's.
+* a ViT (``ViTBackbone``): ``embedding``, each transformer block (``block_1`` ... ``block_N``),
+  the final ``norm``, and the patch tokens put back on their grid (the class token dropped), so
+  pooling, ``partial`` cuts and Grad-CAM see a feature map as they do a CNN's.
 
 ``unfreeze`` and ``cut_layer`` take a block's name (:func:`blocks` lists them; ``layer_decay``'s
 grouping). A hub preset is found again on an offline kernel as the bundle ships it: its files go
@@ -244,8 +244,14 @@ def _token_chain(backbone, inputs, preset: Preset):
     from keras import ops
 
     embedding, encoder = backbone.layers[1], backbone.layers[2]
-    x = embedding(inputs)
-    for layer in (encoder.dropout, *encoder.encoder_layers, encoder.layer_norm):
+    # Names of our own, stable across KerasHub releases (0.29 spells its blocks "tranformer_block_N"):
+    # ``unfreeze`` and ``cut_layer`` name them. A layer's weights are found by its place, not its name.
+    blocks = [(embedding, "embedding"), (encoder.dropout, "embedding_dropout"),
+              *((layer, f"block_{i}") for i, layer in enumerate(encoder.encoder_layers, start=1)),
+              (encoder.layer_norm, "norm")]
+    x = inputs
+    for layer, name in blocks:
+        layer.name = name
         x = layer(x)
     return token_grid(x, preset.size // preset.patch, ops)
 
@@ -297,7 +303,7 @@ def resolve(name: str) -> BackboneSpec:
         minimum = 32
     else:
         depth = int(config.get("num_layers", 1))
-        cuts = tuple(f"transformer_block_{i}" for i in sorted({max(1, depth // 3), max(1, 2 * depth // 3)}))
+        cuts = tuple(f"block_{i}" for i in sorted({max(1, depth // 3), max(1, 2 * depth // 3)}))
         minimum = preset.size
     return BackboneSpec(name=name, family="KerasHub", build=_builder(name, preset), preprocess=_normaliser(preset),
                         default_size=preset.size, min_size=minimum, cut_layers=cuts, cut=_cutter(preset),
