@@ -18,8 +18,10 @@ from test_gradcam import _corner_images
 from test_kernel_offline import SLUG, competition, foldstack
 
 from foldstack import backbones
+from foldstack.backbones import hub, pretrained
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError
+from foldstack.stages import bundle
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.gradcam import explain
 from foldstack.training.network import set_trainable
@@ -129,6 +131,25 @@ def test_a_vit_fold_fine_tunes_by_block_and_grad_cam_reads_its_token_grid(preset
     # Each heatmap varies over the image (a 4x4 token grid upsampled), and they differ between images.
     assert all(h.max() - h.min() > 0.1 for h in result.heatmaps)
     assert np.abs(result.heatmaps[0] - result.heatmaps[1]).max() > 0.05
+
+
+def test_the_bundle_ships_the_preset_and_the_kernel_finds_it_where_the_folder_was(tmp_path: Path, monkeypatch) -> None:
+    """Whatever its ``weights`` (the architecture is the preset's config), a hub backbone's preset
+    files go to ``weights/hub/<key>/``; once the kernel has put them in its cache, the same
+    ``hub:<path>`` resolves there although the path is gone."""
+    monkeypatch.setenv("FOLDSTACK_CACHE", str(tmp_path / "cache"))
+    name = f"hub:{save_resnet(tmp_path / 'models' / 'resnet')}"
+    cfg = make_config(models=[{"name": "r", "backbone": name, "weights": "none", "regime": "scratch", "epochs": 1}])
+    found = bundle._pretrained_weights(cfg, tmp_path / "weights")
+    key = hub.cache_key(name)
+    assert found[pretrained.HUB] == [f"{key}/{file}" for file in
+                                     ("config.json", "image_converter.json", "metadata.json", "model.weights.h5")]
+    shutil.move(tmp_path / "models", tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=r"no preset folder"):
+        make_config(models=[{"name": "r", "backbone": name}])
+    shutil.copytree(tmp_path / "weights" / pretrained.HUB, pretrained.cache_dir(pretrained.HUB))  # as the kernel does
+    assert make_config(models=[{"name": "r", "backbone": name}]).models[0].image_size == SIZE
+    assert backbones.create(name, weights="imagenet").count_params() > 0
 
 
 PIPELINE = {

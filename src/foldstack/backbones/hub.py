@@ -112,7 +112,7 @@ def locate(name: str) -> tuple[str, Path]:
     shipped = bundled_dir() / cache_key(name)
     if shipped.is_dir():
         return str(shipped), shipped
-    if preset.startswith(("/", ".", "~")) or Path(preset).suffix:
+    if preset.startswith(("/", ".", "~")):  # a path, not a handle (handles may hold dots: hf://timm/x.y)
         raise DataError(f"{name}: no preset folder {preset} (nor a bundled copy in {shipped}); "
                         "attach the Kaggle Model or save the preset there")
     return preset, _download(name, preset)

@@ -208,7 +208,8 @@ def _excluded(relative: Path) -> bool:
 
 
 def _pretrained_weights(cfg: PipelineConfig, folder: Path) -> dict[str, list[str]]:
-    """Copy the ImageNet weight files the models load into ``folder/<kind>/``; their names by kind."""
+    """Copy the ImageNet weight files the models load, and every hub backbone's preset files, into
+    ``folder/<kind>/``; their names by kind."""
     found: dict[str, list[str]] = {KERAS: [], FOLDSTACK: []}
     for model in cfg.models:
         # A hub preset ships whatever the weights: its config is the architecture.
