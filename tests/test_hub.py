@@ -133,6 +133,19 @@ def test_a_vit_fold_fine_tunes_by_block_and_grad_cam_reads_its_token_grid(preset
     assert np.abs(result.heatmaps[0] - result.heatmaps[1]).max() > 0.05
 
 
+def test_a_cnn_fold_trains_partial_on_a_cut_block_and_grad_cam_reads_the_cut(presets, tmp_path: Path) -> None:
+    images, y, _ = _corner_images(64, seed=0)
+    cfg = make_config(models=[{"name": "cnn", "backbone": presets["resnet"], "regime": "partial", "cut_layer": "P2",
+                               "dense_units": [8], "epochs": 1, "batch_size": 16}])
+    task = FoldTask(model=cfg.models[0], task="multiclass", metric="accuracy", y=y, n_classes=2,
+                    train_index=np.arange(48), valid_index=np.arange(48, 64), augment=cfg.augment, caches={},
+                    fold_dir=tmp_path, seed=0)
+    proba = fit(task, {"train": images}, metrics.get("accuracy"))("train", task.valid_index)
+    assert proba.shape == (16, 2) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    result = explain(task, images[:3])
+    assert result.heatmaps.shape == (3, SIZE, SIZE) and all(h.max() - h.min() > 0.1 for h in result.heatmaps)
+
+
 def test_the_bundle_ships_the_preset_and_the_kernel_finds_it_where_the_folder_was(tmp_path: Path, monkeypatch) -> None:
     """Whatever its ``weights`` (the architecture is the preset's config), a hub backbone's preset
     files go to ``weights/hub/<key>/``; once the kernel has put them in its cache, the same
