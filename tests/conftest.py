@@ -32,7 +32,7 @@ TINY = {
 #: two workers in this order (``--dist loadscope --no-loadscope-reorder``), then the others in
 #: file order: each module's fixtures are built once, and the two workers end together instead of
 #: one finishing a long module alone.
-LONGEST_FIRST = ("test_executors", "test_competitions", "test_backbones", "test_make", "test_backends",
+LONGEST_FIRST = ("test_executors", "test_competitions", "test_backbones", "test_hub", "test_make", "test_backends",
                  "test_kernel_offline", "test_predict", "test_train", "test_phases", "test_ordinal", "test_recipes")
 
 

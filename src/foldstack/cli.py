@@ -101,6 +101,7 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 def cmd_kernel(args: argparse.Namespace) -> None:
     bundle_dir = Path(args.bundle)
     bundle_file.read(bundle_dir)  # a folder that is no bundle, or lacks a file, is named before anything else
+    kernel.restore_weights(bundle_dir)  # a hub backbone's preset is read when the pipeline is validated
     cfg = load_pipeline(bundle_dir / bundle_file.PIPELINE)
     # Everything but the submission goes to scratch: /kaggle/working keeps 20 GB.
     kernel.run(cfg, Paths.for_config(cfg, args.root or scratch_root()), bundle_dir, time_limit=args.time_limit)

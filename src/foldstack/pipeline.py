@@ -6,20 +6,42 @@ the loaded config."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator, Mapping
 
 from foldstack import backbones
 from foldstack.core import config, metrics
 from foldstack.core.config import BackboneSizes, Known, PipelineConfig
+from foldstack.core.errors import FoldstackError
 from foldstack.level2 import candidates
 from foldstack.training.augment import compose
 from foldstack.training.device_forms import check_device
 
 
+class BackboneNames(Mapping[str, BackboneSizes]):
+    """Every registered backbone's sizes; a prefixed name (``hub:<preset>``) is resolved when
+    asked for, and one that cannot be (a missing preset, one of a class the family does not know)
+    raises ValueError with the family's one line, which validation reports under its key."""
+
+    def __getitem__(self, name: str) -> BackboneSizes:
+        try:
+            spec = backbones.get(name)
+        except backbones.UnknownBackboneError:
+            raise KeyError(name) from None
+        except FoldstackError as error:
+            raise ValueError(str(error)) from None
+        return BackboneSizes(spec.default_size, spec.min_size)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(backbones.names())
+
+    def __len__(self) -> int:
+        return len(backbones.names())
+
+
 def known() -> Known:
     """The names a pipeline may use, from the registries."""
     return Known(
-        backbones={name: BackboneSizes(backbones.get(name).default_size, backbones.get(name).min_size)
-                   for name in backbones.names()},
+        backbones=BackboneNames(),
         metrics=metrics.names(),
         candidates=candidates.names(),
         check_augment=compose,

@@ -4,7 +4,8 @@ Importing this package registers every built-in family; none of them imports Ker
 model is built, so configs validate backbone names quickly.
 """
 
-from foldstack.backbones import efficientnet_lite, keras_apps, small_cnn  # noqa: F401  (they register)
-from foldstack.backbones.spec import BackboneSpec, UnknownBackboneError, create, describe, get, names, register
+from foldstack.backbones import efficientnet_lite, hub, keras_apps, small_cnn  # noqa: F401  (they register)
+from foldstack.backbones.spec import (BackboneSpec, UnknownBackboneError, create, describe, get, names, prefixes,
+                                      register)
 
-__all__ = ["BackboneSpec", "UnknownBackboneError", "create", "describe", "get", "names", "register"]
+__all__ = ["BackboneSpec", "UnknownBackboneError", "create", "describe", "get", "names", "prefixes", "register"]

@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from foldstack.backbones import efficientnet_lite
+from foldstack.backbones import efficientnet_lite, hub
 from foldstack.backbones.spec import create
 
-#: Where each kind of recorded file goes back to on the kernel: Keras's cache or foldstack's.
-KERAS, FOLDSTACK = "keras", "foldstack"
+#: Where each kind of recorded file goes back to on the kernel: Keras's cache, foldstack's, or
+#: (a hub preset's files, under their preset's key: ``hub.bundled_name``) the hub family's.
+KERAS, FOLDSTACK, HUB = "keras", "foldstack", "hub"
 
 
 def imagenet_files(backbone: str, image_size: int, send: Callable[[Any], None] | None = None) -> list[tuple[str, str]]:
@@ -32,7 +33,11 @@ def imagenet_files(backbone: str, image_size: int, send: Callable[[Any], None] |
     Returns:
         ``(KERAS, path)`` for a file under Keras's cache, ``(FOLDSTACK, path)`` for one under
         :func:`foldstack.backbones.efficientnet_lite.weights_cache_dir`; in the order read.
+        A hub backbone's are every file of its preset, ``(HUB, path)``: the kernel builds it from
+        them whatever its ``weights`` (the architecture is in the preset's ``config.json``).
     """
+    if hub.is_hub(backbone):
+        return [(HUB, str(path.resolve())) for path in hub.preset_files(backbone)]
     from keras.src.utils import file_utils  # the module keras.applications fetch weights through
 
     found: list[tuple[str, str]] = []
@@ -62,5 +67,7 @@ def keras_cache_dir() -> Path:
 
 
 def cache_dir(kind: str) -> Path:
-    """The cache that a recorded file of ``kind`` (``KERAS`` or ``FOLDSTACK``) is read from."""
+    """The cache that a recorded file of ``kind`` (``KERAS``, ``FOLDSTACK``, ``HUB``) is read from."""
+    if kind == HUB:
+        return hub.bundled_dir()
     return keras_cache_dir() if kind == KERAS else efficientnet_lite.weights_cache_dir()

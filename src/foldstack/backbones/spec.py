@@ -8,6 +8,7 @@ the model, so training code never needs to know which backbone it holds.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -30,6 +31,10 @@ class BackboneSpec:
         cut_layers: layer names where a ``partial`` fine-tune may cut, shallow to deep.
         build_classifier: optional ``build_classifier(input_shape, weights) -> keras.Model``
             with the 1,000-class ImageNet top, for checking weights.
+        cut: optional ``cut(model, layer) -> keras.Model``, ``build``'s model ended at ``layer``
+            (default: that layer's output as it is).
+        blocks: optional ``blocks(model) -> [(name, layers)]``, how ``build``'s model groups into
+            blocks, shallow to deep (a family whose blocks are not single layers).
     """
 
     name: str
@@ -39,13 +44,35 @@ class BackboneSpec:
     min_size: int = 32
     cut_layers: tuple[str, ...] = ()
     build_classifier: Callable[..., Any] | None = None
+    cut: Callable[[Any, str], Any] | None = None
+    blocks: Callable[[Any], list[tuple[str, list[Any]]]] | None = None
     family: str = field(default="", compare=False)
 
 
 _REGISTRY: Registry[BackboneSpec] = Registry("backbone")
 register = _REGISTRY.register
 names = _REGISTRY.names
-get = _REGISTRY.get
+#: Families whose names carry what they load (``hub:<preset>``): prefix -> ``resolve(name) -> spec``.
+_PREFIXES: dict[str, Callable[[str], BackboneSpec]] = {}
+
+
+def register_prefix(prefix: str, resolve: Callable[[str], BackboneSpec]) -> None:
+    """Names starting with ``prefix`` are resolved by ``resolve`` (it raises on a bad one)."""
+    if prefix in _PREFIXES:
+        raise ValueError(f"backbone prefix {prefix!r} is registered twice")
+    _PREFIXES[prefix] = resolve
+
+
+def prefixes() -> list[str]:
+    return sorted(_PREFIXES)
+
+
+def get(name: str) -> BackboneSpec:
+    """The spec of a registered backbone, or of a prefixed name (``hub:<preset>``)."""
+    for prefix, resolve in _PREFIXES.items():
+        if name.startswith(prefix):
+            return resolve(name)
+    return _REGISTRY.get(name)
 
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
@@ -76,13 +103,15 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
         inner = spec.build(input_shape, weights)
     if cut_at is not None:
         try:
-            inner = keras.Model(inner.input, inner.get_layer(cut_at).output, name=f"{name}_to_{cut_at}")
+            inner = (spec.cut(inner, cut_at) if spec.cut else
+                     keras.Model(inner.input, inner.get_layer(cut_at).output, name=f"{name}_to_{cut_at}"))
         except ValueError:
             raise ValueError(f"backbone {name!r} has no layer {cut_at!r} to cut at; "
                              f"suggested: {', '.join(spec.cut_layers)}") from None
     inputs = keras.Input(input_shape, name="rgb_0_255")
     outputs = inner(spec.preprocess(inputs))
-    return keras.Model(inputs, outputs, name=f"{name}_raw_rgb")
+    # A prefixed name holds a path (hub:/kaggle/input/...); Keras refuses "/" in a model's name.
+    return keras.Model(inputs, outputs, name=re.sub(r"[^\w.-]+", "_", f"{name}_raw_rgb"))
 
 
 def describe() -> Iterator[dict[str, Any]]:

@@ -51,7 +51,8 @@ class Known:
     """The registries' contents, against which a pipeline's names are validated.
 
     Attributes:
-        backbones: every backbone name and its sizes.
+        backbones: every backbone name and its sizes; a family's prefixed name (``hub:<preset>``)
+            is in it when it resolves, and asking raises ValueError (one line) when it cannot.
         metrics: every metric name.
         candidates: every stacking candidate name.
         check_augment: raises on a list of transforms albumentations cannot build.
@@ -406,6 +407,9 @@ class ModelConfig(_Frozen):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str, info: ValidationInfo) -> str:
+        # `in` resolves a family's prefixed name (hub:<preset>), raising one line on a bad one.
+        if value in _known(info).backbones:
+            return value
         return _one_of(value, list(_known(info).backbones), "backbone")
 
     @field_validator("image_size")

@@ -13,6 +13,7 @@ kernel installs foldstack and predicts a hidden test set; and beside it the kern
   log and the model's manifest; no ``backup-*``, ``features/`` or per-phase weights), ``oof/`` and
   ``stack/`` (the chosen candidate and the fitted level-two model);
 * ``weights/keras/``, ``weights/foldstack/``: the ImageNet weight files the models load;
+  ``weights/hub/<key>/``: each hub backbone's preset folder (``backbones.hub``);
 * ``foldstack-bundle.json`` (:mod:`foldstack.contracts.bundle_file`) and ``dataset-metadata.json``.
 
 ``kernel/<pipeline>/`` holds ``foldstack_kernel.py`` and ``kernel-metadata.json`` (Internet off,
@@ -34,7 +35,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from foldstack.backbones.pretrained import FOLDSTACK, KERAS
+from foldstack.backbones import hub
+from foldstack.backbones.pretrained import FOLDSTACK, HUB, KERAS
 from foldstack.contracts import bundle_file, fold_done, folds_file, manifest, predictions
 from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError, one_line
@@ -67,8 +69,10 @@ NOT_FOR_INFERENCE = ("backup-*", "features", "phase-*", ".*")
 #: 3, shipped at its pin, runs on the image's TensorFlow. Ray (about 70 MB) runs folds on a
 #: cluster; an inference kernel predicts on its own machine. Everything else is shipped at its pin:
 #: the fitted level-two model is a scikit-learn or LightGBM pickle, read back only by the version
-#: that wrote it, and the others are small.
-LEAVE_OUT = ("tensorflow", "ray")
+#: that wrote it, and the others are small. KerasHub (hub backbones only) depends on
+#: tensorflow-text, hence on a TensorFlow wheel; Kaggle's image ships keras-hub (*unconfirmed*
+#: which version), and ``--wheel keras-hub`` ships it at its pin where a kernel needs that one.
+LEAVE_OUT = ("tensorflow", "ray", "keras-hub")
 #: The platforms the wheels are chosen for: a Kaggle image runs x86-64 Linux with glibc 2.35
 #: (Ubuntu 22.04). pip's ``manylinux2014`` alone (glibc 2.17, with 2010 and 1) would miss the
 #: wheels built only for a newer glibc (``manylinux_2_28``).
@@ -211,18 +215,21 @@ def _excluded(relative: Path) -> bool:
 
 
 def _pretrained_weights(cfg: PipelineConfig, folder: Path) -> dict[str, list[str]]:
-    """Copy the ImageNet weight files the models load into ``folder/<kind>/``; their names by kind."""
+    """Copy the ImageNet weight files the models load, and every hub backbone's preset files, into
+    ``folder/<kind>/``; their names by kind."""
     found: dict[str, list[str]] = {KERAS: [], FOLDSTACK: []}
     for model in cfg.models:
-        if model.weights != "imagenet":
+        # A hub preset ships whatever the weights: its config is the architecture.
+        if model.weights != "imagenet" and not hub.is_hub(model.backbone):
             continue
         # Building the backbone needs Keras: in a child, as training does.
         for kind, path in isolate.call(f"{PRETRAINED}:imagenet_files", model.backbone,
                                        model.image_size):
-            (folder / kind).mkdir(parents=True, exist_ok=True)
-            if Path(path).name not in found[kind]:
-                shutil.copy2(path, folder / kind / Path(path).name)
-                found[kind].append(Path(path).name)
+            name = hub.bundled_name(model.backbone, path) if kind == HUB else Path(path).name
+            if name not in found.setdefault(kind, []):
+                (folder / kind / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, folder / kind / name)
+                found[kind].append(name)
     return found
 
 

@@ -54,9 +54,7 @@ def run(cfg: PipelineConfig, paths: Paths, bundle: Path, time_limit: float = TIM
     if record["pipeline"] != cfg.name:
         raise DataError(f"{bundle}: a bundle of pipeline {record['pipeline']!r}, not {cfg.name!r}")
     _copy_tree(bundle / bundle_file.ARTIFACTS / cfg.name, paths.artifacts, replace=True)
-    for kind in record["weights"]:
-        # Never over a cached file: a cache may hold the same file already, in use.
-        _copy_tree(bundle / bundle_file.WEIGHTS / kind, cache_dir(kind), replace=False)
+    restore_weights(bundle)
     started = time.time()
     _stage("download", bundle, paths)
     print(projection(record, len(tables.read_test_table(cfg, paths)[0]), time_limit))
@@ -100,6 +98,14 @@ def projection(record: dict, images: int, time_limit: float) -> str:
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h ({seconds:.0f} s)"
+
+
+def restore_weights(bundle: Path) -> None:
+    """The bundle's pretrained files into the caches they are read from. Before the pipeline is
+    loaded too: validating a ``hub:<preset>`` backbone reads the preset, found in its cache."""
+    for kind in bundle_file.read(bundle)["weights"]:
+        # Never over a cached file: a cache may hold the same file already, in use.
+        _copy_tree(bundle / bundle_file.WEIGHTS / kind, cache_dir(kind), replace=False)
 
 
 def _copy_tree(source: Path, target: Path, replace: bool) -> None:

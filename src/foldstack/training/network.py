@@ -127,7 +127,8 @@ def _loss(task: FoldTask) -> keras.losses.Loss:
 
 def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
     """What of the backbone trains: nothing (None), ``"all"``, the top ``N`` layers, or every
-    layer from a named one on."""
+    layer from a named one on (a layer, or a nested block such as a hub backbone's ``P4``:
+    from its first layer on)."""
     backbone.trainable = which is not None
     if which is None or which == "all":
         return
@@ -135,10 +136,10 @@ def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
     if isinstance(which, int):
         start = max(0, len(layers) - which)
     else:
-        names = [layer.name for layer in layers]
-        if which not in names:
+        starts = _first_leaves(backbone, {})
+        if which not in starts:
             raise ValueError(f"unfreeze = {which!r}: no such layer in the backbone")
-        start = names.index(which)
+        start = layers.index(starts[which])
     for layer in layers[:start]:
         layer.trainable = False
 
@@ -148,3 +149,16 @@ def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
     for layer in model.layers:
         leaves.extend(_leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
     return leaves
+
+
+def _first_leaves(model: keras.Model, found: dict[str, keras.layers.Layer]) -> dict[str, keras.layers.Layer]:
+    """Every layer's and nested model's name -> its first leaf layer (the first of a name wins)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            leaves = _leaf_layers(layer)
+            if leaves:
+                found.setdefault(layer.name, leaves[0])
+            _first_leaves(layer, found)
+        else:
+            found.setdefault(layer.name, layer)
+    return found
