@@ -260,6 +260,7 @@ def test_test_labels_unseen_in_training_warn_and_still_score(comp: Competition, 
     solution.loc[:4, "label"] = "11"  # a class no training row has
     solution.to_csv(comp.data / "solution.csv", index=False)
     truth = solution.set_index("id")["label"]
+    assert comp.run("folds")[0] == 0  # the class order submit scores by is written with the folds
     # A perfect model on the known classes: only the 5 unseen rows can be wrong.
     proba = pd.DataFrame(0.0, index=truth.index, columns=[str(d) for d in range(10)])
     for image_id, label in truth.items():
