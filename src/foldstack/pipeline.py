@@ -18,14 +18,23 @@ from foldstack.training.device_forms import check_device
 def known() -> Known:
     """The names a pipeline may use, from the registries."""
     return Known(
-        backbones={name: BackboneSizes(backbones.get(name).default_size, backbones.get(name).min_size)
+        backbones={name: BackboneSizes(backbones.get(name).default_size, backbones.get(name).min_size,
+                                       drop_path=backbones.get(name).drop_path is not None)
                    for name in backbones.names()},
         metrics=metrics.names(),
         candidates=candidates.names(),
         check_augment=compose,
         grade_metrics=[name for name in metrics.names() if metrics.get(name).on_grades],
         check_device_augment=check_device,
+        callable_metric=_callable_metric,
     )
+
+
+def _callable_metric(path: str, greater_is_better: bool, needs: str) -> str:
+    """The metric name of a pipeline's callable, once it imports (registered at load)."""
+    name = metrics.callable_name(path, greater_is_better, needs)
+    metrics.get(name)
+    return name
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

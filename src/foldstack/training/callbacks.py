@@ -27,7 +27,7 @@ class EMAWeights(keras.callbacks.Callback):
     each epoch to the start of the next: the callbacks after it score, checkpoint and log the
     average, and training goes on from the raw weights.
 
-    The average itself (warmed up, carried across phases) is ``network.AdamW``'s. Listed
+    The average itself (warmed up, carried across phases) is ``optim._PhaseOptimizer``'s (every optimizer's). Listed
     first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
     only fixes up the final epoch that ``epochs`` names: a phase that early stopping ends would
     finish holding its raw weights (``fit`` copies the optimizer's slots, then holding the raw

@@ -30,6 +30,7 @@ from foldstack.training.callbacks import (
 )
 from foldstack.training.fold_task import BEST, FoldTask
 from foldstack.training.network import compile_for, set_trainable
+from foldstack.training.optim import layer_scales, phase_recipe
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class Phase:
             every layer from a named one on. Ignored by a network without a backbone.
         size: the training images' size, or None for the model's ``image_size`` (progressive
             resizing, :func:`resized`). Validation is always at ``image_size``.
+        recipe: the phase whose optimizer, schedule and layer decay it takes from the model's
+            ``phases`` (``optim.phase_recipe``); None: its own name (a resized phase keeps the
+            name it was cut from).
     """
 
     name: str
@@ -55,6 +59,7 @@ class Phase:
     lr: float
     backbone: str | int | None = "all"
     size: int | None = None
+    recipe: str | None = None
 
 
 def resized(phases: Sequence[Phase], steps: Sequence[ResizeStep]) -> list[Phase]:
@@ -71,7 +76,8 @@ def resized(phases: Sequence[Phase], steps: Sequence[ResizeStep]) -> list[Phase]
         first += phase.epochs
         for size in dict.fromkeys(epoch_sizes):
             name = phase.name if size is None else f"{phase.name}-{size}px"
-            out.append(replace(phase, name=name, epochs=epoch_sizes.count(size), size=size))
+            out.append(replace(phase, name=name, epochs=epoch_sizes.count(size), size=size,
+                               recipe=phase.recipe or phase.name))
     return out
 
 
@@ -130,7 +136,10 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
         return
     if plan.backbone is not None:
         set_trainable(plan.backbone, phase.backbone)
-    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile, ema_step=first_epoch * plan.steps)
+    recipe = phase_recipe(task.model, phase.recipe or phase.name)
+    scales = layer_scales(plan.backbone, task.model.backbone, recipe.layer_decay) if phase.backbone is not None else None
+    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile, ema_step=first_epoch * plan.steps,
+                recipe=recipe, lr_scales=scales)
     plan.fitted.fit(**plan.train(phase), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
                      class_weight=task.class_weight,
                      callbacks=_phase_callbacks(task, plan, phase, first_epoch, metric, best, callbacks))

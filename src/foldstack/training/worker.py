@@ -30,6 +30,7 @@ from foldstack.training.features import FeatureCache, extract
 from foldstack.training.fold_task import FoldTask, PredictTask
 from foldstack.training.gradcam import explain
 from foldstack.training.loader import predict, view_batches
+from foldstack.training.network import POOLED
 from foldstack.training.regimes import features_tta, fit, trained_network, tta_predictor
 
 Send = Callable[[object], None]
@@ -120,8 +121,7 @@ def embed(task: PredictTask, send: Send) -> np.ndarray:
     if features is not None:
         return features[0]
     network = trained_network(task, task.fold_dirs[0])
-    pooled = next(layer for layer in network.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-    embedder = keras.Model(network.inputs, pooled.output)
+    embedder = keras.Model(network.inputs, network.get_layer(POOLED).output)
     batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
                            task.workers)
     return predict(embedder, batches).astype(np.float32)
