@@ -96,9 +96,12 @@ class FoldScore(keras.callbacks.Callback):
         self.network = network
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        proba = predict(scored_network(self, self.network), self.inputs)
         if logs is not None:
-            logs["val_score"] = self.metric(self.y_true, proba, n_classes=self.n_classes)
+            logs["val_score"] = self.score(scored_network(self, self.network))
+
+    def score(self, network: keras.Model) -> float:
+        """The held-out fold's score of the weights now in ``network``."""
+        return self.metric(self.y_true, predict(network, self.inputs), n_classes=self.n_classes)
 
 
 def scored_network(callback: keras.callbacks.Callback, network: keras.Model | None) -> keras.Model:

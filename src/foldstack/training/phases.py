@@ -19,6 +19,7 @@ import keras
 from foldstack.contracts import training_log
 from foldstack.core.config import ResizeStep
 from foldstack.core.metrics import Metric
+from foldstack.training.averaging import EpochSnapshots, average_into_best
 from foldstack.training.callbacks import (
     AtomicBackupAndRestore,
     BestCheckpoint,
@@ -122,6 +123,8 @@ def fit_phases(task: FoldTask, plan: Plan, metric: Metric, callbacks: Sequence[k
     for phase in plan.phases:
         _fit_phase(task, plan, phase, first_epoch, metric, best, callbacks, jit_compile)
         first_epoch += phase.epochs
+    if task.model.average is not None:
+        average_into_best(plan.network, best.path, task.model.average, metric, _fold_score(task, plan, metric).score)
     if best.path.exists():
         load_weights(plan.network, best.path)
 
@@ -146,18 +149,27 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
     save_weights(plan.network, done)
 
 
+def _fold_score(task: FoldTask, plan: Plan, metric: Metric) -> FoldScore:
+    return FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes, network=plan.network)
+
+
 def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metric: Metric,
                      best: BestCheckpoint, callbacks: Sequence[keras.callbacks.Callback]) -> list:
     """The EMA weights first (with ``ema``: what the others see at an epoch's end), score (the
     others read its ``val_score``), then the best checkpoint shared by every phase, early
-    stopping, the log, the backup (a backed-up epoch is fully logged), then the caller's."""
+    stopping, the log, the backup (a backed-up epoch is fully logged), then the caller's. With
+    ``average``, each epoch's snapshot after the checkpoint (``averaging.EpochSnapshots``)."""
     mode = "max" if metric.greater_is_better else "min"
     ema = EMAWeights() if task.model.ema else None
     backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"), ema=ema)
+    average = task.model.average
+    resume = backup.resume_epoch
     return [
         *([ema] if ema else []),
-        FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes, network=plan.network),
+        _fold_score(task, plan, metric),
         best,
+        *([EpochSnapshots(task.fold_dir, average, plan.network,
+                          start=lambda: first_epoch if resume() is None else resume())] if average else []),
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),
         ResumableCSVLogger(task.fold_dir / LOG, backup, first_epoch),
         backup,
