@@ -166,7 +166,7 @@ def test_samplers_draw_anew_every_epoch() -> None:
 
 @pytest.mark.parametrize("pooling, width", [("avg", 128), ("gem", 128), ("max", 128), ("avgmax", 256)])
 def test_pooling_and_an_extra_dense_layer(tmp_path: Path, pooling: str, width: int) -> None:
-    task = _task(tmp_path, regime="scratch", pooling=pooling, dense_units=[8], dropout=0.3)
+    task = _task(tmp_path, regime="scratch", pooling=pooling, head_dense=[8], dropout=0.3)
     network = build_network(task, create_backbone(task.model), frozen_statistics=False,
                             dense_units=task.model.head_units)
     pooled = network.get_layer("pooled")
@@ -263,3 +263,30 @@ def test_knob_refusals_name_the_key(tmp_path: Path, name: str) -> None:
     message = str(error.value)
     assert message.startswith(f"{path}: {key}") and "\n" not in message, message
     assert said in message, message
+
+
+def test_a_sampled_fold_sees_a_new_balanced_draw_each_epoch(tiny_digits, tmp_path: Path) -> None:
+    """The training batches of a fold with ``sampler: {balance: classes}``: each epoch every
+    class about equally often, drawn from the fold's training rows only, another draw the next
+    epoch; the validation rows are never sampled."""
+    from foldstack.training.regimes import train_batches
+
+    from test_train import fold_task, model_config
+
+    task, images = fold_task(tiny_digits, tmp_path, model_config(regime="scratch", sampler={"balance": "classes"}))
+    # Skew the fold: most training rows of class 0 dropped, so only a sampler balances it.
+    keep = task.train_index[(task.y[task.train_index] != 0) | (np.arange(len(task.train_index)) % 5 == 0)]
+    from dataclasses import replace
+
+    task = replace(task, train_index=keep)
+    batches = train_batches(task, images)
+    epochs, orders = [], []
+    for _ in range(2):
+        epochs.append(sum(batches[b][1].sum(axis=0) for b in range(len(batches))))
+        orders.append(batches._order.copy())
+        batches.on_epoch_end()
+    for counts in epochs:
+        # Each class drawn len(keep) // 10 times (one more for the remainder's classes).
+        assert counts.sum() == len(keep) and counts.max() - counts.min() <= 1, counts
+    assert set(np.unique(orders[0])) != set(np.unique(orders[1])) or not np.array_equal(orders[0], orders[1])
+    assert all(set(order) <= set(keep) and not set(order) & set(task.valid_index) for order in orders)

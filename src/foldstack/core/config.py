@@ -480,12 +480,14 @@ class ModelConfig(_Frozen):
     sampler: SamplerConfig | None = Field(None, description="a new balanced draw of training rows every epoch")
     average: AverageConfig | None = Field(None, description="best.weights.h5 an average of epochs' weights")
     pooling: Literal["avg", "gem", "max", "avgmax"] | None = Field(None, description="default: avg")
+    head_dense: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="features, finetune, scratch: dense layers (each with dropout) before the classifier")
 
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
                                                    "pseudo_labels", "distill", "augment_on", "optimizer",
                                                    "schedule", "layer_decay", "phases", "drop_path", "loss",
-                                                   "sampler", "average", "pooling")
+                                                   "sampler", "average", "pooling", "head_dense")
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -533,9 +535,16 @@ class ModelConfig(_Frozen):
 
     @property
     def head_units(self) -> list[int]:
-        """The head's hidden dense layers: ``dense_units`` where the YAML sets it, and by
-        default for ``partial`` (its ``[256]``); none by default for the other regimes."""
-        return self.dense_units if self.regime == "partial" or "dense_units" in self.model_fields_set else []
+        """The head's hidden dense layers (each with its dropout): ``partial``'s ``dense_units``,
+        the other regimes' ``head_dense`` (none by default)."""
+        return self.dense_units if self.regime == "partial" else list(self.head_dense or [])
+
+    @field_validator("head_dense")
+    @classmethod
+    def _partial_has_dense_units(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is not None and info.data.get("regime") == "partial":
+            raise ValueError("regime 'partial' sets its dense layers with dense_units")
+        return value
 
     @field_validator("image_size")
     @classmethod
