@@ -248,6 +248,7 @@ REFUSED = {
                               "cannot balance a multilabel"),
     "negatives on multiclass": (_pipeline(sampler={"balance": {"negatives_per_positive": 3}}), "models",
                                 "needs task 'binary'"),
+    "head_dense on partial": (_pipeline(regime="partial", head_dense=[16]), "models.0.head_dense", "dense_units"),
     "gem on features": (_pipeline(regime="features", pooling="gem"), "models.0.pooling", "not 'features'"),
     "metric not importable": ({**copy.deepcopy(TINY), "metric": {"callable": "no_such_pkg.scores:auc"}}, "metric",
                               "metric callable 'no_such_pkg.scores:auc' cannot be imported"),
