@@ -69,12 +69,13 @@ def test_layer_decay_scales_each_block_from_the_head_down(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "efficientnet_lite0", "efficientnet_b0", "mobilenet_v2",
-                                  "mobilenet_v3_small"])
+                                  "mobilenet_v3_small", "resnet50", "inception_v3"])
 def test_blocks_grow_from_the_stem(name: str) -> None:
     """The registry says how a backbone's layers group into blocks (keras.applications,
     EfficientNet-Lite and small_cnn alike): several, growing with depth, from the stem's 0."""
     spec = backbones.get(name)
-    blocks = spec.blocks([layer.name for layer in spec.build((32, 32, 3), None).layers])
+    size = max(32, spec.min_size)
+    blocks = spec.blocks([layer.name for layer in spec.build((size, size, 3), None).layers])
     assert blocks == sorted(blocks) and blocks[0] == 0, name
     assert len(set(blocks)) >= 3, (name, len(set(blocks)))
     keras.backend.clear_session()
@@ -252,6 +253,8 @@ REFUSED = {
     "gem on features": (_pipeline(regime="features", pooling="gem"), "models.0.pooling", "not 'features'"),
     "metric not importable": ({**copy.deepcopy(TINY), "metric": {"callable": "no_such_pkg.scores:auc"}}, "metric",
                               "metric callable 'no_such_pkg.scores:auc' cannot be imported"),
+    "metric callable as a bare string": ({**copy.deepcopy(TINY), "metric": "my_scores:wrong_share"}, "metric",
+                                         "unknown metric; known:"),
 }
 
 

@@ -759,13 +759,15 @@ class PipelineConfig(_Frozen):
         known = _known(info)
         if known.callable_metric is None:
             raise ValueError("a metric callable needs foldstack.pipeline's registries")
-        return known.callable_metric(spec.callable, spec.greater_is_better, spec.needs)
+        name = known.callable_metric(spec.callable, spec.greater_is_better, spec.needs)
+        info.context["callable_metric"] = name  # for _known_metric: imported and checked here
+        return name
 
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str, info: ValidationInfo) -> str:
-        if value not in _known(info).metrics and _known(info).callable_metric is not None and ":" in value:
-            return value  # a callable, imported and checked by _callable_metric
+        if value == (info.context or {}).get("callable_metric"):
+            return value
         _one_of(value, list(_known(info).metrics), "metric")
         # An ordinal score is scored as the grades it is cut into (`task` is validated first).
         grade_metrics = list(_known(info).grade_metrics)

@@ -151,7 +151,8 @@ def layer_scales(backbone: keras.Model | None, backbone_name: str, decay: float 
     layers group into blocks (``BackboneSpec.blocks``). None without a decay or a backbone."""
     if decay is None or backbone is None or decay == 1.0:
         return None
-    layers = [layer for layer in leaf_layers(backbone) if layer.weights]
+    # Every layer counts for the blocks (an inception module ends at its weightless concatenation).
+    layers = leaf_layers(backbone)
     blocks = backbones.get(backbone_name).blocks([layer.name for layer in layers])
     deepest = max(blocks, default=0)
     scales = {}
