@@ -73,3 +73,28 @@ def test_a_resumed_fold_averages_the_same_checkpoints(tiny_digits, tmp_path: Pat
     again = Spy()
     regimes.fit(task, images, scripted([])[0], callbacks=[again])
     assert not again.fits and averaged_epochs(task.fold_dir / BEST) == [0, 1, 2, 3]
+
+
+def test_the_train_stage_records_the_epochs_and_predict_reads_the_average(tiny_digits) -> None:
+    """Through the stages: each fold's done.json says which epochs its best.weights.h5 averages,
+    and the predict stage predicts with those files as with any fold's."""
+    import json
+
+    import pandas as pd
+
+    from foldstack.stages import predict, train
+
+    from conftest import make_config
+    from test_train import MODEL
+
+    cfg, paths = tiny_digits
+    cfg = make_config(models=[{**MODEL, "name": "averaged", "regime": "features", "epochs": 3, "patience": 3,
+                               "average": {"method": "top_k", "k": 2}}])
+    train.run(cfg, paths, workers=1)
+    for fold in (0, 1):
+        fold_dir = paths.models / "averaged" / f"fold{fold}"
+        done = json.loads((fold_dir / "done.json").read_text())
+        assert done["averaged"] == averaged_epochs(fold_dir / BEST) and len(done["averaged"]) == 2
+    predict.run(cfg, paths, workers=1)
+    test = pd.read_parquet(paths.test / "averaged.parquet")
+    assert len(test) > 0 and np.allclose(test.drop(columns="id").sum(axis=1), 1.0, atol=1e-4)

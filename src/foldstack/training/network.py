@@ -48,9 +48,11 @@ class GeM(keras.layers.Layer):
         self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.initial_p))
 
     def call(self, x):
-        p = keras.ops.cast(self.p, x.dtype)
+        # In float32 whatever the policy: x**3 of a float16 activation overflows past 40.
+        dtype, x = x.dtype, keras.ops.cast(x, "float32")
+        p = keras.ops.cast(self.p, "float32")
         x = keras.ops.power(keras.ops.maximum(x, self.eps), p)
-        return keras.ops.power(keras.ops.mean(x, axis=(1, 2)), 1.0 / p)
+        return keras.ops.cast(keras.ops.power(keras.ops.mean(x, axis=(1, 2)), 1.0 / p), dtype)
 
     def get_config(self):
         return {**super().get_config(), "p": self.initial_p, "eps": self.eps}
