@@ -108,10 +108,10 @@ def test_unfreeze_and_partial_go_by_block(presets: dict[str, str]) -> None:
         spec = backbones.get(name)
         model = backbones.create(name, weights=None)
         inner = model.layers[-1]
-        names = [group for group, _ in spec.blocks(inner)]
+        names = [group for group, _ in spec.block_groups(inner)]
         assert names.index(earlier) < names.index(block)
         set_trainable(model, block)
-        training = {group: sum(len(layer.trainable_weights) for layer in layers) for group, layers in spec.blocks(inner)}
+        training = {group: sum(len(layer.trainable_weights) for layer in layers) for group, layers in spec.block_groups(inner)}
         assert training[block] > 0 and training[earlier] == 0, (name, training)
         cut = backbones.create(name, weights=None, cut_at=earlier)
         assert len(cut.output.shape) == 4  # a feature map, the tokens on their grid for the ViT

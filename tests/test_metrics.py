@@ -16,16 +16,16 @@ MULTILABEL_P = np.array([[0.9, 0.2, 0.6], [0.3, 0.7, 0.1], [0.4, 0.8, 0.2], [0.1
 
 
 def test_registry_lists_every_metric_with_its_direction() -> None:
-    assert metrics.names() == ["accuracy", "f1_macro", "f1_micro", "f2_micro", "log_loss", "map_at_5",
-                               "mean_column_auc", "quadratic_kappa", "roc_auc"]
+    assert metrics.names() == ["accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "f2_micro", "log_loss",
+                               "map_at_5", "mean_column_auc", "pauc_80", "quadratic_kappa", "roc_auc"]
     assert [m for m in metrics.names() if not metrics.get(m).greater_is_better] == ["log_loss"]
-    assert [m for m in metrics.names() if metrics.get(m).ranks] == ["mean_column_auc", "roc_auc"]
-    assert [m for m in metrics.names() if metrics.get(m).thresholded] == ["accuracy", "f1_macro", "f1_micro",
-                                                                          "f2_micro"]
+    assert [m for m in metrics.names() if metrics.get(m).ranks] == ["mean_column_auc", "pauc_80", "roc_auc"]
+    assert [m for m in metrics.names() if metrics.get(m).thresholded] == ["accuracy", "balanced_accuracy", "f1_macro",
+                                                                          "f1_micro", "f2_micro"]
 
 
 def test_unknown_metric_lists_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="unknown metric 'nope'; known: accuracy, f1_macro"):
+    with pytest.raises(KeyError, match="unknown metric 'nope'; known: accuracy, balanced_accuracy, f1_macro"):
         metrics.get("nope")
 
 

@@ -29,7 +29,7 @@ class BackboneNames(Mapping[str, BackboneSizes]):
             raise KeyError(name) from None
         except FoldstackError as error:
             raise ValueError(str(error)) from None
-        return BackboneSizes(spec.default_size, spec.min_size)
+        return BackboneSizes(spec.default_size, spec.min_size, drop_path=spec.drop_path is not None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(backbones.names())
@@ -47,7 +47,15 @@ def known() -> Known:
         check_augment=compose,
         grade_metrics=[name for name in metrics.names() if metrics.get(name).on_grades],
         check_device_augment=check_device,
+        callable_metric=_callable_metric,
     )
+
+
+def _callable_metric(path: str, greater_is_better: bool, needs: str) -> str:
+    """The metric name of a pipeline's callable, once it imports (registered at load)."""
+    name = metrics.callable_name(path, greater_is_better, needs)
+    metrics.get(name)
+    return name
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

@@ -98,7 +98,8 @@ def preprocess(x):
     return (x - 127.0) / 128.0
 
 
-def build_lite(variant: LiteVariant, input_shape: tuple[int, int, int], include_top: bool):
+def build_lite(variant: LiteVariant, input_shape: tuple[int, int, int], include_top: bool,
+               drop_path: float = DROP_CONNECT_RATE):
     """The EfficientNet-Lite architecture with random weights.
 
     Args:
@@ -106,6 +107,7 @@ def build_lite(variant: LiteVariant, input_shape: tuple[int, int, int], include_
         input_shape: ``(height, width, 3)``, already preprocessed (see :func:`preprocess`).
         include_top: end in 1,000 softmax probabilities instead of the last feature map
             (``top_activation``).
+        drop_path: the stochastic-depth rate of the last block (linearly less before it).
     """
     import keras
     from keras import layers
@@ -119,7 +121,7 @@ def build_lite(variant: LiteVariant, input_shape: tuple[int, int, int], include_
         out_filters = round_filters(stage.filters, variant.width)
         for r in range(n):
             x = _mbconv(x, in_filters, out_filters, stage.kernel, stage.stride if r == 0 else 1, stage.expand,
-                        drop_rate=DROP_CONNECT_RATE * block / total_blocks, name=f"block{s + 1}{chr(97 + r)}_")
+                        drop_rate=drop_path * block / total_blocks, name=f"block{s + 1}{chr(97 + r)}_")
             in_filters, block = out_filters, block + 1
     x = _conv_bn_relu6(x, HEAD_FILTERS, 1, strides=1, name="top")
     if include_top:
@@ -241,16 +243,16 @@ def _convert(variant: LiteVariant, path: Path) -> None:
 
 
 def _builder(variant: LiteVariant, include_top: bool):
-    def build(input_shape: tuple[int, int, int], weights: str | None) -> Any:
+    def build(input_shape: tuple[int, int, int], weights: str | None, drop_path: float = DROP_CONNECT_RATE) -> Any:
         import keras
 
         if weights != "imagenet":
-            model = build_lite(variant, input_shape, include_top)
+            model = build_lite(variant, input_shape, include_top, drop_path)
             if weights is not None:
                 model.load_weights(weights)
             return model
         # The cached file holds the whole classifier; a backbone is its feature-map part.
-        model = build_lite(variant, input_shape, include_top=True)
+        model = build_lite(variant, input_shape, include_top=True, drop_path=drop_path)
         model.load_weights(imagenet_weights(variant))
         if include_top:
             return model
@@ -267,6 +269,7 @@ def _register_all() -> None:
             build_classifier=_builder(variant, include_top=True),
             preprocess=preprocess, default_size=variant.default_size, min_size=32,
             cut_layers=("block4a_expand_activation", "block6a_expand_activation"),
+            block_pattern=r"^block\d+[a-z]", drop_path=DROP_CONNECT_RATE,
         ))
 
 

@@ -307,7 +307,7 @@ def resolve(name: str) -> BackboneSpec:
         minimum = preset.size
     return BackboneSpec(name=name, family="KerasHub", build=_builder(name, preset), preprocess=_normaliser(preset),
                         default_size=preset.size, min_size=minimum, cut_layers=cuts, cut=_cutter(preset),
-                        blocks=blocks)
+                        block_groups=blocks)
 
 
 register_prefix(PREFIX, resolve)

@@ -88,6 +88,15 @@ _APPS: tuple[tuple[str, str, str, Callable[[Any], Any], int, int, tuple[str, ...
       for v, cls in (("tiny", "Tiny"), ("small", "Small"), ("base", "Base"), ("large", "Large"), ("xlarge", "XLarge"))),
 )
 
+#: How each family's layer names say their block (``BackboneSpec.block_pattern``): a residual
+#: unit, an inception module, a dense block, a ConvNeXt block.
+_BLOCKS = {
+    "VGG": r"^block\d+", "ResNet": r"^conv\d+_block\d+", "ResNetV2": r"^conv\d+_block\d+",
+    "Inception": r"^(?:mixed_?\w+?|block\d+_\d+)(?:$|_)", "Xception": r"^block\d+",
+    "DenseNet": r"^(conv\d+_block\d+|pool\d+)", "MobileNetV2": r"^block_\d+",
+    "MobileNetV3": r"^expanded_conv(?:_\d+)?", "EfficientNet": r"^block\d+[a-z]",
+    "EfficientNetV2": r"^block\d+[a-z]", "ConvNeXt": r"stage_\d+_block_\d+|downsampling_block_\d+",
+}
 
 
 def _register_all() -> None:
@@ -97,6 +106,7 @@ def _register_all() -> None:
             build=_app(constructor, include_top=False),
             build_classifier=_app(constructor, include_top=True),
             preprocess=preprocess, default_size=default_size, min_size=min_size, cut_layers=cut_layers,
+            block_pattern=_BLOCKS[family],
         ))
 
 

@@ -34,4 +34,5 @@ def _scale(x):
 
 
 register(BackboneSpec(name="small_cnn", family="SmallCNN", build=build, preprocess=_scale,
-                      default_size=32, min_size=8, cut_layers=("block1_pool", "block2_pool")))
+                      default_size=32, min_size=8, cut_layers=("block1_pool", "block2_pool"),
+                      block_pattern=r"^block\d+"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from foldstack.core.registry import Registry, UnknownNameError
 
@@ -33,8 +33,15 @@ class BackboneSpec:
             with the 1,000-class ImageNet top, for checking weights.
         cut: optional ``cut(model, layer) -> keras.Model``, ``build``'s model ended at ``layer``
             (default: that layer's output as it is).
-        blocks: optional ``blocks(model) -> [(name, layers)]``, how ``build``'s model groups into
-            blocks, shallow to deep (a family whose blocks are not single layers).
+        block_groups: optional ``block_groups(model) -> [(name, layers)]``, how ``build``'s model
+            groups into named blocks, shallow to deep, for a family whose blocks are nested
+            models (KerasHub's): ``unfreeze``/``cut_layer`` by block. (Layer decay reads
+            :attr:`block_pattern` on leaf layers' names; it does not use these groups yet.)
+        block_pattern: a regex whose first match in a layer's name (its group 1 if it has one)
+            names the block the layer starts or belongs to (:meth:`blocks`; layer-wise
+            learning-rate decay).
+        drop_path: the backbone's own stochastic-depth rate where ``build`` takes a
+            ``drop_path=`` rate; None where it has none.
     """
 
     name: str
@@ -45,8 +52,24 @@ class BackboneSpec:
     cut_layers: tuple[str, ...] = ()
     build_classifier: Callable[..., Any] | None = None
     cut: Callable[[Any, str], Any] | None = None
-    blocks: Callable[[Any], list[tuple[str, list[Any]]]] | None = None
+    block_groups: Callable[[Any], list[tuple[str, list[Any]]]] | None = None
     family: str = field(default="", compare=False)
+    block_pattern: str = r"block_?\d+"
+    drop_path: float | None = None
+
+    def blocks(self, layer_names: Sequence[str]) -> list[int]:
+        """The block of each layer, in order, from 0 (the stem): a layer whose name carries a
+        new block name (:attr:`block_pattern`) starts the next block, any other stays in the
+        current one. Depth, not architecture: layer decay only needs it to grow monotonically."""
+        pattern = re.compile(self.block_pattern)
+        out, current, block = [], None, 0
+        for name in layer_names:
+            found = pattern.search(name)
+            key = None if found is None else (found.group(1) if pattern.groups else found.group(0))
+            if key is not None and key != current:
+                current, block = key, block + (current is not None or bool(out))
+            out.append(block)
+        return out
 
 
 _REGISTRY: Registry[BackboneSpec] = Registry("backbone")
@@ -76,7 +99,8 @@ def get(name: str) -> BackboneSpec:
 
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
-           input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None):
+           input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None,
+           drop_path: float | None = None):
     """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
 
     The model is ``rgb_0_255`` input -> the backbone's preprocessing (Keras ops) -> the backbone,
@@ -89,6 +113,7 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
         input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
         cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
+        drop_path: a stochastic-depth rate over the backbone's own (:attr:`BackboneSpec.drop_path`).
     """
     import keras
 
@@ -99,6 +124,10 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
         if spec.build_classifier is None:
             raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
         inner = spec.build_classifier(input_shape, weights)
+    elif drop_path is not None:
+        if spec.drop_path is None:
+            raise ValueError(f"backbone {name!r} has no stochastic depth (drop_path)")
+        inner = spec.build(input_shape, weights, drop_path=drop_path)
     else:
         inner = spec.build(input_shape, weights)
     if cut_at is not None:

@@ -7,7 +7,8 @@ fingerprint) is unchanged.
 Beside ``fold``, ``score`` and ``fingerprint`` the train stage records, among others,
 ``epochs`` (how many the log holds) and ``resumed_from``: the epoch at which the run that
 finished the fold started, when an earlier run was killed after a backed-up epoch or a finished
-phase (None: it trained from the first epoch).
+phase (None: it trained from the first epoch); ``averaged``: the epochs whose weights
+``best.weights.h5`` averages (a model's ``average``; None: one best epoch).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ class BackboneSizes:
 
     default: int
     minimum: int
+    drop_path: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Known:
         grade_metrics: the metrics that score an ordinal score's grades (``task: ordinal``).
         check_device_augment: raises (one line naming it) on a transform of a list that has no
             device form (``training.device_forms.device_steps``); None checks nothing.
+        callable_metric: ``(path, greater_is_better, needs) -> name`` of a pipeline's own
+            metric, raising ValueError (one line) where it cannot be imported.
     """
 
     backbones: Mapping[str, BackboneSizes]
@@ -67,6 +70,7 @@ class Known:
     check_augment: Callable[[list[dict[str, Any]]], Any]
     grade_metrics: Sequence[str] = ()
     check_device_augment: Callable[[list[dict[str, Any]]], Any] | None = None
+    callable_metric: Callable[[str, bool, str], str] | None = None
 
 
 def _known(info: ValidationInfo) -> Known:
@@ -292,6 +296,93 @@ class EMAConfig(_Frozen):
     decay: float = Field(0.999, gt=0, lt=1, description="the average's momentum per training step")
 
 
+# --- the training knobs winners turn (README "Recipes"): optimizer, schedule, loss, sampling,
+# checkpoint averaging, pooling; each off (None) by default --------------------------------------
+
+
+class OptimizerConfig(_Frozen):
+    """A phase's optimizer (``training.optim.create_optimizer``). ``adamw`` and ``lion`` take
+    ``beta_1``/``beta_2`` (Keras's defaults where unset); ``sgd`` takes ``momentum`` and
+    ``nesterov``. The model's ``weight_decay`` applies to all three (decoupled)."""
+
+    type: Literal["adamw", "sgd", "lion"] = "adamw"
+    beta_1: float | None = Field(None, gt=0, lt=1, description="adamw, lion")
+    beta_2: float | None = Field(None, gt=0, lt=1, description="adamw, lion")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd")
+    nesterov: bool = Field(True, description="sgd")
+
+
+class ScheduleConfig(_Frozen):
+    """A phase's learning rate over its steps, rising linearly for ``warmup_epochs`` first.
+    ``cosine``: down to 1% of the peak; ``constant``: the peak; ``step``: times ``gamma`` every
+    ``step_epochs``; ``onecycle``: from peak/25 up over ``pct_start`` of the phase, then a
+    cosine down to peak/25e4 (``warmup_epochs`` unused)."""
+
+    type: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0, description="cosine, step, constant: linear warm-up")
+    step_epochs: int = Field(1, ge=1, description="step: epochs between two drops")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: the drop's factor")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: the share of the phase rising")
+
+
+class PhaseRecipe(_Frozen):
+    """What one phase (``head``, ``unfrozen``, ``all``) sets for itself over the model's keys."""
+
+    optimizer: OptimizerConfig | None = None
+    schedule: ScheduleConfig | None = None
+    layer_decay: float | None = Field(None, gt=0, le=1)
+
+
+class FocalLoss(_Frozen):
+    """Focal loss (Keras's CategoricalFocalCrossentropy; multilabel: BinaryFocalCrossentropy)."""
+
+    type: Literal["focal"]
+    gamma: float = Field(2.0, ge=0)
+    alpha: float = Field(0.25, gt=0, le=1)
+
+
+class CrossEntropyLoss(_Frozen):
+    """``ce``: categorical cross-entropy (multilabel: binary); ``bce``: binary cross-entropy of
+    every class column, also for single-label tasks."""
+
+    type: Literal["ce", "bce"]
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class Poly1Loss(_Frozen):
+    """PolyLoss's Poly-1 (Leng et al. 2022): cross-entropy plus ``epsilon * (1 - p_t)``."""
+
+    type: Literal["poly1"]
+    epsilon: float = Field(1.0, ge=-1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+LossConfig = Annotated[Union[FocalLoss, CrossEntropyLoss, Poly1Loss], Field(discriminator="type")]
+
+
+class NegativesPerPositive(_Frozen):
+    negatives_per_positive: float = Field(gt=0, description="binary: negatives drawn per positive")
+
+
+class SamplerConfig(_Frozen):
+    """A new draw of the training rows every epoch (the validation fold untouched):
+    ``classes`` draws every class equally often (with replacement; as many rows as the fold
+    has); ``{negatives_per_positive: N}`` (binary) keeps every positive and draws N negatives
+    per positive."""
+
+    balance: Literal["classes"] | NegativesPerPositive
+
+
+class AverageConfig(_Frozen):
+    """The fold's ``best.weights.h5`` becomes an average of its epochs' weights from
+    ``from_epoch`` on: ``swa`` all of them; ``top_k`` the ``k`` best scored; ``greedy_soup``
+    from the best down, each kept only if the held-out fold's score improves (Wortsman et al.)."""
+
+    method: Literal["swa", "top_k", "greedy_soup"]
+    k: int = Field(3, ge=1, description="top_k: how many epochs")
+    from_epoch: int = Field(0, ge=0, description="the first epoch (from 0) that may go in")
+
+
 class ResizeStep(_Frozen):
     """Progressive resizing: the first ``epochs`` of the schedule at a smaller ``size``."""
 
@@ -379,10 +470,25 @@ class ModelConfig(_Frozen):
         None, min_length=1, description="the first epochs at smaller, growing sizes; the rest at image_size")
     augment_on: Literal["cpu", "device"] | None = Field(
         None, description="where this model's train transforms run, over the pipeline's augment.on")
+    optimizer: OptimizerConfig | None = Field(None, description="default: adamw")
+    schedule: ScheduleConfig | None = Field(None, description="default: cosine with one epoch of warm-up")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="learning rate times this per backbone "
+                                                                    "block, from the head down")
+    phases: dict[Literal["head", "unfrozen", "all"], PhaseRecipe] | None = Field(
+        None, description="a phase's own optimizer, schedule or layer_decay")
+    drop_path: float | None = Field(None, ge=0, lt=1, description="stochastic depth rate, where the backbone has it")
+    loss: LossConfig | None = Field(None, description="default: cross-entropy (label_smoothing)")
+    sampler: SamplerConfig | None = Field(None, description="a new balanced draw of training rows every epoch")
+    average: AverageConfig | None = Field(None, description="best.weights.h5 an average of epochs' weights")
+    pooling: Literal["avg", "gem", "max", "avgmax"] | None = Field(None, description="default: avg")
+    head_dense: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="features, finetune, scratch: dense layers (each with dropout) before the classifier")
 
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
-                                                   "pseudo_labels", "distill", "augment_on")
+                                                   "pseudo_labels", "distill", "augment_on", "optimizer",
+                                                   "schedule", "layer_decay", "phases", "drop_path", "loss",
+                                                   "sampler", "average", "pooling", "head_dense")
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -411,6 +517,38 @@ class ModelConfig(_Frozen):
         if value in _known(info).backbones:
             return value
         return _one_of(value, list(_known(info).backbones), "backbone")
+
+    @field_validator("drop_path")
+    @classmethod
+    def _backbone_drops_paths(cls, value: float | None, info: ValidationInfo) -> float | None:
+        backbone = info.data.get("backbone")
+        if value is not None and backbone is not None and not _known(info).backbones[backbone].drop_path:
+            with_it = [name for name, sizes in _known(info).backbones.items() if sizes.drop_path]
+            raise ValueError(f"backbone {backbone!r} has no stochastic depth; backbones with it: "
+                             f"{', '.join(with_it) or 'none'}")
+        return value
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooled_in_the_network(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The ``features`` regime caches average-pooled features; another pooling (GeM's p is
+        learnt) belongs to an image regime's network."""
+        if value not in (None, "avg") and info.data.get("regime") == "features":
+            raise ValueError(f"pooling {value!r} needs an image regime (finetune, partial, scratch), not 'features'")
+        return value
+
+    @property
+    def head_units(self) -> list[int]:
+        """The head's hidden dense layers (each with its dropout): ``partial``'s ``dense_units``,
+        the other regimes' ``head_dense`` (none by default)."""
+        return self.dense_units if self.regime == "partial" else list(self.head_dense or [])
+
+    @field_validator("head_dense")
+    @classmethod
+    def _partial_has_dense_units(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is not None and info.data.get("regime") == "partial":
+            raise ValueError("regime 'partial' sets its dense layers with dense_units")
+        return value
 
     @field_validator("image_size")
     @classmethod
@@ -581,6 +719,17 @@ class ComputeConfig(_Frozen):
         return self
 
 
+class MetricCallable(_Frozen):
+    """A pipeline's own metric: ``function(y_true, predictions) -> float`` where ``y_true`` holds
+    class indices (multilabel: a 0/1 matrix) and ``predictions`` the hard labels (``needs:
+    labels``) or the probabilities (``probabilities``: ``(n, C)``, a binary task's positive
+    column ``(n,)``)."""
+
+    callable: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="package.module:function")
+    greater_is_better: bool = True
+    needs: Literal["labels", "probabilities"] = "probabilities"
+
+
 class PipelineConfig(_Frozen):
     """A whole pipeline.
 
@@ -603,9 +752,26 @@ class PipelineConfig(_Frozen):
         None, description="binary task: the class whose probability is scored and submitted (class index 1)")
     compute: ComputeConfig = ComputeConfig()
 
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _callable_metric(cls, value: Any, info: ValidationInfo) -> Any:
+        """``metric: {callable: "package.module:function", greater_is_better, needs}`` becomes its
+        name (``Known.callable_metric``), which every process resolves alone."""
+        if not isinstance(value, dict):
+            return value
+        spec = MetricCallable.model_validate(value)
+        known = _known(info)
+        if known.callable_metric is None:
+            raise ValueError("a metric callable needs foldstack.pipeline's registries")
+        name = known.callable_metric(spec.callable, spec.greater_is_better, spec.needs)
+        info.context["callable_metric"] = name  # for _known_metric: imported and checked here
+        return name
+
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str, info: ValidationInfo) -> str:
+        if value == (info.context or {}).get("callable_metric"):
+            return value
         _one_of(value, list(_known(info).metrics), "metric")
         # An ordinal score is scored as the grades it is cut into (`task` is validated first).
         grade_metrics = list(_known(info).grade_metrics)
@@ -619,7 +785,7 @@ class PipelineConfig(_Frozen):
         """An ordinal task's networks regress a score: the recipes made for class probabilities
         (label smoothing, pseudo-labels and distillation from a teacher's probabilities) do not apply."""
         for i, model in (enumerate(value) if info.data.get("task") == "ordinal" else ()):
-            for key in ("label_smoothing", "pseudo_labels", "distill"):
+            for key in ("label_smoothing", "pseudo_labels", "distill", "loss"):
                 if getattr(model, key):
                     raise ValueError(f"models[{i}].{key}: not for task 'ordinal', whose networks regress a "
                                      f"score (model {model.name!r})")
@@ -657,6 +823,23 @@ class PipelineConfig(_Frozen):
                     if value[earlier.index(name)].seeds:
                         raise ValueError(f"models[{i}].{key}.from: {name!r} has seeds; a teacher must be one "
                                          "run per fold (seed-bagged teachers are not supported)")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _samplers_of_a_task(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """A sampler draws rows by their class: a multilabel row has several, so it cannot
+        balance them; negatives per positive need a binary task's positive class."""
+        task = info.data.get("task")
+        for i, model in enumerate(value):
+            if model.sampler is None:
+                continue
+            if task == "multilabel":
+                raise ValueError(f"models[{i}].sampler: cannot balance a multilabel task's rows, which hold "
+                                 f"several classes each (model {model.name!r})")
+            if model.sampler.balance != "classes" and task != "binary":
+                raise ValueError(f"models[{i}].sampler.balance.negatives_per_positive: needs task 'binary', "
+                                 f"not {task!r} (model {model.name!r}); use balance: classes")
         return value
 
     @field_validator("stack")

@@ -21,12 +21,16 @@ points passed as ``thresholds``); the others refuse a score.
 
 from __future__ import annotations
 
+import importlib
+import numbers
+import re
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from foldstack.core.errors import DataError
 from foldstack.core.registry import Registry
 
 #: Probabilities are clipped to [EPS, 1 - EPS] before a logarithm, so one confident miss costs a
@@ -88,7 +92,57 @@ class Metric:
 _REGISTRY: Registry[Metric] = Registry("metric")
 register = _REGISTRY.register
 names = _REGISTRY.names
-get = _REGISTRY.get
+
+
+def get(name: str) -> Metric:
+    """The registered metric ``name``, or the one a pipeline's ``metric: {callable: ...}`` names
+    (:func:`callable_name`), imported now: each process (a fold's too) builds it from the name
+    alone, so nothing needs registering in every child.
+
+    Raises:
+        UnknownNameError: an unknown registry name (the message lists the known ones).
+        ValueError: a callable that cannot be imported, or is not callable (one line).
+    """
+    found = _CALLABLE.fullmatch(name)
+    if found is None:
+        return _REGISTRY.get(name)
+    path, direction, needs = found.groups()
+    module, _, attribute = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"metric callable {path!r} cannot be imported ({error})") from None
+    if not callable(function):
+        raise ValueError(f"metric callable {path!r} is not a function")
+    on_labels = needs == "labels"
+    return Metric(name, partial(_call_user_metric, function, path, on_labels), greater_is_better=direction == "greater",
+                  thresholded=on_labels)
+
+
+#: A pipeline's own metric: ``package.module:function (greater|lower is better, on labels|probabilities)``.
+_CALLABLE = re.compile(r"([\w.]+:\w+) \((greater|lower) is better, on (labels|probabilities)\)")
+
+
+def callable_name(path: str, greater_is_better: bool, needs: str) -> str:
+    """The metric name of a callable ``package.module:function`` (a pipeline's ``metric:
+    {callable, greater_is_better, needs}``): it says everything :func:`get` needs."""
+    return f"{path} ({'greater' if greater_is_better else 'lower'} is better, on {needs})"
+
+
+def _call_user_metric(function: Callable[..., Any], path: str, on_labels: bool, y_true: np.ndarray,
+                      proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+    """``function(y_true, predictions)``: hard predictions (``needs: labels``), or probabilities
+    (a binary task's positive column alone, as Kaggle's scorers take it)."""
+    if on_labels:
+        predictions = hard_predictions(proba, is_multilabel(y_true), thresholds)
+    else:
+        predictions = proba[:, 1] if not is_multilabel(y_true) and proba.shape[1] == 2 else proba
+    value = function(y_true, predictions)
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DataError(f"metric {path}: returned {value!r}, not a number")
+    return float(value)
 
 
 def is_multilabel(y_true: np.ndarray) -> bool:
@@ -254,6 +308,30 @@ def _quadratic_kappa(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(1.0 - (weights * observed).sum() / denominator) if denominator else float("nan")
 
 
+def partial_auc(y_true: np.ndarray, proba: np.ndarray, min_tpr: float = 0.8) -> float:
+    """The area under the ROC curve above ``min_tpr`` (0 to ``1 - min_tpr``): ISIC 2024's
+    primary metric at 80% TPR, computed as its published scorer does (labels and scores
+    flipped, the ROC cut at ``max_fpr = 1 - min_tpr`` with one interpolated point)."""
+    from sklearn.metrics import auc, roc_curve
+
+    if is_multilabel(y_true) or proba.shape[1] != 2:
+        raise ValueError("partial AUC needs a binary task")
+    max_fpr = 1.0 - min_tpr
+    fpr, tpr, _ = roc_curve(1 - np.asarray(y_true), -proba[:, 1])
+    stop = np.searchsorted(fpr, max_fpr, "right")
+    edge = np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])
+    return float(auc(np.append(fpr[:stop], max_fpr), np.append(tpr[:stop], edge)))
+
+
+def _balanced_accuracy(y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+    """The mean over the classes present of each one's recall (sklearn's balanced accuracy)."""
+    if is_multilabel(y_true):
+        raise ValueError("balanced accuracy needs one class per row, not multilabel")
+    tp, _, fn = confusion_counts(y_true, proba, thresholds)
+    present = (tp + fn) > 0
+    return float((tp[present] / (tp + fn)[present]).mean())
+
+
 register(Metric("accuracy", _accuracy, greater_is_better=True, thresholded=True, on_grades=True))
 register(Metric("log_loss", _log_loss, greater_is_better=False))
 register(Metric("roc_auc", _roc_auc, greater_is_better=True, ranks=True))
@@ -264,4 +342,6 @@ register(Metric("f2_micro", _fbeta(2.0, "micro"), greater_is_better=True, thresh
                 from_counts=partial(fbeta_from_counts, beta=2.0), on_grades=True))
 register(Metric("f1_macro", _fbeta(1.0, "macro"), greater_is_better=True, thresholded=True, on_grades=True))
 register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True, on_grades=True))
+register(Metric("pauc_80", partial_auc, greater_is_better=True, ranks=True))
+register(Metric("balanced_accuracy", _balanced_accuracy, greater_is_better=True, thresholded=True, on_grades=True))
 register(Metric("map_at_5", partial(map_at_k, k=5), greater_is_better=True))

@@ -208,6 +208,7 @@ class Trainer:
                 "fingerprint": fingerprint, "source": source,
                 "pseudo_labelled": None if task.pseudo is None else len(task.pseudo.index),
                 "epochs": _epochs_run(fold_dir), "resumed_from": result["resumed_from"], "device": result["device"],
+                "averaged": result.get("averaged"),  # the epochs best.weights.h5 averages (`average`)
                 "peak_mb": result["peak_mb"],  # the fold's own process, at its peak
                 "rss_mb": memory_mb()}  # this process after the fold: should stay flat
         fold_done.write(fold_dir, done)  # last: the fold counts as finished only once this exists

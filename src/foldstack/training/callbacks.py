@@ -27,7 +27,7 @@ class EMAWeights(keras.callbacks.Callback):
     each epoch to the start of the next: the callbacks after it score, checkpoint and log the
     average, and training goes on from the raw weights.
 
-    The average itself (warmed up, carried across phases) is ``network.AdamW``'s. Listed
+    The average itself (warmed up, carried across phases) is ``optim._PhaseOptimizer``'s (every optimizer's). Listed
     first. Keras's ``SwapEMAWeights(swap_on_epoch=True)`` swaps the two sets instead, and
     only fixes up the final epoch that ``epochs`` names: a phase that early stopping ends would
     finish holding its raw weights (``fit`` copies the optimizer's slots, then holding the raw
@@ -96,9 +96,12 @@ class FoldScore(keras.callbacks.Callback):
         self.network = network
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        proba = predict(scored_network(self, self.network), self.inputs)
         if logs is not None:
-            logs["val_score"] = self.metric(self.y_true, proba, n_classes=self.n_classes)
+            logs["val_score"] = self.score(scored_network(self, self.network))
+
+    def score(self, network: keras.Model) -> float:
+        """The held-out fold's score of the weights now in ``network``."""
+        return self.metric(self.y_true, predict(network, self.inputs), n_classes=self.n_classes)
 
 
 def scored_network(callback: keras.callbacks.Callback, network: keras.Model | None) -> keras.Model:

@@ -21,6 +21,7 @@ from foldstack.core.config import AugmentConfig
 from foldstack.runtime.distribute import batch_multiple
 from foldstack.runtime.memory import keep_freed_memory
 from foldstack.training.augment import compose
+from foldstack.training.sampling import Sampler
 
 Mix = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]]
 """``mix(images, targets, rng) -> (inputs, targets)``: a whole batch mixed (MixUp, CutMix); the
@@ -53,6 +54,8 @@ class ImageBatches(keras.utils.PyDataset):
             (``training.batch_mix.BatchMix``), given a generator seeded by ``(seed, epoch, batch)``;
             training batches only. Where the device mixes the pixels, it leaves the images as
             they are and puts the draws beside them (a batch's inputs are then a dict).
+        sampler: draws each epoch's rows (``training.sampling.Sampler``: balanced classes, a
+            new draw every epoch) in place of shuffling ``index``; training batches only.
         multiple: every batch's row count is a multiple of it (None: what the distribution now
             set needs, ``distribute.batch_multiple``): a training batch drops its remainder
             (another one each epoch, the order being shuffled), a prediction batch (no
@@ -61,7 +64,8 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,
                  transform: A.Compose | None = None, batch_size: int = 32, shuffle: bool = False,
-                 seed: int = 0, workers: int = 1, mix: Mix | None = None, multiple: int | None = None, **kwargs):
+                 seed: int = 0, workers: int = 1, mix: Mix | None = None, multiple: int | None = None,
+                 sampler: Sampler | None = None, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.images = images
         self.index = np.asarray(index)
@@ -74,11 +78,12 @@ class ImageBatches(keras.utils.PyDataset):
         self.multiple = batch_multiple() if multiple is None else multiple
         self._epoch = 0
         self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(self.index) if shuffle else self.index
+        self.sampler = sampler
+        self._order = self._next_order()
         self._local = threading.local()  # each worker thread's own copy of the transform
 
     def __len__(self) -> int:
-        batches = math.ceil(len(self.index) / self.batch_size)
+        batches = math.ceil(len(self._order) / self.batch_size)
         if self.targets is not None and batches and len(self._rows(batches - 1)) == 0:
             return batches - 1  # a training remainder smaller than ``multiple``: dropped
         return batches
@@ -111,8 +116,13 @@ class ImageBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self._epoch += 1
-        if self.shuffle:
-            self._order = self._rng.permutation(self.index)
+        if self.shuffle or self.sampler is not None:
+            self._order = self._next_order()
+
+    def _next_order(self) -> np.ndarray:
+        if self.sampler is not None:
+            return self.sampler.draw(self._rng)
+        return self._rng.permutation(self.index) if self.shuffle else self.index
 
     def _thread_transform(self) -> A.Compose:
         if not hasattr(self._local, "transform"):

@@ -1,4 +1,4 @@
-"""Networks: ``backbone -> global average pooling -> head``, and how they are compiled.
+"""Networks: ``backbone -> pooling -> head``, and how they are compiled.
 Keras 3 only (``keras``, ``keras.ops``), no ``tf.*``.
 
 The head ends in a float32 dense layer (softmax, or sigmoid for multilabel), so mixed precision
@@ -13,8 +13,10 @@ from typing import Sequence
 import keras
 
 from foldstack import backbones
-from foldstack.core.config import ModelConfig
+from foldstack.core.config import ModelConfig, PhaseRecipe
 from foldstack.training.fold_task import FoldTask
+from foldstack.training.losses import create_loss
+from foldstack.training.optim import create_optimizer, leaf_layers
 
 _ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear"}
 
@@ -27,7 +29,53 @@ def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
         cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
     size = None if any_size else model.image_size
     return backbones.create(model.backbone, weights=model.weights, include_top=False,
-                            input_shape=(size, size, 3), cut_at=cut)
+                            input_shape=(size, size, 3), cut_at=cut, drop_path=model.drop_path)
+
+
+#: The pooling layer's name in every image network (what ``worker.embed`` reads the features of).
+POOLED = "pooled"
+
+
+class GeM(keras.layers.Layer):
+    """Generalized-mean pooling (Radenović et al. 2018): ``mean(x^p)^(1/p)`` over the map, ``p``
+    learnt (from 3; 1 is average pooling, large ``p`` tends to max pooling)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_p, self.eps = p, eps
+
+    def build(self, input_shape):
+        self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.initial_p))
+
+    def call(self, x):
+        # In float32 whatever the policy: x**3 of a float16 activation overflows past 40.
+        dtype, x = x.dtype, keras.ops.cast(x, "float32")
+        p = keras.ops.cast(self.p, "float32")
+        x = keras.ops.power(keras.ops.maximum(x, self.eps), p)
+        return keras.ops.cast(keras.ops.power(keras.ops.mean(x, axis=(1, 2)), 1.0 / p), dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.initial_p, "eps": self.eps}
+
+
+class AvgMax(keras.layers.Layer):
+    """Average and max pooling concatenated: one layer, so the network stays a chain (Grad-CAM
+    runs the layers after the backbone one by one)."""
+
+    def call(self, x):
+        return keras.ops.concatenate([keras.ops.mean(x, axis=(1, 2)), keras.ops.max(x, axis=(1, 2))], axis=-1)
+
+
+def pool(feature_map, kind: str | None):
+    """One vector per image from the backbone's feature map: ``avg`` (the default), ``gem``,
+    ``max``, or ``avgmax`` (both, concatenated)."""
+    if kind == "gem":
+        return GeM(name=POOLED)(feature_map)
+    if kind == "max":
+        return keras.layers.GlobalMaxPooling2D(name=POOLED)(feature_map)
+    if kind == "avgmax":
+        return AvgMax(name=POOLED)(feature_map)
+    return keras.layers.GlobalAveragePooling2D(name=POOLED)(feature_map)
 
 
 def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = ()):
@@ -54,75 +102,31 @@ def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool
     size = None if any_size else task.size
     inputs = keras.Input((size, size, 3), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = pool(x, task.model.pooling)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
 
 
 def features_network(task: FoldTask, n_features: int) -> keras.Model:
     """A head alone, on pooled backbone features (the ``features`` regime)."""
     inputs = keras.Input((n_features,), name="features")
-    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task), name=task.model.name)
-
-
-class AdamW(keras.optimizers.AdamW):
-    """Keras's AdamW whose moving average of the weights (``use_ema``) warms up and goes on
-    across phases.
-
-    Keras's own average has no warm-up: it is the weights of the first step, then moves at
-    ``ema_momentum`` (0.999: a few hundred steps later most of it is still that first step's,
-    a near-random model on small data), and it starts again in every phase's optimizer. Here
-    the average starts from the weights it is built on and the momentum of step ``t`` (counted
-    from the fold's first step: ``ema_step`` steps ran in earlier phases) is
-    ``min(ema_momentum, (1 + t) / (10 + t))``, as in TF-Models' and timm's EMA. A phase's
-    ``fit`` ends with the average in the network (Keras's finalisation), so the next phase's
-    optimizer, built on those weights, carries it on.
-    """
-
-    def __init__(self, *args, ema_step: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.ema_step = ema_step
-
-    def build(self, variables):
-        super().build(variables)
-        if self.use_ema:
-            for variable, average in zip(variables, self._model_variables_moving_average):
-                average.assign(variable)
-
-    def _update_model_variables_moving_average(self, trainable_variables):
-        step = keras.ops.cast(self.iterations, "float32") + float(self.ema_step)
-        momentum = keras.ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
-        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
-            if average is not None:
-                kept = keras.ops.cast(momentum, variable.dtype)
-                average.assign(kept * average + (1 - kept) * variable)
+    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task, task.model.head_units),
+                       name=task.model.name)
 
 
 def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, steps_per_epoch: int,
-                jit_compile: bool | str = False, ema_step: int = 0) -> None:
-    """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task. With the
-    model's ``ema``, the optimizer keeps a moving average of the weights (:class:`AdamW`;
-    ``ema_step``: the fold's training steps before this phase), which ``callbacks.EMAWeights``
-    puts in the network for validation and checkpoints."""
-    total = max(1, epochs * steps_per_epoch)
-    warmup = min(steps_per_epoch, total // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=lr * 0.01, decay_steps=max(1, total - warmup), alpha=0.01,
-        warmup_target=lr, warmup_steps=warmup)
-    ema = task.model.ema
-    optimizer = AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
-                      ema_momentum=ema.decay if ema else 0.99, ema_step=ema_step)
-    network.compile(optimizer=optimizer, loss=_loss(task), jit_compile=jit_compile)
+                jit_compile: bool | str = False, ema_step: int = 0, recipe: PhaseRecipe | None = None,
+                lr_scales: dict[int, float] | None = None) -> None:
+    """The phase's optimizer on its schedule (``optim.create_optimizer``: AdamW on a cosine with
+    one epoch of warm-up by default; ``recipe`` the phase's own, ``lr_scales`` its layer decay)
+    and the model's loss (``losses.create_loss``). With the model's ``ema`` the optimizer keeps a
+    warmed-up moving average of the weights (``ema_step``: the fold's training steps before this
+    phase), which ``callbacks.EMAWeights`` puts in the network for validation and checkpoints."""
+    optimizer = create_optimizer(task.model, recipe or PhaseRecipe(), lr, epochs, steps_per_epoch,
+                                 lr_scales=lr_scales, ema_step=ema_step)
+    network.compile(optimizer=optimizer, loss=create_loss(task.model, task.task), jit_compile=jit_compile)
     # Its variables now, not in the first step: TensorFlow would otherwise trace the training step
     # twice per fit (once creating them, once using them), seconds a fold.
     network.optimizer.build(network.trainable_variables)
-
-
-def _loss(task: FoldTask) -> keras.losses.Loss:
-    """Cross-entropy on probabilities; an ordinal score's squared error to the grade."""
-    if task.task == "ordinal":
-        return keras.losses.MeanSquaredError()
-    loss_type = keras.losses.BinaryCrossentropy if task.task == "multilabel" else keras.losses.CategoricalCrossentropy
-    return loss_type(label_smoothing=task.model.label_smoothing)
 
 
 def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
@@ -132,7 +136,7 @@ def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
     backbone.trainable = which is not None
     if which is None or which == "all":
         return
-    layers = _leaf_layers(backbone)
+    layers = leaf_layers(backbone)
     if isinstance(which, int):
         start = max(0, len(layers) - which)
     else:
@@ -144,18 +148,11 @@ def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
         layer.trainable = False
 
 
-def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    leaves = []
-    for layer in model.layers:
-        leaves.extend(_leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    return leaves
-
-
 def _first_leaves(model: keras.Model, found: dict[str, keras.layers.Layer]) -> dict[str, keras.layers.Layer]:
     """Every layer's and nested model's name -> its first leaf layer (the first of a name wins)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            leaves = _leaf_layers(layer)
+            leaves = leaf_layers(layer)
             if leaves:
                 found.setdefault(layer.name, leaves[0])
             _first_leaves(layer, found)

@@ -19,6 +19,7 @@ import keras
 from foldstack.contracts import training_log
 from foldstack.core.config import ResizeStep
 from foldstack.core.metrics import Metric
+from foldstack.training.averaging import EpochSnapshots, average_into_best
 from foldstack.training.callbacks import (
     AtomicBackupAndRestore,
     BestCheckpoint,
@@ -30,6 +31,7 @@ from foldstack.training.callbacks import (
 )
 from foldstack.training.fold_task import BEST, FoldTask
 from foldstack.training.network import compile_for, set_trainable
+from foldstack.training.optim import layer_scales, phase_recipe
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class Phase:
             every layer from a named one on. Ignored by a network without a backbone.
         size: the training images' size, or None for the model's ``image_size`` (progressive
             resizing, :func:`resized`). Validation is always at ``image_size``.
+        recipe: the phase whose optimizer, schedule and layer decay it takes from the model's
+            ``phases`` (``optim.phase_recipe``); None: its own name (a resized phase keeps the
+            name it was cut from).
     """
 
     name: str
@@ -55,6 +60,7 @@ class Phase:
     lr: float
     backbone: str | int | None = "all"
     size: int | None = None
+    recipe: str | None = None
 
 
 def resized(phases: Sequence[Phase], steps: Sequence[ResizeStep]) -> list[Phase]:
@@ -71,7 +77,8 @@ def resized(phases: Sequence[Phase], steps: Sequence[ResizeStep]) -> list[Phase]
         first += phase.epochs
         for size in dict.fromkeys(epoch_sizes):
             name = phase.name if size is None else f"{phase.name}-{size}px"
-            out.append(replace(phase, name=name, epochs=epoch_sizes.count(size), size=size))
+            out.append(replace(phase, name=name, epochs=epoch_sizes.count(size), size=size,
+                               recipe=phase.recipe or phase.name))
     return out
 
 
@@ -116,6 +123,8 @@ def fit_phases(task: FoldTask, plan: Plan, metric: Metric, callbacks: Sequence[k
     for phase in plan.phases:
         _fit_phase(task, plan, phase, first_epoch, metric, best, callbacks, jit_compile)
         first_epoch += phase.epochs
+    if task.model.average is not None:
+        average_into_best(plan.network, best.path, task.model.average, metric, _fold_score(task, plan, metric).score)
     if best.path.exists():
         load_weights(plan.network, best.path)
 
@@ -130,25 +139,37 @@ def _fit_phase(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metri
         return
     if plan.backbone is not None:
         set_trainable(plan.backbone, phase.backbone)
-    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile, ema_step=first_epoch * plan.steps)
+    recipe = phase_recipe(task.model, phase.recipe or phase.name)
+    scales = layer_scales(plan.backbone, task.model.backbone, recipe.layer_decay) if phase.backbone is not None else None
+    compile_for(task, plan.fitted, phase.lr, phase.epochs, plan.steps, jit_compile, ema_step=first_epoch * plan.steps,
+                recipe=recipe, lr_scales=scales)
     plan.fitted.fit(**plan.train(phase), initial_epoch=first_epoch, epochs=first_epoch + phase.epochs, verbose=0,
                      class_weight=task.class_weight,
                      callbacks=_phase_callbacks(task, plan, phase, first_epoch, metric, best, callbacks))
     save_weights(plan.network, done)
 
 
+def _fold_score(task: FoldTask, plan: Plan, metric: Metric) -> FoldScore:
+    return FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes, network=plan.network)
+
+
 def _phase_callbacks(task: FoldTask, plan: Plan, phase: Phase, first_epoch: int, metric: Metric,
                      best: BestCheckpoint, callbacks: Sequence[keras.callbacks.Callback]) -> list:
     """The EMA weights first (with ``ema``: what the others see at an epoch's end), score (the
     others read its ``val_score``), then the best checkpoint shared by every phase, early
-    stopping, the log, the backup (a backed-up epoch is fully logged), then the caller's."""
+    stopping, the log, the backup (a backed-up epoch is fully logged), then the caller's. With
+    ``average``, each epoch's snapshot after the checkpoint (``averaging.EpochSnapshots``)."""
     mode = "max" if metric.greater_is_better else "min"
     ema = EMAWeights() if task.model.ema else None
     backup = AtomicBackupAndRestore(str(task.fold_dir / f"backup-{phase.name}"), ema=ema)
+    average = task.model.average
+    resume = backup.resume_epoch
     return [
         *([ema] if ema else []),
-        FoldScore(plan.valid, task.y_true(task.valid_index), metric, n_classes=task.n_classes, network=plan.network),
+        _fold_score(task, plan, metric),
         best,
+        *([EpochSnapshots(task.fold_dir, average, plan.network,
+                          start=lambda: first_epoch if resume() is None else resume())] if average else []),
         keras.callbacks.EarlyStopping(monitor="val_score", mode=mode, patience=task.model.patience),
         ResumableCSVLogger(task.fold_dir / LOG, backup, first_epoch),
         backup,

@@ -34,6 +34,7 @@ from foldstack.training.loader import ImageBatches, predict, view_batches
 from foldstack.training.network import build_network, create_backbone, features_network
 from foldstack.training.phases import Phase, Plan, fit_phases, resized
 from foldstack.training.rounds import n_training_rows, training_rows
+from foldstack.training.sampling import sampler
 
 Predict = Callable[[str, np.ndarray], np.ndarray]
 """``predict(split, index) -> probabilities``, averaged over the TTA views."""
@@ -77,7 +78,7 @@ def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple
     model = task.model
     backbone = create_backbone(model, any_size)
     network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size)
+                            dense_units=model.head_units, any_size=any_size)
     return network, backbone
 
 
@@ -101,14 +102,15 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     train_y = np.concatenate([targets[index] for _, index, targets in rows])
     network = features_network(task, train_x.shape[1])
     batch_size = task.model.batch_size
+    draw = sampler(task.model.sampler, np.arange(len(train_x)), train_y)
     plan = Plan(
         network=network, backbone=None,
         phases=[Phase("all", task.model.epochs, task.model.lr, backbone=None)],
         # Batches like the image regimes' (shuffled each epoch, seeded; under data parallel a
         # whole multiple of the devices), of feature rows.
         train=lambda phase=None: {"x": ImageBatches(train_x, np.arange(len(train_x)), train_y, batch_size=batch_size,
-                                                    shuffle=True, seed=task.seed)},
-        steps=math.ceil(len(train_x) / batch_size),
+                                                    shuffle=True, seed=task.seed, sampler=draw)},
+        steps=math.ceil((draw.size if draw else len(train_x)) / batch_size),
         # The first view's features are the plain image; validation scores it like the other regimes.
         valid=cache.views("train")[0][task.valid_index],
     )
@@ -179,9 +181,11 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
     batch_size = task.model.batch_size
     if task.model.progressive:
         phases = resized(phases, task.model.progressive)
+    _, index, targets = training_rows(task, images["train"], images.get("test"))
+    draw = sampler(task.model.sampler, index, targets)
     return Plan(network=network, backbone=backbone, phases=phases, trainer=device_network(task, network),
                 train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
-                steps=math.ceil(n_training_rows(task) / batch_size),
+                steps=math.ceil((draw.size if draw else n_training_rows(task)) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
 
 
@@ -197,7 +201,7 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
         transform, mix = compose(task.augment.train), BatchMix.of(task.model, pixels=loader_pixels())
     return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
-                        mix=mix)
+                        mix=mix, sampler=sampler(task.model.sampler, index, targets))
 
 
 def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:

@@ -23,13 +23,15 @@ from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.runtime import device, distribute
 from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
+from foldstack.training.averaging import averaged_epochs
 from foldstack.training.batch_mix import mixes
 from foldstack.training.callbacks import EpochTicks, FirstEpoch
 from foldstack.training.device_forms import augment_on_device
 from foldstack.training.features import FeatureCache, extract
-from foldstack.training.fold_task import FoldTask, PredictTask
+from foldstack.training.fold_task import BEST, FoldTask, PredictTask
 from foldstack.training.gradcam import explain
 from foldstack.training.loader import predict, view_batches
+from foldstack.training.network import POOLED
 from foldstack.training.regimes import features_tta, fit, trained_network, tta_predictor
 
 Send = Callable[[object], None]
@@ -79,6 +81,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
         "peak_mb": memory_mb("VmHWM"),
         # No epoch trained: every phase had finished before a kill.
         "resumed_from": (task.model.epochs if first.epoch is None else first.epoch) or None,
+        "averaged": averaged_epochs(task.fold_dir / BEST),
     }
 
 
@@ -120,8 +123,7 @@ def embed(task: PredictTask, send: Send) -> np.ndarray:
     if features is not None:
         return features[0]
     network = trained_network(task, task.fold_dirs[0])
-    pooled = next(layer for layer in network.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
-    embedder = keras.Model(network.inputs, pooled.output)
+    embedder = keras.Model(network.inputs, network.get_layer(POOLED).output)
     batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
                            task.workers)
     return predict(embedder, batches).astype(np.float32)
