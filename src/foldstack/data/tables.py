@@ -313,3 +313,46 @@ def read_test_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Pa
     require_columns(frame, [data.id_column], path)
     ids = frame[data.id_column].str.strip()
     return pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]}), path
+
+
+# --- table columns for the stack (stack.features) --------------------------------------------------
+
+
+def feature_table(cfg: PipelineConfig, paths: Paths, split: str, ids: np.ndarray) -> pd.DataFrame:
+    """The columns ``stack.features`` reads, for the rows ``ids`` in their order: from the train
+    table (``split='train'``: ``data.train_csv``) or the test table (``data.test_csv``, else the
+    sample submission), joined by id. Numeric columns as floats (an empty cell: missing),
+    categorical and group columns as strings (an empty cell: missing).
+
+    Raises:
+        DataError: one line naming the file and the column (missing), the row and the column
+            (not a number), or an id without a row.
+    """
+    spec, data = cfg.stack.features, cfg.data
+    if split == "train":
+        if data.layout != "csv":
+            raise DataError(f"stack.features: layout {data.layout!r} has no train table to read columns from; "
+                            f"use layout 'csv'")
+        path, what = paths.data / data.train_csv, "train table"
+    else:
+        _, path = read_test_table(cfg, paths)
+        what = "test table" if data.test_csv is not None else "sample submission"
+    frame = read_csv(path, what)
+    wanted = list(dict.fromkeys([*spec.used, *([spec.group] if spec.group else [])]))
+    require_columns(frame, [data.id_column, *wanted], path)
+    listed = frame[data.id_column].str.strip()
+    frame = frame.assign(**{data.id_column: listed}).drop_duplicates(data.id_column).set_index(data.id_column)
+    absent = pd.Index(ids).difference(frame.index)
+    if len(absent):
+        raise DataError(f"{path}: no row for id {absent[0]!r}{_and_more(len(absent))} (stack.features reads its columns)")
+    table = frame.loc[list(ids), wanted].apply(lambda column: column.str.strip()).replace("", np.nan)
+    for column in spec.numeric:
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = numbers.isna() & table[column].notna()
+        if bad.any():
+            first = table.index[bad.to_numpy()][0]
+            row = int(np.flatnonzero(listed == first)[0]) + 2  # the header is row 1
+            raise DataError(f"{path}: row {row} (id {first!r}): column {column!r} holds "
+                            f"{table.loc[bad, column].iloc[0]!r}, not a number")
+        table[column] = numbers.astype(np.float64)
+    return table.reset_index(drop=True)

@@ -192,6 +192,10 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     started = time.perf_counter()
     files = image_files(folder)
     fitted = stack_output.read_model(paths.stack, tuple(model.name for model in cfg.models))
+    if fitted.takes_table:
+        raise DataError(f"{paths.stack / stack_output.CHOSEN}: {fitted.name} stacks table columns "
+                        f"(stack.features), which a folder of images lacks; force a candidate without "
+                        f"'+features' (stack.force) to predict images")
     predictor = Predictor(cfg, paths, workers)
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
     sizes = sorted({model.image_size for model in cfg.models})
