@@ -15,7 +15,10 @@ from foldstack.core.config import ConfigError, StackFeatures
 from foldstack.core.errors import DataError
 from foldstack.level2 import candidates, selection
 from foldstack.level2.columns import TableEncoder, group_features
-from foldstack.stages import stack
+from foldstack.core.paths import Paths
+from foldstack.stages import download, folds, stack
+from competitions import COMPETITIONS
+from test_competitions import tiny_pipeline
 from test_stack import FAST_LIGHTGBM, config, fold_of, write_pipeline
 
 AUC = metrics.get("roc_auc")
@@ -230,3 +233,28 @@ def test_bad_tables_are_one_line_naming_file_row_and_column(tmp_path: Path, spli
     with pytest.raises(DataError, match=message) as error:
         stack.run(cfg, paths)
     assert "\n" not in str(error.value)
+
+
+def test_siim_isic_stacks_its_metadata_grouped_by_patient(tmp_path: Path) -> None:
+    # The pipeline as written (its stack.features), on the fixture laid out as the competition
+    # ships it; the base model's OOF and test files stand in for a trained one.
+    slug = "siim-isic-melanoma-classification"
+    fixture = COMPETITIONS[slug].build(tmp_path / "fixture")
+    cfg = tiny_pipeline(slug, fixture.public)
+    assert cfg.stack.features.group == "patient_id" and "age_approx" in cfg.stack.features.numeric
+    paths = Paths.for_pipeline(cfg.name, tmp_path / "run")
+    download.run(cfg, paths)
+    table = folds.run(cfg, paths)
+    test_ids = pd.read_csv(fixture.public / "test.csv", dtype=str)["image_name"]
+    rng = np.random.default_rng(0)
+    for split, ids, fold in (("oof", table["id"], table["fold"]), ("test", test_ids, None)):
+        p = rng.random(len(ids))
+        frame = pd.DataFrame({"id": ids, "0": 1 - p, "1": p}).assign(**({} if fold is None else {"fold": fold.to_numpy()}))
+        (getattr(paths, split)).mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(getattr(paths, split) / "tiny.parquet", index=False)
+
+    board = stack.run(cfg, paths)
+
+    assert {"logistic+features", "lightgbm+features", "logistic", "lightgbm"} <= set(board["candidate"])
+    written = pd.read_parquet(paths.stack / "test.parquet")
+    assert sorted(written["id"]) == sorted(test_ids)

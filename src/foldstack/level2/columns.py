@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
 from sklearn.utils.validation import check_is_fitted
@@ -126,7 +126,8 @@ class TableEncoder(TransformerMixin, BaseEstimator):
         if self.target == "multilabel":
             categories = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
         else:  # an unseen category is encoded as the target's mean over the training rows
-            split = (KFold if self.target == "continuous" else StratifiedKFold)(5, shuffle=True, random_state=self.seed)
+            # Plain K-fold: a stratified split fails on a class with fewer rows than folds.
+            split = KFold(min(5, len(frame)), shuffle=True, random_state=self.seed)
             categories = TargetEncoder(target_type=self.target, cv=split)
         if self.impute:
             categories = make_pipeline(categories, StandardScaler())
