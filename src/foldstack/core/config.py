@@ -113,17 +113,15 @@ Source = Annotated[
 ]
 
 
-class DataConfig(_Frozen):
-    """Where the data comes from and how the competition lays it out on disk.
+class LayoutConfig(_Frozen):
+    """How a labelled dataset lays out its training images and labels on disk.
 
     Layouts: ``csv`` is a table of ids and labels (one ``label_column``, or one-hot
     ``label_columns``) beside a folder of images; ``folders`` is one sub-folder of ``train_dir``
     per class; ``file_names`` takes each train image's label from its file name
-    (``label_pattern``). Test ids come from ``test_csv`` when it is set, else from the sample
-    submission; the submission follows the sample submission's order either way.
+    (``label_pattern``).
     """
 
-    source: Source
     layout: Literal["csv", "folders", "file_names"] = "csv"
     train_csv: str = "train.csv"
     id_column: str = "id"
@@ -133,13 +131,8 @@ class DataConfig(_Frozen):
     label_pattern: str | None = Field(
         None, validate_default=True, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
-    test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     ids_have_extension: bool = False
-    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
-    sample_submission: str = "sample_submission.csv"
-    solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
-    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
 
     @field_validator("label_columns")
     @classmethod
@@ -170,6 +163,36 @@ class DataConfig(_Frozen):
         if "label" not in compiled.groupindex:
             raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
         return value
+
+
+class ExtraData(LayoutConfig):
+    """An external labelled dataset (``data.extra``): its rows join the training side of every
+    fold, never a validation fold, the OOF file or the CV.
+
+    Read where it lies (``source``: a local folder), laid out by the same keys as the main data;
+    ``label_map`` maps each of its labels onto a scored class (empty: its labels are the scored
+    classes' names).
+    """
+
+    source: LocalSource
+    label_map: dict[str, str] = {}
+
+
+class DataConfig(LayoutConfig):
+    """Where the data comes from and how the competition lays it out on disk (:class:`LayoutConfig`).
+
+    Test ids come from ``test_csv`` when it is set, else from the sample submission; the
+    submission follows the sample submission's order either way. ``extra``: external labelled
+    datasets (:class:`ExtraData`).
+    """
+
+    source: Source
+    test_dir: str = "test"
+    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
+    sample_submission: str = "sample_submission.csv"
+    solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
+    unpack: bool = Field(True, description="download: unpack every .zip inside the downloaded files, once")
+    extra: list[ExtraData] = Field([], description="external labelled datasets for the training side of every fold")
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------

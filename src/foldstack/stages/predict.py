@@ -60,7 +60,7 @@ class Predictor:
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.classes = folds_file.read_classes(paths.folds, cfg)
-        self.folds_digest = folds_file.digest(self.folds, self.classes)
+        self.folds_digest = folds_file.digest(self.folds, self.classes, folds_file.read_extra(paths.folds))
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
         """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
