@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError, StackFeatures
@@ -16,7 +17,7 @@ from foldstack.core.errors import DataError
 from foldstack.level2 import candidates, selection
 from foldstack.level2.columns import TableEncoder, group_features
 from foldstack.core.paths import Paths
-from foldstack.stages import download, folds, stack
+from foldstack.stages import download, folds, predict, stack
 from competitions import COMPETITIONS
 from test_competitions import tiny_pipeline
 from test_stack import FAST_LIGHTGBM, config, fold_of, write_pipeline
@@ -258,3 +259,16 @@ def test_siim_isic_stacks_its_metadata_grouped_by_patient(tmp_path: Path) -> Non
     assert {"logistic+features", "lightgbm+features", "logistic", "lightgbm"} <= set(board["candidate"])
     written = pd.read_parquet(paths.stack / "test.parquet")
     assert sorted(written["id"]) == sorted(test_ids)
+
+
+def test_predict_images_refuses_a_stack_fitted_with_table_columns(tmp_path: Path) -> None:
+    cfg, paths = with_tables(tmp_path, candidates=["logistic"], force="logistic+features")
+    stack.run(cfg, paths)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+
+    with pytest.raises(DataError, match=r"chosen.json: logistic\+features stacks table columns") as error:
+        predict.images(cfg, paths, folder, tmp_path / "out.csv")
+
+    assert "\n" not in str(error.value) and not (tmp_path / "out.csv").exists()
