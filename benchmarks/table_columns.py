@@ -85,8 +85,8 @@ def run(seeds: list[int]) -> pd.DataFrame:
                 test_table = None if features is None else tables[case]["test"]
                 started = time.perf_counter()
                 result = cross_validate(candidates.build(name, cfg), oof, y, fold, metric, table=train_table)
-                fitted = candidates.build(name, cfg).fit(oof, y, *([] if train_table is None else [train_table]))
-                proba = fitted.predict_proba(test, *([] if test_table is None else [test_table]))
+                fitted = candidates.build(name, cfg).fit(oof, y, train_table)
+                proba = fitted.predict_proba(test, test_table)
                 rows.append({"seed": seed, "stacker": stacker, "columns": case,
                              "cv": result.fold_scores.mean(), "test": metric(y_test, proba),
                              "seconds": time.perf_counter() - started})

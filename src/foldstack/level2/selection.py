@@ -177,14 +177,14 @@ def _oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndar
     models = []
     for k in np.unique(fold):
         held = fold == k
-        models.append(clone(estimator).fit(X[~held], y[~held], *_rows(table, ~held)))
-        oof[held] = as_submitted(models[-1].predict_proba(X[held], *_rows(table, held)), multilabel)
+        models.append(clone(estimator).fit(X[~held], y[~held], _rows(table, ~held)))
+        oof[held] = as_submitted(models[-1].predict_proba(X[held], _rows(table, held)), multilabel)
     return oof, tuple(models)
 
 
-def _rows(table: pd.DataFrame | None, rows: np.ndarray) -> tuple[pd.DataFrame, ...]:
-    """The table's rows ``rows`` as the one extra argument of ``fit``/``predict_proba``; none without a table."""
-    return () if table is None else (table[rows],)
+def _rows(table: pd.DataFrame | None, rows: np.ndarray) -> pd.DataFrame | None:
+    """The table's rows ``rows`` (a boolean mask); None without a table."""
+    return None if table is None else table[rows]
 
 
 def _inner_oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray, k,
@@ -193,7 +193,7 @@ def _inner_oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: n
     nor fold ``k``; where only one other fold is left, its rows in two alternating halves."""
     rest = fold != k
     inner = fold[rest] if len(np.unique(fold[rest])) > 1 else np.arange(rest.sum()) % 2
-    return _oof(estimator, X[rest], y[rest], inner, *_rows(table, rest))[0]
+    return _oof(estimator, X[rest], y[rest], inner, _rows(table, rest))[0]
 
 
 def leaderboard(results: dict[str, CVResult], metric: Metric, force: str | None = None) -> pd.DataFrame:

@@ -70,9 +70,9 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     results = {}
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
-        table = (train_table,) if candidates.with_features(name) else ()
         results[name] = cross_validate(candidates.build(name, cfg), data.oof, data.y, data.fold, metric,
-                                       len(data.classes), setting=cfg.stack.thresholds, table=table[0] if table else None)
+                                       len(data.classes), setting=cfg.stack.thresholds,
+                                       table=train_table if candidates.with_features(name) else None)
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
     chosen = board.loc[board["chosen"], "candidate"].item()
@@ -80,9 +80,9 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     # its decision rule's values fitted on the chosen candidate's every OOF row.
     choice = results[chosen].decision
     rule = {} if choice is None else {"rule": choice.rule, "mode": choice.mode, "values": tuple(choice.values.tolist())}
-    table = (train_table,) if candidates.with_features(chosen) else ()
+    table = train_table if candidates.with_features(chosen) else None
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
-                                      candidates.build(chosen, cfg).fit(data.oof, data.y, *table), **rule)
+                                      candidates.build(chosen, cfg).fit(data.oof, data.y, table), **rule)
     test = fitted.predict_proba(data.test, test_table if fitted.takes_table else None)
     _write(paths, data, board, results[chosen], fitted, test, metric, forced=cfg.stack.force is not None, key=key)
     _show(board, chosen, metric, choice, left_out(cfg, metric) if cfg.stack.candidates is None else [], cfg.task)
