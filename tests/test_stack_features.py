@@ -272,3 +272,21 @@ def test_predict_images_refuses_a_stack_fitted_with_table_columns(tmp_path: Path
         predict.images(cfg, paths, folder, tmp_path / "out.csv")
 
     assert "\n" not in str(error.value) and not (tmp_path / "out.csv").exists()
+
+
+# Logistic regression needs class probabilities: no ordinal scores for it.
+@pytest.mark.parametrize(("shape", "stacker"), [(shape, stacker) for stacker in ("logistic", "lightgbm")
+                                                for shape in ("multiclass", "shared", "multilabel", "ordinal")
+                                                if (shape, stacker) != ("ordinal", "logistic")])
+def test_every_layout_takes_the_table(shape: str, stacker: str) -> None:
+    rng = np.random.default_rng(0)
+    n, n_classes = 80, {"shared": 12, "ordinal": 1}.get(shape, 3)
+    X = rng.dirichlet(np.ones(n_classes), size=(n, 2)) if shape != "ordinal" else rng.random((n, 2, 1)) * 3
+    y = {"multilabel": (rng.random((n, 3)) < 0.4).astype(int), "ordinal": rng.integers(0, 4, n)}.get(
+        shape, rng.integers(0, n_classes, n))
+    table = pd.DataFrame({"age": rng.normal(size=n), "site": rng.choice(["a", "b", None], n),
+                          "patient": rng.choice(list("pqrs"), n)})
+    features = spec(columns=["age"], categorical=["site"], group="patient", group_features=["rank", "count"])
+    estimator = with_features(stacker, features).set_params(
+        **({"wide_max_classes": 10} if shape == "shared" else {})).fit(X, y, table)
+    assert estimator.predict_proba(X[:5], table[:5]).shape == (5, 3 if shape == "multilabel" else n_classes)
