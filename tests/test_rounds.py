@@ -25,7 +25,7 @@ from foldstack.core.metrics import one_hot
 from foldstack.core.paths import Paths
 from foldstack.stages import download, folds, predict, train
 from foldstack.training import worker
-from foldstack.training.fold_task import FoldTask, PseudoRows, predict_task
+from foldstack.training.fold_task import FoldTask, JoinedRows, predict_task
 from foldstack.training.regimes import features, train_batches
 from foldstack.training.rounds import Teachers, pseudo_rows, round_fields, source_key
 
@@ -213,7 +213,7 @@ def test_pseudo_labelled_test_images_join_the_training_batches_and_no_validation
     s = models(pseudo_labels={"from": ["t"]})[1]
     y = np.arange(20) % 4
     train_index, valid_index = np.arange(10), np.arange(10, 20)
-    pseudo = PseudoRows(index=np.array([1, 4]), targets=np.array([[0, 0, 0.2, 0.8], [1, 0, 0, 0]], np.float32))
+    pseudo = JoinedRows(index=np.array([1, 4]), targets=np.array([[0, 0, 0.2, 0.8], [1, 0, 0, 0]], np.float32))
     task = FoldTask(model=s, task="multiclass", metric="accuracy", y=y, n_classes=4, train_index=train_index,
                     valid_index=valid_index, augment=make_config().augment, caches={}, fold_dir=Path("."), seed=0,
                     pseudo=pseudo)
@@ -233,7 +233,7 @@ def test_the_features_regime_trains_on_pseudo_labelled_test_features_too(tmp_pat
     soft = np.full((8, 2), 0.5, np.float32)
     for split, n, offset in (("train", 8, 0), ("test", 3, 100)):
         np.save(tmp_path / f"{split}-view0.npy", np.arange(offset, offset + n, dtype=np.float32)[:, None])
-    pseudo = PseudoRows(index=np.array([2]), targets=np.array([[0, 1]], np.float32))
+    pseudo = JoinedRows(index=np.array([2]), targets=np.array([[0, 1]], np.float32))
     task = FoldTask(model=s, task="multiclass", metric="accuracy", y=y, n_classes=2, train_index=np.arange(4),
                     valid_index=np.arange(4, 8), augment=make_config().augment, caches={}, fold_dir=tmp_path,
                     seed=0, features=tmp_path, soft_targets=soft, pseudo=pseudo)

@@ -27,6 +27,41 @@ COLUMNS = ["id", "label", "fold"]
 #: The class order's file, beside ``folds.csv``.
 CLASSES = "classes.json"
 
+#: The external data's rows (``data.extra``), beside ``folds.csv``: they train in every fold.
+EXTRA = "extra.csv"
+EXTRA_COLUMNS = ["id", "label", "dataset", "bytes"]
+
+
+def extra_path(folds: Path) -> Path:
+    """``extra.csv`` beside the folds file ``folds``."""
+    return folds.with_name(EXTRA)
+
+
+def write_extra(path: Path, extra: pd.DataFrame) -> None:
+    """Write the external rows (``id, label, dataset, bytes``: the image file's size) beside the
+    folds file ``path``; none: no file."""
+    if len(extra):
+        write_csv(extra_path(path), extra[EXTRA_COLUMNS])
+    else:
+        extra_path(path).unlink(missing_ok=True)
+
+
+def read_extra(path: Path) -> pd.DataFrame:
+    """The external rows written beside the folds file ``path`` (``id, label, dataset, bytes``),
+    in order; empty where there are none.
+
+    Raises:
+        DataError: the file lacks a column or repeats an id.
+    """
+    source = extra_path(path)
+    if not source.is_file():
+        return pd.DataFrame(columns=EXTRA_COLUMNS)
+    frame = read_csv(source, "external rows (run `make folds`)")
+    require_columns(frame, EXTRA_COLUMNS, source)
+    if frame["id"].duplicated().any():
+        raise DataError(f"{source}: id {frame['id'][frame['id'].duplicated()].iloc[0]!r} appears twice")
+    return frame[EXTRA_COLUMNS]
+
 
 def classes_path(folds: Path) -> Path:
     """``classes.json`` beside the folds file ``folds``."""
@@ -89,13 +124,22 @@ def read(path: Path, k: int) -> pd.DataFrame:
     return frame[COLUMNS]
 
 
-def digest(frame: pd.DataFrame, classes: Classes) -> str:
-    """A sha256 of the folds' rows and their class order (``classes``): part of every fold's
-    recipe (``fold_task.recipe_fingerprint``), so new folds, or the same folds with another
-    positive class, train again."""
+def digest(frame: pd.DataFrame, classes: Classes, extra: pd.DataFrame | None = None) -> str:
+    """A sha256 of the folds' rows, their class order (``classes``) and the external rows
+    (``extra``, :func:`read_extra`): part of every fold's recipe
+    (``fold_task.recipe_fingerprint``), so new folds, the same folds with another positive
+    class, or changed external data train again."""
     rows = hashlib.sha256(pd.util.hash_pandas_object(frame[COLUMNS], index=False).values).hexdigest()
     order = {"names": list(classes.names), "multilabel": classes.multilabel, "ordinal": classes.ordinal}
-    return hashlib.sha256(json.dumps({"rows": rows, "classes": order}, sort_keys=True).encode()).hexdigest()
+    content = {"rows": rows, "classes": order}
+    if extra is not None and len(extra):  # without external rows, the digest of before
+        content["extra"] = extra_digest(extra)
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def extra_digest(extra: pd.DataFrame) -> str:
+    """A sha256 of the external rows (:func:`read_extra`): ids, labels, datasets, file sizes."""
+    return hashlib.sha256(pd.util.hash_pandas_object(extra[EXTRA_COLUMNS].astype(str), index=False).values).hexdigest()
 
 
 def image_files(folds: pd.DataFrame, table: pd.DataFrame, path: Path) -> list[str]:

@@ -19,12 +19,14 @@ FOLD_KEYS = ("fold", "score", "seconds", "epochs", "peak_mb", "rss_mb", "pseudo_
 
 
 def write(model_dir: Path, cfg: PipelineConfig, model: ModelConfig, folds: list[dict], cv_score: float,
-          features_seconds: float | None, per_seed: dict[int, dict] | None = None) -> dict:
+          features_seconds: float | None, per_seed: dict[int, dict] | None = None,
+          extra: dict | None = None) -> dict:
     """Write the manifest of ``model`` from its folds' ``done.json`` records; returns it.
 
     Under seed bagging ``folds`` are the bagged folds (each one's score is that of its seeds'
     mean) and ``per_seed`` maps each seed to its own ``cv_score`` and ``folds`` records (its
-    runs alone), written as ``seed_runs``."""
+    runs alone), written as ``seed_runs``. ``extra``: the external rows every fold trained on
+    (``rows``, their ``digest``, rows per ``datasets`` index), written as ``extra`` where there are any."""
     manifest = {
         "pipeline": cfg.model_dump(mode="json"),
         "model": model.model_dump(mode="json"),
@@ -33,6 +35,7 @@ def write(model_dir: Path, cfg: PipelineConfig, model: ModelConfig, folds: list[
         "folds": [{key: record.get(key) for key in FOLD_KEYS} for record in folds],
         "features_seconds": features_seconds,  # the features regime's one-off backbone pass
         **({"seed_runs": {str(seed): runs for seed, runs in per_seed.items()}} if per_seed else {}),
+        **({"extra": extra} if extra else {}),
         "seeds": {"pipeline": cfg.seed, "folds": cfg.folds.seed},
         "device": next((record["device"] for record in folds if "device" in record), None),
         "versions": _versions(),

@@ -88,11 +88,16 @@ class FittedStack:
         """An ordinal task's cut points (its score to grades), else None."""
         return self.values if self.rule == ordinal.RULE.name else None
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities ``(n, C)`` from base-model probabilities ``(n, n_models, C)``, as
-        submitted (single-label rows summing to 1, as CV scored them); an ordinal task's scores
-        ``(n, 1)`` from the models' ``(n, n_models, 1)``."""
-        return as_submitted(self.estimator.predict_proba(X), self.classes.multilabel)
+    @property
+    def takes_table(self) -> bool:
+        """Whether it was fitted with table columns (``stack.features``): it needs the rows' table."""
+        return self.estimator.takes_table
+
+    def predict_proba(self, X: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
+        """Probabilities ``(n, C)`` from base-model probabilities ``(n, n_models, C)`` (and, where
+        :attr:`takes_table`, the rows' table columns), as submitted (single-label rows summing
+        to 1, as CV scored them); an ordinal task's scores ``(n, 1)`` from the models' ``(n, n_models, 1)``."""
+        return as_submitted(self.estimator.predict_proba(X, table), self.classes.multilabel)
 
     def hard(self, output: np.ndarray) -> np.ndarray:
         """Predicted classes of the candidate's output at its rule's values

@@ -118,17 +118,15 @@ Source = Annotated[
 ]
 
 
-class DataConfig(_Frozen):
-    """Where the data comes from and how the competition lays it out on disk.
+class LayoutConfig(_Frozen):
+    """How a labelled dataset lays out its training images and labels on disk.
 
     Layouts: ``csv`` is a table of ids and labels (one ``label_column``, or one-hot
     ``label_columns``) beside a folder of images; ``folders`` is one sub-folder of ``train_dir``
     per class; ``file_names`` takes each train image's label from its file name
-    (``label_pattern``). Test ids come from ``test_csv`` when it is set, else from the sample
-    submission; the submission follows the sample submission's order either way.
+    (``label_pattern``).
     """
 
-    source: Source
     layout: Literal["csv", "folders", "file_names"] = "csv"
     train_csv: str = "train.csv"
     id_column: str = "id"
@@ -138,13 +136,8 @@ class DataConfig(_Frozen):
     label_pattern: str | None = Field(
         None, validate_default=True, description="file_names layout: a regex with a named group 'label', searched in each file name")
     train_dir: str = "train"
-    test_dir: str = "test"
     extension: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     ids_have_extension: bool = False
-    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
-    sample_submission: str = "sample_submission.csv"
-    solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
-    unpack: bool = Field(True, description="download: unpack every archive inside the downloaded files (.zip, .7z, .tar, .tar.gz, .gz), once")
 
     @field_validator("label_columns")
     @classmethod
@@ -175,6 +168,36 @@ class DataConfig(_Frozen):
         if "label" not in compiled.groupindex:
             raise ValueError("needs a named group 'label', e.g. '^(?P<label>cat|dog)\\.'")
         return value
+
+
+class ExtraData(LayoutConfig):
+    """An external labelled dataset (``data.extra``): its rows join the training side of every
+    fold, never a validation fold, the OOF file or the CV.
+
+    Read where it lies (``source``: a local folder), laid out by the same keys as the main data;
+    ``label_map`` maps each of its labels onto a scored class (empty: its labels are the scored
+    classes' names).
+    """
+
+    source: LocalSource
+    label_map: dict[str, str] = {}
+
+
+class DataConfig(LayoutConfig):
+    """Where the data comes from and how the competition lays it out on disk (:class:`LayoutConfig`).
+
+    Test ids come from ``test_csv`` when it is set, else from the sample submission; the
+    submission follows the sample submission's order either way. ``extra``: external labelled
+    datasets (:class:`ExtraData`).
+    """
+
+    source: Source
+    test_dir: str = "test"
+    test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
+    sample_submission: str = "sample_submission.csv"
+    solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
+    unpack: bool = Field(True, description="download: unpack every archive inside the downloaded files (.zip, .7z, .tar, .tar.gz, .gz), once")
+    extra: list[ExtraData] = Field([], description="external labelled datasets for the training side of every fold")
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
@@ -612,6 +635,50 @@ class ModelConfig(_Frozen):
         return value
 
 
+#: A candidate's name with the table columns of ``stack.features`` (``lightgbm+features``).
+WITH_FEATURES = "+features"
+
+#: The per-group features ``stack.features.group_features`` may list (see ``level2.columns``).
+GroupFeature = Literal["rank", "zscore", "mean", "count"]
+
+
+class StackFeatures(_Frozen):
+    """Table columns beside the base models' scores, for the candidates that take features.
+
+    ``columns`` are read from the train table (``data.train_csv``) and the test table
+    (``data.test_csv``, else the sample submission) and joined by id; those also named in
+    ``categorical`` are categories (encoded inside each CV fold), the others numbers (an empty
+    cell is missing). ``group`` names a column whose rows form a group (a patient): each of
+    ``group_features`` is computed per group over every model's scores and the numeric columns
+    (for the test set, over the test rows of the group).
+    """
+
+    columns: list[str] = []
+    categorical: list[str] = []
+    group: str | None = None
+    group_features: list[GroupFeature] = []
+
+    @model_validator(mode="after")
+    def _something_to_add(self) -> StackFeatures:
+        if self.group_features and self.group is None:
+            raise ValueError("group_features need a group column ('group')")
+        if not self.columns and not self.categorical and not self.group_features:
+            raise ValueError("list columns, categorical columns or group_features")
+        if len(set(self.used)) != len(self.used):
+            raise ValueError("columns must be distinct")
+        return self
+
+    @property
+    def numeric(self) -> list[str]:
+        """The numeric columns: those of ``columns`` not in ``categorical``."""
+        return [column for column in self.columns if column not in self.categorical]
+
+    @property
+    def used(self) -> list[str]:
+        """Every column read: the numeric ones, then the categorical ones."""
+        return [*self.numeric, *self.categorical]
+
+
 class StackConfig(_Frozen):
     """Level two: candidates scored by CV on the base models' folds; the best goes on.
 
@@ -643,6 +710,8 @@ class StackConfig(_Frozen):
         "fixed", description="multilabel: 0.5 for every class (fixed), or thresholds fitted on the stacked OOF")
     caruana_iterations: int = Field(25, ge=1, le=1000, description="caruana: models added in all, with replacement")
     caruana_init: int = Field(1, ge=1, description="caruana: start from this many best single models")
+    features: StackFeatures | None = Field(
+        None, description="table columns for the candidates that take features, each also scored without them")
 
     @field_validator("candidates")
     @classmethod
@@ -655,12 +724,14 @@ class StackConfig(_Frozen):
     @classmethod
     def _known_force(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            _one_of(value, list(_known(info).candidates), "candidate", quote=True)
+            _one_of(value.removesuffix(WITH_FEATURES), list(_known(info).candidates), "candidate", quote=True)
         return value
 
     @model_validator(mode="after")
     def _force_among_candidates(self) -> StackConfig:
-        if self.force and self.candidates and self.force not in self.candidates:
+        if self.force and self.force.endswith(WITH_FEATURES) and self.features is None:
+            raise ValueError(f"force {self.force!r} needs stack.features")
+        if self.force and self.candidates and self.force.removesuffix(WITH_FEATURES) not in self.candidates:
             raise ValueError(f"force {self.force!r} is not among candidates: {', '.join(self.candidates)}")
         if self.caruana_init > self.caruana_iterations:
             raise ValueError(f"caruana_init ({self.caruana_init}) exceeds caruana_iterations ({self.caruana_iterations})")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foldstack.core.config import DataConfig, PipelineConfig
+from foldstack.core.config import DataConfig, ExtraData, LayoutConfig, PipelineConfig
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.paths import Paths
-from foldstack.data.labels import SEPARATOR, Classes, join_labels
+from foldstack.data.labels import SEPARATOR, Classes, join_labels, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def train_source(cfg: PipelineConfig, paths: Paths) -> Path:
     return paths.data / (data.train_dir if data.layout in ("folders", "file_names") else data.train_csv)
 
 
-def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:
+def _train_from_csv(data: LayoutConfig, task: str, root: Path) -> pd.DataFrame:
     path = root / data.train_csv
     frame = read_csv(path, "train table")
     label_columns = data.label_columns or [data.label_column]
@@ -97,7 +97,7 @@ def _train_from_csv(data: DataConfig, task: str, root: Path) -> pd.DataFrame:
     })
 
 
-def _labels(frame: pd.DataFrame, ids: pd.Series, data: DataConfig, task: str, path: Path) -> pd.Series:
+def _labels(frame: pd.DataFrame, ids: pd.Series, data: LayoutConfig, task: str, path: Path) -> pd.Series:
     """A table's label cells as the train table holds them: from ``label_columns`` (one-hot)
     where set, else from ``label_column`` (a multilabel cell's space-separated classes joined by
     ``labels.SEPARATOR``)."""
@@ -132,7 +132,7 @@ def _one_hot_labels(cells: pd.DataFrame, ids: pd.Series, task: str, path: Path) 
     return pd.Series([join_labels(names[row]) for row in hot], index=cells.index, dtype=object)
 
 
-def _train_from_folders(data: DataConfig, root: Path) -> pd.DataFrame:
+def _train_from_folders(data: LayoutConfig, root: Path) -> pd.DataFrame:
     """One row per image of each class folder; its id is the file name (as the competition
     names the image), its label the folder's name."""
     folder = _train_folder(root, data)
@@ -149,7 +149,7 @@ def _train_from_folders(data: DataConfig, root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "label", "path"])
 
 
-def _train_from_file_names(data: DataConfig, root: Path) -> pd.DataFrame:
+def _train_from_file_names(data: LayoutConfig, root: Path) -> pd.DataFrame:
     """One row per image in the train folder, labelled by ``label_pattern``'s group ``label``."""
     folder = _train_folder(root, data)
     files = _images_in(folder, data)
@@ -165,23 +165,23 @@ def _train_from_file_names(data: DataConfig, root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "label", "path"])
 
 
-def _train_folder(root: Path, data: DataConfig) -> Path:
+def _train_folder(root: Path, data: LayoutConfig) -> Path:
     folder = root / data.train_dir
     if not folder.is_dir():
         raise DataError(f"{folder}: train folder not found")
     return folder
 
 
-def _images_in(folder: Path, data: DataConfig) -> list[Path]:
+def _images_in(folder: Path, data: LayoutConfig) -> list[Path]:
     """The folder's image files with the pipeline's extension, hidden ones aside, sorted."""
     return sorted(p for p in folder.glob(f"*{data.extension}") if p.is_file() and not p.name.startswith("."))
 
 
-def _image_id(data: DataConfig, image: Path) -> str:
+def _image_id(data: LayoutConfig, image: Path) -> str:
     return image.name if data.ids_have_extension else image.stem
 
 
-def _image_path(data: DataConfig, folder: Path, image_id: str) -> Path:
+def _image_path(data: LayoutConfig, folder: Path, image_id: str) -> Path:
     return folder / (image_id if data.ids_have_extension else f"{image_id}{data.extension}")
 
 
@@ -313,3 +313,92 @@ def read_test_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Pa
     require_columns(frame, [data.id_column], path)
     ids = frame[data.id_column].str.strip()
     return pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]}), path
+
+
+# --- table columns for the stack (stack.features) --------------------------------------------------
+
+
+def feature_table(cfg: PipelineConfig, paths: Paths, split: str, ids: np.ndarray) -> pd.DataFrame:
+    """The columns ``stack.features`` reads, for the rows ``ids`` in their order: from the train
+    table (``split='train'``: ``data.train_csv``) or the test table (``data.test_csv``, else the
+    sample submission), joined by id. Numeric columns as floats (an empty cell: missing),
+    categorical and group columns as strings (an empty cell: missing).
+
+    Raises:
+        DataError: one line naming the file and the column (missing), the row and the column
+            (not a number), or an id without a row.
+    """
+    spec, data = cfg.stack.features, cfg.data
+    if split == "train":
+        if data.layout != "csv":
+            raise DataError(f"stack.features: layout {data.layout!r} has no train table to read columns from; "
+                            f"use layout 'csv'")
+        path, what = paths.data / data.train_csv, "train table"
+    else:
+        _, path = read_test_table(cfg, paths)
+        what = "test table" if data.test_csv is not None else "sample submission"
+    frame = read_csv(path, what)
+    wanted = list(dict.fromkeys([*spec.used, *([spec.group] if spec.group else [])]))
+    require_columns(frame, [data.id_column, *wanted], path)
+    listed = frame[data.id_column].str.strip()
+    frame = frame.assign(**{data.id_column: listed}).drop_duplicates(data.id_column).set_index(data.id_column)
+    absent = pd.Index(ids).difference(frame.index)
+    if len(absent):
+        raise DataError(f"{path}: no row for id {absent[0]!r}{_and_more(len(absent))} (stack.features reads its columns)")
+    table = frame.loc[list(ids), wanted].apply(lambda column: column.str.strip()).replace("", np.nan)
+    for column in spec.numeric:
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = numbers.isna() & table[column].notna()
+        if bad.any():
+            first = table.index[bad.to_numpy()][0]
+            row = int(np.flatnonzero(listed == first)[0]) + 2  # the header is row 1
+            raise DataError(f"{path}: row {row} (id {first!r}): column {column!r} holds "
+                            f"{table.loc[bad, column].iloc[0]!r}, not a number")
+        table[column] = numbers.astype(np.float64)
+    return table.reset_index(drop=True)
+
+
+# --- external labelled data (data.extra) -----------------------------------------------------------
+
+
+def load_extra_table(cfg: PipelineConfig, classes: Classes) -> pd.DataFrame:
+    """``id, label, path, dataset`` for every image of every ``data.extra`` dataset, each read
+    where it lies by its own layout keys, its labels mapped onto the scored classes by its
+    ``label_map`` (``dataset``: its place in the list); empty without extra data.
+
+    Raises:
+        DataError: one line naming the file, the row (or image) and the label that is not in
+            ``label_map`` (or, without one, not a scored class), or a missing image.
+    """
+    frames = [_extra_table(extra, i, cfg.task, classes) for i, extra in enumerate(cfg.data.extra)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "label", "path", "dataset"])
+
+
+def _extra_table(extra: ExtraData, index: int, task: str, classes: Classes) -> pd.DataFrame:
+    root = Path(extra.source.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.extra[{index}].source.path = {str(root)!r}: folder not found")
+    if extra.layout == "folders":
+        table, source = _train_from_folders(extra, root), root / extra.train_dir
+    elif extra.layout == "file_names":
+        table, source = _train_from_file_names(extra, root), root / extra.train_dir
+    else:
+        table, source = _train_from_csv(extra, task, root), root / extra.train_csv
+    raise_first([*id_problems(table, source), file_problems(table, source)])
+    mapping = extra.label_map or {name: name for name in classes.names}
+    cells = split_labels(table["label"]) if classes.multilabel else table["label"].map(lambda cell: [cell])
+    for row, names in enumerate(cells):
+        unknown = [name for name in names if name not in mapping]
+        if unknown:
+            where = f"row {row + 2} " if extra.layout == "csv" else ""
+            known = (f"not in data.extra[{index}].label_map (keys: {', '.join(sorted(mapping))})" if extra.label_map
+                     else f"not a scored class ({', '.join(classes.names)}) and data.extra[{index}] has no label_map")
+            raise DataError(f"{source}: {where}(id {table['id'].iloc[row]!r}): label {unknown[0]!r} is {known}")
+    off = sorted({value for value in mapping.values() if value not in classes.names})
+    if off:
+        raise DataError(f"data.extra[{index}].label_map: {off[0]!r} is not a scored class "
+                        f"({', '.join(classes.names)})")
+    mapped = [join_labels(sorted({mapping[name] for name in names})) if classes.multilabel else mapping[names[0]]
+              for names in cells]
+    # Prefixed: two datasets (or a dataset and the competition) may use the same ids.
+    return table.assign(id=f"extra{index}:" + table["id"], label=mapped, dataset=index)

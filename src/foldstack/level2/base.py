@@ -9,6 +9,10 @@ An ordinal task's ``X`` holds one score per model, ``(n_samples, n_models, 1)``,
 grade indices: a candidate that applies to it (``Candidate.scores``) regresses the grade and
 outputs a score ``(n_samples, 1)``.
 
+A stacker built with ``features`` (``stack.features``) also takes the rows' table columns,
+``table`` (a frame row for row with ``X``), in ``fit`` and ``predict_proba``; it encodes them
+with :class:`foldstack.level2.columns.TableEncoder`, fitted in its own ``fit``.
+
 The contract is scikit-learn's: ``__init__`` only stores parameters, ``fit`` returns ``self``,
 learned attributes end in ``_``, predicting before ``fit`` raises ``NotFittedError`` and a shape
 that does not fit raises ``ValueError`` -- so ``sklearn.base.clone`` works on every candidate.
@@ -17,11 +21,14 @@ that does not fit raises ``ValueError`` -- so ``sklearn.base.clone`` works on ev
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from foldstack.core.config import StackFeatures
 from foldstack.core.errors import FoldstackError
 from foldstack.core.metrics import grades, hard_predictions
+from foldstack.level2.columns import TableEncoder
 
 
 class StackError(FoldstackError):
@@ -32,37 +39,68 @@ class Level2Estimator(BaseEstimator):
     """Base class: input checks and the public methods; subclasses implement ``_fit`` and
     ``_predict_proba`` on checked arrays."""
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> Level2Estimator:
-        """Learn from base-model probabilities ``X`` and targets ``y``; returns ``self``."""
+    #: Whether a table's missing numbers are imputed for it (a linear model) or kept missing.
+    imputes_missing = False
+
+    def fit(self, X: np.ndarray, y: np.ndarray, table: pd.DataFrame | None = None) -> Level2Estimator:
+        """Learn from base-model probabilities ``X`` and targets ``y`` (and, for a candidate
+        given ``features``, the rows' table columns ``table``, row for row); returns ``self``."""
         X = _check_X(X)
         y = _check_y(y, X)
         self.n_models_, self.n_classes_ = X.shape[1:]
         self.multilabel_ = y.ndim == 2
         self.ordinal_ = _is_ordinal(X, y)
         self.n_grades_ = int(y.max()) + 1 if self.ordinal_ else None
-        self._fit(X, y)
+        spec = self._spec(table)
+        if spec is None:
+            self._fit(X, y)
+            return self
+        # Fitted here, on this fit's rows alone: under CV, inside each fold.
+        self.table_encoder_ = TableEncoder(spec, impute=self.imputes_missing, target=self._target(),
+                                           seed=getattr(self, "seed", 0))
+        self._fit(X, y, self.table_encoder_.fit_transform(X, table, y))
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)`` (multilabel: one per class, independent)."""
         check_is_fitted(self)
         X = _check_X(X)
         if X.shape[1:] != (self.n_models_, self.n_classes_):
             raise ValueError(f"X has {X.shape[1]} models x {X.shape[2]} classes; fit saw "
                              f"{self.n_models_} models x {self.n_classes_} classes")
-        return self._predict_proba(X)
+        if self._spec(table) is None:
+            return self._predict_proba(X)
+        return self._predict_proba(X, self.table_encoder_.transform(X, table))
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
         """Class indices (ordinal: the score rounded to a grade seen in ``fit``), or for
         multilabel a 0/1 matrix (probability >= 0.5)."""
         if self.ordinal_:
-            return grades(self.predict_proba(X), self.n_grades_)
-        return hard_predictions(self.predict_proba(X), self.multilabel_)
+            return grades(self.predict_proba(X, table), self.n_grades_)
+        return hard_predictions(self.predict_proba(X, table), self.multilabel_)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    @property
+    def takes_table(self) -> bool:
+        """Whether ``fit`` and ``predict_proba`` need the rows' table (``features`` is set)."""
+        return getattr(self, "features", None) is not None
+
+    def _spec(self, table: pd.DataFrame | None) -> StackFeatures | None:
+        if self.takes_table != (table is not None):
+            raise ValueError("a table is needed with features, and only then" if self.takes_table
+                             else f"{type(self).__name__} takes no table (no features)")
+        return getattr(self, "features", None)
+
+    def _target(self) -> str:
+        if self.multilabel_:
+            return "multilabel"
+        # A training fold may lack a class: the encoder counts the classes it is given.
+        return "continuous" if self.ordinal_ else "auto"
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, extra: np.ndarray | None = None) -> None:
+        """Fit on checked arrays; ``extra``: the table's encoded columns ``(n, k)``, row for row."""
         raise NotImplementedError
 
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def _predict_proba(self, X: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
 

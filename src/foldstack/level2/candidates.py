@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from foldstack.core.config import PipelineConfig
+from foldstack.core.config import WITH_FEATURES, PipelineConfig
 from foldstack.core.metrics import Metric
 from foldstack.core.registry import Registry
-from foldstack.level2.base import Level2Estimator
+from foldstack.level2.base import Level2Estimator, StackError
 from foldstack.level2.blend import BestSingle, CaruanaSelection, MeanBlend, RankAverage, WeightedMeanBlend
 from foldstack.level2.stackers import LightGBMStacker, LogisticStacker
 
@@ -27,12 +27,15 @@ class Candidate:
         applies: ``applies(metric) -> bool``: whether the candidate is fair for that metric.
         scores: whether it also combines an ordinal task's scores (one per model); the others
             need class probabilities.
+        takes_features: whether it also takes table columns (``stack.features``: its estimator
+            has a ``features`` parameter), scored as ``<name>+features`` beside ``<name>``.
     """
 
     name: str
     build: Callable[[PipelineConfig], Level2Estimator]
     applies: Callable[[Metric], bool] = lambda metric: True
     scores: bool = False
+    takes_features: bool = False
 
 
 # Listed in registration order: simple blends first.
@@ -40,6 +43,33 @@ _REGISTRY: Registry[Candidate] = Registry("stacking candidate", ordered=True)
 register = _REGISTRY.register
 names = _REGISTRY.names
 get = _REGISTRY.get
+
+
+def base_name(name: str) -> str:
+    """The registered candidate of a leaderboard name (``lightgbm`` of ``lightgbm+features``)."""
+    return name.removesuffix(WITH_FEATURES)
+
+
+def with_features(name: str) -> bool:
+    """Whether a leaderboard name is a candidate given ``stack.features``."""
+    return name.endswith(WITH_FEATURES)
+
+
+def build(name: str, cfg: PipelineConfig) -> Level2Estimator:
+    """The unfitted estimator of a leaderboard name: the registered candidate, given
+    ``stack.features`` where the name ends in ``+features``.
+
+    Raises:
+        StackError: ``+features`` of a candidate that takes none, or without ``stack.features``.
+    """
+    candidate = get(base_name(name))
+    estimator = candidate.build(cfg)
+    if not with_features(name):
+        return estimator
+    if not candidate.takes_features or cfg.stack.features is None:
+        raise StackError(f"stack: {name!r}: {candidate.name!r} takes no table columns" if not candidate.takes_features
+                         else f"stack: {name!r} needs stack.features")
+    return estimator.set_params(features=cfg.stack.features)
 
 
 def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estimator]:
@@ -56,6 +86,6 @@ register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend(), scores=True
 register(Candidate("caruana", lambda cfg: CaruanaSelection(metric=cfg.metric, iterations=cfg.stack.caruana_iterations,
                                                            init=cfg.stack.caruana_init)))
 register(Candidate("rank_average", lambda cfg: RankAverage(), applies=lambda metric: metric.ranks))
-register(Candidate("logistic", lambda cfg: LogisticStacker()))
-register(Candidate("lightgbm", _lightgbm(summary_features=False), scores=True))
-register(Candidate("lightgbm_summary", _lightgbm(summary_features=True)))
+register(Candidate("logistic", lambda cfg: LogisticStacker(), takes_features=True))
+register(Candidate("lightgbm", _lightgbm(summary_features=False), scores=True, takes_features=True))
+register(Candidate("lightgbm_summary", _lightgbm(summary_features=True), takes_features=True))

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from foldstack.core.config import PipelineConfig
+from foldstack.core.config import WITH_FEATURES, PipelineConfig
 from foldstack.core.metrics import Metric, is_multilabel, is_score, normalise_rows
 from foldstack.level2 import candidates, decision, ordinal, thresholds
 from foldstack.level2.base import Level2Estimator, StackError
@@ -66,9 +66,10 @@ class CVResult:
         fitted = self.decision is not None and self.decision.mode != decision.FIXED
         return self.decision.rounded_scores if fitted else None
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
         """The mean of the fold models' probabilities (the test-time prediction), as submitted."""
-        return as_submitted(np.mean([model.predict_proba(X) for model in self.models], axis=0), self.multilabel)
+        return as_submitted(np.mean([model.predict_proba(X, table) for model in self.models], axis=0),
+                            self.multilabel)
 
 
 def as_submitted(proba: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -86,15 +87,20 @@ def candidate_names(cfg: PipelineConfig, metric: Metric) -> list[str]:
             where the task is ordinal.
     """
     requested = cfg.stack.candidates or [name for name in candidates.names() if _applies(name, cfg, metric)]
-    if cfg.stack.force and cfg.stack.force not in requested:
-        requested = [*requested, cfg.stack.force]
+    force = None if cfg.stack.force is None else candidates.base_name(cfg.stack.force)
+    if force and force not in requested:
+        requested = [*requested, force]
     for name in requested:  # the config has checked that each name is registered
         if not candidates.get(name).applies(metric):
             raise StackError(f"stack: candidate {name!r} does not apply to metric {metric.name!r}")
         if cfg.task == "ordinal" and not candidates.get(name).scores:
             raise StackError(f"stack: candidate {name!r} needs class probabilities; task 'ordinal' has one "
                              f"score per model (candidates for it: {', '.join(ordinal_candidates())})")
-    return list(requested)
+    if cfg.stack.features is None:
+        return list(requested)
+    # Each candidate that takes table columns is scored with and without them.
+    return [variant for name in requested
+            for variant in (name, *([name + WITH_FEATURES] if candidates.get(name).takes_features else []))]
 
 
 def ordinal_candidates() -> list[str]:
@@ -127,7 +133,7 @@ def rule_for(y: np.ndarray, output: np.ndarray, setting: str = decision.FIXED) -
 
 def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
                    metric: Metric, n_classes: int | None = None, setting: str = decision.FIXED,
-                   rule: tuple[Rule, str] | None = None) -> CVResult:
+                   rule: tuple[Rule, str] | None = None, table: pd.DataFrame | None = None) -> CVResult:
     """Fit a clone of ``estimator`` without each fold and score it on that fold, at its decision
     rule's values (:func:`rule_for`) fitted without that fold.
 
@@ -146,38 +152,48 @@ def cross_validate(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fol
         n_classes: the number of grades of an ordinal task (default: those ``y`` reaches).
         setting: multilabel: ``stack.thresholds`` (``fixed``, ``global``, ``per_class``, ``auto``).
         rule: the rule and its setting, where not :func:`rule_for`'s (which ignores ``setting``).
+        table: the rows' table columns, row for row with ``X``, for an estimator given
+            ``features`` (None for the others): split with ``X``, so whatever the estimator
+            encodes from them is fitted on the training folds alone.
     """
     multilabel = is_multilabel(y)
-    oof, models = _oof(estimator, X, y, fold)
+    oof, models = _oof(estimator, X, y, fold, table)
     rule = rule_for(y, oof, setting) if rule is None else rule
     if rule is None:
         scores = [metric(y[fold == k], oof[fold == k], n_classes=n_classes) for k in np.unique(fold)]
         return CVResult(oof, np.array(scores), np.unique(fold), models, multilabel)
     rule, setting = rule
-    inner = None if setting == decision.FIXED else {k: _inner_oof(estimator, X, y, fold, k) for k in np.unique(fold)}
+    inner = (None if setting == decision.FIXED
+             else {k: _inner_oof(estimator, X, y, fold, k, table) for k in np.unique(fold)})
     chosen = decision.choose(rule, setting, y, oof, fold, metric, n_classes, inner)
     return CVResult(oof, chosen.fold_scores, np.unique(fold), models, multilabel, chosen)
 
 
-def _oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray,
-         fold: np.ndarray) -> tuple[np.ndarray, tuple[Level2Estimator, ...]]:
+def _oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray,
+         table: pd.DataFrame | None = None) -> tuple[np.ndarray, tuple[Level2Estimator, ...]]:
     """Each fold's rows predicted by a clone fitted on the other folds, as submitted; the clones."""
     multilabel = is_multilabel(y)
     oof = np.zeros((len(X), X.shape[2]))
     models = []
     for k in np.unique(fold):
         held = fold == k
-        models.append(clone(estimator).fit(X[~held], y[~held]))
-        oof[held] = as_submitted(models[-1].predict_proba(X[held]), multilabel)
+        models.append(clone(estimator).fit(X[~held], y[~held], _rows(table, ~held)))
+        oof[held] = as_submitted(models[-1].predict_proba(X[held], _rows(table, held)), multilabel)
     return oof, tuple(models)
 
 
-def _inner_oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray, k) -> np.ndarray:
+def _rows(table: pd.DataFrame | None, rows: np.ndarray) -> pd.DataFrame | None:
+    """The table's rows ``rows`` (a boolean mask); None without a table."""
+    return None if table is None else table[rows]
+
+
+def _inner_oof(estimator: Level2Estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray, k,
+               table: pd.DataFrame | None = None) -> np.ndarray:
     """The rows of every fold but ``k``, each predicted by a clone that saw neither its own fold
     nor fold ``k``; where only one other fold is left, its rows in two alternating halves."""
     rest = fold != k
     inner = fold[rest] if len(np.unique(fold[rest])) > 1 else np.arange(rest.sum()) % 2
-    return _oof(estimator, X[rest], y[rest], inner)[0]
+    return _oof(estimator, X[rest], y[rest], inner, _rows(table, rest))[0]
 
 
 def leaderboard(results: dict[str, CVResult], metric: Metric, force: str | None = None) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 
+from foldstack.core.config import StackFeatures
 from foldstack.core.metrics import EPS, hard_predictions, normalise_rows, one_hot
 from foldstack.level2.base import Level2Estimator
 
@@ -57,24 +58,30 @@ class LogisticStacker(Level2Estimator):
         C: inverse L2 regularisation strength.
         max_iter: iterations for the lbfgs solver.
         wide_max_classes: the most classes for the wide layout.
+        features: ``stack.features``: the rows' table columns join the log-probabilities (missing
+            numbers imputed, with an indicator; see :mod:`foldstack.level2.columns`).
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, wide_max_classes: int = WIDE_MAX_CLASSES) -> None:
+    imputes_missing = True
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, wide_max_classes: int = WIDE_MAX_CLASSES,
+                 features: StackFeatures | None = None) -> None:
         self.C = C
         self.max_iter = max_iter
         self.wide_max_classes = wide_max_classes
+        self.features = features
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, extra: np.ndarray | None = None) -> None:
         self.shared_ = self.n_classes_ > self.wide_max_classes
         model = LogisticRegression(C=self.C, max_iter=self.max_iter)
         if self.shared_:
-            self.model_ = model.fit(_log_features(X, shared=True), one_hot(y, self.n_classes_).ravel())
+            self.model_ = model.fit(_log_features(X, True, extra), one_hot(y, self.n_classes_).ravel())
         else:
             self.model_ = OneVsRestClassifier(model) if self.multilabel_ else model
-            self.model_.fit(_log_features(X, shared=False), y)
+            self.model_.fit(_log_features(X, False, extra), y)
 
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        proba = self.model_.predict_proba(_log_features(X, self.shared_))
+    def _predict_proba(self, X: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        proba = self.model_.predict_proba(_log_features(X, self.shared_, extra))
         if self.shared_:
             return _unshare(proba[:, 1], len(X), self.multilabel_)
         if self.multilabel_:
@@ -110,11 +117,14 @@ class LightGBMStacker(Level2Estimator):
         seed: seeds LightGBM, the inner split and the negative sample.
         wide_max_classes: the most classes for the wide layout.
         max_negatives: the most negative rows of the shared layout to train on; None keeps all.
+        features: ``stack.features``: the rows' table columns join the probabilities (missing
+            numbers kept missing; see :mod:`foldstack.level2.columns`).
     """
 
     def __init__(self, params: dict[str, Any] | None = None, summary_features: bool = False,
                  valid_fraction: float = 0.2, seed: int = 0, wide_max_classes: int = WIDE_MAX_CLASSES,
-                 max_negatives: int | None = None) -> None:
+                 max_negatives: int | None = None, features: StackFeatures | None = None) -> None:
+        self.features = features
         self.params = params
         self.summary_features = summary_features
         self.valid_fraction = valid_fraction
@@ -122,7 +132,7 @@ class LightGBMStacker(Level2Estimator):
         self.wide_max_classes = wide_max_classes
         self.max_negatives = max_negatives
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, extra: np.ndarray | None = None) -> None:
         self.shared_ = self.n_classes_ > self.wide_max_classes
         rows, self.negative_rate_ = None, 1.0
         if self.shared_:
@@ -137,11 +147,11 @@ class LightGBMStacker(Level2Estimator):
             targets, objective = [y], {"objective": "binary"}
         else:
             targets, objective = [y], {"objective": "multiclass", "num_class": self.n_classes_}
-        features = self._features(X, rows)
+        features = self._features(X, extra, rows)
         self.boosters_ = [self._train(features, target, objective) for target in targets]
 
-    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        features = self._features(X)
+    def _predict_proba(self, X: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        features = self._features(X, extra)
         outputs = [np.full(len(features), b) if isinstance(b, float) else b.predict(features)
                    for b in self.boosters_]
         if self.shared_:
@@ -152,19 +162,20 @@ class LightGBMStacker(Level2Estimator):
             return np.column_stack([1.0 - outputs[0], outputs[0]])
         return outputs[0]
 
-    def _features(self, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    def _features(self, X: np.ndarray, extra: np.ndarray | None, rows: np.ndarray | None = None) -> np.ndarray:
         """The boosters' input. Shared layout: only the (sample, class) rows ``rows`` (numbered as
-        :func:`_share` orders them; default all), so a sample of them never builds the whole table."""
+        :func:`_share` orders them; default all), so a sample of them never builds the whole table.
+        A sample's table columns (``extra``) go with each of its classes."""
         if self.shared_:
             rows = np.arange(len(X) * self.n_classes_) if rows is None else rows
             samples, classes = np.divmod(rows, self.n_classes_)
             probabilities = X[samples, :, classes]
         else:
             samples, probabilities = slice(None), X.reshape(len(X), -1)
-        if not self.summary_features:
-            return probabilities
         # In the shared layout a sample's summary goes with each of its classes.
-        return np.hstack([probabilities, summary_features(X, self.multilabel_)[samples]])
+        summary = [summary_features(X, self.multilabel_)[samples]] if self.summary_features else []
+        table = [] if extra is None else [extra[samples]]
+        return np.hstack([probabilities, *summary, *table])
 
     def _train(self, features: np.ndarray, target: np.ndarray, objective: dict[str, Any]):
         """A booster for one target, or the target's mean when it is constant (a multilabel
@@ -236,9 +247,13 @@ def _unshare(scores: np.ndarray, n_samples: int, multilabel: bool) -> np.ndarray
     return proba if multilabel else normalise_rows(proba)
 
 
-def _log_features(X: np.ndarray, shared: bool) -> np.ndarray:
+def _log_features(X: np.ndarray, shared: bool, extra: np.ndarray | None = None) -> np.ndarray:
+    """The log-probabilities in the layout's rows, and the sample's table columns beside them."""
     logs = np.log(np.clip(X, EPS, 1.0))
-    return _share(logs) if shared else logs.reshape(len(X), -1)
+    features = _share(logs) if shared else logs.reshape(len(X), -1)
+    if extra is None:
+        return features
+    return np.hstack([features, np.repeat(extra, X.shape[2], axis=0) if shared else extra])
 
 
 def _inner_split(target: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

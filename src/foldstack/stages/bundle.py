@@ -150,8 +150,11 @@ def _inference_files(cfg: PipelineConfig, paths: Paths) -> list[Path]:
     classes = folds_file.classes_path(paths.folds)
     if not classes.is_file():
         raise DataError(f"{classes}: not found; run `make folds` and `make train` before `make bundle`")
-    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k), folds_file.read_classes(paths.folds, cfg))
+    folds_digest = folds_file.digest(folds_file.read(paths.folds, cfg.folds.k), folds_file.read_classes(paths.folds, cfg),
+                                     folds_file.read_extra(paths.folds))
     files = [paths.folds.relative_to(art), classes.relative_to(art)]
+    if folds_file.extra_path(paths.folds).is_file():  # part of the folds' digest, so of every fold's recipe
+        files.append(folds_file.extra_path(paths.folds).relative_to(art))
     for model in cfg.models:
         model_dir = paths.models / model.name
         for run in members(model, cfg.folds.k, cfg.seed):

@@ -60,7 +60,7 @@ class Predictor:
         self.workers = workers or DEFAULT_WORKERS
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.classes = folds_file.read_classes(paths.folds, cfg)
-        self.folds_digest = folds_file.digest(self.folds, self.classes)
+        self.folds_digest = folds_file.digest(self.folds, self.classes, folds_file.read_extra(paths.folds))
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
         """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
@@ -195,6 +195,10 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     started = time.perf_counter()
     files = image_files(folder)
     fitted = stack_output.read_model(paths.stack, tuple(model.name for model in cfg.models))
+    if fitted.takes_table:
+        raise DataError(f"{paths.stack / stack_output.CHOSEN}: {fitted.name} stacks table columns "
+                        f"(stack.features), which a folder of images lacks; force a candidate without "
+                        f"'+features' (stack.force) to predict images")
     predictor = Predictor(cfg, paths, workers)
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
     sizes = sorted({model.image_size for model in cfg.models})

@@ -30,7 +30,9 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.files import atomic_dir
 from foldstack.core.metrics import Metric
 from foldstack.core.paths import Paths
+from foldstack.data import tables
 from foldstack.level2 import candidates, thresholds
+from foldstack.level2.base import StackError
 from foldstack.level2.decision import Decision
 from foldstack.level2.selection import CVResult, candidate_names, cross_validate, leaderboard, left_out
 from foldstack.plots import stacking as plots
@@ -64,11 +66,13 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     data = predictions.load_level_two(cfg, paths)
     log.info("stacking %d models x %d classes, %d rows, %d folds", len(data.models), len(data.classes),
              len(data.ids), len(np.unique(data.fold)))
+    train_table, test_table = _tables(cfg, paths, data.ids, data.test_ids)
     results = {}
     for name in tqdm(names, desc="stack candidates", disable=None):
         started = time.perf_counter()
-        results[name] = cross_validate(candidates.get(name).build(cfg), data.oof, data.y, data.fold, metric,
-                                       len(data.classes), setting=cfg.stack.thresholds)
+        results[name] = cross_validate(candidates.build(name, cfg), data.oof, data.y, data.fold, metric,
+                                       len(data.classes), setting=cfg.stack.thresholds,
+                                       table=train_table if candidates.with_features(name) else None)
         log.info("%s: CV %.4f in %.1f s", name, results[name].fold_scores.mean(), time.perf_counter() - started)
     board = leaderboard(results, metric, force=cfg.stack.force)
     chosen = board.loc[board["chosen"], "candidate"].item()
@@ -76,17 +80,30 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     # its decision rule's values fitted on the chosen candidate's every OOF row.
     choice = results[chosen].decision
     rule = {} if choice is None else {"rule": choice.rule, "mode": choice.mode, "values": tuple(choice.values.tolist())}
+    table = train_table if candidates.with_features(chosen) else None
     fitted = stack_output.FittedStack(chosen, data.models, data.classes,
-                                      candidates.get(chosen).build(cfg).fit(data.oof, data.y), **rule)
-    _write(paths, data, board, results[chosen], fitted, metric, forced=cfg.stack.force is not None, key=key)
+                                      candidates.build(chosen, cfg).fit(data.oof, data.y, table), **rule)
+    test = fitted.predict_proba(data.test, test_table if fitted.takes_table else None)
+    _write(paths, data, board, results[chosen], fitted, test, metric, forced=cfg.stack.force is not None, key=key)
     _show(board, chosen, metric, choice, left_out(cfg, metric) if cfg.stack.candidates is None else [], cfg.task)
     return board
 
 
+def _tables(cfg: PipelineConfig, paths: Paths, ids: np.ndarray,
+            test_ids: np.ndarray) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """``stack.features``'s columns for the OOF rows and the test rows, row for row; Nones without it."""
+    if cfg.stack.features is None:
+        return None, None
+    return tables.feature_table(cfg, paths, "train", ids), tables.feature_table(cfg, paths, "test", test_ids)
+
+
 def cv_key(cfg: PipelineConfig, paths: Paths) -> str | None:
-    """What the CV depends on: folds.csv and its class order, every OOF file's bytes, the task, metric, seed and
-    stack settings; None where an OOF file or folds.csv is absent (a bundle: apply only)."""
+    """What the CV depends on: folds.csv and its class order, every OOF file's bytes (and the
+    train table's, with ``stack.features``), the task, metric, seed and stack settings; None
+    where an OOF file or folds.csv is absent (a bundle: apply only)."""
     files = [paths.folds, folds_file.classes_path(paths.folds), *(paths.oof / f"{model.name}.parquet" for model in cfg.models)]
+    if cfg.stack.features is not None and all(path.is_file() for path in files):
+        files.append(paths.data / cfg.data.train_csv)
     if not all(path.is_file() for path in files):
         return None
     return digest({"files": [hashlib.sha256(path.read_bytes()).hexdigest() for path in files],
@@ -103,7 +120,11 @@ def apply(cfg: PipelineConfig, paths: Paths, unchanged: bool = True) -> pd.DataF
     models = tuple(model.name for model in cfg.models)
     fitted = stack_output.read_model(paths.stack, models)
     test_ids, test = predictions.load_test(paths, models, fitted.classes)
-    stack_output.write_test(paths.stack, test_ids, fitted.classes, fitted.predict_proba(test))
+    if fitted.takes_table and cfg.stack.features is None:
+        raise StackError(f"{paths.stack / stack_output.CHOSEN}: {fitted.name} was fitted with table columns but the "
+                         f"pipeline has no stack.features; run the stack stage again with the OOF files")
+    table = tables.feature_table(cfg, paths, "test", test_ids) if fitted.takes_table else None
+    stack_output.write_test(paths.stack, test_ids, fitted.classes, fitted.predict_proba(test, table))
     why = "OOF files unchanged since the last CV" if unchanged else "no OOF files"
     print(f"stack: {why}; applied the saved {fitted.name} to {len(test_ids)} test rows -> "
           f"{paths.stack / stack_output.TEST}")
@@ -111,7 +132,7 @@ def apply(cfg: PipelineConfig, paths: Paths, unchanged: bool = True) -> pd.DataF
 
 
 def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, result: CVResult,
-           fitted: stack_output.FittedStack, metric: Metric, forced: bool, key: str | None) -> None:
+           fitted: stack_output.FittedStack, test: np.ndarray, metric: Metric, forced: bool, key: str | None) -> None:
     """Write the stack folder as a whole: an interrupted stage leaves the previous folder intact."""
     row = board.set_index("candidate").loc[fitted.name]
     chosen = {
@@ -121,7 +142,7 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
     }
     with atomic_dir(paths.stack) as folder:
         stack_output.write(folder, board, chosen, fitted, data.ids, data.fold, result.oof,
-                           data.test_ids, fitted.predict_proba(data.test))
+                           data.test_ids, test)
         plots.leaderboard(board, metric, folder / "leaderboard.png")
         oof = result.oof
         if data.classes.ordinal:  # the grades its cut points give, as 0/1 rows

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from foldstack.contracts import fold_done, folds_file, manifest, predictions
 from foldstack.core import metrics
 from foldstack.core.config import ModelConfig, PipelineConfig
-from foldstack.core.errors import FoldstackError
+from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.cache import cached_images
@@ -39,9 +39,11 @@ from foldstack.training.fold_task import (
     DEFAULT_WORKERS,
     WORKER,
     FoldTask,
+    JoinedRows,
     Member,
     features_key,
     members,
+    network_targets,
     recipe_fingerprint,
     train_split,
 )
@@ -66,13 +68,32 @@ class Trainer:
         self.files = self._train_files()
         self.classes = folds_file.read_classes(paths.folds, cfg)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
+        self.extra = folds_file.read_extra(paths.folds)
+        self.extra_files = self._extra_files()
         self.device: dict | None = None  # what the first trained fold ran on, logged once
-        self.folds_digest = folds_file.digest(self.folds, self.classes)
+        self.folds_digest = folds_file.digest(self.folds, self.classes, self.extra)
         self.images = SplitImages(cfg, paths, self.files, self.folds["id"].tolist())
         self.teachers = Teachers(cfg, paths, self.images, len(self.classes), self.folds_digest, self.workers)
 
     def _train_files(self) -> list[str]:
         return folds_file.image_files(self.folds, tables.load_train_table(self.cfg, self.paths), self.paths.folds)
+
+    def _extra_files(self) -> list[str]:
+        """The external rows' images, once ``extra.csv`` is checked against ``data.extra`` as it
+        is now (ids, labels, file sizes): changed external data is new folds, trained again."""
+        source = folds_file.extra_path(self.paths.folds)
+        table = tables.load_extra_table(self.cfg, self.classes)
+        if not len(self.extra) and not len(table):
+            return []
+        if not len(self.extra):
+            raise DataError(f"{source}: not found, but data.extra lists {len(table)} images; run `make folds` again")
+        files = folds_file.image_files(self.extra, table, source)
+        sizes = [Path(path).stat().st_size for path in files]
+        changed = np.flatnonzero(np.asarray(sizes) != self.extra["bytes"].astype(int).to_numpy())
+        if len(changed):
+            raise DataError(f"{source}: image {files[changed[0]]} changed since `make folds` (size "
+                            f"{sizes[changed[0]]}, not {self.extra['bytes'].iloc[changed[0]]}); run `make folds` again")
+        return files
 
     # --- running -----------------------------------------------------------------------------
 
@@ -99,8 +120,14 @@ class Trainer:
             cached_images(self.files, ids, size, caches[train_split(own)], desc=f"train {size}px")
             if model.pseudo_labels:  # its folds train on test images too
                 caches[train_split(own, "test")] = self.images.cache("test", size)
+            if self.extra_files:  # and every fold on the external images
+                caches[train_split(own, "extra")] = self.paths.cache / str(size) / "extra.npy"
+                cached_images(self.extra_files, self.extra["id"].tolist(), size, caches[train_split(own, "extra")],
+                              desc=f"extra {size}px")
         if model.pseudo_labels:
             keys["test"] = features_key(model, self.cfg.augment, self.images.ids("test"))
+        if self.extra_files:
+            keys["extra"] = features_key(model, self.cfg.augment, self.extra["id"].tolist())
         runs = members(model, self.cfg.folds.k, self.cfg.seed)
         fingerprints = {run: self._fingerprint(model, run) for run in runs}
         sources = [source_key(model, fold, self.teachers) for fold in range(self.cfg.folds.k)]
@@ -186,11 +213,18 @@ class Trainer:
             model=model, task=self.cfg.task, metric=self.cfg.metric, y=self.y, n_classes=len(self.classes),
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
             caches=caches, fold_dir=fold_dir, seed=run.run_seed, workers=self.workers,
-            class_weight=self._class_weight(model, ~is_valid), features=features,
+            class_weight=self._class_weight(model, ~is_valid), features=features, extra=self._extra_rows(),
             **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
                            self.teachers.predictions),
         )
         return task
+
+    def _extra_rows(self) -> JoinedRows | None:
+        """Every external row, with its target: the same rows join the training side of every fold."""
+        if not self.extra_files:
+            return None
+        y = self.classes.encode(self.extra.set_index("id")["label"], folds_file.extra_path(self.paths.folds))
+        return JoinedRows(index=np.arange(len(self.extra)), targets=network_targets(self.cfg.task, y, len(self.classes)))
 
     def _finish_fold(self, model: ModelConfig, run: Member, task: FoldTask, result: dict, seconds: float,
                      fingerprint: str, source: str | None) -> dict:
@@ -243,7 +277,9 @@ class Trainer:
             per_seed = {seed: self._seed_scores(seed, runs, results) for seed in model.seeds}
         else:
             folds, per_seed = list(results.values()), None
-        manifest.write(self.paths.models / model.name, self.cfg, model, folds, score, features_seconds, per_seed)
+        extra = {"rows": len(self.extra), "digest": folds_file.extra_digest(self.extra),
+                 "datasets": self.extra["dataset"].value_counts().sort_index().to_dict()} if len(self.extra) else None
+        manifest.write(self.paths.models / model.name, self.cfg, model, folds, score, features_seconds, per_seed, extra)
         fold_scores = ", ".join(f"{record['score']:.4f}" for record in folds)
         bagged = f", bagged over seeds {', '.join(map(str, model.seeds))}" if model.seeds else ""
         tqdm.write(f"{model.name}: CV {self.cfg.metric} {score:.4f} (folds {fold_scores}{bagged})")

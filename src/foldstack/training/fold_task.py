@@ -34,12 +34,14 @@ BEST = "best.weights.h5"
 
 
 @dataclass(frozen=True)
-class PseudoRows:
-    """Test images that join a fold's training rows (pseudo-labels, see ``training.rounds``).
+class JoinedRows:
+    """Rows of another split that join a fold's training rows: pseudo-labelled test images
+    (``training.rounds``), external data (``data.extra``).
 
     Attributes:
-        index: their rows in the test image cache (``caches["test"]``).
-        targets: their float32 targets ``(len(index), n_classes)``, hard or soft.
+        index: their rows in that split's image cache (``caches["test"]``, ``caches["extra"]``).
+        targets: their float32 targets ``(len(index), n_classes)``, hard or soft (an ordinal
+            task's: the grade ``(len(index), 1)``).
     """
 
     index: np.ndarray
@@ -69,6 +71,8 @@ class FoldTask:
             its one-hot label (distillation, see ``training.rounds``), or None; the held-out
             fold is always scored against ``y``.
         pseudo: pseudo-labelled test images that join the training rows, or None.
+        extra: the external rows (``data.extra``) that join the training rows, or None; never
+            a validation row.
         augment_on_device: the train transforms, and MixUp's and CutMix's pixels, run inside
             the training step (``training.device_augment``), not in the loader; the fold's process decides it
             (``training.device_forms.augment_on_device``), knowing its device.
@@ -89,7 +93,8 @@ class FoldTask:
     class_weight: dict[int, float] | None = None
     features: Path | None = None
     soft_targets: np.ndarray | None = None
-    pseudo: PseudoRows | None = None
+    pseudo: JoinedRows | None = None
+    extra: JoinedRows | None = None
     augment_on_device: bool = False
 
     @property
@@ -102,9 +107,7 @@ class FoldTask:
         distilled targets, or for an ordinal task the grade index ``(n, 1)`` its score regresses."""
         if self.soft_targets is not None:
             return self.soft_targets
-        if self.task == "ordinal":
-            return np.asarray(self.y, dtype=np.float32)[:, None]
-        return one_hot(self.y, self.n_classes).astype(np.float32)
+        return network_targets(self.task, self.y, self.n_classes)
 
     def y_true(self, index: np.ndarray) -> np.ndarray:
         """The rows' labels as the metric takes them."""
@@ -145,10 +148,18 @@ class PredictTask:
         return self.model.image_size
 
 
+def network_targets(task: str, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Encoded labels ``y`` as the network's float32 targets: one-hot rows (a multilabel 0/1
+    matrix as it is), or for an ordinal task the grade index ``(n, 1)`` its score regresses."""
+    if task == "ordinal":
+        return np.asarray(y, dtype=np.float32)[:, None]
+    return one_hot(y, n_classes).astype(np.float32)
+
+
 def train_split(size: int | None, split: str = "train") -> str:
     """The name of a split's image cache at ``size`` among a task's ``caches``: ``train`` at the
     model's own size (None), ``train-<size>`` at a progressive-resizing size (``test-<size>``
-    for the pseudo-labelled test images)."""
+    for the pseudo-labelled test images, ``extra-<size>`` for the external data)."""
     return split if size is None else f"{split}-{size}"
 
 

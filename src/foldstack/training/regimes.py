@@ -95,9 +95,13 @@ def features(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     if task.features is None:
         raise ValueError("the features regime needs task.features (the feature cache's folder)")
     cache = FeatureCache.load(task.features, list(images), len(task.augment.tta))
-    # Every TTA view of a training image (and of a pseudo-labelled test image) is a training row of its own.
-    test_views = cache.views("test") if task.pseudo is not None else [None] * len(task.augment.tta)
-    rows = [training_rows(task, view, test) for view, test in zip(cache.views("train"), test_views)]
+    # Every TTA view of a training image (and of a pseudo-labelled test image, an external image)
+    # is a training row of its own.
+    none = [None] * len(task.augment.tta)
+    test_views = cache.views("test") if task.pseudo is not None else none
+    extra_views = cache.views("extra") if task.extra is not None else none
+    rows = [training_rows(task, view, test, extra)
+            for view, test, extra in zip(cache.views("train"), test_views, extra_views)]
     train_x = np.concatenate([array[index] for array, index, _ in rows])
     train_y = np.concatenate([targets[index] for _, index, targets in rows])
     network = features_network(task, train_x.shape[1])
@@ -194,7 +198,8 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
     (and pseudo-labelled test images) at ``size`` (None: ``image_size``), seeded by the fold's
     seed; with the transforms on the device, the rows as cached, and with MixUp or CutMix the
     draws beside them and the targets mixed (the training network augments and mixes the rows)."""
-    array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")))
+    array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")),
+                                          images.get(train_split(size, "extra")))
     if task.augment_on_device:
         transform, mix = None, BatchMix.of(task.model, device=device_steps(task.augment.train))
     else:

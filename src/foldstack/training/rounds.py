@@ -44,7 +44,7 @@ from foldstack.runtime import isolate
 from foldstack.training.fold_task import (
     WORKER,
     FoldTask,
-    PseudoRows,
+    JoinedRows,
     digest,
     predict_task,
     trained_fold_dirs,
@@ -166,7 +166,7 @@ def distilled_targets(labels: np.ndarray, teacher: np.ndarray, alpha: float) -> 
     return (alpha * labels + (1 - alpha) * teacher).astype(np.float32)
 
 
-def pseudo_rows(proba: np.ndarray, threshold: float, soft: bool, multilabel: bool) -> PseudoRows:
+def pseudo_rows(proba: np.ndarray, threshold: float, soft: bool, multilabel: bool) -> JoinedRows:
     """The test rows confident enough to train on, and their targets.
 
     A single-label row joins when its top probability reaches ``threshold``, labelled with its
@@ -181,7 +181,7 @@ def pseudo_rows(proba: np.ndarray, threshold: float, soft: bool, multilabel: boo
         confident = proba.max(axis=1) >= threshold
         hard = one_hot(proba.argmax(axis=1), proba.shape[1]).astype(np.float32)
     index = np.flatnonzero(confident)
-    return PseudoRows(index=index, targets=(proba if soft else hard)[index])
+    return JoinedRows(index=index, targets=(proba if soft else hard)[index])
 
 
 # --- the worker's side -----------------------------------------------------------------------------
@@ -198,6 +198,14 @@ class Joined:
     def __len__(self) -> int:
         return len(self.first) + len(self.second)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.first.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.first.dtype
+
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows)
         n = len(self.first)
@@ -208,20 +216,24 @@ class Joined:
         return out
 
 
-def training_rows(task: FoldTask, train: np.ndarray,
-                  test: np.ndarray | None = None) -> tuple[np.ndarray | Joined, np.ndarray, np.ndarray]:
-    """What a fold trains on: the array to read rows from (the training split's, or it joined
-    with the test split's when test images are pseudo-labelled), the rows to read, and every
-    row's target. ``train`` and ``test`` are images or a ``features`` regime's feature views."""
-    if task.pseudo is None:
-        return train, task.train_index, task.targets
-    n = len(train)
-    targets = np.zeros((n + len(test), task.n_classes), dtype=np.float32)
-    targets[:n] = task.targets
-    targets[n + task.pseudo.index] = task.pseudo.targets
-    return Joined(train, test), np.concatenate([task.train_index, n + task.pseudo.index]), targets
+def training_rows(task: FoldTask, train: np.ndarray, test: np.ndarray | None = None,
+                  extra: np.ndarray | None = None) -> tuple[np.ndarray | Joined, np.ndarray, np.ndarray]:
+    """What a fold trains on: the array to read rows from (the training split's, joined with the
+    test split's when test images are pseudo-labelled, and with the external data's, after it),
+    the rows to read, and every row's target. ``train``, ``test`` and ``extra`` are images or a
+    ``features`` regime's feature views. The rows of ``task.valid_index`` are the training
+    split's alone: a joined row is never validated on."""
+    array, index, targets = train, task.train_index, task.targets
+    for rows, joined in ((task.pseudo, test), (task.extra, extra)):
+        if rows is None:
+            continue
+        more = np.zeros((len(joined), targets.shape[1]), dtype=np.float32)
+        more[rows.index] = rows.targets
+        array, index, targets = (Joined(array, joined), np.concatenate([index, len(array) + rows.index]),
+                                 np.concatenate([targets, more]))
+    return array, index, targets
 
 
 def n_training_rows(task: FoldTask) -> int:
-    """How many rows a fold trains on per epoch, pseudo-labelled test images included."""
-    return len(task.train_index) + (0 if task.pseudo is None else len(task.pseudo.index))
+    """How many rows a fold trains on per epoch, pseudo-labelled test images and external rows included."""
+    return len(task.train_index) + sum(len(rows.index) for rows in (task.pseudo, task.extra) if rows is not None)
