@@ -3,7 +3,7 @@ same seed; and beside it ``classes.json``, the task's class order, derived once 
 Written by the folds stage; read, with their checks, by every stage after it.
 
 ``classes.json`` holds ``task``, ``names`` (the one class order, a binary task's positive class
-second), ``multilabel`` and ``ordinal``: what :class:`~foldstack.data.labels.Classes` is. No later
+second; none for a regression), ``multilabel``, ``ordinal`` and ``regression``: what :class:`~foldstack.data.labels.Classes` is. No later
 stage derives the classes again, so a positive class taken from the sample submission holds on a
 machine without it (a Kaggle bundle), and a new ``positive_class`` is new folds (:func:`digest`).
 """
@@ -35,8 +35,7 @@ def classes_path(folds: Path) -> Path:
 
 def write(path: Path, frame: pd.DataFrame, classes: Classes, task: str) -> None:
     """Write the ``id, label, fold`` columns of ``frame`` and, beside them, ``classes``."""
-    write_json(classes_path(path), {"task": task, "names": list(classes.names), "multilabel": classes.multilabel,
-                                    "ordinal": classes.ordinal})
+    write_json(classes_path(path), {"task": task, **_order(classes)})
     write_csv(path, frame[COLUMNS])
 
 
@@ -53,7 +52,8 @@ def read_classes(path: Path, cfg: PipelineConfig) -> Classes:
     try:
         raw = json.loads(source.read_text(encoding="utf-8"))
         task, names = raw["task"], tuple(str(name) for name in raw["names"])
-        classes = Classes(names, multilabel=bool(raw["multilabel"]), ordinal=bool(raw["ordinal"]))
+        classes = Classes(names, multilabel=bool(raw["multilabel"]), ordinal=bool(raw["ordinal"]),
+                          regression=bool(raw.get("regression", False)))
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{source}: not a class order ({type(error).__name__}: {error}); run `make folds` again") from None
     if task != cfg.task:
@@ -94,8 +94,14 @@ def digest(frame: pd.DataFrame, classes: Classes) -> str:
     recipe (``fold_task.recipe_fingerprint``), so new folds, or the same folds with another
     positive class, train again."""
     rows = hashlib.sha256(pd.util.hash_pandas_object(frame[COLUMNS], index=False).values).hexdigest()
+    return hashlib.sha256(json.dumps({"rows": rows, "classes": _order(classes)}, sort_keys=True).encode()).hexdigest()
+
+
+def _order(classes: Classes) -> dict:
+    """What ``classes.json`` holds of ``classes`` (and the digest hashes)."""
     order = {"names": list(classes.names), "multilabel": classes.multilabel, "ordinal": classes.ordinal}
-    return hashlib.sha256(json.dumps({"rows": rows, "classes": order}, sort_keys=True).encode()).hexdigest()
+    # A classification's digest stays what it was before regressions existed: no retraining.
+    return {**order, "regression": True} if classes.regression else order
 
 
 def image_files(folds: pd.DataFrame, table: pd.DataFrame, path: Path) -> list[str]:

@@ -6,8 +6,9 @@ the class count is known even when a training fold lacks a rare class. ``y`` hol
 ``(n_samples,)``, or for multilabel a 0/1 matrix ``(n_samples, n_classes)``.
 
 An ordinal task's ``X`` holds one score per model, ``(n_samples, n_models, 1)``, and ``y`` the
-grade indices: a candidate that applies to it (``Candidate.scores``) regresses the grade and
-outputs a score ``(n_samples, 1)``.
+grade indices: a candidate that applies to it (``Candidate.outputs``) regresses the grade and
+outputs a score ``(n_samples, 1)``. A regression's ``X`` holds one value per model, ``(n_samples,
+n_models, 1)``, and ``y`` the float targets: such a candidate predicts the target ``(n_samples, 1)``.
 
 The contract is scikit-learn's: ``__init__`` only stores parameters, ``fit`` returns ``self``,
 learned attributes end in ``_``, predicting before ``fit`` raises ``NotFittedError`` and a shape
@@ -21,7 +22,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from foldstack.core.errors import FoldstackError
-from foldstack.core.metrics import grades, hard_predictions
+from foldstack.core.metrics import grades, hard_predictions, is_regression
 
 
 class StackError(FoldstackError):
@@ -38,7 +39,8 @@ class Level2Estimator(BaseEstimator):
         y = _check_y(y, X)
         self.n_models_, self.n_classes_ = X.shape[1:]
         self.multilabel_ = y.ndim == 2
-        self.ordinal_ = _is_ordinal(X, y)
+        self.regression_ = _is_regression(X, y)
+        self.ordinal_ = _is_ordinal(X, y) and not self.regression_
         self.n_grades_ = int(y.max()) + 1 if self.ordinal_ else None
         self._fit(X, y)
         return self
@@ -53,8 +55,10 @@ class Level2Estimator(BaseEstimator):
         return self._predict_proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class indices (ordinal: the score rounded to a grade seen in ``fit``), or for
-        multilabel a 0/1 matrix (probability >= 0.5)."""
+        """Class indices (ordinal: the score rounded to a grade seen in ``fit``), for multilabel
+        a 0/1 matrix (probability >= 0.5), for a regression the predicted values ``(n,)``."""
+        if self.regression_:
+            return self.predict_proba(X)[:, 0]
         if self.ordinal_:
             return grades(self.predict_proba(X), self.n_grades_)
         return hard_predictions(self.predict_proba(X), self.multilabel_)
@@ -78,11 +82,20 @@ def _is_ordinal(X: np.ndarray, y: np.ndarray) -> bool:
     return X.shape[2] == 1 and np.ndim(y) == 1
 
 
+def _is_regression(X: np.ndarray, y: np.ndarray) -> bool:
+    """One value per model for float targets (a regression's; grades are integers)."""
+    return X.shape[2] == 1 and is_regression(y)
+
+
 def _check_y(y: np.ndarray, X: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
     n_samples, _, n_classes = X.shape
     if len(y) != n_samples:
         raise ValueError(f"y has {len(y)} rows but X has {n_samples}")
+    if _is_regression(X, y):
+        if not np.isfinite(y).all():
+            raise ValueError("a regression's y must hold finite numbers")
+        return y
     if _is_ordinal(X, y):
         if not (np.isin(y, np.arange(y.max() + 1)).all() if len(y) else True):
             raise ValueError("an ordinal y must hold grade indices 0, 1, 2, ...")

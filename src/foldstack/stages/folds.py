@@ -19,7 +19,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     """Write ``folds.csv`` (``id, label, fold``), the class order beside it (``classes.json``,
     derived here once: every later stage reads it) and a preview of the training augmentation."""
     table, source = tables.load_train_table(cfg, paths), tables.train_source(cfg, paths)
-    classes = tables.classes(cfg, paths, table["label"], source)
+    classes = tables.classes(cfg, paths, table.set_index("id")["label"], source)
     table["fold"] = splits.make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.task, cfg.folds.strategy,
                                       splits.read_groups(cfg, paths))
     folds_file.write(paths.folds, table, classes, cfg.task)

@@ -3,7 +3,10 @@ Keras 3 only (``keras``, ``keras.ops``), no ``tf.*``.
 
 The head ends in a float32 dense layer (softmax, or sigmoid for multilabel), so mixed precision
 never rounds the probabilities. An ordinal task's head is one linear unit, the grade's score,
-trained by mean squared error.
+trained by mean squared error. A regression's head is one linear unit too, followed by
+:class:`Unstandardise`: the unit learns the target standardised by the fold's training rows
+(MSE or Huber on that scale), and the network outputs the target on its own scale, the mean and
+standard deviation held as weights in ``best.weights.h5``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,44 @@ from foldstack import backbones
 from foldstack.core.config import ModelConfig
 from foldstack.training.fold_task import FoldTask
 
-_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear"}
+_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear",
+                "regression": "linear"}
+
+
+class Unstandardise(keras.layers.Layer):
+    """``x * std + mean``: a standardised prediction back on the target's scale. ``mean`` and
+    ``std`` are weights that never train, so they are saved with the network and a rebuilt
+    network (predict, Grad-CAM) reads them from its weights file."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.initial = (float(mean), float(std))
+
+    def build(self, input_shape):
+        mean, std = self.initial
+        self.mean = self.add_weight(shape=(), initializer=keras.initializers.Constant(mean), trainable=False,
+                                    name="mean")
+        self.std = self.add_weight(shape=(), initializer=keras.initializers.Constant(std), trainable=False,
+                                   name="std")
+
+    def call(self, x):
+        return x * self.std + self.mean
+
+
+class StandardisedLoss(keras.losses.Loss):
+    """A regression's loss (``mse``; ``huber`` at ``delta``) on targets and predictions both
+    standardised by the fold's ``mean`` and ``std``."""
+
+    def __init__(self, kind: str, mean: float, std: float, delta: float = 1.0):
+        super().__init__(name=f"standardised_{kind}")
+        self.kind, self.mean, self.std, self.delta = kind, mean, std, delta
+
+    def call(self, y_true, y_pred):
+        y_true = (keras.ops.cast(y_true, "float32") - self.mean) / self.std
+        y_pred = (keras.ops.cast(y_pred, "float32") - self.mean) / self.std
+        if self.kind == "huber":
+            return keras.losses.huber(y_true, y_pred, delta=self.delta)
+        return keras.losses.mean_squared_error(y_true, y_pred)
 
 
 def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
@@ -30,17 +70,20 @@ def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
                             input_shape=(size, size, 3), cut_at=cut)
 
 
-def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = ()):
+def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = (),
+         target_scale: tuple[float, float] = (0.0, 1.0)):
     """``dense_units`` hidden layers, each followed by dropout, then the classifier; a head
-    without hidden layers has one dropout before the classifier (never two in a row)."""
+    without hidden layers has one dropout before the classifier (never two in a row). A
+    regression's output is put back on the target's scale (``target_scale``: mean, std)."""
     x = features
     for units in dense_units:
         x = keras.layers.Dense(units, activation="relu")(x)
         x = keras.layers.Dropout(model.dropout)(x)
     if not dense_units:
         x = keras.layers.Dropout(model.dropout)(x)
-    units = 1 if task == "ordinal" else n_classes
-    return keras.layers.Dense(units, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
+    units = 1 if task in ("ordinal", "regression") else n_classes
+    output = keras.layers.Dense(units, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
+    return Unstandardise(*target_scale, name="unstandardise")(output) if task == "regression" else output
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
@@ -55,13 +98,15 @@ def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool
     inputs = keras.Input((size, size, 3), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
+    return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units, task.target_scale),
+                       name=task.model.name)
 
 
 def features_network(task: FoldTask, n_features: int) -> keras.Model:
     """A head alone, on pooled backbone features (the ``features`` regime)."""
     inputs = keras.Input((n_features,), name="features")
-    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task), name=task.model.name)
+    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task, target_scale=task.target_scale),
+                       name=task.model.name)
 
 
 class AdamW(keras.optimizers.AdamW):
@@ -118,7 +163,12 @@ def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, st
 
 
 def _loss(task: FoldTask) -> keras.losses.Loss:
-    """Cross-entropy on probabilities; an ordinal score's squared error to the grade."""
+    """Cross-entropy on probabilities; an ordinal score's squared error to the grade; a
+    regression's loss on the standardised target (:class:`StandardisedLoss`)."""
+    if task.task == "regression":
+        target = task.target
+        return StandardisedLoss(target.loss if target else "mse", *task.target_scale,
+                                delta=target.huber_delta if target else 1.0)
     if task.task == "ordinal":
         return keras.losses.MeanSquaredError()
     loss_type = keras.losses.BinaryCrossentropy if task.task == "multilabel" else keras.losses.CategoricalCrossentropy
