@@ -93,11 +93,11 @@ def run_to_stack(raw: dict, root: Path) -> tuple[PipelineConfig, Paths, pd.DataF
     return cfg, paths, board, printed.getvalue()
 
 
-def predict_images(paths: Paths, images: str, out: Path) -> pd.DataFrame:
-    """``foldstack predict --images`` of ``paths.data / images`` by the pipeline :func:`run_to_stack`
-    wrote to ``paths.root``: the CSV it wrote to ``out``."""
+def predict_images(paths: Paths, images: str, out: Path, *flags: str) -> pd.DataFrame:
+    """``foldstack predict --images`` (with ``flags``) of ``paths.data / images`` by the pipeline
+    :func:`run_to_stack` wrote to ``paths.root``: the CSV it wrote to ``out``."""
     code = cli.main(["predict", "--pipeline", str(paths.root / f"{paths.pipeline}.yaml"), "--root",
-                     str(paths.root), "--images", str(paths.data / images), "--out", str(out)])
+                     str(paths.root), "--images", str(paths.data / images), "--out", str(out), *flags])
     assert code == 0
     return pd.read_csv(out)
 

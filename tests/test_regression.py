@@ -29,7 +29,8 @@ from foldstack.data.labels import Classes
 from foldstack.level2 import candidates, selection
 from foldstack.pipeline import parse_pipeline
 from foldstack.stages import check, download, folds, report, submit
-from foldstack.training.fold_task import FoldTask
+from foldstack.training import network
+from foldstack.training.fold_task import FoldTask, training_target
 
 from conftest import predict_images, run_to_stack, small_cnn_pipeline, write_digits
 
@@ -118,6 +119,28 @@ def test_target_standardisation_is_fitted_on_the_folds_training_rows_alone() -> 
                     caches={}, fold_dir=Path("/nowhere"), seed=0)
     assert task.target_scale == pytest.approx((10.0, np.std([0.0, 10.0, 20.0])))
     np.testing.assert_array_equal(task.targets, y[:, None].astype(np.float32))
+
+
+def test_the_loss_is_mse_or_huber_on_the_target_standardised_by_the_folds_rows() -> None:
+    """Mean 10, std 5: targets 10, 30 and predictions 15, 10 are standardised errors 1 and -4.
+    MSE: (1 + 16) / 2. Huber at delta 1: (0.5 + (4 - 0.5)) / 2."""
+    y_true, y_pred = np.array([[10.0], [30.0]]), np.array([[15.0], [10.0]])
+    mse = network.StandardisedLoss("mse", 10.0, 5.0)
+    huber = network.StandardisedLoss("huber", 10.0, 5.0, delta=1.0)
+    assert float(mse(y_true, y_pred)) == pytest.approx(8.5)
+    assert float(huber(y_true, y_pred)) == pytest.approx(2.0)
+    cfg = parse_pipeline(pawpularity())  # loss: huber
+    y = np.array([0.0, 10.0, 20.0, 1000.0])
+    task = FoldTask(model=cfg.models[0], task="regression", metric="rmse", y=y, n_classes=0,
+                    train_index=np.array([0, 1, 2]), valid_index=np.array([3]), augment=cfg.augment,
+                    caches={}, fold_dir=Path("/nowhere"), seed=0, target=training_target(cfg))
+    chosen = network._loss(task)
+    assert (chosen.kind, chosen.mean, chosen.std) == ("huber", 10.0, pytest.approx(np.std([0.0, 10.0, 20.0])))
+    # The features regime's head ends on the target's scale too.
+    head = network.features_network(task, 8)
+    scale = head.get_layer("unstandardise")
+    assert (float(scale.mean), float(scale.std)) == pytest.approx(task.target_scale)
+    assert head.predict(np.zeros((2, 8)), verbose=0).shape == (2, 1)
 
 
 # --- level two --------------------------------------------------------------------------------------
@@ -258,8 +281,10 @@ def test_stack_and_submit_write_clipped_numbers_in_the_sample_column(stacked) ->
 @pytest.mark.slow
 def test_predict_images_gives_the_stacked_value(stacked, tmp_path: Path) -> None:
     cfg, paths, *_ = stacked
-    frame = predict_images(paths, "test", tmp_path / "values.csv")
-    assert "prediction" in frame.columns and "label" not in frame.columns
+    frame = predict_images(paths, "test", tmp_path / "values.csv", "--explain")
+    assert list(frame.columns) == ["image", "prediction", "distance", "unfamiliar", "heatmap"]
+    # Grad-CAM of the one output (what raises the prediction), a picture per image.
+    assert all((tmp_path / heatmap).is_file() for heatmap in frame["heatmap"])
     stacked_test = pd.read_parquet(paths.stack / "test.parquet").set_index("id")
     ids = frame["image"].str.removesuffix(".png")
     # What submit writes: the stacked value clipped to regression.range.
