@@ -276,6 +276,14 @@ def test_stack_and_submit_write_clipped_numbers_in_the_sample_column(stacked) ->
     np.testing.assert_allclose(written["Pawpularity"], stacked_test.clip(*RANGE), rtol=1e-6)
     local = pd.read_csv(paths.submissions / "index.csv")["local_lb"].iloc[-1]
     assert local == pytest.approx(np.sqrt(np.mean((written["Pawpularity"].to_numpy() - truth.to_numpy()) ** 2)))
+    # A range that cuts the values (one small network stays near the targets' mean, 23.5): the
+    # submission holds them clipped, and the local score is of what is submitted.
+    tight = cfg.model_copy(update={"regression": cfg.target.model_copy(update={"range": (24.0, 100.0)})})
+    assert (stacked_test < 24.0).any()
+    clipped = pd.read_csv(submit.run(tight, paths))
+    np.testing.assert_allclose(clipped["Pawpularity"], stacked_test.clip(24.0, 100.0), rtol=1e-6)
+    local = pd.read_csv(paths.submissions / "index.csv")["local_lb"].iloc[-1]
+    assert local == pytest.approx(np.sqrt(np.mean((clipped["Pawpularity"].to_numpy() - truth.to_numpy()) ** 2)))
 
 
 @pytest.mark.slow
