@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
+import pandas as pd
 import pytest
+import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
 
+from foldstack import cli
 from foldstack.core.config import PipelineConfig
 from foldstack.core.paths import Paths
 from foldstack.pipeline import parse_pipeline
-from foldstack.stages import download, folds
+from foldstack.stages import download, folds, predict, stack, train
 
 TINY = {
     "name": "tiny",
@@ -40,6 +48,58 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest modules first (:data:`LONGEST_FIRST`), each module's tests still together."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
+
+
+def small_cnn_pipeline(name: str, task: str, metric: str, data: dict, **more) -> dict:
+    """A pipeline on a local folder (its ``data.source`` path set later) that trains small_cnn at
+    16 px for one epoch on two folds: an end-to-end run of a task's whole path in seconds."""
+    return {
+        "name": name, "task": task, "metric": metric, "seed": 0,
+        "data": {"source": {"type": "local", "path": "/nowhere"}, **data, "solution": "solution.csv"},
+        "folds": {"k": 2, "seed": 0},
+        "models": [{"name": "cnn", "backbone": "small_cnn", "weights": "none", "image_size": 16,
+                    "regime": "scratch", "epochs": 1, "batch_size": 16, "lr": 0.003}],
+        "stack": {"lightgbm": {"num_threads": 1, "num_iterations": 50}},
+        **more,
+    }
+
+
+def write_digits(folder: Path, ids: list[str], below: int, n_train: int, dirs: tuple[str, str]) -> np.ndarray:
+    """The first ``len(ids)`` digits under ``below`` as grey PNGs named by ``ids``: the first
+    ``n_train`` in ``folder / dirs[0]``, the others in ``folder / dirs[1]``; returns their digits."""
+    digits = load_digits()
+    keep = np.flatnonzero(digits.target < below)[: len(ids)]
+    for split in dirs:
+        (folder / split).mkdir(parents=True)
+    for n, (i, image_id) in enumerate(zip(keep, ids)):
+        image = np.rint(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(image, mode="L").save(folder / dirs[n >= n_train] / f"{image_id}.png")
+    return digits.target[keep]
+
+
+def run_to_stack(raw: dict, root: Path) -> tuple[PipelineConfig, Paths, pd.DataFrame, str]:
+    """The pipeline ``raw`` (its YAML written to ``root``) downloaded, folded, trained, predicted
+    and stacked: its config, its paths, the leaderboard and what the stack stage printed."""
+    (root / f"{raw['name']}.yaml").write_text(yaml.safe_dump(raw))
+    cfg = parse_pipeline(raw)
+    paths = Paths.for_pipeline(raw["name"], root)
+    download.run(cfg, paths)
+    folds.run(cfg, paths)
+    train.run(cfg, paths, workers=1)
+    predict.run(cfg, paths, workers=1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        board = stack.run(cfg, paths)
+    return cfg, paths, board, printed.getvalue()
+
+
+def predict_images(paths: Paths, images: str, out: Path, *flags: str) -> pd.DataFrame:
+    """``foldstack predict --images`` (with ``flags``) of ``paths.data / images`` by the pipeline
+    :func:`run_to_stack` wrote to ``paths.root``: the CSV it wrote to ``out``."""
+    code = cli.main(["predict", "--pipeline", str(paths.root / f"{paths.pipeline}.yaml"), "--root",
+                     str(paths.root), "--images", str(paths.data / images), "--out", str(out), *flags])
+    assert code == 0
+    return pd.read_csv(out)
 
 
 def make_config(**overrides) -> PipelineConfig:

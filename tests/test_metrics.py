@@ -16,9 +16,10 @@ MULTILABEL_P = np.array([[0.9, 0.2, 0.6], [0.3, 0.7, 0.1], [0.4, 0.8, 0.2], [0.1
 
 
 def test_registry_lists_every_metric_with_its_direction() -> None:
-    assert metrics.names() == ["accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "f2_micro", "log_loss",
-                               "map_at_5", "mean_column_auc", "pauc_80", "quadratic_kappa", "roc_auc"]
-    assert [m for m in metrics.names() if not metrics.get(m).greater_is_better] == ["log_loss"]
+    assert metrics.names() == ["accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "f2_micro", "log_loss", "mae",
+                               "map_at_5", "mean_column_auc", "pauc_80", "quadratic_kappa", "r2", "rmse", "roc_auc"]
+    assert [m for m in metrics.names() if not metrics.get(m).greater_is_better] == ["log_loss", "mae", "rmse"]
+    assert [m for m in metrics.names() if metrics.get(m).on_values] == ["mae", "r2", "rmse"]
     assert [m for m in metrics.names() if metrics.get(m).ranks] == ["mean_column_auc", "pauc_80", "roc_auc"]
     assert [m for m in metrics.names() if metrics.get(m).thresholded] == ["accuracy", "balanced_accuracy", "f1_macro",
                                                                           "f1_micro", "f2_micro"]

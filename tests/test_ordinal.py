@@ -17,22 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from PIL import Image
-from sklearn.datasets import load_digits
 from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
 
-from foldstack import cli, level2
+from foldstack import level2
 from foldstack.contracts import predictions, stack_output
 from foldstack.core import metrics
 from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
-from foldstack.core.paths import Paths
 from foldstack.data.labels import Classes
 from foldstack.level2 import decision, ordinal, selection
 from foldstack.level2.ordinal import fit_cuts
 from foldstack.pipeline import parse_pipeline
-from foldstack.stages import download, folds, predict, report, stack, submit, train
+from foldstack.stages import report, stack, submit
+from conftest import predict_images, run_to_stack, small_cnn_pipeline, write_digits
 
 KAPPA = metrics.get("quadratic_kappa")
 GRADES = 5
@@ -40,16 +37,8 @@ GRADES = 5
 
 def aptos(**overrides) -> dict:
     """An aptos2019-shaped pipeline on a local folder."""
-    raw = {
-        "name": "aptos", "task": "ordinal", "metric": "quadratic_kappa", "seed": 0,
-        "data": {"source": {"type": "local", "path": "/nowhere"}, "id_column": "id_code",
-                 "label_column": "diagnosis", "train_dir": "train_images", "test_dir": "test_images",
-                 "solution": "solution.csv"},
-        "folds": {"k": 2, "seed": 0},
-        "models": [{"name": "cnn", "backbone": "small_cnn", "weights": "none", "image_size": 16,
-                    "regime": "scratch", "epochs": 1, "batch_size": 16, "lr": 0.003}],
-        "stack": {"lightgbm": {"num_threads": 1, "num_iterations": 50}},
-    }
+    raw = small_cnn_pipeline("aptos", "ordinal", "quadratic_kappa", {
+        "id_column": "id_code", "label_column": "diagnosis", "train_dir": "train_images", "test_dir": "test_images"})
     return {**raw, **overrides}
 
 
@@ -188,16 +177,8 @@ def test_ordinal_grades_must_be_numbers() -> None:
 
 def write_aptos(folder: Path, n_train: int = 50, n_test: int = 15) -> pd.Series:
     """Digits 0-4 as aptos2019 lays them out; returns the test grades (the solution)."""
-    digits = load_digits()
-    keep = np.flatnonzero(digits.target < GRADES)[: n_train + n_test]
-    ids = [f"{i:012x}" for i in range(7_000_000, 7_000_000 + len(keep))]
-    for split in ("train_images", "test_images"):
-        (folder / split).mkdir(parents=True)
-    for n, (i, image_id) in enumerate(zip(keep, ids)):
-        image = np.rint(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-        Image.fromarray(image, mode="L").save(folder / ("train_images" if n < n_train else "test_images")
-                                              / f"{image_id}.png")
-    grades = pd.Series(digits.target[keep], index=ids, dtype=int)
+    ids = [f"{i:012x}" for i in range(7_000_000, 7_000_000 + n_train + n_test)]
+    grades = pd.Series(write_digits(folder, ids, GRADES, n_train, ("train_images", "test_images")), index=ids, dtype=int)
     train_ids, test_ids = ids[:n_train], ids[n_train:]
     pd.DataFrame({"id_code": train_ids, "diagnosis": grades[train_ids].to_numpy()}).to_csv(
         folder / "train.csv", index=False)
@@ -215,17 +196,8 @@ def stacked(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("aptos")
     truth = write_aptos(root / "competition")
     raw = aptos(data={**aptos()["data"], "source": {"type": "local", "path": str(root / "competition")}})
-    (root / "aptos.yaml").write_text(yaml.safe_dump(raw))
-    cfg = parse_pipeline(raw)
-    paths = Paths.for_pipeline("aptos", root)
-    download.run(cfg, paths)
-    folds.run(cfg, paths)
-    train.run(cfg, paths, workers=1)
-    predict.run(cfg, paths, workers=1)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        board = stack.run(cfg, paths)
-    return cfg, paths, truth, board, printed.getvalue()
+    cfg, paths, board, printed = run_to_stack(raw, root)
+    return cfg, paths, truth, board, printed
 
 
 def test_each_network_regresses_one_score_into_the_prediction_files(stacked) -> None:
@@ -280,11 +252,7 @@ def test_stack_and_submit_write_integer_grades_in_the_sample_order(stacked) -> N
 
 def test_predict_images_gives_the_score_and_the_grade_submit_gives(stacked, tmp_path: Path) -> None:
     cfg, paths, *_ = stacked
-    out = tmp_path / "graded.csv"
-    code = cli.main(["predict", "--pipeline", str(paths.root / "aptos.yaml"), "--root", str(paths.root),
-                     "--images", str(paths.data / "test_images"), "--out", str(out)])
-    assert code == 0
-    frame = pd.read_csv(out)
+    frame = predict_images(paths, "test_images", tmp_path / "graded.csv")
     assert list(frame.columns) == ["image", "label", "score", "distance", "unfamiliar"]
     stacked_test = pd.read_parquet(paths.stack / "test.parquet").set_index("id")
     ids = frame["image"].str.removesuffix(".png")

@@ -46,6 +46,7 @@ def known() -> Known:
         candidates=candidates.names(),
         check_augment=compose,
         grade_metrics=[name for name in metrics.names() if metrics.get(name).on_grades],
+        value_metrics=[name for name in metrics.names() if metrics.get(name).on_values],
         check_device_augment=check_device,
         callable_metric=_callable_metric,
     )

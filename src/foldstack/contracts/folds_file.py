@@ -3,7 +3,7 @@ same seed; and beside it ``classes.json``, the task's class order, derived once 
 Written by the folds stage; read, with their checks, by every stage after it.
 
 ``classes.json`` holds ``task``, ``names`` (the one class order, a binary task's positive class
-second), ``multilabel`` and ``ordinal``: what :class:`~foldstack.data.labels.Classes` is. No later
+second; none for a regression), ``multilabel``, ``ordinal`` and ``regression``: what :class:`~foldstack.data.labels.Classes` is. No later
 stage derives the classes again, so a positive class taken from the sample submission holds on a
 machine without it (a Kaggle bundle), and a new ``positive_class`` is new folds (:func:`digest`).
 """
@@ -70,8 +70,7 @@ def classes_path(folds: Path) -> Path:
 
 def write(path: Path, frame: pd.DataFrame, classes: Classes, task: str) -> None:
     """Write the ``id, label, fold`` columns of ``frame`` and, beside them, ``classes``."""
-    write_json(classes_path(path), {"task": task, "names": list(classes.names), "multilabel": classes.multilabel,
-                                    "ordinal": classes.ordinal})
+    write_json(classes_path(path), {"task": task, **_order(classes)})
     write_csv(path, frame[COLUMNS])
 
 
@@ -88,7 +87,8 @@ def read_classes(path: Path, cfg: PipelineConfig) -> Classes:
     try:
         raw = json.loads(source.read_text(encoding="utf-8"))
         task, names = raw["task"], tuple(str(name) for name in raw["names"])
-        classes = Classes(names, multilabel=bool(raw["multilabel"]), ordinal=bool(raw["ordinal"]))
+        classes = Classes(names, multilabel=bool(raw["multilabel"]), ordinal=bool(raw["ordinal"]),
+                          regression=bool(raw.get("regression", False)))
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{source}: not a class order ({type(error).__name__}: {error}); run `make folds` again") from None
     if task != cfg.task:
@@ -130,11 +130,17 @@ def digest(frame: pd.DataFrame, classes: Classes, extra: pd.DataFrame | None = N
     (``fold_task.recipe_fingerprint``), so new folds, the same folds with another positive
     class, or changed external data train again."""
     rows = hashlib.sha256(pd.util.hash_pandas_object(frame[COLUMNS], index=False).values).hexdigest()
-    order = {"names": list(classes.names), "multilabel": classes.multilabel, "ordinal": classes.ordinal}
-    content = {"rows": rows, "classes": order}
+    content = {"rows": rows, "classes": _order(classes)}
     if extra is not None and len(extra):  # without external rows, the digest of before
         content["extra"] = extra_digest(extra)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _order(classes: Classes) -> dict:
+    """What ``classes.json`` holds of ``classes`` (and the digest hashes)."""
+    order = {"names": list(classes.names), "multilabel": classes.multilabel, "ordinal": classes.ordinal}
+    # A classification's digest stays what it was before regressions existed: no retraining.
+    return {**order, "regression": True} if classes.regression else order
 
 
 def extra_digest(extra: pd.DataFrame) -> str:

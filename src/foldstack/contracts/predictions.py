@@ -147,7 +147,7 @@ def read_predictions(path: Path, classes: Classes, *, extra: tuple[str, ...] = (
     table.columns = [str(column) for column in table.columns]
     names = list(classes.columns)
     wanted = ["id", *extra, *names]
-    kind = "an ordinal task's one column: score" if classes.ordinal else f"classes: {shorten(names)}"
+    kind = f"one column: {names[0]}" if classes.one_column else f"classes: {shorten(names)}"
     missing = [column for column in wanted if column not in table.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {shorten(missing)}; {kind}")
@@ -194,12 +194,14 @@ def check_same_ids(path: Path, got: pd.Index, expected: pd.Index, reference: Pat
 
 
 def _check_values(path: Path, values: pd.DataFrame, classes: Classes) -> None:
-    """Probabilities in [0, 1]; an ordinal score, a finite number (never read as a probability)."""
-    if classes.ordinal:
+    """Probabilities in [0, 1]; an ordinal score or a regression's value, a finite number (never
+    read as a probability)."""
+    if classes.one_column:
         array = values.to_numpy(np.float64)[:, 0]
         bad = np.flatnonzero(~np.isfinite(array))
         if len(bad):
-            raise DataError(f"{path}: id {values.index[bad[0]]!r}: score {array[bad[0]]} is not a finite number")
+            raise DataError(f"{path}: id {values.index[bad[0]]!r}: {values.columns[0]} {array[bad[0]]} is not a "
+                            "finite number")
         return
     bad = first_non_probability(values)
     if bad is not None:

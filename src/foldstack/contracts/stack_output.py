@@ -38,6 +38,9 @@ CHOSEN = "chosen.json"
 LEADERBOARD = "leaderboard.csv"
 OOF = "oof.parquet"
 TEST = "test.parquet"
+#: A regression's picture of the chosen candidate's OOF predictions against the targets (the
+#: classification tasks have ``confusion.png``).
+PREDICTED = "predicted.png"
 LEVEL2 = "level2"
 
 
@@ -125,7 +128,13 @@ def write(folder: Path, board: pd.DataFrame, chosen: dict, fitted: FittedStack, 
     write_test(folder, test_ids, fitted.classes, test)
     write_json(folder / CHOSEN, {**chosen, "name": fitted.name, "models": list(fitted.models),
                                  "classes": list(fitted.classes.names), "multilabel": fitted.classes.multilabel,
-                                 "ordinal": fitted.classes.ordinal, **_saved_rule(fitted)})
+                                 "ordinal": fitted.classes.ordinal, **_regression(fitted.classes),
+                                 **_saved_rule(fitted)})
+
+
+def _regression(classes: Classes) -> dict:
+    """``chosen.json``'s mark of a regression (absent for the classification tasks)."""
+    return {"regression": True} if classes.regression else {}
 
 
 def _saved_rule(fitted: FittedStack) -> dict:
@@ -209,7 +218,7 @@ def read_model(folder: Path, models: tuple[str, ...]) -> FittedStack:
 
 def _classes(chosen: dict) -> Classes:
     return Classes(tuple(chosen["classes"]), multilabel=bool(chosen["multilabel"]),
-                   ordinal=bool(chosen.get("ordinal", False)))
+                   ordinal=bool(chosen.get("ordinal", False)), regression=bool(chosen.get("regression", False)))
 
 
 def read(folder: Path) -> StackOutput:
@@ -229,6 +238,9 @@ def read(folder: Path) -> StackOutput:
         _, _, cuts = _read_rule(chosen, classes, chosen_path)
         return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"],
                            grade_rows(predictions.read_predictions(test_path, classes), classes, cuts))
+    if chosen.get("regression"):
+        return StackOutput(chosen["name"], chosen["metric"], chosen["cv_mean"], chosen["cv_std"],
+                           predictions.read_predictions(test_path, _classes(chosen)))
     columns = pd.read_parquet(test_path).columns if test_path.is_file() else []
     classes = Classes(tuple(str(column) for column in columns if column != "id"))
     proba = predictions.read_predictions(test_path, classes)

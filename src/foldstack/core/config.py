@@ -58,6 +58,7 @@ class Known:
         candidates: every stacking candidate name.
         check_augment: raises on a list of transforms albumentations cannot build.
         grade_metrics: the metrics that score an ordinal score's grades (``task: ordinal``).
+        value_metrics: the metrics that score a regression's values (``task: regression``).
         check_device_augment: raises (one line naming it) on a transform of a list that has no
             device form (``training.device_forms.device_steps``); None checks nothing.
         callable_metric: ``(path, greater_is_better, needs) -> name`` of a pipeline's own
@@ -69,6 +70,7 @@ class Known:
     candidates: Sequence[str]
     check_augment: Callable[[list[dict[str, Any]]], Any]
     grade_metrics: Sequence[str] = ()
+    value_metrics: Sequence[str] = ()
     check_device_augment: Callable[[list[dict[str, Any]]], Any] | None = None
     callable_metric: Callable[[str, bool, str], str] | None = None
 
@@ -744,10 +746,36 @@ class SubmissionConfig(_Frozen):
     ``label``: one column of class names; ``probabilities``: one column per class;
     ``binary``: one column with the positive class's probability; ``multilabel``: one column of
     space-separated class names (those at or above their class's threshold: 0.5, or as
-    ``stack.thresholds`` fitted them).
+    ``stack.thresholds`` fitted them); ``value``: one numeric column (``task: regression``).
     """
 
-    format: Literal["label", "probabilities", "binary", "multilabel"] = "label"
+    format: Literal["label", "probabilities", "binary", "multilabel", "value"] = "label"
+
+
+class RegressionConfig(_Frozen):
+    """How a regression's networks learn and what they may submit (``task: regression``).
+
+    Every network regresses the target standardised by the mean and standard deviation of its
+    fold's training rows (so a target in the thousands trains like one near 0), and predicts it
+    on its own scale. ``loss``: ``mse`` or ``huber`` (``huber_delta`` in standard deviations of
+    the target). ``range``: the target's ``[low, high]``; the submission's values are clipped to
+    it (a popularity score of 1..100, an age above 0).
+    """
+
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0, description="huber: where the loss turns linear, in standard deviations")
+    range: tuple[float, float] | None = Field(None, description="the target's [low, high]; submissions are clipped to it")
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"must be [low, high] with low < high, not {list(value)}")
+        return value
+
+
+#: The tasks whose prediction files hold one number per row, not one probability per class.
+ONE_COLUMN_TASKS = ("ordinal", "regression")
 
 
 class ComputeConfig(_Frozen):
@@ -810,7 +838,7 @@ class PipelineConfig(_Frozen):
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass"
+    task: Literal["binary", "multiclass", "multilabel", "ordinal", "regression"] = "multiclass"
     metric: str
     seed: int = 42
     data: DataConfig
@@ -822,6 +850,7 @@ class PipelineConfig(_Frozen):
     positive_class: str | None = Field(
         None, description="binary task: the class whose probability is scored and submitted (class index 1)")
     compute: ComputeConfig = ComputeConfig()
+    regression: RegressionConfig | None = Field(None, description="task regression: its loss and target range")
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -848,18 +877,25 @@ class PipelineConfig(_Frozen):
         grade_metrics = list(_known(info).grade_metrics)
         if info.data.get("task") == "ordinal" and value not in grade_metrics:
             raise ValueError(f"task 'ordinal' needs a metric of grades: {', '.join(grade_metrics)}")
+        value_metrics = list(_known(info).value_metrics)
+        if (info.data.get("task") == "regression") != (value in value_metrics):
+            others = [name for name in _known(info).metrics if name not in value_metrics]
+            allowed = value_metrics if info.data.get("task") == "regression" else others
+            raise ValueError(f"task {info.data.get('task')!r} needs one of: {', '.join(allowed)}")
         return value
 
     @field_validator("models")
     @classmethod
     def _recipes_of_a_score(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
-        """An ordinal task's networks regress a score: the recipes made for class probabilities
-        (label smoothing, pseudo-labels and distillation from a teacher's probabilities) do not apply."""
-        for i, model in (enumerate(value) if info.data.get("task") == "ordinal" else ()):
-            for key in ("label_smoothing", "pseudo_labels", "distill", "loss"):
+        """An ordinal or regression task's networks regress a number: the recipes made for class
+        probabilities (label smoothing, class weights, pseudo-labels and distillation from a
+        teacher's probabilities) do not apply."""
+        task = info.data.get("task")
+        for i, model in (enumerate(value) if task in ONE_COLUMN_TASKS else ()):
+            for key in ("label_smoothing", "pseudo_labels", "distill", "loss", *(("class_weights",) if task == "regression" else ())):
                 if getattr(model, key):
-                    raise ValueError(f"models[{i}].{key}: not for task 'ordinal', whose networks regress a "
-                                     f"score (model {model.name!r})")
+                    raise ValueError(f"models[{i}].{key}: not for task {task!r}, whose networks regress a "
+                                     f"number (model {model.name!r})")
         return value
 
     @field_validator("submission")
@@ -867,6 +903,17 @@ class PipelineConfig(_Frozen):
     def _ordinal_submits_grades(cls, value: SubmissionConfig, info: ValidationInfo) -> SubmissionConfig:
         if info.data.get("task") == "ordinal" and value.format != "label":
             raise ValueError("task 'ordinal' submits grades: the format must be 'label'")
+        if (info.data.get("task") == "regression") != (value.format == "value"):
+            raise ValueError("task 'regression' submits numbers: format 'value' is for it alone, and it "
+                             f"needs it (task {info.data.get('task')!r}, format {value.format!r})")
+        return value
+
+    @field_validator("regression")
+    @classmethod
+    def _regression_for_regression(cls, value: RegressionConfig | None, info: ValidationInfo) -> RegressionConfig | None:
+        task = info.data.get("task")
+        if value is not None and task is not None and task != "regression":
+            raise ValueError(f"regression is for task 'regression', not {task!r}")
         return value
 
     @field_validator("models")
@@ -928,6 +975,11 @@ class PipelineConfig(_Frozen):
         if value is not None and task != "binary":
             raise ValueError(f"positive_class is for task 'binary', not {task!r}")
         return value
+
+    @property
+    def target(self) -> RegressionConfig:
+        """The regression settings (defaults where the YAML has none)."""
+        return self.regression or RegressionConfig()
 
     def model(self, name: str) -> ModelConfig:
         """The model called ``name``; a ConfigError lists the ones that exist."""

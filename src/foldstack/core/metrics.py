@@ -17,6 +17,10 @@ An ordinal task's predictions are one score per row ``(n, 1)``, on the scale of 
 position (0 for the lowest grade): the metrics of grades (``on_grades``: accuracy, F-beta,
 quadratic kappa) score the grades it is cut into (:func:`grades`: rounded, or cut at the cut
 points passed as ``thresholds``); the others refuse a score.
+
+A regression task's targets are numbers (a float ``(n,)``: :func:`is_regression`) and its
+predictions one value per row ``(n, 1)``: only the metrics of values (``on_values``: RMSE, MAE,
+R²) score them, and they score nothing else.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Metric:
             thresholds be searched without scoring every candidate from scratch.
         on_grades: the score depends only on the hard predictions, so it also scores an ordinal
             score's grades.
+        on_values: the score of a regression: ``score(y_true, predicted)`` on two float vectors;
+            such a metric scores only a regression's one-column predictions.
     """
 
     name: str
@@ -67,6 +73,7 @@ class Metric:
     thresholded: bool = False
     from_counts: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
     on_grades: bool = False
+    on_values: bool = False
 
     def __call__(self, y_true: np.ndarray, proba: np.ndarray, thresholds: np.ndarray | None = None, *,
                  n_classes: int | None = None) -> float:
@@ -74,6 +81,8 @@ class Metric:
         An ordinal score ``(n, 1)`` is cut into one of ``n_classes`` grades first (default: the
         grades ``y_true`` reaches) at ``thresholds``, its cut points (default: rounding)."""
         y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+        if self.on_values or is_regression(y_true):
+            return self._of_values(y_true, proba)
         if is_score(y_true, proba):
             if not self.on_grades:
                 raise ValueError(f"metric {self.name!r} needs class probabilities, not an ordinal score")
@@ -83,6 +92,17 @@ class Metric:
         if self.thresholded:
             return float(self.score(y_true, proba, thresholds))
         return float(self.score(y_true, proba))
+
+    def _of_values(self, y_true: np.ndarray, predicted: np.ndarray) -> float:
+        """A regression's score: of the targets and the one prediction column."""
+        if not self.on_values:
+            raise ValueError(f"metric {self.name!r} needs classes; a regression is scored by "
+                             f"{', '.join(name for name in names() if get(name).on_values)}")
+        if not is_regression(y_true) or np.ndim(predicted) != 2 or np.shape(predicted)[1] != 1:
+            raise ValueError(f"metric {self.name!r} scores a regression: numeric targets (n,) and one "
+                             f"prediction column (n, 1), not targets {np.shape(y_true)} of {y_true.dtype} "
+                             f"and predictions {np.shape(predicted)}")
+        return float(self.score(y_true.astype(np.float64), predicted[:, 0]))
 
     def better(self, a: float, b: float) -> bool:
         """Whether score ``a`` beats score ``b``."""
@@ -150,10 +170,16 @@ def is_multilabel(y_true: np.ndarray) -> bool:
     return np.ndim(y_true) == 2
 
 
+def is_regression(y_true: np.ndarray) -> bool:
+    """Regression targets are float numbers ``(n,)``; class indices and grades are integers."""
+    return np.ndim(y_true) == 1 and np.asarray(y_true).dtype.kind == "f"
+
+
 def is_score(y_true: np.ndarray, proba: np.ndarray) -> bool:
     """Whether ``proba`` is an ordinal score: one column for single-label targets (a binary
-    task's probabilities have two)."""
-    return not is_multilabel(y_true) and np.ndim(proba) == 2 and np.shape(proba)[1] == 1
+    task's probabilities have two) that are grades, not a regression's numbers."""
+    return (not is_multilabel(y_true) and not is_regression(y_true) and np.ndim(proba) == 2
+            and np.shape(proba)[1] == 1)
 
 
 def rounding_cuts(n_classes: int) -> np.ndarray:
@@ -345,3 +371,23 @@ register(Metric("quadratic_kappa", _quadratic_kappa, greater_is_better=True, on_
 register(Metric("pauc_80", partial_auc, greater_is_better=True, ranks=True))
 register(Metric("balanced_accuracy", _balanced_accuracy, greater_is_better=True, thresholded=True, on_grades=True))
 register(Metric("map_at_5", partial(map_at_k, k=5), greater_is_better=True))
+
+
+def _rmse(y_true: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((y_true - predicted) ** 2)))
+
+
+def _mae(y_true: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(np.abs(y_true - predicted)))
+
+
+def _r2(y_true: np.ndarray, predicted: np.ndarray) -> float:
+    """The coefficient of determination (scikit-learn's ``r2_score``): 1 - SSE / SST; NaN
+    where the targets are constant (SST = 0)."""
+    total = float(np.sum((y_true - y_true.mean()) ** 2))
+    return 1.0 - float(np.sum((y_true - predicted) ** 2)) / total if total else float("nan")
+
+
+register(Metric("rmse", _rmse, greater_is_better=False, on_values=True))
+register(Metric("mae", _mae, greater_is_better=False, on_values=True))
+register(Metric("r2", _r2, greater_is_better=True, on_values=True))

@@ -25,14 +25,19 @@ class Classes:
             ``10``), else as strings.
         multilabel: a label cell holds several classes joined by :data:`SEPARATOR` (or none).
         ordinal: the classes are ordered grades and predictions are one score (``task: ordinal``).
+        regression: no classes (``names`` is empty): a label is a number, encoded as a float,
+            and predictions are one value (``task: regression``).
     """
 
     names: tuple[str, ...]
     multilabel: bool = False
     ordinal: bool = False
+    regression: bool = False
 
     #: The one prediction column of an ordinal task.
     SCORE = "score"
+    #: The one prediction column of a regression.
+    PREDICTION = "prediction"
 
     @classmethod
     def from_labels(cls, labels: pd.Series, task: str, positive: str | None = None,
@@ -50,6 +55,9 @@ class Classes:
             DataError: ``task`` is ordinal and a label is not a number (grades are ordered by
                 value); names ``source``.
         """
+        if task == "regression":
+            numbers(labels, source)  # one line naming the first row that is not a number
+            return cls((), regression=True)
         multilabel = task == "multilabel"
         unique = sorted(set(every_label(labels, multilabel)))
         numeric = all(_is_number(name) for name in unique)
@@ -67,17 +75,27 @@ class Classes:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The prediction files' value columns: one per class, or ``score`` for an ordinal task."""
+        """The prediction files' value columns: one per class, ``score`` for an ordinal task,
+        ``prediction`` for a regression."""
+        if self.regression:
+            return (self.PREDICTION,)
         return (self.SCORE,) if self.ordinal else self.names
 
+    @property
+    def one_column(self) -> bool:
+        """Predictions are one number per row (an ordinal score, a regression's value)."""
+        return self.ordinal or self.regression
+
     def encode(self, labels: pd.Series, source: Path | str = "labels") -> np.ndarray:
-        """Labels as metrics and level two take them: class indices ``(n,)``, or for multilabel
-        a 0/1 matrix ``(n, C)``.
+        """Labels as metrics and level two take them: class indices ``(n,)``, for multilabel
+        a 0/1 matrix ``(n, C)``, for a regression the numbers, float64 ``(n,)``.
 
         Raises:
-            DataError: a label is not one of :attr:`names`; names ``source`` and the row's index
-                (an id when ``labels`` is indexed by id).
+            DataError: a label is not one of :attr:`names` (a regression's: not a number); names
+                ``source`` and the row's index (an id when ``labels`` is indexed by id).
         """
+        if self.regression:
+            return numbers(labels, source)
         position = {name: i for i, name in enumerate(self.names)}
         cells = labels.astype(str)
         if self.multilabel:
@@ -103,6 +121,21 @@ class Classes:
     def _unknown(self, source: Path | str, key, label: str) -> None:
         raise DataError(f"{source}: id {key!r} has label {label!r}, which is not a class; "
                         f"classes: {shorten(self.names)}")
+
+
+def numbers(labels: pd.Series, source: Path | str = "labels") -> np.ndarray:
+    """A regression's targets as float64 ``(n,)``.
+
+    Raises:
+        DataError: a cell is not a finite number; names ``source`` and the row's index.
+    """
+    values = pd.to_numeric(labels, errors="coerce").astype(np.float64)
+    bad = ~np.isfinite(values.to_numpy())
+    if bad.any():
+        key = labels.index[np.argmax(bad)]
+        raise DataError(f"{source}: id {key!r} has target {labels[key]!r}, which is not a number "
+                        "(task 'regression')")
+    return values.to_numpy()
 
 
 #: What separates a multilabel cell's classes in the train table and ``folds.csv``. Not a space:

@@ -12,6 +12,10 @@
   siim-isic's melanoma by patient, is spread instead of piling up in a few folds). The stratum
   is the label; for multilabel the rarest of the row's labels (its least frequent class over the
   whole table), or no label, so the rare labels are the ones kept apart.
+
+A regression (``task: regression``) has no classes: ``stratified`` and ``stratified_grouped``
+balance its target's quantile bins instead (:func:`target_bins`), so each fold spans the
+target's whole range.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
         if groups.nunique() < k:  # sklearn's own ValueError would be a traceback
             raise DataError(f"folds.group_column: {groups.nunique()} group(s), fewer than the {k} folds "
                             "(folds.k); lower folds.k")
+    if task == "regression":
+        return _regression_folds(table, k, seed, strategy, groups)
     rare = rare_classes(table["label"], k, task, groups if strategy in GROUPED else None)
     if rare:
         raise DataError(rare[0])
@@ -73,12 +79,43 @@ def make_folds(table: pd.DataFrame, k: int, seed: int, task: str, strategy: str 
         splits = _multilabel_kfold(k, seed).split(table, matrix)
     else:
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, table["label"])
-    fold = pd.Series(-1, index=table.index, name="fold")
-    for number, (_, valid) in enumerate(splits):
-        fold.iloc[valid] = number
+    fold = _numbered(table, splits)
     missing = folds_missing_a_class(table["label"], fold, k, task)
     if missing:
         raise DataError(missing[0])
+    return fold
+
+
+#: The most quantile bins a regression's target is stratified on.
+MAX_BINS = 10
+
+
+def target_bins(labels: pd.Series, k: int) -> np.ndarray:
+    """A regression target's quantile bin per row: as many bins as leave at least two rows per
+    fold in each (at most :data:`MAX_BINS`), equal values in one bin."""
+    values = pd.to_numeric(labels, errors="raise").to_numpy(np.float64)
+    n_bins = int(np.clip(len(values) // (2 * k), 1, MAX_BINS))
+    return pd.qcut(values, n_bins, labels=False, duplicates="drop").astype(int)
+
+
+def _regression_folds(table: pd.DataFrame, k: int, seed: int, strategy: str,
+                      groups: pd.Series | None) -> pd.Series:
+    """A regression's folds: stratified on the target's quantile bins (:func:`target_bins`)."""
+    bins = target_bins(table["label"], k)
+    if strategy == "grouped":
+        splits = GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(table, groups=groups)
+    elif strategy == "stratified_grouped":
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(table, bins, groups=groups)
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(table, bins)
+    return _numbered(table, splits)
+
+
+def _numbered(table: pd.DataFrame, splits) -> pd.Series:
+    """Each row's fold: the number of the split whose validation rows hold it."""
+    fold = pd.Series(-1, index=table.index, name="fold")
+    for number, (_, valid) in enumerate(splits):
+        fold.iloc[valid] = number
     return fold
 
 
@@ -137,7 +174,7 @@ def rare_classes(labels: pd.Series, k: int, task: str, groups: pd.Series | None 
     hundreds) simply misses some folds, and the metrics allow for it (a column undefined in a
     fold is left out of that fold's column AUC).
     """
-    if task == "multilabel":
+    if task in ("multilabel", "regression"):  # a regression's folds balance its target's bins
         return []
     if groups is not None:
         counts = pd.Series(groups.to_numpy()).groupby(labels.to_numpy()).nunique()

@@ -6,8 +6,9 @@ the class count is known even when a training fold lacks a rare class. ``y`` hol
 ``(n_samples,)``, or for multilabel a 0/1 matrix ``(n_samples, n_classes)``.
 
 An ordinal task's ``X`` holds one score per model, ``(n_samples, n_models, 1)``, and ``y`` the
-grade indices: a candidate that applies to it (``Candidate.scores``) regresses the grade and
-outputs a score ``(n_samples, 1)``.
+grade indices: a candidate that applies to it (``Candidate.outputs``) regresses the grade and
+outputs a score ``(n_samples, 1)``. A regression's ``X`` holds one value per model, ``(n_samples,
+n_models, 1)``, and ``y`` the float targets: such a candidate predicts the target ``(n_samples, 1)``.
 
 A stacker built with ``features`` (``stack.features``) also takes the rows' table columns,
 ``table`` (a frame row for row with ``X``), in ``fit`` and ``predict_proba``; it encodes them
@@ -27,7 +28,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from foldstack.core.config import StackFeatures
 from foldstack.core.errors import FoldstackError
-from foldstack.core.metrics import grades, hard_predictions
+from foldstack.core.metrics import grades, hard_predictions, is_regression
 from foldstack.level2.columns import TableEncoder
 
 
@@ -49,7 +50,8 @@ class Level2Estimator(BaseEstimator):
         y = _check_y(y, X)
         self.n_models_, self.n_classes_ = X.shape[1:]
         self.multilabel_ = y.ndim == 2
-        self.ordinal_ = _is_ordinal(X, y)
+        self.regression_ = _is_regression(X, y)
+        self.ordinal_ = _is_ordinal(X, y) and not self.regression_
         self.n_grades_ = int(y.max()) + 1 if self.ordinal_ else None
         spec = self._spec(table)
         if spec is None:
@@ -73,8 +75,10 @@ class Level2Estimator(BaseEstimator):
         return self._predict_proba(X, self.table_encoder_.transform(X, table))
 
     def predict(self, X: np.ndarray, table: pd.DataFrame | None = None) -> np.ndarray:
-        """Class indices (ordinal: the score rounded to a grade seen in ``fit``), or for
-        multilabel a 0/1 matrix (probability >= 0.5)."""
+        """Class indices (ordinal: the score rounded to a grade seen in ``fit``), for multilabel
+        a 0/1 matrix (probability >= 0.5), for a regression the predicted values ``(n,)``."""
+        if self.regression_:
+            return self.predict_proba(X, table)[:, 0]
         if self.ordinal_:
             return grades(self.predict_proba(X, table), self.n_grades_)
         return hard_predictions(self.predict_proba(X, table), self.multilabel_)
@@ -94,7 +98,7 @@ class Level2Estimator(BaseEstimator):
         if self.multilabel_:
             return "multilabel"
         # A training fold may lack a class: the encoder counts the classes it is given.
-        return "continuous" if self.ordinal_ else "auto"
+        return "continuous" if self.ordinal_ or self.regression_ else "auto"
 
     def _fit(self, X: np.ndarray, y: np.ndarray, extra: np.ndarray | None = None) -> None:
         """Fit on checked arrays; ``extra``: the table's encoded columns ``(n, k)``, row for row."""
@@ -116,11 +120,20 @@ def _is_ordinal(X: np.ndarray, y: np.ndarray) -> bool:
     return X.shape[2] == 1 and np.ndim(y) == 1
 
 
+def _is_regression(X: np.ndarray, y: np.ndarray) -> bool:
+    """One value per model for float targets (a regression's; grades are integers)."""
+    return X.shape[2] == 1 and is_regression(y)
+
+
 def _check_y(y: np.ndarray, X: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
     n_samples, _, n_classes = X.shape
     if len(y) != n_samples:
         raise ValueError(f"y has {len(y)} rows but X has {n_samples}")
+    if _is_regression(X, y):
+        if not np.isfinite(y).all():
+            raise ValueError("a regression's y must hold finite numbers")
+        return y
     if _is_ordinal(X, y):
         if not (np.isin(y, np.arange(y.max() + 1)).all() if len(y) else True):
             raise ValueError("an ordinal y must hold grade indices 0, 1, 2, ...")

@@ -49,7 +49,8 @@ class WeightedMeanBlend(Level2Estimator):
     kappa are step functions of the weights: a gradient-based optimiser (SLSQP) would not move.
     Log loss is smooth and proper, so it rewards the blend whose probabilities are most right.
     An ordinal task's scores are blended to minimise the squared error to the grade instead (its
-    cut points are fitted afterwards, on the blend's OOF scores).
+    cut points are fitted afterwards, on the blend's OOF scores), a regression's values the
+    squared error to the target.
 
     Args:
         objective: registry name of a smooth metric to optimise (class probabilities).
@@ -59,7 +60,7 @@ class WeightedMeanBlend(Level2Estimator):
         self.objective = objective
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if self.ordinal_:
+        if self.ordinal_ or self.regression_:
             def loss(w: np.ndarray) -> float:
                 return float(np.mean((_weighted(X, w)[:, 0] - y) ** 2))
         else:

@@ -14,7 +14,12 @@ from foldstack.core.metrics import Metric
 from foldstack.core.registry import Registry
 from foldstack.level2.base import Level2Estimator, StackError
 from foldstack.level2.blend import BestSingle, CaruanaSelection, MeanBlend, RankAverage, WeightedMeanBlend
-from foldstack.level2.stackers import LightGBMStacker, LogisticStacker
+from foldstack.level2.stackers import LightGBMStacker, LogisticStacker, RidgeStacker
+
+
+PROBABILITIES, SCORES, VALUES = "probabilities", "scores", "values"
+#: A candidate that combines any model outputs: class probabilities and one number per model.
+ANY_OUTPUT = frozenset({PROBABILITIES, SCORES, VALUES})
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,8 @@ class Candidate:
         name: registry name, as ``stack.candidates`` and ``stack.force`` write it.
         build: ``build(cfg) -> Level2Estimator``, unfitted.
         applies: ``applies(metric) -> bool``: whether the candidate is fair for that metric.
-        scores: whether it also combines an ordinal task's scores (one per model); the others
-            need class probabilities.
+        outputs: what of the base models it combines (:func:`output_of`): class
+            ``probabilities``, an ordinal task's ``scores``, a regression's ``values``.
         takes_features: whether it also takes table columns (``stack.features``: its estimator
             has a ``features`` parameter), scored as ``<name>+features`` beside ``<name>``.
     """
@@ -34,8 +39,18 @@ class Candidate:
     name: str
     build: Callable[[PipelineConfig], Level2Estimator]
     applies: Callable[[Metric], bool] = lambda metric: True
-    scores: bool = False
+    outputs: frozenset[str] = frozenset({PROBABILITIES})
     takes_features: bool = False
+
+    def combines(self, task: str) -> bool:
+        """Whether it combines the base models' predictions of ``task``."""
+        return output_of(task) in self.outputs
+
+
+def output_of(task: str) -> str:
+    """What a task's base models predict: ``scores`` (ordinal), ``values`` (regression), else
+    class ``probabilities``."""
+    return {"ordinal": SCORES, "regression": VALUES}.get(task, PROBABILITIES)
 
 
 # Listed in registration order: simple blends first.
@@ -80,12 +95,13 @@ def _lightgbm(summary_features: bool) -> Callable[[PipelineConfig], Level2Estima
     return build
 
 
-register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric), scores=True))
-register(Candidate("mean", lambda cfg: MeanBlend(), scores=True))
-register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend(), scores=True))
+register(Candidate("best_single", lambda cfg: BestSingle(metric=cfg.metric), outputs=ANY_OUTPUT))
+register(Candidate("mean", lambda cfg: MeanBlend(), outputs=ANY_OUTPUT))
+register(Candidate("weighted_mean", lambda cfg: WeightedMeanBlend(), outputs=ANY_OUTPUT))
 register(Candidate("caruana", lambda cfg: CaruanaSelection(metric=cfg.metric, iterations=cfg.stack.caruana_iterations,
                                                            init=cfg.stack.caruana_init)))
 register(Candidate("rank_average", lambda cfg: RankAverage(), applies=lambda metric: metric.ranks))
 register(Candidate("logistic", lambda cfg: LogisticStacker(), takes_features=True))
-register(Candidate("lightgbm", _lightgbm(summary_features=False), scores=True, takes_features=True))
+register(Candidate("lightgbm", _lightgbm(summary_features=False), outputs=ANY_OUTPUT, takes_features=True))
 register(Candidate("lightgbm_summary", _lightgbm(summary_features=True), takes_features=True))
+register(Candidate("ridge", lambda cfg: RidgeStacker(), outputs=frozenset({VALUES})))

@@ -84,7 +84,7 @@ def candidate_names(cfg: PipelineConfig, metric: Metric) -> list[str]:
 
     Raises:
         StackError: a named candidate does not apply to the metric, or needs class probabilities
-            where the task is ordinal.
+            where the task is ordinal or a regression (or one number per model where it is not).
     """
     requested = cfg.stack.candidates or [name for name in candidates.names() if _applies(name, cfg, metric)]
     force = None if cfg.stack.force is None else candidates.base_name(cfg.stack.force)
@@ -93,9 +93,11 @@ def candidate_names(cfg: PipelineConfig, metric: Metric) -> list[str]:
     for name in requested:  # the config has checked that each name is registered
         if not candidates.get(name).applies(metric):
             raise StackError(f"stack: candidate {name!r} does not apply to metric {metric.name!r}")
-        if cfg.task == "ordinal" and not candidates.get(name).scores:
-            raise StackError(f"stack: candidate {name!r} needs class probabilities; task 'ordinal' has one "
-                             f"score per model (candidates for it: {', '.join(ordinal_candidates())})")
+        candidate = candidates.get(name)
+        if not candidate.combines(cfg.task):
+            needs = "class probabilities" if candidates.PROBABILITIES in candidate.outputs else "one number per model"
+            raise StackError(f"stack: candidate {name!r} needs {needs}; task {cfg.task!r} has "
+                             f"{candidates.output_of(cfg.task)} (candidates for it: {', '.join(task_candidates(cfg.task))})")
     if cfg.stack.features is None:
         return list(requested)
     # Each candidate that takes table columns is scored with and without them.
@@ -103,21 +105,21 @@ def candidate_names(cfg: PipelineConfig, metric: Metric) -> list[str]:
             for variant in (name, *([name + WITH_FEATURES] if candidates.get(name).takes_features else []))]
 
 
-def ordinal_candidates() -> list[str]:
-    """The candidates that combine an ordinal task's scores."""
-    return [name for name in candidates.names() if candidates.get(name).scores]
+def task_candidates(task: str) -> list[str]:
+    """The candidates that combine a task's predictions."""
+    return [name for name in candidates.names() if candidates.get(name).combines(task)]
 
 
 def left_out(cfg: PipelineConfig, metric: Metric) -> list[str]:
     """The registered candidates that apply to the metric but not to the task (those that need
-    class probabilities, for an ordinal task), for the leaderboard to name."""
-    return [name for name in candidates.names()
-            if candidates.get(name).applies(metric) and not _applies(name, cfg, metric)]
+    class probabilities, for an ordinal task or a regression), for the leaderboard to name."""
+    return [name for name in candidates.names() if candidates.get(name).outputs == {candidates.PROBABILITIES}
+            and candidates.get(name).applies(metric) and not _applies(name, cfg, metric)]
 
 
 def _applies(name: str, cfg: PipelineConfig, metric: Metric) -> bool:
     candidate = candidates.get(name)
-    return candidate.applies(metric) and (cfg.task != "ordinal" or candidate.scores)
+    return candidate.applies(metric) and candidate.combines(cfg.task)
 
 
 def rule_for(y: np.ndarray, output: np.ndarray, setting: str = decision.FIXED) -> tuple[Rule, str] | None:

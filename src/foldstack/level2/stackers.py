@@ -1,12 +1,13 @@
 """Stackers: level-2 candidates that learn a model on the base models' OOF probabilities --
-logistic regression and LightGBM (optionally with per-model summary features)."""
+logistic regression and LightGBM (optionally with per-model summary features) -- and ridge
+regression on one number per model (an ordinal score, a regression's value)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 
@@ -92,6 +93,27 @@ class LogisticStacker(Level2Estimator):
         return full
 
 
+class RidgeStacker(Level2Estimator):
+    """Ridge regression of the target on the models' one number each (a regression's values,
+    an ordinal task's scores), with an intercept: a weighted mean that may also shift and
+    rescale.
+
+    Args:
+        alpha: L2 regularisation strength (scikit-learn's ``Ridge``).
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        self.alpha = alpha
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        if self.n_classes_ != 1:
+            raise ValueError(f"ridge combines one number per model; X has {self.n_classes_} per model")
+        self.model_ = Ridge(alpha=self.alpha).fit(X[:, :, 0], y.astype(np.float64))
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict(X[:, :, 0])[:, None]
+
+
 class LightGBMStacker(Level2Estimator):
     """LightGBM on the OOF probabilities, early-stopped on an inner split of the training rows.
 
@@ -139,7 +161,7 @@ class LightGBMStacker(Level2Estimator):
             target = one_hot(y, self.n_classes_).ravel()
             rows, self.negative_rate_ = _sample_negatives(target, self.max_negatives, self.seed)
             targets, objective = [target[rows]], {"objective": "binary"}
-        elif self.ordinal_:
+        elif self.ordinal_ or self.regression_:
             targets, objective = [y.astype(np.float64)], {"objective": "regression"}
         elif self.multilabel_:
             targets, objective = [y[:, c] for c in range(self.n_classes_)], {"objective": "binary"}
@@ -156,7 +178,7 @@ class LightGBMStacker(Level2Estimator):
                    for b in self.boosters_]
         if self.shared_:
             return _unshare(_undo_negative_sampling(outputs[0], self.negative_rate_), len(X), self.multilabel_)
-        if self.multilabel_ or self.ordinal_:
+        if self.multilabel_ or self.ordinal_ or self.regression_:
             return np.column_stack(outputs)
         if self.n_classes_ == 2:
             return np.column_stack([1.0 - outputs[0], outputs[0]])

@@ -1,5 +1,5 @@
 """Pictures of the stacking stage: the leaderboard with each candidate's fold-wise spread, and
-the chosen candidate's OOF confusion matrix.
+the chosen candidate's OOF confusion matrix (a regression: its OOF predictions against the targets).
 
 Figures are built with matplotlib's object API (``Figure``), which renders with Agg and leaves
 pyplot's global state alone.
@@ -40,6 +40,22 @@ def leaderboard(board: pd.DataFrame, metric: Metric, path: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     direction = "higher" if metric.greater_is_better else "lower"
     ax.set_xlabel(f"{metric.name} ({direction} is better); dots: folds, diamond: mean +/- std, *: chosen")
+    _save(fig, path)
+
+
+def predicted_against_true(y: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> None:
+    """A regression's OOF predictions (y axis) against the targets (x axis), with the diagonal
+    where a perfect model's points would lie."""
+    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(y, predicted, s=10, alpha=0.6, color="#1f4e8c")
+    low, high = float(min(y.min(), predicted.min())), float(max(y.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="#c0392b", linewidth=1, label="predicted = true")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted (out of fold)")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
     _save(fig, path)
 
 

@@ -70,7 +70,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Report:
     test = _check_test(cfg, paths, report)
     _warn_unlisted(cfg, paths, train, test, report)
     _check_images([*_existing(train), *_existing(test)], report)
-    if train is not None:
+    if train is not None and cfg.task != "regression":  # a regression's solution holds numbers, no class
         _check_solution(cfg, paths, _names(train["label"], cfg.task), report)
     return report
 
@@ -96,6 +96,8 @@ def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFr
         return None
     report.problem(*tables.train_problems(table, source, cfg.task), *_fold_problems(cfg, paths, table))
     labelled = table if cfg.task == "multilabel" else table[~table["label"].isin(tables.EMPTY_LABELS)]
+    if cfg.task == "regression":
+        return _check_targets(labelled, source, report)
     classes = _names(labelled["label"], cfg.task)
     if cfg.task == "binary" and len(classes) != 2:
         report.problem([f"{source}: task 'binary' needs 2 classes; the labels hold {len(classes)}"])
@@ -110,6 +112,20 @@ def _check_train(cfg: PipelineConfig, paths: Paths, report: Report) -> pd.DataFr
     if cfg.task == "binary" and len(classes) == 2:
         report.summary.append(f"  positive class: {classes[1]}")
     return labelled.assign(source=str(source))
+
+
+def _check_targets(table: pd.DataFrame, source: Path, report: Report) -> pd.DataFrame:
+    """A regression's train table: every target a number (one line naming the first that is
+    not), and their range in the summary."""
+    try:
+        values = Classes.from_labels(table.set_index("id")["label"], "regression", source=source).encode(
+            table.set_index("id")["label"], source)
+    except DataError as error:
+        report.problem([str(error)])
+        return table.assign(source=str(source))
+    report.summary.append(f"train: {len(table)} images, targets {values.min():.4g} .. {values.max():.4g} "
+                          f"(mean {values.mean():.4g}) ({source.name})")
+    return table.assign(source=str(source))
 
 
 def _names(labels: pd.Series, task: str) -> tuple[str, ...]:

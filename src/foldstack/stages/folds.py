@@ -21,7 +21,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     derived here once: every later stage reads it), the external rows (``extra.csv``, from
     ``data.extra``: in no fold, they train in every one) and a preview of the training augmentation."""
     table, source = tables.load_train_table(cfg, paths), tables.train_source(cfg, paths)
-    classes = tables.classes(cfg, paths, table["label"], source)
+    classes = tables.classes(cfg, paths, table.set_index("id")["label"], source)
     table["fold"] = splits.make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.task, cfg.folds.strategy,
                                       splits.read_groups(cfg, paths))
     folds_file.write(paths.folds, table, classes, cfg.task)

@@ -182,7 +182,8 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
            workers: int | None = None, explain: bool = False) -> pd.DataFrame:
     """Predict every image under ``folder`` with every model's folds and the saved stack; write
     ``out``, a CSV: ``image`` (the path under ``folder``), ``label``, one probability column per
-    class (an ordinal task: ``score``, and ``label`` the grade its saved cut points give), ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
+    class (an ordinal task: ``score``, and ``label`` the grade its saved cut points give; a
+    regression: ``prediction``, clipped to ``regression.range`` as submitted, and no ``label``), ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
     ``unfamiliar``. Images unlike the training images are named in a warning. With ``explain``,
     each image's Grad-CAM heatmap (see :func:`explain`) goes into a folder beside ``out`` and
     its path into a ``heatmap`` column.
@@ -217,6 +218,8 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
+    if fitted.classes.regression and cfg.target.range is not None:
+        proba = np.clip(proba, *cfg.target.range)
     frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.values)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
@@ -245,15 +248,15 @@ def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir
                     valid_index=np.zeros(0, dtype=np.int64), augment=cfg.augment, caches={}, fold_dir=fold_dir,
                     seed=cfg.seed)
     names = list(classes.names)
-    # A multilabel network's own top class; an ordinal network's one output, its score.
-    target = None if classes.multilabel or classes.ordinal else np.array([names.index(label) for label in frame["label"]])
+    # A multilabel network's own top class; an ordinal or regression network's one output.
+    target = None if classes.multilabel or classes.one_column else np.array([names.index(label) for label in frame["label"]])
     result = isolate.call(f"{WORKER}:explain_images", task, images, target)
     folder = out.with_name(f"{out.stem}-explain")
     pictures = [f"{Path(image).with_suffix('').as_posix().replace('/', '__')}.png" for image in frame["image"]]
     with atomic_dir(folder) as tmp:
         for image, heatmap, cls, picture, name in zip(images, result["heatmaps"], result["classes"], pictures,
                                                       frame["image"]):
-            shows = "a higher grade" if classes.ordinal else names[int(cls)]
+            shows = "a higher grade" if classes.ordinal else "a higher value" if classes.regression else names[int(cls)]
             overlay(image, heatmap, tmp / picture, title=f"{name}: where {shows} shows")
     log.info("Grad-CAM of %d image(s) by %s fold 0 -> %s", len(pictures), model.name, folder)
     return [f"{folder.name}/{picture}" for picture in pictures]
@@ -284,13 +287,15 @@ def _table(folder: Path, files: list[Path], classes: Classes, proba: np.ndarray,
            known: reference.Reference | None, thresholds: tuple[float, ...] | None = None) -> pd.DataFrame:
     """The CSV's rows; ``thresholds``: the stack's decision rule's values (multilabel's
     thresholds, an ordinal score's cut points)."""
+    frame = pd.DataFrame(proba, columns=list(classes.columns))
+    frame.insert(0, "image", [path.relative_to(folder).as_posix() for path in files])
+    frame["distance"] = distance if distance is not None else np.nan
+    frame["unfamiliar"] = distance > known.threshold if distance is not None else False
+    if classes.regression:  # the value is the answer: no label to derive
+        return frame
     names = np.array(classes.names)
     hard = hard_predictions(proba, classes.multilabel, None if thresholds is None else np.asarray(thresholds),
                             len(classes))
     labels = [" ".join(names[row == 1]) for row in hard] if classes.multilabel else list(names[hard])
-    frame = pd.DataFrame(proba, columns=list(classes.columns))
-    frame.insert(0, "image", [path.relative_to(folder).as_posix() for path in files])
     frame.insert(1, "label", labels)
-    frame["distance"] = distance if distance is not None else np.nan
-    frame["unfamiliar"] = distance > known.threshold if distance is not None else False
     return frame

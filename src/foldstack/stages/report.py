@@ -5,7 +5,9 @@ It reads what the other stages wrote (every model's OOF, the stack's, each fold'
 ``submissions/<pipeline>/index.csv`` and the stack and folds pictures) and shows: the stack
 leaderboard and confusion matrix, per-class precision, recall, F1 and support, the most confused
 class pairs, the most confidently wrong OOF images, Grad-CAM heatmaps of each model on its own
-wrong and right OOF images, each fold's training curves, and CV against the leaderboard. Every
+wrong and right OOF images, each fold's training curves, and CV against the leaderboard. A
+regression has no classes: its page shows the stack's OOF predictions against the targets, the
+largest OOF errors (a table and their images) and each model's Grad-CAM on them instead. Every
 picture is embedded (a base64 data URI), so the page travels as one file; its CSS reads on a
 phone and prints.
 
@@ -20,6 +22,7 @@ import html
 import logging
 import tempfile
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.files import write_text
 from foldstack.core.paths import Paths
 from foldstack.data import tables
+from foldstack.data.labels import Classes
 from foldstack.data.cache import cached_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
@@ -65,39 +69,18 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
     data = predictions.load_level_two(cfg, paths)
     folds = folds_file.read(paths.folds, cfg.folds.k).set_index("id")
     stacked = stack_output.read(paths.stack)
-    chosen = stacked.name
-    names = list(data.classes.names)
-    # Multilabel: the stack's rows at its own thresholds (fitted on its OOF), the models' at 0.5.
-    thresholds = None if stacked.thresholds is None else stacked.thresholds.reindex(names).to_numpy()
-    stack_oof = stack_output.read_oof(paths.stack, data.classes, folds, paths.folds)[names].to_numpy(np.float64)
-    multilabel = cfg.task == "multilabel"
-    # The tables take class probabilities: a model's ordinal score as its rounded grade's 0/1 row.
-    model_oof = [_as_classes(data.oof[:, m], len(names)) for m in range(len(data.models))]
+    if data.classes.regression:
+        return _write(cfg, paths, metric, partial(_regression, cfg, paths, data, folds, stacked.name))
+    return _write(cfg, paths, metric, partial(_classification, cfg, paths, data, folds, stacked))
+
+
+def _write(cfg: PipelineConfig, paths: Paths, metric: metrics.Metric, sections) -> Path:
+    """The page: the task's own ``sections(page, pictures)``, then each model's training curves,
+    CV against the leaderboard and the train augmentation."""
     page = Page(f"{cfg.name}: report")
     with tempfile.TemporaryDirectory(prefix="foldstack-report-") as scratch:
         pictures = Path(scratch)
-        page.section("Stack leaderboard", stack_output.read_leaderboard(paths.stack).drop(columns="chosen"),
-                     paths.stack / "leaderboard.png", note=f"chosen: {chosen}")
-        page.section("OOF confusion matrix", None, paths.stack / "confusion.png")
-        page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel, thresholds),
-                     note=None if thresholds is None else "each class at the stack's threshold (chosen.json)")
-        for m, model in enumerate(data.models):
-            page.section(f"Per class: {model}", per_class(data.y, model_oof[m], names, multilabel), folded=True,
-                         note="each class at 0.5" if multilabel else None)
-        if not multilabel:
-            page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
-        # Read once: reading the train table checks every image file is there.
-        train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
-        images = _train_images(paths, train_files, data.ids, cfg.models[0].image_size)
-        worst = worst_rows(data.y, stack_oof, WORST, multilabel, thresholds)
-        page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
-            images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
-        for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
-            picture = _gradcam(cfg, paths, model, data, train_files, data.oof[:, m], model_oof[m],
-                               pictures / f"cam-{model.name}.png")
-            page.section(f"Grad-CAM: {model.name} ({model.backbone}, {model.regime})", None, picture,
-                         note="each image explained by the fold that never saw it, for its predicted class; "
-                              "red is where that class's evidence is strongest")
+        sections(page, pictures)
         for model in cfg.models:
             picture = _curves(paths, model, metric, pictures / f"curves-{model.name}.png")
             if picture is not None:
@@ -113,6 +96,76 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
         write_text(path, page.render())
     print(f"wrote {path}")
     return path
+
+
+def _regression(cfg: PipelineConfig, paths: Paths, data: predictions.LevelTwoData, folds: pd.DataFrame,
+                chosen: str, page: Page, pictures: Path) -> None:
+    """A regression's sections: the leaderboard, predicted against true, the largest OOF errors
+    (a table, their images) and each model's Grad-CAM on its own largest errors."""
+    stack_oof = stack_output.read_oof(paths.stack, data.classes, folds, paths.folds)[Classes.PREDICTION].to_numpy()
+    page.section("Stack leaderboard", stack_output.read_leaderboard(paths.stack).drop(columns="chosen"),
+                 paths.stack / "leaderboard.png", note=f"chosen: {chosen}")
+    page.section("Predicted against true (stack OOF)", None, paths.stack / stack_output.PREDICTED)
+    worst = largest_errors(data.y, stack_oof, WORST)
+    page.section(f"Largest errors: {chosen} (stack OOF)", pd.DataFrame({
+        "id": data.ids[worst], "fold": data.fold[worst], "true": data.y[worst], "predicted": stack_oof[worst],
+        "error": stack_oof[worst] - data.y[worst]}))
+    train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
+    images = _train_images(paths, train_files, data.ids, cfg.models[0].image_size)
+    page.section("Largest errors: images (stack OOF)", None, heatmaps.grid(
+        images[worst], [f"true {data.y[r]:.4g} / pred {stack_oof[r]:.4g}" for r in worst], pictures / "worst.png"))
+    for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
+        network_oof = data.oof[:, m]
+        rows = largest_errors(data.y, network_oof[:, 0], CAM_CLASSES)
+        found = _explain(cfg, paths, model, data, train_files, rows, network_oof)
+        model_images = _train_images(paths, train_files, data.ids, model.image_size)
+        picture = heatmaps.grid(model_images[rows], [f"true {data.y[r]:.4g} / pred {network_oof[r, 0]:.4g}" for r in rows],
+                                pictures / f"cam-{model.name}.png", heatmaps=[found[r][0] for r in rows],
+                                title=f"{model.name}: Grad-CAM of the prediction")
+        page.section(f"Grad-CAM: {model.name} ({model.backbone}, {model.regime})", None, picture,
+                     note="its largest OOF errors, each explained by the fold that never saw it; red is what "
+                          "raises the prediction most")
+
+
+def largest_errors(y: np.ndarray, predicted: np.ndarray, limit: int) -> np.ndarray:
+    """The rows whose prediction is furthest from the target, furthest first."""
+    return np.argsort(-np.abs(np.asarray(predicted) - y), kind="stable")[:limit]
+
+
+def _classification(cfg: PipelineConfig, paths: Paths, data: predictions.LevelTwoData, folds: pd.DataFrame,
+                    stacked: stack_output.StackOutput, page: Page, pictures: Path) -> None:
+    """A classification's sections: the leaderboard, the confusion matrix, per class tables,
+    confused pairs, the most confidently wrong images and each model's Grad-CAM."""
+    chosen = stacked.name
+    names = list(data.classes.names)
+    # Multilabel: the stack's rows at its own thresholds (fitted on its OOF), the models' at 0.5.
+    thresholds = None if stacked.thresholds is None else stacked.thresholds.reindex(names).to_numpy()
+    stack_oof = stack_output.read_oof(paths.stack, data.classes, folds, paths.folds)[names].to_numpy(np.float64)
+    multilabel = cfg.task == "multilabel"
+    # The tables take class probabilities: a model's ordinal score as its rounded grade's 0/1 row.
+    model_oof = [_as_classes(data.oof[:, m], len(names)) for m in range(len(data.models))]
+    page.section("Stack leaderboard", stack_output.read_leaderboard(paths.stack).drop(columns="chosen"),
+                 paths.stack / "leaderboard.png", note=f"chosen: {chosen}")
+    page.section("OOF confusion matrix", None, paths.stack / "confusion.png")
+    page.section(f"Per class: {chosen} (stack)", per_class(data.y, stack_oof, names, multilabel, thresholds),
+                 note=None if thresholds is None else "each class at the stack's threshold (chosen.json)")
+    for m, model in enumerate(data.models):
+        page.section(f"Per class: {model}", per_class(data.y, model_oof[m], names, multilabel), folded=True,
+                     note="each class at 0.5" if multilabel else None)
+    if not multilabel:
+        page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
+    # Read once: reading the train table checks every image file is there.
+    train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
+    images = _train_images(paths, train_files, data.ids, cfg.models[0].image_size)
+    worst = worst_rows(data.y, stack_oof, WORST, multilabel, thresholds)
+    page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
+        images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
+    for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
+        picture = _gradcam(cfg, paths, model, data, train_files, data.oof[:, m], model_oof[m],
+                           pictures / f"cam-{model.name}.png")
+        page.section(f"Grad-CAM: {model.name} ({model.backbone}, {model.regime})", None, picture,
+                     note="each image explained by the fold that never saw it, for its predicted class; "
+                          "red is where that class's evidence is strongest")
 
 
 # --- error analysis ------------------------------------------------------------------------------
@@ -191,6 +244,18 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     y_single = data.y if not multilabel else data.y.argmax(axis=1)
     rows = cam_rows(y_single, oof)
     images = _train_images(paths, train_files, data.ids, model.image_size)
+    found = _explain(cfg, paths, model, data, train_files, rows, network_oof)
+    titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
+              for r in rows]
+    return heatmaps.grid(images[rows], titles, picture, heatmaps=[found[r][0] for r in rows],
+                         title=f"{model.name}: Grad-CAM of the predicted class")
+
+
+def _explain(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predictions.LevelTwoData,
+             train_files: list[str], rows: np.ndarray, network_oof: np.ndarray) -> dict:
+    """Grad-CAM of the OOF ``rows``, each by the fold that never saw it (its first seed): per row
+    its heatmap and explained class; warns where a fold's network does not give ``network_oof``."""
+    images = _train_images(paths, train_files, data.ids, model.image_size)
     found = {}
     # Under seed bagging a fold's first seed explains it; its OOF is then the mean of several runs.
     first_run = {run.fold: run for run in reversed(members(model, cfg.folds.k, cfg.seed))}
@@ -198,17 +263,14 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     for fold in np.unique(data.fold[rows]):
         in_fold = rows[data.fold[rows] == fold]
         run = first_run[int(fold)]
-        task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=data.y, n_classes=len(names),
+        task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=data.y, n_classes=len(data.classes),
                         train_index=np.flatnonzero(data.fold != fold), valid_index=np.flatnonzero(data.fold == fold),
                         augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / run.name,
                         seed=run.run_seed)
         result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None)
         _check_reproduces(model, int(fold), result["proba"], network_oof[in_fold], averaged=averaged)
         found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
-    titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
-              for r in rows]
-    return heatmaps.grid(images[rows], titles, picture, heatmaps=[found[r][0] for r in rows],
-                         title=f"{model.name}: Grad-CAM of the predicted class")
+    return found
 
 
 def _check_reproduces(model: ModelConfig, fold: int, proba: np.ndarray, oof: np.ndarray, averaged: bool) -> None:

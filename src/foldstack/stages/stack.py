@@ -46,8 +46,8 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     every OOF row, and write its test predictions.
 
     Writes under ``paths.stack``: ``leaderboard.csv``, ``oof.parquet``, ``test.parquet``,
-    ``chosen.json``, ``level2/<candidate>.pkl``, ``leaderboard.png`` and ``confusion.png``; when
-    only applying, ``test.parquet`` alone.
+    ``chosen.json``, ``level2/<candidate>.pkl``, ``leaderboard.png`` and ``confusion.png`` (a
+    regression: ``predicted.png``); when only applying, ``test.parquet`` alone.
 
     Returns:
         The leaderboard, best first: ``candidate, cv_mean, cv_std, fold_<k>..., chosen``.
@@ -145,6 +145,9 @@ def _write(paths: Paths, data: predictions.LevelTwoData, board: pd.DataFrame, re
                            data.test_ids, test)
         plots.leaderboard(board, metric, folder / "leaderboard.png")
         oof = result.oof
+        if data.classes.regression:
+            plots.predicted_against_true(data.y, oof[:, 0], f"OOF predictions: {fitted.name}", folder / stack_output.PREDICTED)
+            return
         if data.classes.ordinal:  # the grades its cut points give, as 0/1 rows
             oof = metrics.one_hot(fitted.hard(oof), len(data.classes))
         plots.confusion(data.y, oof, data.classes.names, f"OOF confusion: {fitted.name}",

@@ -77,6 +77,8 @@ def run(cfg: PipelineConfig, paths: Paths, upload: Callable[[Path], float | None
     check_same_ids(paths.stack / "test.parquet", chosen.proba.index, ids, sample_path)
     # Exactly what the stack stage scored by CV (its rows already sum to 1 where they must).
     proba = chosen.proba.reindex(ids)
+    if cfg.task == "regression" and cfg.target.range is not None:  # what is submitted is scored
+        proba = proba.clip(*cfg.target.range)
     submission = build(proba, sample, cfg.data.id_column, cfg.submission.format, chosen.thresholds)
     classes = tuple(chosen.proba.columns)
     validate(submission, sample, id_column=cfg.data.id_column, classes=classes,
@@ -175,6 +177,11 @@ def _probabilities(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarr
     return proba[columns]
 
 
+def _value(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarray | None) -> pd.DataFrame:
+    column = _one_column(columns, "value")
+    return pd.DataFrame({column: proba.iloc[:, 0].to_numpy(np.float64)})
+
+
 def _binary(proba: pd.DataFrame, columns: list[str], thresholds: np.ndarray | None) -> pd.DataFrame:
     column = _one_column(columns, "binary")
     if proba.shape[1] != 2:
@@ -216,6 +223,13 @@ def _in_unit_interval(values: pd.DataFrame, ids: pd.Series, classes: tuple[str, 
         raise SubmissionError(f"probabilities in [0, 1]: {_where(row, ids)} has {column} = {value}")
 
 
+def _finite(values: pd.DataFrame, ids: pd.Series, classes: tuple[str, ...], task: str) -> None:
+    numbers = pd.to_numeric(values.iloc[:, 0], errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(numbers))
+    if len(bad):
+        raise SubmissionError(f"numbers: {_where(bad[0], ids)} has {values.iloc[bad[0], 0]!r}")
+
+
 def _rows_sum_to_one(values: pd.DataFrame, ids: pd.Series, classes: tuple[str, ...], task: str) -> None:
     if task == "multilabel":  # each class is its own yes/no question
         return
@@ -241,6 +255,7 @@ FORMATS: dict[str, Format] = {
     "multilabel": Format(_multilabels, (_from_class_set,)),
     "probabilities": Format(_probabilities, (_in_unit_interval, _rows_sum_to_one)),
     "binary": Format(_binary, (_in_unit_interval,)),
+    "value": Format(_value, (_finite,)),
 }
 
 
@@ -259,6 +274,8 @@ def _local_score(cfg: PipelineConfig, paths: Paths, proba: pd.DataFrame,
     # The class order the folds wrote (a binary task's positive class second), never derived again
     # from the solution: that would need the positive class said again, and could order it otherwise.
     trained = folds_file.read_classes(paths.folds, cfg)
+    if trained.regression:
+        return metrics.get(cfg.metric)(trained.encode(labels.reindex(proba.index), path), proba.to_numpy())
     unseen = sorted(set(every_label(labels, trained.multilabel)) - set(trained.names))
     if unseen:
         # No model can predict a class it never saw: score those rows as missed (probability 0)

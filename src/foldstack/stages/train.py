@@ -46,6 +46,7 @@ from foldstack.training.fold_task import (
     network_targets,
     recipe_fingerprint,
     train_split,
+    training_target,
 )
 from foldstack.training.rounds import SplitImages, Teachers, round_fields, source_key
 
@@ -180,7 +181,8 @@ class Trainer:
         return self._merge(model, {run: results[run] for run in runs}, features_seconds)
 
     def _fingerprint(self, model: ModelConfig, run: Member) -> str:
-        return recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed, self.folds_digest)
+        return recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed, self.folds_digest,
+                                  training_target(self.cfg))
 
     def _fold_dir(self, model: ModelConfig, run: Member) -> Path:
         return self.paths.models / model.name / run.name
@@ -214,6 +216,7 @@ class Trainer:
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
             caches=caches, fold_dir=fold_dir, seed=run.run_seed, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features, extra=self._extra_rows(),
+            target=training_target(self.cfg),
             **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
                            self.teachers.predictions),
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from foldstack.contracts import fold_done
-from foldstack.core.config import AugmentConfig, ModelConfig, PipelineConfig
+from foldstack.core.config import AugmentConfig, ModelConfig, PipelineConfig, RegressionConfig
 from foldstack.core.errors import DataError
 from foldstack.core.metrics import one_hot
 from foldstack.runtime import isolate
@@ -54,10 +54,11 @@ class FoldTask:
 
     Attributes:
         model: the model's config.
-        task: ``binary``, ``multiclass``, ``multilabel`` or ``ordinal``.
+        task: ``binary``, ``multiclass``, ``multilabel``, ``ordinal`` or ``regression``.
         metric: the registry name of the metric that scores the held-out fold.
-        y: every training row's encoded label (class indices, or a 0/1 matrix for multilabel).
-        n_classes: the number of classes.
+        y: every training row's encoded label (class indices, a 0/1 matrix for multilabel, the
+            target's float values for a regression).
+        n_classes: the number of classes (0 for a regression).
         train_index: the rows it trains on.
         valid_index: the held-out rows it predicts (its OOF rows); never trained on.
         augment: the albumentations pipelines (train, valid, TTA views).
@@ -76,6 +77,7 @@ class FoldTask:
         augment_on_device: the train transforms, and MixUp's and CutMix's pixels, run inside
             the training step (``training.device_augment``), not in the loader; the fold's process decides it
             (``training.device_forms.augment_on_device``), knowing its device.
+        target: a regression's loss settings (``regression``); None for the other tasks.
     """
 
     model: ModelConfig
@@ -96,15 +98,28 @@ class FoldTask:
     pseudo: JoinedRows | None = None
     extra: JoinedRows | None = None
     augment_on_device: bool = False
+    target: RegressionConfig | None = None
 
     @property
     def size(self) -> int:
         return self.model.image_size
 
     @property
+    def target_scale(self) -> tuple[float, float]:
+        """A regression's target mean and standard deviation over the fold's training rows
+        alone (its validation rows never shape the network): the network learns the target
+        standardised by them. A constant target keeps a standard deviation of 1."""
+        if self.task != "regression" or not len(self.train_index):
+            return 0.0, 1.0
+        values = np.asarray(self.y, dtype=np.float64)[self.train_index]
+        std = float(values.std())
+        return float(values.mean()), std if std > 0 else 1.0
+
+    @property
     def targets(self) -> np.ndarray:
         """Every row's float32 target for the network: one-hot rows (or the 0/1 matrix), the
-        distilled targets, or for an ordinal task the grade index ``(n, 1)`` its score regresses."""
+        distilled targets, or for an ordinal task the grade index ``(n, 1)`` its score regresses
+        (a regression: the target ``(n, 1)``)."""
         if self.soft_targets is not None:
             return self.soft_targets
         return network_targets(self.task, self.y, self.n_classes)
@@ -147,11 +162,17 @@ class PredictTask:
     def size(self) -> int:
         return self.model.image_size
 
+    @property
+    def target_scale(self) -> tuple[float, float]:
+        """Placeholders: a trained regression network's target scale comes with its weights."""
+        return 0.0, 1.0
+
 
 def network_targets(task: str, y: np.ndarray, n_classes: int) -> np.ndarray:
     """Encoded labels ``y`` as the network's float32 targets: one-hot rows (a multilabel 0/1
-    matrix as it is), or for an ordinal task the grade index ``(n, 1)`` its score regresses."""
-    if task == "ordinal":
+    matrix as it is), for an ordinal task the grade index ``(n, 1)`` its score regresses, for a
+    regression the target ``(n, 1)``."""
+    if task in ("ordinal", "regression"):
         return np.asarray(y, dtype=np.float32)[:, None]
     return one_hot(y, n_classes).astype(np.float32)
 
@@ -210,14 +231,21 @@ def weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
 
 
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
-                       folds_digest: str) -> str:
+                       folds_digest: str, target: RegressionConfig | None = None) -> str:
     """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
     Never the test set: a new one is predicted by the trained folds (the predict stage).
 
     ``seed`` is the run's own (a :class:`Member`'s), not the model's list of ``seeds``: adding a
-    seed to the list trains only the new seed."""
+    seed to the list trains only the new seed. ``target``: a regression's loss (its ``range``
+    only clips the submission, so it is not part of the recipe)."""
+    loss = {} if target is None else {"target": target.model_dump(mode="json", exclude={"range"})}
     return digest({"model": model.model_dump(mode="json", exclude={"seeds"}), "augment": augment.model_dump(mode="json"),
-                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest})
+                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest, **loss})
+
+
+def training_target(cfg: PipelineConfig) -> RegressionConfig | None:
+    """A regression pipeline's loss settings (a fold's ``target``); None for the other tasks."""
+    return cfg.target if cfg.task == "regression" else None
 
 
 
@@ -232,7 +260,8 @@ def trained_fold_dirs(cfg: PipelineConfig, models: Path, model: ModelConfig, fol
     runs = members(model, cfg.folds.k, cfg.seed)
     dirs = tuple(models / model.name / run.name for run in runs)
     for run, fold_dir in zip(runs, dirs):
-        fingerprint = recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, run.seed, folds_digest)
+        fingerprint = recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, run.seed, folds_digest,
+                                         training_target(cfg))
         what = f"fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
         done = fold_dir / fold_done.NAME
         if not fold_done.exists(fold_dir):

@@ -23,7 +23,7 @@ from foldstack.core.errors import DataError
 from foldstack.runtime.gradients import input_gradient
 from foldstack.training.augment import compose
 from foldstack.training.fold_task import BEST, FoldTask
-from foldstack.training.network import create_backbone, features_network
+from foldstack.training.network import Unstandardise, create_backbone, features_network
 from foldstack.training.regimes import image_network, without_pretrained
 
 
@@ -74,6 +74,10 @@ def load_fold_network(task: FoldTask) -> SplitNetwork:
         # build_network is a chain: input, backbone, pooling, head layers.
         layers = network.layers[network.layers.index(backbone) + 1:]
     *hidden, last = layers
+    scale = None
+    if isinstance(last, Unstandardise):  # a regression's value: the unit's, on the target's scale
+        scale, (*hidden, last) = last, hidden
+    activation = last.activation if scale is None else _on_scale(scale, last.activation)
 
     def logits(features):
         x = features
@@ -81,7 +85,12 @@ def load_fold_network(task: FoldTask) -> SplitNetwork:
             x = layer(x, training=False)
         return ops.matmul(x, ops.cast(last.kernel, x.dtype)) + ops.cast(last.bias, x.dtype)
 
-    return SplitNetwork(feature_map=backbone, logits=logits, activation=last.activation)
+    return SplitNetwork(feature_map=backbone, logits=logits, activation=activation)
+
+
+def _on_scale(scale: Unstandardise, activation):
+    """``activation`` then ``scale``: a standardised regression unit's output as the target."""
+    return lambda logits: scale(activation(logits))
 
 
 def gradcam(network: SplitNetwork, images: np.ndarray, class_index: np.ndarray | int | None = None,

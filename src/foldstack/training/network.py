@@ -3,7 +3,10 @@ Keras 3 only (``keras``, ``keras.ops``), no ``tf.*``.
 
 The head ends in a float32 dense layer (softmax, or sigmoid for multilabel), so mixed precision
 never rounds the probabilities. An ordinal task's head is one linear unit, the grade's score,
-trained by mean squared error.
+trained by mean squared error. A regression's head is one linear unit too, followed by
+:class:`Unstandardise`: the unit learns the target standardised by the fold's training rows
+(MSE or Huber on that scale), and the network outputs the target on its own scale, the mean and
+standard deviation held as weights in ``best.weights.h5``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,44 @@ from foldstack.training.fold_task import FoldTask
 from foldstack.training.losses import create_loss
 from foldstack.training.optim import create_optimizer, leaf_layers
 
-_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear"}
+_ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear",
+                "regression": "linear"}
+
+
+class Unstandardise(keras.layers.Layer):
+    """``x * std + mean``: a standardised prediction back on the target's scale. ``mean`` and
+    ``std`` are weights that never train, so they are saved with the network and a rebuilt
+    network (predict, Grad-CAM) reads them from its weights file."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.initial = (float(mean), float(std))
+
+    def build(self, input_shape):
+        mean, std = self.initial
+        self.mean = self.add_weight(shape=(), initializer=keras.initializers.Constant(mean), trainable=False,
+                                    name="mean")
+        self.std = self.add_weight(shape=(), initializer=keras.initializers.Constant(std), trainable=False,
+                                   name="std")
+
+    def call(self, x):
+        return x * self.std + self.mean
+
+
+class StandardisedLoss(keras.losses.Loss):
+    """A regression's loss (``mse``; ``huber`` at ``delta``) on targets and predictions both
+    standardised by the fold's ``mean`` and ``std``."""
+
+    def __init__(self, kind: str, mean: float, std: float, delta: float = 1.0):
+        super().__init__(name=f"standardised_{kind}")
+        self.kind, self.mean, self.std, self.delta = kind, mean, std, delta
+
+    def call(self, y_true, y_pred):
+        y_true = (keras.ops.cast(y_true, "float32") - self.mean) / self.std
+        y_pred = (keras.ops.cast(y_pred, "float32") - self.mean) / self.std
+        if self.kind == "huber":
+            return keras.losses.huber(y_true, y_pred, delta=self.delta)
+        return keras.losses.mean_squared_error(y_true, y_pred)
 
 
 def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
@@ -78,17 +118,20 @@ def pool(feature_map, kind: str | None):
     return keras.layers.GlobalAveragePooling2D(name=POOLED)(feature_map)
 
 
-def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = ()):
+def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = (),
+         target_scale: tuple[float, float] = (0.0, 1.0)):
     """``dense_units`` hidden layers, each followed by dropout, then the classifier; a head
-    without hidden layers has one dropout before the classifier (never two in a row)."""
+    without hidden layers has one dropout before the classifier (never two in a row). A
+    regression's output is put back on the target's scale (``target_scale``: mean, std)."""
     x = features
     for units in dense_units:
         x = keras.layers.Dense(units, activation="relu")(x)
         x = keras.layers.Dropout(model.dropout)(x)
     if not dense_units:
         x = keras.layers.Dropout(model.dropout)(x)
-    units = 1 if task == "ordinal" else n_classes
-    return keras.layers.Dense(units, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
+    units = 1 if task in ("ordinal", "regression") else n_classes
+    output = keras.layers.Dense(units, activation=_ACTIVATIONS[task], dtype="float32", name="probabilities")(x)
+    return Unstandardise(*target_scale, name="unstandardise")(output) if task == "regression" else output
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
@@ -103,14 +146,15 @@ def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool
     inputs = keras.Input((size, size, 3), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = pool(x, task.model.pooling)
-    return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)
+    return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units, task.target_scale),
+                       name=task.model.name)
 
 
 def features_network(task: FoldTask, n_features: int) -> keras.Model:
     """A head alone, on pooled backbone features (the ``features`` regime)."""
     inputs = keras.Input((n_features,), name="features")
-    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task, task.model.head_units),
-                       name=task.model.name)
+    return keras.Model(inputs, head(inputs, task.model, task.n_classes, task.task, task.model.head_units,
+                                    task.target_scale), name=task.model.name)
 
 
 def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, steps_per_epoch: int,
@@ -123,10 +167,20 @@ def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, st
     phase), which ``callbacks.EMAWeights`` puts in the network for validation and checkpoints."""
     optimizer = create_optimizer(task.model, recipe or PhaseRecipe(), lr, epochs, steps_per_epoch,
                                  lr_scales=lr_scales, ema_step=ema_step)
-    network.compile(optimizer=optimizer, loss=create_loss(task.model, task.task), jit_compile=jit_compile)
+    network.compile(optimizer=optimizer, loss=_loss(task), jit_compile=jit_compile)
     # Its variables now, not in the first step: TensorFlow would otherwise trace the training step
     # twice per fit (once creating them, once using them), seconds a fold.
     network.optimizer.build(network.trainable_variables)
+
+
+def _loss(task: FoldTask) -> keras.losses.Loss:
+    """The model's loss (``losses.create_loss``); a regression's on the standardised target
+    (:class:`StandardisedLoss`)."""
+    if task.task != "regression":
+        return create_loss(task.model, task.task)
+    target = task.target
+    return StandardisedLoss(target.loss if target else "mse", *task.target_scale,
+                            delta=target.huber_delta if target else 1.0)
 
 
 def set_trainable(backbone: keras.Model, which: str | int | None) -> None:
