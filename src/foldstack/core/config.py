@@ -334,6 +334,21 @@ class DistillConfig(_Teachers):
     alpha: float = Field(0.5, ge=0, le=1, description="the weight of the one-hot label")
 
 
+class CacheConfig(_Frozen):
+    """How the resized image cache stores each image (``data/cache.py``): ``raw`` pixels (the
+    default: fastest to read, largest), or each image encoded in one file (``jpeg``: at
+    ``quality``, default 90; ``webp``: lossless unless a ``quality`` is given; ``png``: lossless)."""
+
+    format: Literal["raw", "jpeg", "png", "webp"] = "raw"
+    quality: int | None = Field(None, ge=1, le=100, description="jpeg, webp: 1-100 (webp without one: lossless)")
+
+    @model_validator(mode="after")
+    def _quality_of_a_lossy_format(self) -> "CacheConfig":
+        if self.quality is not None and self.format not in ("jpeg", "webp"):
+            raise ValueError(f"quality is for format jpeg or webp, not {self.format!r}")
+        return self
+
+
 class ModelConfig(_Frozen):
     """One base model: a backbone, its weights, and how it is fine-tuned.
 
@@ -378,10 +393,12 @@ class ModelConfig(_Frozen):
         None, min_length=1, description="the first epochs at smaller, growing sizes; the rest at image_size")
     augment_on: Literal["cpu", "device"] | None = Field(
         None, description="where this model's train transforms run, over the pipeline's augment.on")
+    cache: CacheConfig | None = Field(
+        None, description="the image cache's format, over the pipeline's cache (filled in from it unless raw)")
 
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
-                                                   "pseudo_labels", "distill", "augment_on")
+                                                   "pseudo_labels", "distill", "augment_on", "cache")
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -598,6 +615,26 @@ class PipelineConfig(_Frozen):
     positive_class: str | None = Field(
         None, description="binary task: the class whose probability is scored and submitted (class index 1)")
     compute: ComputeConfig = ComputeConfig()
+    cache: CacheConfig = Field(CacheConfig(), description="the image cache's format for every model (README \"Large competitions\")")
+
+    @model_serializer(mode="wrap")
+    def _omit_raw_cache(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """``cache`` is left out while raw, so the manifests written before it existed still match."""
+        dumped = handler(self)
+        if self.cache == CacheConfig():
+            dumped.pop("cache", None)
+        return dumped
+
+    @model_validator(mode="after")
+    def _models_take_the_cache(self) -> "PipelineConfig":
+        """A model without a ``cache`` of its own takes the pipeline's, unless that is raw (so a raw
+        model's dump, and its folds' fingerprints, stay as they were): the format is part of a
+        fold's recipe, since JPEG changes the pixels it trains on."""
+        if self.cache != CacheConfig():
+            for i, model in enumerate(self.models):
+                if model.cache is None:
+                    self.models[i] = model.model_copy(update={"cache": self.cache})
+        return self
 
     @field_validator("metric")
     @classmethod

@@ -224,8 +224,18 @@ def _to_rgb(image: Image.Image, file_format: str | None = None) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square ``size`` x ``size`` resize (bicubic, antialiased when shrinking)."""
-    if image.shape[:2] == (size, size):
+Size = int | tuple[int, int] | list[int]
+"""An image size: ``n`` (square) or ``[height, width]``."""
+
+
+def hw(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of a :data:`Size`."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+    """Resize to ``size`` (``n`` square, or ``[height, width]``; bicubic, antialiased when shrinking)."""
+    h, w = hw(size)
+    if image.shape[:2] == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))

@@ -30,7 +30,7 @@ from foldstack.core.files import atomic_dir, write_csv
 from foldstack.core.metrics import hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.cache import cached_images
+from foldstack.data.cache import model_cache
 from foldstack.data.images import DICOM_EXTENSIONS, load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
@@ -94,9 +94,8 @@ class Predictor:
                     tqdm.write(f"skip {model.name}: test predictions up to date")
                     bar.update(k)
                     continue
-                cache = paths.cache / str(model.image_size) / "test.npy"
                 started = time.perf_counter()
-                cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
+                cache = model_cache(paths.cache, "test", test["path"].tolist(), ids, model)
                 # Decoding counts in the kernel's time too; each model is charged its own size's cache.
                 stale[model.name], ticks[model.name] = (dirs, key, out, time.perf_counter() - started), 0
 
@@ -137,8 +136,7 @@ class Predictor:
                         "images unlike them", model.name, error)
             return
         ids = self.folds["id"].tolist()
-        cache = self.paths.cache / str(model.image_size) / "train.npy"
-        cached_images(files, ids, model.image_size, cache, desc="train")
+        cache = model_cache(self.paths.cache, "train", files, ids, model)
         features = isolate.call(f"{WORKER}:embed", self.task(model, cache, dirs[:1], "train", ids))
         held = (self.folds["fold"] == 0).to_numpy()
         reference.write(model_dir, reference.Reference.fit(features[~held], features[held], key, seed=self.cfg.seed))

@@ -33,7 +33,7 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.files import write_text
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.cache import cached_images
+from foldstack.data.cache import model_cache, open_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
 from foldstack.training.fold_task import WORKER, FoldTask, members
@@ -88,7 +88,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Path:
             page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
         # Read once: reading the train table checks every image file is there.
         train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
-        images = _train_images(paths, train_files, data.ids, cfg.models[0].image_size)
+        images = _train_images(paths, train_files, data.ids, cfg.models[0])
         worst = worst_rows(data.y, stack_oof, WORST, multilabel, thresholds)
         page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
             images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
@@ -190,7 +190,7 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     multilabel = cfg.task == "multilabel"
     y_single = data.y if not multilabel else data.y.argmax(axis=1)
     rows = cam_rows(y_single, oof)
-    images = _train_images(paths, train_files, data.ids, model.image_size)
+    images = _train_images(paths, train_files, data.ids, model)
     found = {}
     # Under seed bagging a fold's first seed explains it; its OOF is then the mean of several runs.
     first_run = {run.fold: run for run in reversed(members(model, cfg.folds.k, cfg.seed))}
@@ -220,9 +220,9 @@ def _check_reproduces(model: ModelConfig, fold: int, proba: np.ndarray, oof: np.
                     "OOF; its heatmaps may not show what the trained model saw", model.name, fold, gap)
 
 
-def _train_images(paths: Paths, files: list[str], ids: np.ndarray, size: int) -> np.ndarray:
-    """The training images ``files`` (rows in ``ids``'s order) at ``size``: the train stage's cache."""
-    return cached_images(files, list(ids), size, paths.cache / str(size) / "train.npy", desc="train")
+def _train_images(paths: Paths, files: list[str], ids: np.ndarray, model: ModelConfig) -> np.ndarray:
+    """The training images ``files`` (rows in ``ids``'s order) as ``model`` reads them: the train stage's cache."""
+    return open_images(model_cache(paths.cache, "train", files, list(ids), model))
 
 
 def _curves(paths: Paths, model: ModelConfig, metric: metrics.Metric, picture: Path) -> Path | None:

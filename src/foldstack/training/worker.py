@@ -20,6 +20,7 @@ import numpy as np
 
 from foldstack.core import metrics
 from foldstack.core.config import AugmentConfig, ModelConfig
+from foldstack.data.cache import open_images
 from foldstack.runtime import device, distribute
 from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
@@ -95,7 +96,7 @@ def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
     """Each fold's probabilities of the task's images, averaged over the TTA views, in the order
     of ``task.fold_dirs``; ``send(None)`` after each fold."""
     device.configure()
-    images = np.load(task.images, mmap_mode="r")
+    images = open_images(task.images)
     features = _features(task, images)
     index = np.arange(len(images))
     folds = []
@@ -115,7 +116,7 @@ def embed(task: PredictTask, send: Send) -> np.ndarray:
     """What the first fold's head sees of each image (its first TTA view): the pooled features
     ``(n_images, n_features)`` that tell images like the training ones from the others."""
     device.configure()
-    images = np.load(task.images, mmap_mode="r")
+    images = open_images(task.images)
     features = _features(task, images)
     if features is not None:
         return features[0]
@@ -144,4 +145,4 @@ def _features(task: PredictTask, images: np.ndarray) -> list[np.ndarray] | None:
 
 def open_caches(caches: dict[str, Path]) -> dict[str, np.ndarray]:
     """The uint8 image caches the parent built, memory-mapped read-only."""
-    return {split: np.load(path, mmap_mode="r") for split, path in caches.items()}
+    return {split: open_images(path) for split, path in caches.items()}
