@@ -395,10 +395,17 @@ class ModelConfig(_Frozen):
         None, description="where this model's train transforms run, over the pipeline's augment.on")
     cache: CacheConfig | None = Field(
         None, description="the image cache's format, over the pipeline's cache (filled in from it unless raw)")
+    # --- memory and batch (README "Large competitions"); off by default, left out of the dump while off.
+    accumulate: int | None = Field(
+        None, ge=1, description="gradient accumulation: one optimizer step per N batches, on their mean gradient")
+    remat: bool | None = Field(None, description="recompute activations in the backward pass: less memory, more time")
+    precision: Literal["mixed_float16", "mixed_bfloat16", "float32"] | None = Field(
+        None, description="default: mixed_float16 on a GPU, float32 on the CPU")
 
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
-                                                   "pseudo_labels", "distill", "augment_on", "cache")
+                                                   "pseudo_labels", "distill", "augment_on", "cache",
+                                                   "accumulate", "remat", "precision")
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -440,6 +447,12 @@ class ModelConfig(_Frozen):
         if value < sizes.minimum:
             raise ValueError(f"backbone {backbone!r} needs at least {sizes.minimum}")
         return value
+
+    @field_validator("accumulate")
+    @classmethod
+    def _one_is_none(cls, value: int | None) -> int | None:
+        """``accumulate: 1`` is no accumulation: the same dump (and folds) as none."""
+        return None if value == 1 else value
 
     @field_validator("seeds")
     @classmethod

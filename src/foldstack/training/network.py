@@ -97,20 +97,42 @@ class AdamW(keras.optimizers.AdamW):
                 average.assign(kept * average + (1 - kept) * variable)
 
 
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule counted in optimizer updates under gradient accumulation: Keras (3.15) asks the
+    schedule at every batch's count, so ``accumulate`` batches of B would otherwise step
+    through it ``accumulate`` times as fast as one batch of ``accumulate`` x B."""
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, accumulate: int):
+        self.schedule = schedule
+        self.accumulate = accumulate
+
+    def __call__(self, step):
+        return self.schedule(step // self.accumulate)
+
+    def get_config(self) -> dict:
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "accumulate": self.accumulate}
+
+
 def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, steps_per_epoch: int,
                 jit_compile: bool | str = False, ema_step: int = 0) -> None:
-    """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task. With the
+    """AdamW on a cosine schedule with one epoch of linear warm-up; loss by task; one step per
+    ``accumulate`` batches (Keras's ``gradient_accumulation_steps``) where the model says. With the
     model's ``ema``, the optimizer keeps a moving average of the weights (:class:`AdamW`;
     ``ema_step``: the fold's training steps before this phase), which ``callbacks.EMAWeights``
     puts in the network for validation and checkpoints."""
+    # Under the model's ``accumulate`` the schedule and the EMA count the steps the optimizer
+    # applies, one per ``accumulate`` batches (:class:`PerUpdate`).
+    accumulate = task.model.accumulate or 1
+    steps_per_epoch, ema_step = max(1, steps_per_epoch // accumulate), ema_step // accumulate
     total = max(1, epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=lr * 0.01, decay_steps=max(1, total - warmup), alpha=0.01,
         warmup_target=lr, warmup_steps=warmup)
     ema = task.model.ema
-    optimizer = AdamW(schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
-                      ema_momentum=ema.decay if ema else 0.99, ema_step=ema_step)
+    optimizer = AdamW(PerUpdate(schedule, accumulate) if accumulate > 1 else schedule, weight_decay=task.model.weight_decay, use_ema=ema is not None,
+                      ema_momentum=ema.decay if ema else 0.99, ema_step=ema_step,
+                      gradient_accumulation_steps=task.model.accumulate)
     network.compile(optimizer=optimizer, loss=_loss(task), jit_compile=jit_compile)
     # Its variables now, not in the first step: TensorFlow would otherwise trace the training step
     # twice per fit (once creating them, once using them), seconds a fold.

@@ -24,6 +24,7 @@ import numpy as np
 
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
+from foldstack.runtime import device
 from foldstack.training.augment import compose
 from foldstack.training.batch_mix import BatchMix, mixes
 from foldstack.training.device_augment import device_augment, loader_pixels, training_network
@@ -75,9 +76,10 @@ def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple
     transforms run on the device trains it wrapped (:func:`device_network`).
     """
     model = task.model
-    backbone = create_backbone(model, any_size)
-    network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size)
+    with device.remat_scope(model.remat):  # ``remat: true``: every layer made here recomputes its activations
+        backbone = create_backbone(model, any_size)
+        network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
+                                dense_units=model.dense_units if model.regime == "partial" else (), any_size=any_size)
     return network, backbone
 
 
