@@ -361,8 +361,11 @@ class ModelConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     backbone: str
     weights: str = Field("imagenet", description="imagenet, none, or a path to a weights file")
-    image_size: int | None = Field(None, ge=8, le=1024, validate_default=True,
-                                   description="default: the backbone's own size")
+    image_size: int | tuple[int, int] | None = Field(
+        None, validate_default=True, description="n (square) or [height, width]; default: the backbone's own size")
+    cache_size: int | tuple[int, int] | None = Field(
+        None, description="cache at this larger size: random crops of image_size to train, the centre crop to "
+                          "validate and predict")
     regime: Regime = "finetune"
     epochs: int = Field(10, ge=1)
     head_epochs: int = Field(2, ge=0, description="finetune: epochs with the backbone frozen")
@@ -404,7 +407,7 @@ class ModelConfig(_Frozen):
 
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
-                                                   "pseudo_labels", "distill", "augment_on", "cache",
+                                                   "pseudo_labels", "distill", "augment_on", "cache", "cache_size",
                                                    "accumulate", "remat", "precision")
 
     @model_serializer(mode="wrap")
@@ -434,9 +437,10 @@ class ModelConfig(_Frozen):
 
     @field_validator("image_size")
     @classmethod
-    def _fits_backbone(cls, value: int | None, info: ValidationInfo) -> int | None:
+    def _fits_backbone(cls, value: int | tuple[int, int] | None, info: ValidationInfo) -> int | tuple[int, int] | None:
         """The backbone's default size where none is given; too small for it is an error now
-        rather than minutes into training."""
+        rather than minutes into training. ``[n, n]`` is ``n``."""
+        value = _size(value)
         # `backbone` is validated first (field order), and is absent from info.data when unknown.
         backbone = info.data.get("backbone")
         if backbone is None:
@@ -444,9 +448,26 @@ class ModelConfig(_Frozen):
         sizes = _known(info).backbones[backbone]
         if value is None:
             return sizes.default
-        if value < sizes.minimum:
+        if min(hw(value)) < sizes.minimum:
             raise ValueError(f"backbone {backbone!r} needs at least {sizes.minimum}")
         return value
+
+    @field_validator("cache_size")
+    @classmethod
+    def _holds_the_crops(cls, value: int | tuple[int, int] | None, info: ValidationInfo) -> int | tuple[int, int] | None:
+        """At least ``image_size`` each way (the crops are cut from it); equal is no crop."""
+        value, size = _size(value), info.data.get("image_size")
+        if value is None or size is None:
+            return value
+        if any(c < i for c, i in zip(hw(value), hw(size))):
+            raise ValueError(f"{value} is smaller than image_size {size}: the training crops of image_size "
+                             "are cut from the cache")
+        return None if hw(value) == hw(size) else value
+
+    @property
+    def cached_size(self) -> int | tuple[int, int]:
+        """The size the images are cached at: ``cache_size``, else ``image_size``."""
+        return self.cache_size or self.image_size
 
     @field_validator("accumulate")
     @classmethod
@@ -487,6 +508,8 @@ class ModelConfig(_Frozen):
         size, epochs, backbone = (info.data.get(key) for key in ("image_size", "epochs", "backbone"))
         if value is None or size is None or epochs is None or backbone is None:
             return value
+        if not isinstance(size, int) or info.data.get("cache_size") is not None:
+            raise ValueError("progressive resizing needs a square image_size and no cache_size")
         sizes = [step.size for step in value]
         if sizes != sorted(set(sizes)) or sizes[-1] >= size:
             raise ValueError(f"sizes {sizes} must grow and stay below image_size {size}")
@@ -680,6 +703,26 @@ class PipelineConfig(_Frozen):
 
     @field_validator("models")
     @classmethod
+    def _crops_from_a_cache_size(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """A train crop that is not resized back needs a ``cache_size`` to crop from: the cache is
+        at ``image_size``, and a smaller crop of it is not the network's input."""
+        augment = info.data.get("augment")
+        last = None
+        for j, transform in enumerate(augment.train if augment else []):
+            name = str(transform.get("__class_fullname__", "")).rsplit(".", 1)[-1]
+            if name in ("RandomCrop", "CenterCrop", "Crop", "Resize", "RandomResizedCrop", "RandomSizedCrop"):
+                last = (j, name)
+        if last is None or last[1] not in ("RandomCrop", "CenterCrop", "Crop"):
+            return value
+        for i, model in enumerate(value):
+            if model.cache_size is None:
+                raise ValueError(f"models[{i}]: augment.train[{last[0]}] {last[1]} without a cache_size: set "
+                                 f"models[{i}].cache_size larger than image_size, and crops of image_size are cut "
+                                 "from it (random to train, the centre to predict)")
+        return value
+
+    @field_validator("models")
+    @classmethod
     def _unique_names(cls, value: list[ModelConfig]) -> list[ModelConfig]:
         names = [model.name for model in value]
         repeated = sorted({name for name in names if names.count(name) > 1})
@@ -728,6 +771,21 @@ class PipelineConfig(_Frozen):
                 return model
         raise ConfigError(f"pipeline {self.name!r} has no model {name!r}; it has: "
                           f"{', '.join(m.name for m in self.models)}")
+
+
+def hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of an image size: ``n`` (square) or ``[height, width]``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _size(value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+    """An image size checked (8 to 1024 px each way), ``[n, n]`` as ``n``."""
+    if value is None:
+        return None
+    h, w = hw(value)
+    if not (8 <= h <= 1024 and 8 <= w <= 1024):
+        raise ValueError("each side must be 8 to 1024 px")
+    return h if h == w else (h, w)
 
 
 def _one_of(value: str, known: list[str], kind: str, quote: bool = False) -> str:

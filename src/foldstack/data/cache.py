@@ -30,10 +30,10 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from foldstack.core.config import CacheConfig, ModelConfig
+from foldstack.core.config import CacheConfig, ModelConfig, hw
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.files import atomic_path, has_key, write_text
-from foldstack.data.images import Size, hw, load_rgb, resize
+from foldstack.data.images import Size, load_rgb, resize
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def model_cache(root: Path, split: str, files: list[str], ids: list[str], model:
                 size: Size | None = None) -> Path:
     """The split's cache for ``model`` (at ``size``; None: the size it caches at), built if
     needed: the path the stages hand a fold's process, which opens it with :func:`open_images`."""
-    size = model.image_size if size is None else size
+    size = model.cached_size if size is None else size
     fmt = model_format(model.cache)
     path = cache_file(root, split, size, fmt)
     cached_images(files, ids, size, path, desc=split, fmt=fmt)

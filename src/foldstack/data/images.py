@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from foldstack.core.config import hw
 from foldstack.core.errors import DataError
 
 # Larger than any real competition image, small enough that a decompression bomb is refused
@@ -225,12 +226,7 @@ def _to_rgb(image: Image.Image, file_format: str | None = None) -> np.ndarray:
 
 
 Size = int | tuple[int, int] | list[int]
-"""An image size: ``n`` (square) or ``[height, width]``."""
-
-
-def hw(size: Size) -> tuple[int, int]:
-    """``(height, width)`` of a :data:`Size`."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+"""An image size: ``n`` (square) or ``[height, width]`` (``core.config.hw``)."""
 
 
 def resize(image: np.ndarray, size: Size) -> np.ndarray:

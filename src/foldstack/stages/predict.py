@@ -30,7 +30,7 @@ from foldstack.core.files import atomic_dir, write_csv
 from foldstack.core.metrics import hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.cache import model_cache
+from foldstack.data.cache import model_cache, size_name
 from foldstack.data.images import DICOM_EXTENSIONS, load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
@@ -195,25 +195,25 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     fitted = stack_output.read_model(paths.stack, tuple(model.name for model in cfg.models))
     predictor = Predictor(cfg, paths, workers)
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
-    sizes = sorted({model.image_size for model in cfg.models})
+    sizes = list(dict.fromkeys(model.cached_size for model in cfg.models))
     files, arrays = _decode(files, sizes, skip_unreadable)
     first = cfg.models[0]
     known = reference.read(paths.models / first.name)
     with tempfile.TemporaryDirectory(prefix="foldstack-images-") as tmp:
         for size, array in arrays.items():
-            np.save(Path(tmp) / f"{size}.npy", array)
+            np.save(Path(tmp) / f"{size_name(size)}.npy", array)
         X = []
         for model in tqdm(cfg.models, desc="predict images", unit="model", disable=None):
-            task = predictor.task(model, Path(tmp) / f"{model.image_size}.npy", dirs[model.name], None)
+            task = predictor.task(model, Path(tmp) / f"{size_name(model.cached_size)}.npy", dirs[model.name], None)
             X.append(fold_mean(isolate.call(f"{WORKER}:predict_folds", task)))
         distance = None
         if known is not None:
-            task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
+            task = predictor.task(first, Path(tmp) / f"{size_name(first.cached_size)}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
     frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.values)
     if explain:
-        frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
+        frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.cached_size],
                                     frame, out)
     write_csv(out, frame)
     seconds = time.perf_counter() - started

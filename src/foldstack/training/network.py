@@ -13,7 +13,7 @@ from typing import Sequence
 import keras
 
 from foldstack import backbones
-from foldstack.core.config import ModelConfig
+from foldstack.core.config import ModelConfig, hw
 from foldstack.training.fold_task import FoldTask
 
 _ACTIVATIONS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "ordinal": "linear"}
@@ -25,9 +25,9 @@ def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
     cut = None
     if model.regime == "partial":
         cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
-    size = None if any_size else model.image_size
+    shape = (None, None) if any_size else hw(model.image_size)
     return backbones.create(model.backbone, weights=model.weights, include_top=False,
-                            input_shape=(size, size, 3), cut_at=cut)
+                            input_shape=(*shape, 3), cut_at=cut)
 
 
 def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: Sequence[int] = ()):
@@ -51,8 +51,8 @@ def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool
     ``any_size``: the input takes images of any size (the backbone must too), which global
     pooling makes one vector each; the weights are the same as at a fixed size. It never
     augments: augmentation on the device wraps it (``device_augment.training_network``)."""
-    size = None if any_size else task.size
-    inputs = keras.Input((size, size, 3), name="image")
+    shape = (None, None) if any_size else hw(task.size)
+    inputs = keras.Input((*shape, 3), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units), name=task.model.name)

@@ -25,7 +25,7 @@ import numpy as np
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
 from foldstack.runtime import device
-from foldstack.training.augment import compose
+from foldstack.training.augment import compose, crop
 from foldstack.training.batch_mix import BatchMix, mixes
 from foldstack.training.device_augment import device_augment, loader_pixels, training_network
 from foldstack.training.device_forms import device_steps
@@ -184,7 +184,8 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
     return Plan(network=network, backbone=backbone, phases=phases, trainer=device_network(task, network),
                 train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
                 steps=math.ceil(n_training_rows(task) / batch_size),
-                valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
+                valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers,
+                                   task.model))
 
 
 def train_batches(task: FoldTask, images: Images, size: int | None = None) -> ImageBatches:
@@ -193,10 +194,11 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
     seed; with the transforms on the device, the rows as cached, and with MixUp or CutMix the
     draws beside them and the targets mixed (the training network augments and mixes the rows)."""
     array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")))
+    cut = crop(task.model, train=True)  # cache_size: a random crop of image_size, in the loader either way
     if task.augment_on_device:
-        transform, mix = None, BatchMix.of(task.model, device=device_steps(task.augment.train))
+        transform, mix = compose(cut) if cut else None, BatchMix.of(task.model, device=device_steps(task.augment.train))
     else:
-        transform, mix = compose(task.augment.train), BatchMix.of(task.model, pixels=loader_pixels())
+        transform, mix = compose([*cut, *task.augment.train]), BatchMix.of(task.model, pixels=loader_pixels())
     return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
                         mix=mix)
@@ -205,7 +207,7 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
 def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:
     def predict_split(split: str, index: np.ndarray) -> np.ndarray:
         views = [predict(network, view_batches(images[split], index, task.augment, view, task.model.batch_size,
-                                               task.workers))
+                                               task.workers, task.model))
                  for view in task.augment.tta]
         return np.mean(views, axis=0)
 

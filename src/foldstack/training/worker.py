@@ -124,7 +124,7 @@ def embed(task: PredictTask, send: Send) -> np.ndarray:
     pooled = next(layer for layer in network.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
     embedder = keras.Model(network.inputs, pooled.output)
     batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
-                           task.workers)
+                           task.workers, task.model)
     return predict(embedder, batches).astype(np.float32)
 
 
