@@ -17,7 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 from benchmarks import machine, table  # noqa: E402
 
-BENCHES = ("loader", "augment", "training", "regimes", "stacking", "executors")
+BENCHES = ("loader", "augment", "training", "regimes", "stacking", "executors", "scale")
+#: ``make bench``'s size of the scale benchmark (``python -m benchmarks.scale --n 20000``: the issue's).
+SCALE_N = 40
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +68,11 @@ def _run(name: str, folder: Path, args: argparse.Namespace):
     if name == "executors":
         from benchmarks import executors
         return executors.run(folder)
+    if name == "scale":
+        from benchmarks import scale
+        rows, extrapolation = scale.run(folder / "scale", SCALE_N)
+        print(extrapolation)
+        return rows
     from benchmarks import e2e
     return e2e.run(folder)
 

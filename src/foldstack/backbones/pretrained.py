@@ -16,13 +16,14 @@ from typing import Any, Callable
 
 from foldstack.backbones import efficientnet_lite, hub
 from foldstack.backbones.spec import create
+from foldstack.core.config import hw
 
 #: Where each kind of recorded file goes back to on the kernel: Keras's cache, foldstack's, or
 #: (a hub preset's files, under their preset's key: ``hub.bundled_name``) the hub family's.
 KERAS, FOLDSTACK, HUB = "keras", "foldstack", "hub"
 
 
-def imagenet_files(backbone: str, image_size: int, send: Callable[[Any], None] | None = None) -> list[tuple[str, str]]:
+def imagenet_files(backbone: str, image_size: int | tuple[int, int], send: Callable[[Any], None] | None = None) -> list[tuple[str, str]]:
     """Build ``backbone`` with ImageNet weights; the weight files it read, as ``(kind, path)``.
 
     Args:
@@ -55,7 +56,7 @@ def imagenet_files(backbone: str, image_size: int, send: Callable[[Any], None] |
 
     file_utils.get_file, efficientnet_lite.imagenet_weights = recorded_get_file, recorded_lite_weights
     try:
-        create(backbone, weights="imagenet", input_shape=(image_size, image_size, 3))
+        create(backbone, weights="imagenet", input_shape=(*hw(image_size), 3))
     finally:
         file_utils.get_file, efficientnet_lite.imagenet_weights = keras_get_file, lite_weights
     return list(dict.fromkeys(found))

@@ -451,6 +451,21 @@ class DistillConfig(_Teachers):
     alpha: float = Field(0.5, ge=0, le=1, description="the weight of the one-hot label")
 
 
+class CacheConfig(_Frozen):
+    """How the resized image cache stores each image (``data/cache.py``): ``raw`` pixels (the
+    default: fastest to read, largest), or each image encoded in one file (``jpeg``: at
+    ``quality``, default 90; ``webp``: lossless unless a ``quality`` is given; ``png``: lossless)."""
+
+    format: Literal["raw", "jpeg", "png", "webp"] = "raw"
+    quality: int | None = Field(None, ge=1, le=100, description="jpeg, webp: 1-100 (webp without one: lossless)")
+
+    @model_validator(mode="after")
+    def _quality_of_a_lossy_format(self) -> "CacheConfig":
+        if self.quality is not None and self.format not in ("jpeg", "webp"):
+            raise ValueError(f"quality is for format jpeg or webp, not {self.format!r}")
+        return self
+
+
 class ModelConfig(_Frozen):
     """One base model: a backbone, its weights, and how it is fine-tuned.
 
@@ -463,8 +478,11 @@ class ModelConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     backbone: str
     weights: str = Field("imagenet", description="imagenet, none, or a path to a weights file")
-    image_size: int | None = Field(None, ge=8, le=1024, validate_default=True,
-                                   description="default: the backbone's own size")
+    image_size: int | tuple[int, int] | None = Field(
+        None, validate_default=True, description="n (square) or [height, width]; default: the backbone's own size")
+    cache_size: int | tuple[int, int] | None = Field(
+        None, description="cache at this larger size: random crops of image_size to train, the centre crop to "
+                          "validate and predict")
     regime: Regime = "finetune"
     epochs: int = Field(10, ge=1)
     head_epochs: int = Field(2, ge=0, description="finetune: epochs with the backbone frozen")
@@ -509,11 +527,21 @@ class ModelConfig(_Frozen):
     head_dense: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="features, finetune, scratch: dense layers (each with dropout) before the classifier")
 
+    cache: CacheConfig | None = Field(
+        None, description="the image cache's format, over the pipeline's cache (filled in from it unless raw)")
+    # --- memory and batch (README "Large competitions"); off by default, left out of the dump while off.
+    accumulate: int | None = Field(
+        None, ge=1, description="gradient accumulation: one optimizer step per N batches, on their mean gradient")
+    remat: bool | None = Field(None, description="recompute activations in the backward pass: less memory, more time")
+    precision: Literal["mixed_float16", "mixed_bfloat16", "float32"] | None = Field(
+        None, description="default: mixed_float16 on a GPU, float32 on the CPU")
+
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
                                                    "pseudo_labels", "distill", "augment_on", "optimizer",
                                                    "schedule", "layer_decay", "phases", "drop_path", "loss",
-                                                   "sampler", "average", "pooling", "head_dense")
+                                                   "sampler", "average", "pooling", "head_dense", "cache",
+                                                   "cache_size", "accumulate", "remat", "precision")
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -577,9 +605,10 @@ class ModelConfig(_Frozen):
 
     @field_validator("image_size")
     @classmethod
-    def _fits_backbone(cls, value: int | None, info: ValidationInfo) -> int | None:
+    def _fits_backbone(cls, value: int | tuple[int, int] | None, info: ValidationInfo) -> int | tuple[int, int] | None:
         """The backbone's default size where none is given; too small for it is an error now
-        rather than minutes into training."""
+        rather than minutes into training. ``[n, n]`` is ``n``."""
+        value = _size(value)
         # `backbone` is validated first (field order), and is absent from info.data when unknown.
         backbone = info.data.get("backbone")
         if backbone is None:
@@ -587,9 +616,32 @@ class ModelConfig(_Frozen):
         sizes = _known(info).backbones[backbone]
         if value is None:
             return sizes.default
-        if value < sizes.minimum:
+        if min(hw(value)) < sizes.minimum:
             raise ValueError(f"backbone {backbone!r} needs at least {sizes.minimum}")
         return value
+
+    @field_validator("cache_size")
+    @classmethod
+    def _holds_the_crops(cls, value: int | tuple[int, int] | None, info: ValidationInfo) -> int | tuple[int, int] | None:
+        """At least ``image_size`` each way (the crops are cut from it); equal is no crop."""
+        value, size = _size(value), info.data.get("image_size")
+        if value is None or size is None:
+            return value
+        if any(c < i for c, i in zip(hw(value), hw(size))):
+            raise ValueError(f"{value} is smaller than image_size {size}: the training crops of image_size "
+                             "are cut from the cache")
+        return None if hw(value) == hw(size) else value
+
+    @property
+    def cached_size(self) -> int | tuple[int, int]:
+        """The size the images are cached at: ``cache_size``, else ``image_size``."""
+        return self.cache_size or self.image_size
+
+    @field_validator("accumulate")
+    @classmethod
+    def _one_is_none(cls, value: int | None) -> int | None:
+        """``accumulate: 1`` is no accumulation: the same dump (and folds) as none."""
+        return None if value == 1 else value
 
     @field_validator("seeds")
     @classmethod
@@ -624,6 +676,8 @@ class ModelConfig(_Frozen):
         size, epochs, backbone = (info.data.get(key) for key in ("image_size", "epochs", "backbone"))
         if value is None or size is None or epochs is None or backbone is None:
             return value
+        if not isinstance(size, int) or info.data.get("cache_size") is not None:
+            raise ValueError("progressive resizing needs a square image_size and no cache_size")
         sizes = [step.size for step in value]
         if sizes != sorted(set(sizes)) or sizes[-1] >= size:
             raise ValueError(f"sizes {sizes} must grow and stay below image_size {size}")
@@ -851,6 +905,7 @@ class PipelineConfig(_Frozen):
         None, description="binary task: the class whose probability is scored and submitted (class index 1)")
     compute: ComputeConfig = ComputeConfig()
     regression: RegressionConfig | None = Field(None, description="task regression: its loss and target range")
+    cache: CacheConfig = Field(CacheConfig(), description="the image cache's format for every model (README \"Large competitions\")")
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -866,6 +921,25 @@ class PipelineConfig(_Frozen):
         name = known.callable_metric(spec.callable, spec.greater_is_better, spec.needs)
         info.context["callable_metric"] = name  # for _known_metric: imported and checked here
         return name
+
+    @model_serializer(mode="wrap")
+    def _omit_raw_cache(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """``cache`` is left out while raw, so the manifests written before it existed still match."""
+        dumped = handler(self)
+        if self.cache == CacheConfig():
+            dumped.pop("cache", None)
+        return dumped
+
+    @model_validator(mode="after")
+    def _models_take_the_cache(self) -> "PipelineConfig":
+        """A model without a ``cache`` of its own takes the pipeline's, unless that is raw (so a raw
+        model's dump, and its folds' fingerprints, stay as they were): the format is part of a
+        fold's recipe, since JPEG changes the pixels it trains on."""
+        if self.cache != CacheConfig():
+            for i, model in enumerate(self.models):
+                if model.cache is None:
+                    self.models[i] = model.model_copy(update={"cache": self.cache})
+        return self
 
     @field_validator("metric")
     @classmethod
@@ -914,6 +988,26 @@ class PipelineConfig(_Frozen):
         task = info.data.get("task")
         if value is not None and task is not None and task != "regression":
             raise ValueError(f"regression is for task 'regression', not {task!r}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _crops_from_a_cache_size(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """A train crop that is not resized back needs a ``cache_size`` to crop from: the cache is
+        at ``image_size``, and a smaller crop of it is not the network's input."""
+        augment = info.data.get("augment")
+        last = None
+        for j, transform in enumerate(augment.train if augment else []):
+            name = str(transform.get("__class_fullname__", "")).rsplit(".", 1)[-1]
+            if name in ("RandomCrop", "CenterCrop", "Crop", "Resize", "RandomResizedCrop", "RandomSizedCrop"):
+                last = (j, name)
+        if last is None or last[1] not in ("RandomCrop", "CenterCrop", "Crop"):
+            return value
+        for i, model in enumerate(value):
+            if model.cache_size is None:
+                raise ValueError(f"models[{i}]: augment.train[{last[0]}] {last[1]} without a cache_size: set "
+                                 f"models[{i}].cache_size larger than image_size, and crops of image_size are cut "
+                                 "from it (random to train, the centre to predict)")
         return value
 
     @field_validator("models")
@@ -988,6 +1082,21 @@ class PipelineConfig(_Frozen):
                 return model
         raise ConfigError(f"pipeline {self.name!r} has no model {name!r}; it has: "
                           f"{', '.join(m.name for m in self.models)}")
+
+
+def hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of an image size: ``n`` (square) or ``[height, width]``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _size(value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+    """An image size checked (8 to 1024 px each way), ``[n, n]`` as ``n``."""
+    if value is None:
+        return None
+    h, w = hw(value)
+    if not (8 <= h <= 1024 and 8 <= w <= 1024):
+        raise ValueError("each side must be 8 to 1024 px")
+    return h if h == w else (h, w)
 
 
 def _one_of(value: str, known: list[str], kind: str, quote: bool = False) -> str:

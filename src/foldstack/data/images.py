@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from foldstack.core.config import hw
 from foldstack.core.errors import DataError
 
 # Larger than any real competition image, small enough that a decompression bomb is refused
@@ -224,8 +225,13 @@ def _to_rgb(image: Image.Image, file_format: str | None = None) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Square ``size`` x ``size`` resize (bicubic, antialiased when shrinking)."""
-    if image.shape[:2] == (size, size):
+Size = int | tuple[int, int] | list[int]
+"""An image size: ``n`` (square) or ``[height, width]`` (``core.config.hw``)."""
+
+
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+    """Resize to ``size`` (``n`` square, or ``[height, width]``; bicubic, antialiased when shrinking)."""
+    h, w = hw(size)
+    if image.shape[:2] == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))

@@ -10,8 +10,9 @@ from matplotlib.figure import Figure
 
 from foldstack.core.config import PipelineConfig
 from foldstack.core.files import atomic_path
+from foldstack.data.cache import size_name
 from foldstack.data.images import load_rgb, resize
-from foldstack.training.augment import compose
+from foldstack.training.augment import compose, crop
 
 ROWS = 4
 VIEWS = 5  # the original, then this many augmented draws of it
@@ -24,8 +25,9 @@ def augmentation_preview(cfg: PipelineConfig, table: pd.DataFrame, path: Path, s
     The size is the first model's ``image_size``, so the picture shows the resolution the model
     really gets.
     """
-    size = cfg.models[0].image_size
-    transform = compose(cfg.augment.train)
+    model = cfg.models[0]
+    size = model.cached_size  # with cache_size, each draw is a random crop of image_size from it
+    transform = compose([*crop(model, train=True), *cfg.augment.train])
     transform.set_random_seed(seed)
     rows = table.groupby("label", sort=True).head(1).head(ROWS)
     figure = Figure(figsize=(1.6 * (VIEWS + 1), 1.6 * len(rows)))
@@ -38,7 +40,7 @@ def augmentation_preview(cfg: PipelineConfig, table: pd.DataFrame, path: Path, s
             axes[r, c].set_axis_off()
             if c == 0:
                 axes[r, c].set_title(f"{row['label']} (input)", fontsize=8)
-    figure.suptitle(f"{cfg.name}: train augmentation at {size}px", fontsize=10)
+    figure.suptitle(f"{cfg.name}: train augmentation at {size_name(model.image_size)}px", fontsize=10)
     figure.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=80)

@@ -30,7 +30,7 @@ from foldstack.core.files import atomic_dir, write_csv
 from foldstack.core.metrics import hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.cache import cached_images
+from foldstack.data.cache import model_cache, size_name
 from foldstack.data.images import DICOM_EXTENSIONS, load_rgb, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
@@ -94,9 +94,8 @@ class Predictor:
                     tqdm.write(f"skip {model.name}: test predictions up to date")
                     bar.update(k)
                     continue
-                cache = paths.cache / str(model.image_size) / "test.npy"
                 started = time.perf_counter()
-                cached_images(test["path"].tolist(), ids, model.image_size, cache, desc="test")
+                cache = model_cache(paths.cache, "test", test["path"].tolist(), ids, model)
                 # Decoding counts in the kernel's time too; each model is charged its own size's cache.
                 stale[model.name], ticks[model.name] = (dirs, key, out, time.perf_counter() - started), 0
 
@@ -137,8 +136,7 @@ class Predictor:
                         "images unlike them", model.name, error)
             return
         ids = self.folds["id"].tolist()
-        cache = self.paths.cache / str(model.image_size) / "train.npy"
-        cached_images(files, ids, model.image_size, cache, desc="train")
+        cache = model_cache(self.paths.cache, "train", files, ids, model)
         features = isolate.call(f"{WORKER}:embed", self.task(model, cache, dirs[:1], "train", ids))
         held = (self.folds["fold"] == 0).to_numpy()
         reference.write(model_dir, reference.Reference.fit(features[~held], features[held], key, seed=self.cfg.seed))
@@ -202,27 +200,27 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
                         f"'+features' (stack.force) to predict images")
     predictor = Predictor(cfg, paths, workers)
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
-    sizes = sorted({model.image_size for model in cfg.models})
+    sizes = list(dict.fromkeys(model.cached_size for model in cfg.models))
     files, arrays = _decode(files, sizes, skip_unreadable)
     first = cfg.models[0]
     known = reference.read(paths.models / first.name)
     with tempfile.TemporaryDirectory(prefix="foldstack-images-") as tmp:
         for size, array in arrays.items():
-            np.save(Path(tmp) / f"{size}.npy", array)
+            np.save(Path(tmp) / f"{size_name(size)}.npy", array)
         X = []
         for model in tqdm(cfg.models, desc="predict images", unit="model", disable=None):
-            task = predictor.task(model, Path(tmp) / f"{model.image_size}.npy", dirs[model.name], None)
+            task = predictor.task(model, Path(tmp) / f"{size_name(model.cached_size)}.npy", dirs[model.name], None)
             X.append(fold_mean(isolate.call(f"{WORKER}:predict_folds", task)))
         distance = None
         if known is not None:
-            task = predictor.task(first, Path(tmp) / f"{first.image_size}.npy", dirs[first.name][:1], None)
+            task = predictor.task(first, Path(tmp) / f"{size_name(first.cached_size)}.npy", dirs[first.name][:1], None)
             distance = known.distances(isolate.call(f"{WORKER}:embed", task))
     proba = fitted.predict_proba(np.stack(X, axis=1))
     if fitted.classes.regression and cfg.target.range is not None:
         proba = np.clip(proba, *cfg.target.range)
     frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.values)
     if explain:
-        frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.image_size],
+        frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.cached_size],
                                     frame, out)
     write_csv(out, frame)
     seconds = time.perf_counter() - started

@@ -30,7 +30,7 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.cache import cached_images
+from foldstack.data.cache import model_cache
 from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
@@ -117,10 +117,9 @@ class Trainer:
         keys = {"train": features_key(model, self.cfg.augment, ids)}
         for size in [model.image_size, *(step.size for step in model.progressive or [])]:
             own = None if size == model.image_size else size
-            caches[train_split(own)] = self.paths.cache / str(size) / "train.npy"
-            cached_images(self.files, ids, size, caches[train_split(own)], desc=f"train {size}px")
+            caches[train_split(own)] = model_cache(self.paths.cache, "train", self.files, ids, model, size)
             if model.pseudo_labels:  # its folds train on test images too
-                caches[train_split(own, "test")] = self.images.cache("test", size)
+                caches[train_split(own, "test")] = self.images.cache("test", model, size)
             if self.extra_files:  # and every fold on the external images
                 caches[train_split(own, "extra")] = self.paths.cache / str(size) / "extra.npy"
                 cached_images(self.extra_files, self.extra["id"].tolist(), size, caches[train_split(own, "extra")],

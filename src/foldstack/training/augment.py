@@ -10,6 +10,8 @@ from typing import Any
 
 import albumentations as A
 
+from foldstack.core.config import ModelConfig, hw
+
 
 def compose(transforms: list[dict[str, Any]]) -> A.Compose:
     """An ``A.Compose`` of transforms written as ``A.to_dict`` writes them.
@@ -19,3 +21,13 @@ def compose(transforms: list[dict[str, Any]]) -> A.Compose:
     """
     return A.from_dict({"transform": {"__class_fullname__": "Compose", "p": 1.0,
                                       "transforms": list(transforms)}})
+
+
+def crop(model: ModelConfig, train: bool) -> list[dict[str, Any]]:
+    """The crop of ``image_size`` out of a model's ``cache_size`` (random to train, the centre to
+    validate and predict) as the first transform; none without ``cache_size``."""
+    if model.cache_size is None:
+        return []
+    h, w = hw(model.image_size)
+    name = "RandomCrop" if train else "CenterCrop"
+    return [{"__class_fullname__": name, "height": h, "width": w, "p": 1.0}]

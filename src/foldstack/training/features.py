@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from foldstack.core.config import AugmentConfig, ModelConfig
+from foldstack.core.config import AugmentConfig, ModelConfig, hw
 from foldstack.core.files import atomic_path, has_key, rekeyed
 from foldstack.training.loader import predict, view_batches
 from foldstack.training.network import create_backbone
@@ -60,8 +60,7 @@ def _key_file(folder: Path, split: str) -> Path:
 
 
 def _extractor(model: ModelConfig) -> keras.Model:
-    size = model.image_size
-    inputs = keras.Input((size, size, 3), name="image")
+    inputs = keras.Input((*hw(model.image_size), 3), name="image")
     pooled = keras.layers.GlobalAveragePooling2D()(create_backbone(model)(inputs, training=False))
     return keras.Model(inputs, pooled)
 
@@ -69,5 +68,5 @@ def _extractor(model: ModelConfig) -> keras.Model:
 def _views(extractor: keras.Model, model: ModelConfig, images: np.ndarray, augment: AugmentConfig,
            workers: int) -> list[np.ndarray]:
     index = np.arange(len(images))
-    return [predict(extractor, view_batches(images, index, augment, view, model.batch_size, workers)).astype(np.float32)
+    return [predict(extractor, view_batches(images, index, augment, view, model.batch_size, workers, model)).astype(np.float32)
             for view in augment.tta]

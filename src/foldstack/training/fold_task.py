@@ -216,8 +216,9 @@ def features_key(model: ModelConfig, augment: AugmentConfig, ids: list[str]) -> 
     weights, the image size, the valid transforms and TTA views, and the split's images. Not the
     head's recipe: a new learning rate or head must not run the backbone again. Each split has
     its own key, so a new test set leaves the training images' features in place."""
+    cache_size = {"cache_size": model.cache_size} if model.cache_size else {}  # set: the centre crop
     return digest({"backbone": model.backbone, "weights": model.weights, "image_size": model.image_size,
-                   "valid": augment.valid, "tta": augment.tta, "ids": ids})
+                   "valid": augment.valid, "tta": augment.tta, "ids": ids, **cache_size})
 
 
 def digest(value: object) -> str:

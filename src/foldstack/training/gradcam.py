@@ -21,7 +21,7 @@ from keras import ops
 
 from foldstack.core.errors import DataError
 from foldstack.runtime.gradients import input_gradient
-from foldstack.training.augment import compose
+from foldstack.training.augment import compose, crop
 from foldstack.training.fold_task import BEST, FoldTask
 from foldstack.training.network import Unstandardise, create_backbone, features_network
 from foldstack.training.regimes import image_network, without_pretrained
@@ -131,7 +131,7 @@ def gradcam(network: SplitNetwork, images: np.ndarray, class_index: np.ndarray |
 def explain(task: FoldTask, images: np.ndarray, class_index: np.ndarray | int | None = None) -> Explanation:
     """Grad-CAM of raw uint8 ``images`` (``(n, size, size, 3)``) by the fold ``task`` names:
     the pipeline's ``valid`` transforms first, then :func:`gradcam`."""
-    transform = compose(task.augment.valid)
+    transform = compose([*crop(task.model, train=False), *task.augment.valid])
     prepared = np.stack([transform(image=np.asarray(image))["image"] for image in images]) if len(images) else images
     return gradcam(load_fold_network(task), prepared, class_index, batch_size=task.model.batch_size)
 

@@ -17,10 +17,10 @@ import albumentations as A
 import keras
 import numpy as np
 
-from foldstack.core.config import AugmentConfig
+from foldstack.core.config import AugmentConfig, ModelConfig
 from foldstack.runtime.distribute import batch_multiple
 from foldstack.runtime.memory import keep_freed_memory
-from foldstack.training.augment import compose
+from foldstack.training.augment import compose, crop
 from foldstack.training.sampling import Sampler
 
 Mix = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]]
@@ -131,9 +131,11 @@ class ImageBatches(keras.utils.PyDataset):
 
 
 def view_batches(images: np.ndarray, index: np.ndarray, augment: AugmentConfig, view: list[dict],
-                 batch_size: int, workers: int = 1) -> ImageBatches:
-    """Unshuffled batches of one TTA view: the valid transforms, then the view's own."""
-    return ImageBatches(images, index, transform=compose([*augment.valid, *view]),
+                 batch_size: int, workers: int = 1, model: ModelConfig | None = None) -> ImageBatches:
+    """Unshuffled batches of one TTA view: the model's centre crop (``cache_size``), the valid
+    transforms, then the view's own."""
+    centre = crop(model, train=False) if model is not None else []
+    return ImageBatches(images, index, transform=compose([*centre, *augment.valid, *view]),
                         batch_size=batch_size, workers=workers)
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import keras
 
 from foldstack import backbones
-from foldstack.core.config import ModelConfig, PhaseRecipe
+from foldstack.core.config import ModelConfig, PhaseRecipe, hw
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.losses import create_loss
 from foldstack.training.optim import create_optimizer, leaf_layers
@@ -67,9 +67,9 @@ def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
     cut = None
     if model.regime == "partial":
         cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
-    size = None if any_size else model.image_size
+    shape = (None, None) if any_size else hw(model.image_size)
     return backbones.create(model.backbone, weights=model.weights, include_top=False,
-                            input_shape=(size, size, 3), cut_at=cut, drop_path=model.drop_path)
+                            input_shape=(*shape, 3), cut_at=cut, drop_path=model.drop_path)
 
 
 #: The pooling layer's name in every image network (what ``worker.embed`` reads the features of).
@@ -142,8 +142,8 @@ def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool
     ``any_size``: the input takes images of any size (the backbone must too), which global
     pooling makes one vector each; the weights are the same as at a fixed size. It never
     augments: augmentation on the device wraps it (``device_augment.training_network``)."""
-    size = None if any_size else task.size
-    inputs = keras.Input((size, size, 3), name="image")
+    shape = (None, None) if any_size else hw(task.size)
+    inputs = keras.Input((*shape, 3), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = pool(x, task.model.pooling)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units, task.target_scale),
@@ -162,7 +162,8 @@ def compile_for(task: FoldTask, network: keras.Model, lr: float, epochs: int, st
                 lr_scales: dict[int, float] | None = None) -> None:
     """The phase's optimizer on its schedule (``optim.create_optimizer``: AdamW on a cosine with
     one epoch of warm-up by default; ``recipe`` the phase's own, ``lr_scales`` its layer decay)
-    and the model's loss (``losses.create_loss``). With the model's ``ema`` the optimizer keeps a
+    and the model's loss (``losses.create_loss``); one step per ``accumulate`` batches where the
+    model says (``create_optimizer``). With the model's ``ema`` the optimizer keeps a
     warmed-up moving average of the weights (``ema_step``: the fold's training steps before this
     phase), which ``callbacks.EMAWeights`` puts in the network for validation and checkpoints."""
     optimizer = create_optimizer(task.model, recipe or PhaseRecipe(), lr, epochs, steps_per_epoch,

@@ -96,7 +96,13 @@ def create_optimizer(model: ModelConfig, recipe: PhaseRecipe, lr: float, epochs:
         epochs, steps_per_epoch: the phase's length, for the schedule.
         lr_scales: ``id(variable) -> factor`` (:func:`layer_scales`), or None.
         ema_step: the fold's training steps before this phase (the EMA's warm-up goes on).
+
+    Under the model's ``accumulate`` (Keras's ``gradient_accumulation_steps``: one update per N
+    batches, on their mean gradient) the schedule and the EMA count updates, not batches
+    (:class:`PerUpdate`).
     """
+    accumulate = model.accumulate or 1
+    steps_per_epoch, ema_step = max(1, steps_per_epoch // accumulate), ema_step // accumulate
     spec = recipe.optimizer or OptimizerConfig()
     ema = model.ema
     options = {"weight_decay": model.weight_decay, "use_ema": ema is not None,
@@ -107,7 +113,26 @@ def create_optimizer(model: ModelConfig, recipe: PhaseRecipe, lr: float, epochs:
         options.update({key: value for key, value in (("beta_1", spec.beta_1), ("beta_2", spec.beta_2))
                         if value is not None})
     schedule = create_schedule(recipe.schedule or ScheduleConfig(), lr, epochs, steps_per_epoch)
+    if accumulate > 1:
+        schedule = PerUpdate(schedule, accumulate)
+        options["gradient_accumulation_steps"] = accumulate
     return OPTIMIZERS[spec.type](schedule, **options)
+
+
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule counted in optimizer updates under gradient accumulation: Keras (3.15) asks the
+    schedule at every batch's count, so ``accumulate`` batches of B would otherwise step
+    through it ``accumulate`` times as fast as one batch of ``accumulate`` x B."""
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, accumulate: int):
+        self.schedule = schedule
+        self.accumulate = accumulate
+
+    def __call__(self, step):
+        return self.schedule(step // self.accumulate)
+
+    def get_config(self) -> dict:
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "accumulate": self.accumulate}
 
 
 class StepDecay(keras.optimizers.schedules.LearningRateSchedule):

@@ -24,7 +24,8 @@ import numpy as np
 
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.metrics import Metric
-from foldstack.training.augment import compose
+from foldstack.runtime import device
+from foldstack.training.augment import compose, crop
 from foldstack.training.batch_mix import BatchMix, mixes
 from foldstack.training.device_augment import device_augment, loader_pixels, training_network
 from foldstack.training.device_forms import device_steps
@@ -76,9 +77,10 @@ def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple
     transforms run on the device trains it wrapped (:func:`device_network`).
     """
     model = task.model
-    backbone = create_backbone(model, any_size)
-    network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                            dense_units=model.head_units, any_size=any_size)
+    with device.remat_scope(model.remat):  # ``remat: true``: every layer made here recomputes its activations
+        backbone = create_backbone(model, any_size)
+        network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
+                                dense_units=model.head_units, any_size=any_size)
     return network, backbone
 
 
@@ -190,7 +192,8 @@ def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: 
     return Plan(network=network, backbone=backbone, phases=phases, trainer=device_network(task, network),
                 train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
                 steps=math.ceil((draw.size if draw else n_training_rows(task)) / batch_size),
-                valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers))
+                valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers,
+                                   task.model))
 
 
 def train_batches(task: FoldTask, images: Images, size: int | None = None) -> ImageBatches:
@@ -200,10 +203,11 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
     draws beside them and the targets mixed (the training network augments and mixes the rows)."""
     array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")),
                                           images.get(train_split(size, "extra")))
+    cut = crop(task.model, train=True)  # cache_size: a random crop of image_size, in the loader either way
     if task.augment_on_device:
-        transform, mix = None, BatchMix.of(task.model, device=device_steps(task.augment.train))
+        transform, mix = compose(cut) if cut else None, BatchMix.of(task.model, device=device_steps(task.augment.train))
     else:
-        transform, mix = compose(task.augment.train), BatchMix.of(task.model, pixels=loader_pixels())
+        transform, mix = compose([*cut, *task.augment.train]), BatchMix.of(task.model, pixels=loader_pixels())
     return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
                         mix=mix, sampler=sampler(task.model.sampler, index, targets))
@@ -212,7 +216,7 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
 def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:
     def predict_split(split: str, index: np.ndarray) -> np.ndarray:
         views = [predict(network, view_batches(images[split], index, task.augment, view, task.model.batch_size,
-                                               task.workers))
+                                               task.workers, task.model))
                  for view in task.augment.tta]
         return np.mean(views, axis=0)
 

@@ -39,7 +39,7 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.metrics import one_hot
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.cache import cached_images
+from foldstack.data.cache import model_cache
 from foldstack.runtime import isolate
 from foldstack.training.fold_task import (
     WORKER,
@@ -82,12 +82,10 @@ class SplitImages:
     def ids(self, split: str) -> list[str]:
         return self._split(split)[1]
 
-    def cache(self, split: str, size: int) -> Path:
-        """The split's image cache at ``size``, built if needed."""
+    def cache(self, split: str, model: ModelConfig, size: int | None = None) -> Path:
+        """The split's image cache for ``model`` (at ``size``; None: its own), built if needed."""
         files, ids = self._split(split)
-        path = self.paths.cache / str(size) / f"{split}.npy"
-        cached_images(files, ids, size, path, desc=split)
-        return path
+        return model_cache(self.paths.cache, split, files, ids, model, size)
 
 
 @dataclass
@@ -122,7 +120,7 @@ class Teachers:
         if (name, split) not in self._predicted:
             model = self.cfg.model(name)
             task = predict_task(self.cfg, self.paths.models, model, self.n_classes,
-                                self.images.cache(split, model.image_size), self.fold_dirs(name), split,
+                                self.images.cache(split, model), self.fold_dirs(name), split,
                                 self.images.ids(split), self.workers)
             self._predicted[name, split] = isolate.call(f"{WORKER}:predict_folds", task)
         return self._predicted[name, split]

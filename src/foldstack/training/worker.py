@@ -20,6 +20,7 @@ import numpy as np
 
 from foldstack.core import metrics
 from foldstack.core.config import AugmentConfig, ModelConfig
+from foldstack.data.cache import open_images
 from foldstack.runtime import device, distribute
 from foldstack.runtime.executor import SLOT
 from foldstack.runtime.memory import memory_mb
@@ -40,7 +41,7 @@ Send = Callable[[object], None]
 def build_features(model: ModelConfig, caches: dict[str, Path], augment: AugmentConfig, folder: Path,
                    keys: dict[str, str], workers: int, send: Send) -> None:
     """The ``features`` regime's pooled backbone features of every image and view, into ``folder``."""
-    device.configure()
+    device.configure(model.precision)
     FeatureCache.build(model, open_caches(caches), augment, folder, keys, workers)
 
 
@@ -58,7 +59,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     process's devices where the executor asked for it (:mod:`foldstack.runtime.distribute`).
     """
     distribute.prepare()
-    settings = device.configure()
+    settings = device.configure(task.model.precision, training=True)
     task = replace(task, augment_on_device=augment_on_device(task.model, task.augment, settings.gpus))
     images = open_caches(task.caches)
     keras.utils.set_random_seed(task.seed)
@@ -74,7 +75,7 @@ def train_fold(task: FoldTask, send: Send) -> dict:
     return {
         "oof": oof,
         "device": {"backend": keras.config.backend(), "gpus": settings.gpus,
-                   "mixed_precision": settings.mixed_precision, "augment_on_device": task.augment_on_device,
+                   "mixed_precision": settings.mixed_precision, "precision": settings.precision, "augment_on_device": task.augment_on_device,
                    "replicas": split.replicas, "split_over": list(split.devices),
                    "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                    "slot": os.environ.get(SLOT), "host": socket.gethostname(), "pid": os.getpid()},
@@ -97,8 +98,8 @@ def explain_images(task: FoldTask, images: np.ndarray, class_index: np.ndarray |
 def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
     """Each fold's probabilities of the task's images, averaged over the TTA views, in the order
     of ``task.fold_dirs``; ``send(None)`` after each fold."""
-    device.configure()
-    images = np.load(task.images, mmap_mode="r")
+    device.configure(task.model.precision)
+    images = open_images(task.images)
     features = _features(task, images)
     index = np.arange(len(images))
     folds = []
@@ -117,15 +118,15 @@ def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
 def embed(task: PredictTask, send: Send) -> np.ndarray:
     """What the first fold's head sees of each image (its first TTA view): the pooled features
     ``(n_images, n_features)`` that tell images like the training ones from the others."""
-    device.configure()
-    images = np.load(task.images, mmap_mode="r")
+    device.configure(task.model.precision)
+    images = open_images(task.images)
     features = _features(task, images)
     if features is not None:
         return features[0]
     network = trained_network(task, task.fold_dirs[0])
     embedder = keras.Model(network.inputs, network.get_layer(POOLED).output)
     batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
-                           task.workers)
+                           task.workers, task.model)
     return predict(embedder, batches).astype(np.float32)
 
 
@@ -146,4 +147,4 @@ def _features(task: PredictTask, images: np.ndarray) -> list[np.ndarray] | None:
 
 def open_caches(caches: dict[str, Path]) -> dict[str, np.ndarray]:
     """The uint8 image caches the parent built, memory-mapped read-only."""
-    return {split: np.load(path, mmap_mode="r") for split, path in caches.items()}
+    return {split: open_images(path) for split, path in caches.items()}
