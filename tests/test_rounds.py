@@ -238,9 +238,13 @@ def test_the_features_regime_trains_on_pseudo_labelled_test_features_too(tmp_pat
                     valid_index=np.arange(4, 8), augment=make_config().augment, caches={}, fold_dir=tmp_path,
                     seed=0, features=tmp_path, soft_targets=soft, pseudo=pseudo)
     plan, _ = features(task, {"train": None, "test": None})
-    data = plan.train()
-    np.testing.assert_array_equal(data["x"][:, 0], [0, 1, 2, 3, 102])
-    np.testing.assert_allclose(data["y"], [[0.5, 0.5]] * 4 + [[0, 1]])
+    batches = plan.train()["x"]  # the rows the features head trains on, in a shuffled order
+    served = [batches[b] for b in range(len(batches))]
+    x = np.concatenate([batch_x for batch_x, _ in served])[:, 0]
+    y_served = np.concatenate([batch_y for _, batch_y in served])
+    order = np.argsort(x)
+    np.testing.assert_array_equal(x[order], [0, 1, 2, 3, 102])
+    np.testing.assert_allclose(y_served[order], [[0.5, 0.5]] * 4 + [[0, 1]])
 
 
 # --- the stage ---------------------------------------------------------------------------------------
