@@ -100,7 +100,7 @@ def test_external_rows_train_every_fold_and_reach_no_oof(competition, capsys) ->
     assert set(oof.index) == fold_ids  # the CV's rows: not one external row
     record = manifest.read(paths.models / "m")
     assert record["extra"]["rows"] == len(extra) and record["extra"]["digest"] == folds_file.extra_digest(extra)
-    assert np.load(paths.cache / "16" / "extra.npy", mmap_mode="r").shape[0] == len(extra)
+    assert np.load(paths.cache / "16" / "extra.npy", mmap_mode="r").shape[0] == len(extra)  # raw: cache/<size>/<split>.npy
 
     # A changed external dataset: `train` asks for new folds, whose digest trains every fold again.
     labels = pd.read_csv(folder / "labels.csv", dtype=str)

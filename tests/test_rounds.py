@@ -342,7 +342,7 @@ def test_a_students_fold_k_learns_from_its_teachers_fold_k_files(tmp_path: Path,
     trainer = train.Trainer(cfg, paths, workers=1)
     test_ids = pd.Index(trainer.images.ids("test"))
     t = cfg.model("t")
-    cache = trainer.images.cache("train", t.image_size)
+    cache = trainer.images.cache("train", t)
     fold_dirs = tuple(paths.models / "t" / f"fold{fold}" for fold in (0, 1))
     on_test = [predictions.read_predictions(fold_dir / "test.parquet", trainer.classes, expected=test_ids)
                [list(trainer.classes.columns)].to_numpy() for fold_dir in fold_dirs]

@@ -259,6 +259,8 @@ def test_a_fold_without_a_checkpoint_is_never_marked_done(tiny_digits, tmp_path:
     cfg, source = tiny_digits
     shutil.copytree(source.root, tmp_path, dirs_exist_ok=True)
     paths = Paths.for_pipeline(cfg.name, tmp_path)
+    for trained in (paths.models, paths.oof):  # the shared fixture's folds only: another test may have trained there
+        shutil.rmtree(trained, ignore_errors=True)
     monkeypatch.setattr(train.compute, "executor_for", lambda *_: contextlib.nullcontext(CheckpointlessFolds({0})))
     with pytest.raises(train.FoldFailed, match=r"fold1/best.weights.h5: m fold 1 ended without a checkpoint: no "
                                                r"epoch's accuracy was a finite number .*not marked done"):

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 import zipfile
+from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -340,6 +341,10 @@ def _ready_version(api: KaggleApi, source: str, polling: Polling) -> str:
     """``source`` (``owner/slug``, or ``owner/slug/N``) as ``owner/slug/N`` of its newest version,
     once Kaggle has processed it."""
     ref = "/".join(source.split("/")[:2])
+    if "format" not in inspect.signature(api.dataset_status).parameters:
+        # kaggle 2.0.2 (a Kaggle notebook's own client) reads a dataset's status but not its version.
+        raise KaggleError(f"kernel-push needs the kaggle client 2.2 or newer to pin {ref}'s version (this one is "
+                          f"{metadata.version('kaggle')}): pip install kaggle==2.2.5, or push from your own machine")
     status, version = "unknown", None
     for attempt in range(max(polling.dataset_polls, 1)):
         if attempt:

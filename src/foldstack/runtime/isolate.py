@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import traceback
 from multiprocessing.connection import wait
@@ -162,6 +163,7 @@ def _child(function: str, args: tuple, level: int, messages: multiprocessing.Que
     _end_with_parent()
     os.environ.update(env)
     setup_logging(level)
+    sys.unraisablehook = _quiet_interrupts
     try:
         module, name = function.split(":")
         target = getattr(importlib.import_module(module), name)
@@ -195,3 +197,11 @@ def _end_with_parent() -> None:
         os._exit(_INTERRUPTED)
 
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _quiet_interrupts(unraisable) -> None:
+    """Ctrl-C landing in a callback Python cannot raise from (JAX's garbage-collection hook,
+    which TensorFlow's import brings in) is the interrupt the child already handles, not an
+    error: it would print "Exception ignored in ..." with a traceback on the user's terminal."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)

@@ -121,9 +121,8 @@ class Trainer:
             if model.pseudo_labels:  # its folds train on test images too
                 caches[train_split(own, "test")] = self.images.cache("test", model, size)
             if self.extra_files:  # and every fold on the external images
-                caches[train_split(own, "extra")] = self.paths.cache / str(size) / "extra.npy"
-                cached_images(self.extra_files, self.extra["id"].tolist(), size, caches[train_split(own, "extra")],
-                              desc=f"extra {size}px")
+                caches[train_split(own, "extra")] = model_cache(self.paths.cache, "extra", self.extra_files,
+                                                                self.extra["id"].tolist(), model, size)
         if model.pseudo_labels:
             keys["test"] = features_key(model, self.cfg.augment, self.images.ids("test"))
         if self.extra_files:
