@@ -56,6 +56,9 @@ def save_resnet(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory) -> dict[str, str]:
+    import keras
+
+    keras.utils.set_random_seed(0)  # the presets' random weights, the same in every run
     root = tmp_path_factory.mktemp("presets")
     return {"vit": f"hub:{save_vit(root / 'vit')}", "resnet": f"hub:{save_resnet(root / 'resnet')}"}
 
