@@ -29,6 +29,7 @@ A child:
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import logging
 import multiprocessing
@@ -200,8 +201,13 @@ def _end_with_parent() -> None:
 
 
 def _quiet_interrupts(unraisable) -> None:
-    """Ctrl-C landing in a callback Python cannot raise from (JAX's garbage-collection hook,
-    which TensorFlow's import brings in) is the interrupt the child already handles, not an
-    error: it would print "Exception ignored in ..." with a traceback on the user's terminal."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+    """Ctrl-C landing where Python cannot raise it (a garbage-collection callback such as JAX's,
+    which TensorFlow's import brings in) would be printed as "Exception ignored in ..." and then
+    lost: the fold would train on. It is delivered to the main thread again instead, a moment later
+    from a thread of its own, so that it lands once this callback has returned."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        again = threading.Timer(0.05, _thread.interrupt_main)
+        again.daemon = True
+        again.start()
+    else:
         sys.__unraisablehook__(unraisable)
