@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -57,10 +58,17 @@ def _task(tmp_path: Path, y: np.ndarray, regime: str = "scratch") -> FoldTask:
                     augment=cfg.augment, caches={}, fold_dir=tmp_path, seed=0)
 
 
+def fit_as_a_fold(task: FoldTask, images: np.ndarray):
+    """The fold trained in this process, seeded as a fold's own process seeds it (training/worker.py):
+    what a test sees does not depend on the tests run before it. Returns ``fit``'s predictor."""
+    keras.utils.set_random_seed(task.seed)
+    return fit(task, {"train": images}, metrics.get("accuracy"))
+
+
 def test_heatmap_peaks_where_the_square_that_defines_the_class_is(tmp_path: Path) -> None:
     images, y, _ = _corner_images(160, seed=0)
     task = _task(tmp_path, y)
-    fit(task, {"train": images}, metrics.get("accuracy"))
+    fit_as_a_fold(task, images)
     fresh, fresh_y, corners = _corner_images(20, seed=1)
     result = explain(task, fresh)
     assert result.heatmaps.shape == (20, SIZE, SIZE) and result.heatmaps.max() == pytest.approx(1.0)

@@ -9,12 +9,13 @@ import os
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import make_config
-from test_gradcam import _corner_images
+from test_gradcam import _corner_images, fit_as_a_fold
 from test_kernel_offline import SLUG, competition, foldstack
 
 from foldstack import backbones
@@ -25,7 +26,7 @@ from foldstack.stages import bundle
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.gradcam import explain
 from foldstack.training.network import set_trainable
-from foldstack.training.regimes import fit
+from foldstack.training.optim import layer_scales
 
 SIZE = 32
 #: ImageNet's mean and deviation as a converter's scale and offset of 0-255 pixels.
@@ -56,8 +57,6 @@ def save_resnet(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory) -> dict[str, str]:
-    import keras
-
     keras.utils.set_random_seed(0)  # the presets' random weights, the same in every run
     root = tmp_path_factory.mktemp("presets")
     return {"vit": f"hub:{save_vit(root / 'vit')}", "resnet": f"hub:{save_resnet(root / 'resnet')}"}
@@ -120,6 +119,18 @@ def test_unfreeze_and_partial_go_by_block(presets: dict[str, str]) -> None:
         assert len(cut.output.shape) == 4  # a feature map, the tokens on their grid for the ViT
 
 
+def test_layer_decay_goes_by_the_presets_blocks(presets: dict[str, str]) -> None:
+    """Layer-wise decay 0.5 on a hub backbone: each of its blocks (the family's own groups, which
+    its layers' names do not show) at half the rate of the block above it, the deepest at half the head's."""
+    for name in presets.values():
+        model = backbones.create(name, weights=None)
+        scales = layer_scales(model, name, 0.5)
+        groups = backbones.get(name).block_groups(model.layers[-1])
+        per_block = [{scales[id(v)] for layer in layers for v in layer.weights} for _, layers in groups]
+        assert len(groups) >= 3 and all(len(block) == 1 for block in per_block), (name, per_block)
+        assert [block.pop() for block in per_block] == [0.5 ** (len(groups) - i) for i in range(len(groups))], name
+
+
 def test_a_vit_fold_fine_tunes_by_block_and_grad_cam_reads_its_token_grid(presets, tmp_path: Path) -> None:
     images, y, _ = _corner_images(96, seed=0)
     cfg = make_config(models=[{"name": "vit", "backbone": presets["vit"], "regime": "finetune", "epochs": 2,
@@ -128,7 +139,7 @@ def test_a_vit_fold_fine_tunes_by_block_and_grad_cam_reads_its_token_grid(preset
     task = FoldTask(model=cfg.models[0], task="multiclass", metric="accuracy", y=y, n_classes=2,
                     train_index=np.arange(64), valid_index=np.arange(64, 96), augment=cfg.augment, caches={},
                     fold_dir=tmp_path, seed=0)
-    fit(task, {"train": images}, metrics.get("accuracy"))
+    fit_as_a_fold(task, images)
     result = explain(task, images[:6])
     assert result.heatmaps.shape == (6, SIZE, SIZE)
     # Each heatmap varies over the image (a 4x4 token grid upsampled), and they differ between images.
@@ -143,7 +154,7 @@ def test_a_cnn_fold_trains_partial_on_a_cut_block_and_grad_cam_reads_the_cut(pre
     task = FoldTask(model=cfg.models[0], task="multiclass", metric="accuracy", y=y, n_classes=2,
                     train_index=np.arange(48), valid_index=np.arange(48, 64), augment=cfg.augment, caches={},
                     fold_dir=tmp_path, seed=0)
-    proba = fit(task, {"train": images}, metrics.get("accuracy"))("train", task.valid_index)
+    proba = fit_as_a_fold(task, images)("train", task.valid_index)
     assert proba.shape == (16, 2) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
     result = explain(task, images[:3])
     assert result.heatmaps.shape == (3, SIZE, SIZE) and all(h.max() - h.min() > 0.1 for h in result.heatmaps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -509,6 +510,21 @@ def test_push_waits_for_the_new_dataset_version_and_pins_it(standin, env_credent
     assert (pushed.kernel, pushed.version, pushed.competition) == (ref, 1, SLUG)
     assert standin.kernels[ref][0]["datasetDataSources"] == [f"{USERNAME}/foldstack-dogs/2"]
     assert standin.calls.count("datasets.DatasetApiService/GetDatasetStatus") >= 3 and sleeps == [5, 5]
+
+
+def test_a_client_that_cannot_read_a_dataset_version_is_refused_in_one_line(standin, env_credentials, tmp_path,
+                                                                          monkeypatch):
+    """kaggle 2.0.2, a Kaggle notebook's own client: ``dataset_status(dataset)`` and no version
+    number to pin. Refused in one line naming the client, before anything is pushed (run on the
+    published image's own client by tests/test_offline_install.py)."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    kernel_dir = published_kernel(standin, tmp_path)
+    if "format" in inspect.signature(KaggleApi.dataset_status).parameters:  # a newer client, made to look like 2.0.2
+        monkeypatch.setattr(KaggleApi, "dataset_status", lambda self, dataset: "ready")
+    message = raises(kaggle.KaggleError, lambda: kaggle.push_kernel(kernel_dir))
+    assert message.startswith(f"kernel-push needs the kaggle client 2.2 or newer to pin {USERNAME}/foldstack-dogs's")
+    assert "pip install kaggle==2.2.5" in message and "\n" not in message and standin.kernels == {}
 
 
 @pytest.mark.parametrize("statuses, expected", [

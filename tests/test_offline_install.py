@@ -196,7 +196,8 @@ def test_pyproject_declares_python_and_dependencies_the_published_image_satisfie
 ON_THE_IMAGE = ("test_kaggle.py", "test_splits.py", "test_stack.py", "test_submit.py", "test_metrics.py")
 NEEDS_ITERSTRAT = "not multilabel_folds_balance and not multilabel_labels_rarer"
 #: Deselected there too: pushing a kernel, which a user does from their own machine with the pinned
-#: client (kaggle 2.0.2 cannot read a dataset's version number: `kernel-push` says so in one line).
+#: client (kaggle 2.0.2 cannot read a dataset's version number: `kernel-push` says so in one line,
+#: test_kaggle.py::test_a_client_that_cannot_read_a_dataset_version_is_refused_in_one_line, run there).
 PUSHES = "not push and not rate_limit"
 
 

@@ -35,11 +35,11 @@ class BackboneSpec:
             (default: that layer's output as it is).
         block_groups: optional ``block_groups(model) -> [(name, layers)]``, how ``build``'s model
             groups into named blocks, shallow to deep, for a family whose blocks are nested
-            models (KerasHub's): ``unfreeze``/``cut_layer`` by block. (Layer decay reads
-            :attr:`block_pattern` on leaf layers' names; it does not use these groups yet.)
-        block_pattern: a regex whose first match in a layer's name (its group 1 if it has one)
-            names the block the layer starts or belongs to (:meth:`blocks`; layer-wise
-            learning-rate decay).
+            models or layers (KerasHub's): the blocks of layer-wise learning-rate decay, named by
+            ``unfreeze``/``cut_layer``.
+        block_pattern: where :attr:`block_groups` is None, a regex whose first match in a layer's
+            name (its group 1 if it has one) names the block the layer starts or belongs to
+            (:meth:`blocks`; layer-wise learning-rate decay).
         drop_path: the backbone's own stochastic-depth rate where ``build`` takes a
             ``drop_path=`` rate; None where it has none.
     """

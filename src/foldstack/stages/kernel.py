@@ -41,7 +41,8 @@ def run(cfg: PipelineConfig, paths: Paths, bundle: Path, time_limit: float = TIM
     """Predict the mounted test set with the bundle's models; returns ``<working>/submission.csv``.
 
     Args:
-        cfg: the bundle's pipeline (``<bundle>/pipeline.yaml``).
+        cfg: the bundle's pipeline (``<bundle>/pipeline.yaml``), loaded after :func:`restore_weights`
+            put the bundle's pretrained files where they are read.
         paths: its folders under the working root.
         bundle: the attached bundle folder.
         time_limit: the competition's run-time limit in hours; a longer projection is warned about.
@@ -54,7 +55,6 @@ def run(cfg: PipelineConfig, paths: Paths, bundle: Path, time_limit: float = TIM
     if record["pipeline"] != cfg.name:
         raise DataError(f"{bundle}: a bundle of pipeline {record['pipeline']!r}, not {cfg.name!r}")
     _copy_tree(bundle / bundle_file.ARTIFACTS / cfg.name, paths.artifacts, replace=True)
-    restore_weights(bundle)
     started = time.time()
     _stage("download", bundle, paths)
     print(projection(record, len(tables.read_test_table(cfg, paths)[0]), time_limit))

@@ -173,15 +173,20 @@ def layer_scales(backbone: keras.Model | None, backbone_name: str, decay: float 
     """Layer-wise learning-rate decay: the head's weights at the phase's rate, the backbone's
     deepest block's at ``decay`` times it, the one below at ``decay**2``, down to the stem (as
     BEiT's and timm's ``param_groups_layer_decay``). The backbone's registry entry says how its
-    layers group into blocks (``BackboneSpec.blocks``). None without a decay or a backbone."""
+    layers group into blocks (``BackboneSpec.block_groups``, else ``BackboneSpec.blocks``).
+    None without a decay or a backbone."""
     if decay is None or backbone is None or decay == 1.0:
         return None
-    # Every layer counts for the blocks (an inception module ends at its weightless concatenation).
-    layers = leaf_layers(backbone)
-    blocks = backbones.get(backbone_name).blocks([layer.name for layer in layers])
-    deepest = max(blocks, default=0)
+    spec = backbones.get(backbone_name)
+    if spec.block_groups is not None:  # blocks that are nested layers (KerasHub's): the family names them
+        groups = spec.block_groups(backbone.layers[-1])
+        blocked = [(layer, block) for block, (_, layers) in enumerate(groups) for layer in layers]
+    else:  # every layer counts (an inception module ends at its weightless concatenation)
+        layers = leaf_layers(backbone)
+        blocked = list(zip(layers, spec.blocks([layer.name for layer in layers])))
+    deepest = max((block for _, block in blocked), default=0)
     scales = {}
-    for layer, block in zip(layers, blocks):
+    for layer, block in blocked:
         for variable in layer.weights:
             scales[id(variable)] = decay ** (deepest + 1 - block)
     return scales
