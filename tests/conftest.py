@@ -35,13 +35,14 @@ TINY = {
 }
 
 
-#: The modules that take longest, longest first (ranked by `pytest -n 2 --durations=0` and by the
-#: CPU seconds of the tests of a serial run under a cpuacct cgroup, 2026-11-29). `make test` hands whole modules to its
-#: two workers in this order (``--dist loadscope --no-loadscope-reorder``), then the others in
-#: file order: each module's fixtures are built once, and the two workers end together instead of
-#: one finishing a long module alone.
-LONGEST_FIRST = ("test_executors", "test_competitions", "test_backbones", "test_hub", "test_make", "test_backends",
-                 "test_kernel_offline", "test_predict", "test_train", "test_phases", "test_ordinal", "test_recipes")
+#: The modules that take longest, longest first (ranked by the summed setup and call seconds of
+#: `pytest -n 3 --durations=0`, 2026-12-07). `make test` hands whole modules to its workers in this
+#: order (``--dist loadscope --no-loadscope-reorder``), then the others in file order: each module's
+#: fixtures are built once, and the workers end together instead of one finishing a long module alone.
+LONGEST_FIRST = ("test_executors", "test_init", "test_competitions", "test_train", "test_offline_install",
+                 "test_make", "test_backbones", "test_kernel_offline", "test_hub", "test_backends", "test_phases",
+                 "test_averaging", "test_rounds", "test_bundle", "test_recipes", "test_predict", "test_regression",
+                 "test_knobs", "test_efficientnet_lite", "test_ordinal", "test_stack", "test_stack_features")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
