@@ -271,16 +271,17 @@ from conftest import make_config
 from test_train import fold_task, model_config
 from foldstack.core import metrics
 from foldstack.core.paths import Paths
-from foldstack.runtime import distribute
+from foldstack.runtime import device, distribute
 from foldstack.training.regimes import fit
 tiny = make_config(), Paths.for_pipeline("tiny", Path(sys.argv[1]))
+settings = device.configure(training=True)  # compiled by XLA, as a fold's process trains (training/worker.py)
 out = {}
 for regime in ("scratch", "features"):
     (Path(sys.argv[2]) / regime).mkdir()
     with distribute.data_parallel(True) as split:
         task, images = fold_task(tiny, Path(sys.argv[2]) / regime, model_config(regime=regime, epochs=1, batch_size=16))
         task = replace(task, train_index=task.train_index[:59], valid_index=task.valid_index[:59])
-        predict = fit(task, images, metrics.get(task.metric))
+        predict = fit(task, images, metrics.get(task.metric), jit_compile=settings.jit_compile)
         index = task.valid_index
         out[regime] = {"replicas": split.replicas, "odd": predict("train", index).tolist(),
                        "even": [*predict("train", index[:58]).tolist(), predict("train", index[-2:])[-1].tolist()]}
