@@ -24,9 +24,11 @@ CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def weights_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A private weights cache, so the conversion runs here once and ~/.cache is left alone."""
+    """A private weights cache, so the conversion runs here once and ~/.cache is left alone. For
+    this module only: a later module's tests read the usual cache (the Kaggle image's environment
+    of tests/kaggle_image.py among them, which would otherwise be built again, for minutes)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FOLDSTACK_CACHE", str(tmp_path_factory.mktemp("foldstack-cache")))
         yield efficientnet_lite.weights_cache_dir()
