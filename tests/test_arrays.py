@@ -187,15 +187,15 @@ def test_equal_channels_give_the_rgb_networks_output_small_cnn(channels: int) ->
 def test_equal_channels_give_the_imagenet_networks_output_efficientnet_lite() -> None:
     from foldstack import backbones
 
-    rgb = backbones.create("efficientnet_lite0", "imagenet", input_shape=(32, 32, 3))
-    four = backbones.create("efficientnet_lite0", "imagenet", input_shape=(32, 32, 4))
-    grey = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1)).astype("float32")
+    rgb = backbones.create("efficientnet_lite0", "imagenet", input_shape=(64, 64, 3))
+    four = backbones.create("efficientnet_lite0", "imagenet", input_shape=(64, 64, 4))
+    grey = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 1)).astype("float32")
     expected = rgb.predict(np.repeat(grey, 3, axis=-1), verbose=0)
     assert np.abs(expected).mean() > 0.01
     np.testing.assert_allclose(four.predict(np.repeat(grey, 4, axis=-1), verbose=0), expected, atol=1e-4)
     # to_rgb: the backbone sees channels 2, 0 and the mean as R, G, B
-    mapped = backbones.create("efficientnet_lite0", "imagenet", input_shape=(32, 32, 4), to_rgb=[2, 0, "mean"])
-    image = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 4)).astype("float32")
+    mapped = backbones.create("efficientnet_lite0", "imagenet", input_shape=(64, 64, 4), to_rgb=[2, 0, "mean"])
+    image = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 4)).astype("float32")
     as_rgb = np.stack([image[..., 2], image[..., 0], image.mean(axis=-1)], axis=-1)
     np.testing.assert_allclose(mapped.predict(image, verbose=0), rgb.predict(as_rgb, verbose=0), atol=1e-4)
 
