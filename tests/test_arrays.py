@@ -224,6 +224,15 @@ def test_arrays_are_scaled_as_declared_and_cached_with_their_channels(tmp_path: 
     again = cached_images([str(tmp_path / "a.npy"), str(tmp_path / "b.npz")], ["a", "b"], 8, tmp_path / "c" / "t.npy",
                           read=ImageReader("arrays", 2, (0, 1e6)))
     assert again.max() < cache.max()
+    # any channel count: each channel resized alone, as its grey image would be
+    five = np.random.default_rng(0).uniform(0, 1, (6, 6, 5))
+    np.save(tmp_path / "five.npy", five)
+    cached = cached_images([str(tmp_path / "five.npy")], ["f"], 12, tmp_path / "d" / "t.npy",
+                           read=ImageReader("arrays", 5, (0, 1)))
+    from foldstack.data.images import resize
+
+    for c in range(5):
+        np.testing.assert_array_equal(cached[0, ..., c], resize(scaled(five, (0, 1))[..., c], 12))
 
 
 # --- bad input: one line each ------------------------------------------------------------------------
