@@ -10,6 +10,7 @@ import pytest
 from conftest import make_config
 from foldstack.core.config import ConfigError
 from foldstack.data import tables
+from foldstack.data.arrays import ImageReader
 from foldstack.data.cache import CacheFormat, cache_file, model_cache, open_images
 from foldstack.training.fold_task import FoldTask
 from foldstack.training.loader import view_batches
@@ -50,7 +51,7 @@ def test_random_crops_to_train_and_the_centre_to_predict(tiny_digits, tmp_path: 
     model = make_config(models=[{**CNN, "image_size": [24, 32], "cache_size": [32, 40]}]).models[0]
     train = tables.load_train_table(cfg, paths)
     files, ids = train["path"].tolist()[:16], train["id"].tolist()[:16]
-    path = model_cache(tmp_path, "train", files, ids, model)
+    path = model_cache(tmp_path, "train", files, ids, model, read=ImageReader())
     assert path == tmp_path / "32x40" / "train.npy"
     images = open_images(path)
     assert images.shape == (16, 32, 40, 3)

@@ -13,7 +13,7 @@ from foldstack.core import config, metrics
 from foldstack.core.config import BackboneSizes, Known, PipelineConfig
 from foldstack.core.errors import FoldstackError
 from foldstack.level2 import candidates
-from foldstack.training.augment import compose
+from foldstack.training.augment import check_channels, compose
 from foldstack.training.device_forms import check_device
 
 
@@ -49,6 +49,7 @@ def known() -> Known:
         value_metrics=[name for name in metrics.names() if metrics.get(name).on_values],
         check_device_augment=check_device,
         callable_metric=_callable_metric,
+        check_channels=check_channels,
     )
 
 

@@ -100,36 +100,48 @@ def get(name: str) -> BackboneSpec:
 
 def create(name: str, weights: str | None = "imagenet", include_top: bool = False,
            input_shape: tuple[int, int, int] | None = None, cut_at: str | None = None,
-           drop_path: float | None = None):
-    """A Keras model for backbone ``name`` that takes raw RGB floats 0-255 (NHWC).
+           drop_path: float | None = None, to_rgb: Sequence[int | str] | None = None):
+    """A Keras model for backbone ``name`` that takes raw floats 0-255 (NHWC): RGB, or the
+    channels of array images (``input_shape[-1]``).
 
-    The model is ``rgb_0_255`` input -> the backbone's preprocessing (Keras ops) -> the backbone,
-    a nested model that is ``model.layers[-1]`` (freeze that one to freeze the backbone).
+    The model is ``rgb_0_255`` input -> (``to_rgb``) -> the backbone's preprocessing (Keras ops)
+    -> the backbone, a nested model that is ``model.layers[-1]`` (freeze that one to freeze the
+    backbone). Other than 3 channels without ``to_rgb``: the backbone's first convolution takes
+    them, its ImageNet filters adapted (:func:`adapt_input_kernel`), and each channel is
+    preprocessed as a grey image would be.
 
     Args:
         name: a registered backbone.
         weights: ``"imagenet"``, ``"none"``/``None`` (random), or a path to a weights file saved
-            from the nested backbone (``model.layers[-1].save_weights(...)``).
+            from the nested backbone (``model.layers[-1].save_weights(...)``, at these channels).
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
-        input_shape: ``(height, width, 3)``; defaults to the backbone's own size.
+        input_shape: ``(height, width, channels)``; defaults to the backbone's own size, RGB.
         cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
         drop_path: a stochastic-depth rate over the backbone's own (:attr:`BackboneSpec.drop_path`).
+        to_rgb: the backbone's R, G and B, each a channel's index or ``"mean"`` (of all channels).
     """
     import keras
 
     spec = get(name)
     input_shape = input_shape or (spec.default_size, spec.default_size, 3)
     weights = None if weights in (None, "none") else weights
-    if include_top:
-        if spec.build_classifier is None:
-            raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
-        inner = spec.build_classifier(input_shape, weights)
-    elif drop_path is not None:
-        if spec.drop_path is None:
-            raise ValueError(f"backbone {name!r} has no stochastic depth (drop_path)")
-        inner = spec.build(input_shape, weights, drop_path=drop_path)
+
+    def build(shape, weights):
+        if include_top:
+            if spec.build_classifier is None:
+                raise ValueError(f"backbone {name!r} has no ImageNet classifier registered")
+            return spec.build_classifier(shape, weights)
+        if drop_path is not None:
+            if spec.drop_path is None:
+                raise ValueError(f"backbone {name!r} has no stochastic depth (drop_path)")
+            return spec.build(shape, weights, drop_path=drop_path)
+        return spec.build(shape, weights)
+
+    channels = 3 if to_rgb is not None else input_shape[-1]
+    if channels != 3 and weights == "imagenet":
+        inner = adapt_input_channels(build((*input_shape[:2], 3), weights), build((*input_shape[:2], channels), None))
     else:
-        inner = spec.build(input_shape, weights)
+        inner = build((*input_shape[:2], channels), weights)
     if cut_at is not None:
         try:
             inner = (spec.cut(inner, cut_at) if spec.cut else
@@ -138,9 +150,60 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
             raise ValueError(f"backbone {name!r} has no layer {cut_at!r} to cut at; "
                              f"suggested: {', '.join(spec.cut_layers)}") from None
     inputs = keras.Input(input_shape, name="rgb_0_255")
-    outputs = inner(spec.preprocess(inputs))
+    x = inputs if to_rgb is None else channels_to_rgb(inputs, to_rgb)
+    outputs = inner(spec.preprocess(x) if channels == 3 else _each_channel(spec.preprocess, x))
     # A prefixed name holds a path (hub:/kaggle/input/...); Keras refuses "/" in a model's name.
     return keras.Model(inputs, outputs, name=re.sub(r"[^\w.-]+", "_", f"{name}_raw_rgb"))
+
+
+def channels_to_rgb(x, rule: Sequence[int | str]):
+    """Array images' channels as RGB by a declared rule: each of R, G, B a channel's index or
+    ``"mean"``, the mean of all channels (Keras ops)."""
+    from keras import ops
+
+    picked = [ops.mean(x, axis=-1, keepdims=True) if c == "mean" else x[..., int(c):int(c) + 1] for c in rule]
+    return ops.concatenate(picked, axis=-1)
+
+
+def _each_channel(preprocess: Callable[[Any], Any], x):
+    """A backbone's RGB preprocessing applied to each channel as to a grey image (the channel in
+    R, G and B; the three results' mean): exactly the RGB preprocessing where it treats the three
+    alike, its mean where it has a mean and scale per colour."""
+    from keras import ops
+
+    grey = [ops.mean(preprocess(ops.repeat(x[..., c:c + 1], 3, axis=-1)), axis=-1, keepdims=True)
+            for c in range(x.shape[-1])]
+    return ops.concatenate(grey, axis=-1)
+
+
+def adapt_input_kernel(kernel, channels: int):
+    """An RGB first convolution's kernel ``(kh, kw, 3, out)`` for ``channels`` input channels:
+    the filters averaged over R, G and B, repeated per channel and scaled by ``3 / channels``
+    (timm's ``adapt_input_conv`` rule), so an image whose channels are all equal gives the
+    activations of the grey RGB image with those values."""
+    import numpy as np
+
+    kernel = np.asarray(kernel)
+    return np.repeat(kernel.mean(axis=-2, keepdims=True), channels, axis=-2) * (3.0 / channels)
+
+
+def adapt_input_channels(rgb, other):
+    """``other`` (the same architecture as ``rgb`` at another channel count) given ``rgb``'s
+    weights: every one as it is, but the first convolution's kernel, adapted
+    (:func:`adapt_input_kernel`). Raises ValueError where the two differ otherwise."""
+    adapted, weights = False, []
+    for mine, theirs in zip(rgb.get_weights(), other.get_weights()):
+        if mine.shape == theirs.shape:
+            weights.append(mine)
+        elif (not adapted and mine.ndim == 4 and mine.shape[2] == 3
+              and mine.shape[:2] + mine.shape[3:] == theirs.shape[:2] + theirs.shape[3:]):
+            weights.append(adapt_input_kernel(mine, theirs.shape[2]))
+            adapted = True
+        else:
+            raise ValueError(f"backbone {rgb.name!r}: cannot adapt its weights of shape {mine.shape} to {theirs.shape}; "
+                             "map the channels to RGB instead (to_rgb)")
+    other.set_weights(weights)
+    return other
 
 
 def describe() -> Iterator[dict[str, Any]]:

@@ -63,6 +63,9 @@ class Known:
             device form (``training.device_forms.device_steps``); None checks nothing.
         callable_metric: ``(path, greater_is_better, needs) -> name`` of a pipeline's own
             metric, raising ValueError (one line) where it cannot be imported.
+        check_channels: ``(transforms, channels)``, raising ValueError (one line naming it) on a
+            transform that cannot take images of that many channels (array images); None
+            checks nothing.
     """
 
     backbones: Mapping[str, BackboneSizes]
@@ -73,6 +76,7 @@ class Known:
     value_metrics: Sequence[str] = ()
     check_device_augment: Callable[[list[dict[str, Any]]], Any] | None = None
     callable_metric: Callable[[str, bool, str], str] | None = None
+    check_channels: Callable[[list[dict[str, Any]], int], Any] | None = None
 
 
 def _known(info: ValidationInfo) -> Known:
@@ -185,12 +189,39 @@ class ExtraData(LayoutConfig):
     label_map: dict[str, str] = {}
 
 
+class ScaleRange(_Frozen):
+    """A fixed range of array values mapped onto 0-255 (``min`` to 0, ``max`` to 255; outside it clipped)."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ScaleRange":
+        if not self.max > self.min:
+            raise ValueError(f"max ({self.max:g}) must be above min ({self.min:g})")
+        return self
+
+
+ImageSource = Literal["files", "arrays", "column"]
+#: ``scale``'s named rules: each image's own minimum and maximum, over all its channels or per channel.
+ScaleRule = Literal["per_image", "per_channel"]
+#: The extension of every array file (``image_source: arrays``; a ``column`` source's bands are
+#: written as such files by ``download``).
+ARRAY_EXTENSIONS = (".npy", ".npz")
+
+
 class DataConfig(LayoutConfig):
     """Where the data comes from and how the competition lays it out on disk (:class:`LayoutConfig`).
 
     Test ids come from ``test_csv`` when it is set, else from the sample submission; the
     submission follows the sample submission's order either way. ``extra``: external labelled
     datasets (:class:`ExtraData`).
+
+    ``image_source`` (README "Array images"): ``files``, image files; ``arrays``, one ``.npy`` or
+    ``.npz`` per id (``HxW`` or ``HxWxC``, any dtype) in the image folders, ``channels`` of them,
+    scaled to 0-255 by ``scale``; ``column``, the table's ``bands`` columns (one list of
+    ``band_shape`` pixel values per band and row) stacked into channels, written as ``.npy``
+    files by ``download``.
     """
 
     source: Source
@@ -200,6 +231,79 @@ class DataConfig(LayoutConfig):
     solution: str | None = Field(None, description="test answers, for a local leaderboard score only")
     unpack: bool = Field(True, description="download: unpack every archive inside the downloaded files (.zip, .7z, .tar, .tar.gz, .gz), once")
     extra: list[ExtraData] = Field([], description="external labelled datasets for the training side of every fold")
+    image_source: ImageSource = Field("files", description="files (image files), arrays (.npy/.npz per id), "
+                                                           "column (pixel lists in the table's band columns)")
+    channels: int | None = Field(None, ge=1, le=64, description="arrays: the channels of every array; column: "
+                                                                 "the number of bands (default); files: 3")
+    scale: ScaleRule | ScaleRange | None = Field(
+        None, description="arrays, column: to 0-255 by {min, max}, per_image or per_channel (min-max)")
+    bands: list[str] | None = Field(None, min_length=1, description="column: the table columns, one per channel")
+    band_shape: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="column: [height, width] of each band's list")
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _a_rule_or_a_range(cls, value: Any) -> Any:
+        """One line for either form (not one per member of the union)."""
+        if value is None or isinstance(value, ScaleRange) or value in ("per_image", "per_channel"):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("per_image, per_channel or {min: .., max: ..}")
+        try:
+            return ScaleRange.model_validate(value)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            message = problem["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where + ': ' if where else ''}{message}; per_image, per_channel or "
+                             "{min: .., max: ..}") from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arrays_are_npy(cls, value: Any) -> Any:
+        """Array sources default to ``.npy`` files (a ``column`` source writes them)."""
+        if isinstance(value, dict) and value.get("image_source") in ("arrays", "column") and "extension" not in value:
+            return {**value, "extension": ".npy"}
+        return value
+
+    @model_validator(mode="after")
+    def _source_keys(self, info: ValidationInfo) -> "DataConfig":
+        source = self.image_source
+        if info.context is not None:
+            # For the augment and models checks (validated after data): the images' channels.
+            info.context["channels"] = self.channels if source == "arrays" else \
+                len(self.bands) if source == "column" and self.bands else None
+        if source == "files":
+            for key in ("channels", "scale", "bands", "band_shape"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is for image_source 'arrays' or 'column', not 'files'")
+            return self
+        if self.scale is None:
+            raise ValueError(f"image_source {source!r} needs scale: {{min: .., max: ..}}, per_image or per_channel")
+        if self.extension not in ARRAY_EXTENSIONS if source == "arrays" else self.extension != ".npy":
+            allowed = ARRAY_EXTENSIONS if source == "arrays" else (".npy",)
+            raise ValueError(f"extension {self.extension!r}: image_source {source!r} reads {' or '.join(allowed)}")
+        if source == "arrays":
+            if self.channels is None:
+                raise ValueError("image_source 'arrays' needs channels: every array's channel count")
+            if self.bands is not None or self.band_shape is not None:
+                raise ValueError("bands and band_shape are for image_source 'column', not 'arrays'")
+            return self
+        if self.bands is None or self.band_shape is None:
+            raise ValueError("image_source 'column' needs bands (the table's columns) and band_shape [height, width]")
+        if self.channels not in (None, len(self.bands)):
+            raise ValueError(f"channels is {self.channels}, but bands lists {len(self.bands)}")
+        if self.test_csv is None:
+            raise ValueError("image_source 'column' needs test_csv: the table whose bands are the test images")
+        if self.layout != "csv":
+            raise ValueError(f"image_source 'column' reads a table: layout 'csv', not {self.layout!r}")
+        object.__setattr__(self, "channels", len(self.bands))
+        return self
+
+    @property
+    def image_channels(self) -> int:
+        """The channels of every image the caches hold: 3 (RGB) for image files."""
+        return 3 if self.channels is None else self.channels
 
 
 # --- folds, augmentation, models -------------------------------------------------------------------
@@ -254,6 +358,7 @@ class AugmentConfig(_Frozen):
     @classmethod
     def _builds(cls, value: Transforms, info: ValidationInfo) -> Transforms:
         _check_albumentations(value, _known(info))
+        _check_channels(value, info)
         if info.field_name == "train" and info.context is not None:
             # For ModelConfig's `augment_on` check: `augment` is validated before `models`.
             info.context["augment_train"] = value
@@ -266,6 +371,7 @@ class AugmentConfig(_Frozen):
             raise ValueError("needs at least one view ([] is the plain image)")
         for view in value:
             _check_albumentations(view, _known(info))
+            _check_channels(view, info)
         return value
 
     @field_validator("on")
@@ -288,6 +394,14 @@ def _check_albumentations(transforms: Transforms, known: Known) -> None:
         known.check_augment(transforms)
     except Exception as error:  # albumentations raises many types for a bad dict
         raise ValueError(f"not a valid albumentations pipeline ({error})") from None
+
+
+def _check_channels(transforms: Transforms, info: ValidationInfo) -> None:
+    """Array images of other than 3 channels: no transform that needs RGB (``Known.check_channels``)."""
+    channels = (info.context or {}).get("channels")
+    check = _known(info).check_channels
+    if channels not in (None, 3) and check is not None:
+        check(transforms, channels)
 
 
 def _check_device(transforms: Transforms | None, known: Known, where: str) -> None:
@@ -466,6 +580,13 @@ class CacheConfig(_Frozen):
         return self
 
 
+def _raw_for_channels(cache: "CacheConfig | None", channels: int | None) -> None:
+    """The encoded cache formats hold RGB images; other channel counts need ``raw``."""
+    if cache is not None and cache.format != "raw" and channels not in (None, 3):
+        raise ValueError(f"cache format {cache.format!r} encodes RGB images; {channels}-channel array "
+                         "images need format raw")
+
+
 class ModelConfig(_Frozen):
     """One base model: a backbone, its weights, and how it is fine-tuned.
 
@@ -536,12 +657,53 @@ class ModelConfig(_Frozen):
     precision: Literal["mixed_float16", "mixed_bfloat16", "float32"] | None = Field(
         None, description="default: mixed_float16 on a GPU, float32 on the CPU")
 
+    # --- array images (README "Array images"); left out of the dump while None.
+    channels: int | None = Field(
+        None, ge=1, validate_default=True, description="the input's channels: filled in from data.channels (array images); not set here")
+    to_rgb: list[Annotated[int, Field(ge=0)] | Literal["mean"]] | None = Field(
+        None, min_length=3, max_length=3, description="array images: the backbone's R, G, B, each a channel's "
+                                                      "index or the mean of all; default: its first "
+                                                      "convolution adapted to the channels")
+
     #: Keys left out of ``model_dump`` while None (see the comment above).
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
                                                    "pseudo_labels", "distill", "augment_on", "optimizer",
                                                    "schedule", "layer_decay", "phases", "drop_path", "loss",
                                                    "sampler", "average", "pooling", "head_dense", "cache",
-                                                   "cache_size", "accumulate", "remat", "precision")
+                                                   "cache_size", "accumulate", "remat", "precision",
+                                                   "channels", "to_rgb")
+
+    @property
+    def input_channels(self) -> int:
+        """The channels of the images the network takes (3 for image files)."""
+        return self.channels or 3
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _the_datas_channels(cls, value: int | None, info: ValidationInfo) -> int | None:
+        channels = (info.context or {}).get("channels")
+        if value is not None and value != channels:
+            raise ValueError(f"filled in from data.channels ({channels}); leave it out")
+        return channels
+
+    @field_validator("cache")
+    @classmethod
+    def _raw_for_array_channels(cls, value: CacheConfig | None, info: ValidationInfo) -> CacheConfig | None:
+        _raw_for_channels(value, (info.context or {}).get("channels"))
+        return value
+
+    @field_validator("to_rgb")
+    @classmethod
+    def _channels_the_images_have(cls, value: list | None, info: ValidationInfo) -> list | None:
+        channels = (info.context or {}).get("channels")
+        if value is None:
+            return value
+        if channels is None:
+            raise ValueError("is for array images (data.image_source arrays or column)")
+        wrong = [c for c in value if c != "mean" and c >= channels]
+        if wrong:
+            raise ValueError(f"names channel {wrong[0]}, but the images have {channels} (0 to {channels - 1})")
+        return value
 
     @model_serializer(mode="wrap")
     def _omit_off(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
@@ -929,6 +1091,12 @@ class PipelineConfig(_Frozen):
         if self.cache == CacheConfig():
             dumped.pop("cache", None)
         return dumped
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_of_the_channels(cls, value: CacheConfig, info: ValidationInfo) -> CacheConfig:
+        _raw_for_channels(value, (info.context or {}).get("channels"))
+        return value
 
     @model_validator(mode="after")
     def _models_take_the_cache(self) -> "PipelineConfig":

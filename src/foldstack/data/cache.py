@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from foldstack.core.config import CacheConfig, ModelConfig, hw
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.files import atomic_path, has_key, write_text
-from foldstack.data.images import Size, load_rgb, resize
+from foldstack.data.arrays import ImageReader
+from foldstack.data.images import Size, resize
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,14 @@ def model_format(cache: CacheConfig | None) -> CacheFormat:
 
 
 def model_cache(root: Path, split: str, files: list[str], ids: list[str], model: ModelConfig,
-                size: Size | None = None) -> Path:
+                size: Size | None = None, *, read: ImageReader) -> Path:
     """The split's cache for ``model`` (at ``size``; None: the size it caches at), built if
-    needed: the path the stages hand a fold's process, which opens it with :func:`open_images`."""
+    needed: the path the stages hand a fold's process, which opens it with :func:`open_images`.
+    ``read``: how each file becomes an image (``ImageReader.of(cfg.data)``)."""
     size = model.cached_size if size is None else size
     fmt = model_format(model.cache)
     path = cache_file(root, split, size, fmt)
-    cached_images(files, ids, size, path, desc=split, fmt=fmt)
+    cached_images(files, ids, size, path, desc=split, fmt=fmt, read=read)
     return path
 
 
@@ -183,30 +185,35 @@ def estimates(sample: list[np.ndarray], n: int) -> dict[CacheFormat, int]:
 
 
 def cached_images(files: list[str], ids: list[str], size: Size, cache_file: Path, desc: str = "decode",
-                  fmt: CacheFormat = CacheFormat()) -> np.ndarray | EncodedImages:
-    """The cache of ``files`` at ``size`` in ``fmt``, built once: a read-only ``(N, H, W, 3)``
-    uint8 memory map (raw) or :class:`EncodedImages`.
+                  fmt: CacheFormat = CacheFormat(), read: ImageReader = ImageReader()) -> np.ndarray | EncodedImages:
+    """The cache of ``files`` at ``size`` in ``fmt``, built once: a read-only ``(N, H, W, C)``
+    uint8 memory map (raw) or :class:`EncodedImages` (C = 3); each file read by ``read`` (image
+    files as RGB by default; array images have ``read.channels``).
 
-    The cache is keyed by its ids: if they differ (a new split, a new dataset), it is rebuilt.
+    The cache is keyed by its ids (and by how array images are read, ``read.key``): if they
+    differ (a new split, a new dataset, another scale), it is rebuilt.
     Built under a temporary name, so an interrupted build is never read (its leftovers go when
     the next build starts). Raw: the old ids file goes before the new images take the cache's
     name and the new one comes after, so a kill in between leaves a cache without ids (rebuilt
     next time), never new images under old ids. A pack holds its ids' digest in its header.
     """
-    wanted = "\n".join(ids) + "\n"
+    wanted = read.key + "\n".join(ids) + "\n"
     if fmt.format != "raw":
-        return _cached_pack(files, _digest(wanted), size, cache_file, desc, fmt)
+        if read.channels != 3:
+            raise FoldstackError(f"{cache_file}: cache format {fmt.name} holds RGB images, not {read.channels} channels")
+        return _cached_pack(files, _digest(wanted), size, cache_file, desc, fmt, read)
     ids_file = cache_file.with_suffix(".ids")
     if cache_file.exists() and has_key(ids_file, wanted):
         return np.load(cache_file, mmap_mode="r")
     h, w = hw(size)
     _clear_leftovers(cache_file)
-    check_room(cache_file.parent, len(files) * h * w * 3 + HEADER_BYTES, fmt,
-               lambda: estimates(_resized(files[:SAMPLE], size), len(files)))
+    channels = read.channels
+    check_room(cache_file.parent, len(files) * h * w * channels + HEADER_BYTES, fmt,
+               (lambda: estimates(_resized(files[:SAMPLE], size, read), len(files))) if channels == 3 else None)
     with atomic_path(cache_file) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), h, w, 3))
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), h, w, channels))
         for i, path in enumerate(tqdm(files, desc=f"{desc} {size_name(size)}px", unit="img", leave=False)):
-            array[i] = resize(load_rgb(path), size)
+            array[i] = resize(read(path), size).reshape(h, w, channels)
         array.flush()
         del array
         ids_file.unlink(missing_ok=True)  # just before the rename, so a failed build keeps the old pair
@@ -277,7 +284,8 @@ def read_header(path: Path) -> dict:
         return json.loads(file.read(length))
 
 
-def _cached_pack(files: list[str], key: str, size: Size, path: Path, desc: str, fmt: CacheFormat) -> EncodedImages:
+def _cached_pack(files: list[str], key: str, size: Size, path: Path, desc: str, fmt: CacheFormat,
+                 read: ImageReader) -> EncodedImages:
     if path.exists():
         header = read_header(path)
         if header.get("key") == key and header.get("format") == fmt.format and header.get("quality") == fmt.quality:
@@ -299,7 +307,7 @@ def _cached_pack(files: list[str], key: str, size: Size, path: Path, desc: str, 
         pending: list[bytes] = []
         sample: list[np.ndarray] = []
         images = tqdm(files, desc=f"{desc} {size_name(size)}px {fmt.name}", unit="img", leave=False)
-        for i, image in enumerate(_resized_each(images, size)):
+        for i, image in enumerate(_resized_each(images, size, read)):
             data = fmt.encode(image)
             offsets[i + 1] = offsets[i] + len(data)
             if len(sample) < SAMPLE:  # held until the disk is checked on the sample's sizes
@@ -318,13 +326,13 @@ def _cached_pack(files: list[str], key: str, size: Size, path: Path, desc: str, 
     return EncodedImages(path)
 
 
-def _resized_each(files: Iterable[str], size: Size) -> Iterable[np.ndarray]:
+def _resized_each(files: Iterable[str], size: Size, read: ImageReader) -> Iterable[np.ndarray]:
     for file in files:
-        yield resize(load_rgb(file), size)
+        yield resize(read(file), size)
 
 
-def _resized(files: list[str], size: Size) -> list[np.ndarray]:
-    return list(_resized_each(files, size))
+def _resized(files: list[str], size: Size, read: ImageReader) -> list[np.ndarray]:
+    return list(_resized_each(files, size, read))
 
 
 def _index_bytes(n: int) -> int:

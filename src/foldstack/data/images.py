@@ -230,8 +230,11 @@ Size = int | tuple[int, int] | list[int]
 
 
 def resize(image: np.ndarray, size: Size) -> np.ndarray:
-    """Resize to ``size`` (``n`` square, or ``[height, width]``; bicubic, antialiased when shrinking)."""
+    """Resize to ``size`` (``n`` square, or ``[height, width]``; bicubic, antialiased when shrinking);
+    uint8 ``(H, W, 3)``, ``(H, W)`` or ``(H, W, C)`` (each channel alone)."""
     h, w = hw(size)
     if image.shape[:2] == (h, w):
         return image
+    if image.ndim == 3 and image.shape[2] != 3:  # array images: each channel alone, as Pillow's 8-bit grey
+        return np.stack([resize(image[..., c], size) for c in range(image.shape[2])], axis=-1)
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))

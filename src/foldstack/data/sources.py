@@ -18,6 +18,7 @@ from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_dir, write_csv, write_json
 from foldstack.core.paths import Paths
 from foldstack.data import archives
+from foldstack.data.arrays import write_bands
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,12 @@ def fetch(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
 
 def complete(folder: Path, cfg: PipelineConfig, final: Path) -> None:
     """Finish a download built in ``folder``, before it takes its place at ``final``: unpack its
-    archives (``data.unpack``), then write the marker. Every source ends here."""
+    archives (``data.unpack``), then write a ``column`` source's band images
+    (``arrays.write_bands``), then the marker. Every source ends here."""
     if cfg.data.unpack:
         archives.unpack_all(folder, final)
+    if cfg.data.image_source == "column":
+        write_bands(folder, cfg.data)
     write_marker(folder, cfg.data.source)
 
 

@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 # --- reading the tables --------------------------------------------------------------------------
 
 
-def read_csv(path: Path, what: str) -> pd.DataFrame:
-    """A CSV read as strings (ids like '007' stay '007'); a BOM is dropped."""
+def read_csv(path: Path, what: str, lists: bool = False) -> pd.DataFrame:
+    """A CSV read as strings (ids like '007' stay '007'); a BOM is dropped. A ``.json`` table (a
+    list of records, as Statoil's ``train.json``) too: its columns of lists (an array source's
+    bands) are left out unless ``lists``, its other cells read as strings."""
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
+    if path.suffix.lower() == ".json":
+        return _read_json(path, what, lists)
     try:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -38,6 +42,22 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"{path}: cannot read {what}: {one_line(str(error))}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _read_json(path: Path, what: str, lists: bool) -> pd.DataFrame:
+    try:
+        frame = pd.read_json(path, orient="records", dtype=False, convert_dates=False)
+    except ValueError as error:
+        raise DataError(f"{path}: cannot read {what}: {one_line(str(error))}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for column in frame.columns:
+        listed = frame[column].map(lambda cell: isinstance(cell, list))
+        if listed.any():
+            if not lists:
+                frame = frame.drop(columns=column)
+            continue
+        frame[column] = frame[column].map(lambda cell: "" if cell is None or cell != cell else str(cell))
     return frame
 
 

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from foldstack.core.config import PipelineConfig
 from foldstack.core.files import atomic_path
 from foldstack.data.cache import size_name
-from foldstack.data.images import load_rgb, resize
+from foldstack.data.arrays import ImageReader, display_rgb
+from foldstack.data.images import resize
 from foldstack.training.augment import compose, crop
 
 ROWS = 4
@@ -32,11 +33,12 @@ def augmentation_preview(cfg: PipelineConfig, table: pd.DataFrame, path: Path, s
     rows = table.groupby("label", sort=True).head(1).head(ROWS)
     figure = Figure(figsize=(1.6 * (VIEWS + 1), 1.6 * len(rows)))
     axes = figure.subplots(len(rows), VIEWS + 1, squeeze=False)
+    read = ImageReader.of(cfg.data)
     for r, (_, row) in enumerate(rows.iterrows()):
-        image = resize(load_rgb(row["path"]), size)
+        image = resize(read(row["path"]), size)
         views = [image] + [transform(image=image)["image"] for _ in range(VIEWS)]
         for c, view in enumerate(views):
-            axes[r, c].imshow(np.asarray(view), interpolation="nearest")
+            axes[r, c].imshow(display_rgb(view), interpolation="nearest")
             axes[r, c].set_axis_off()
             if c == 0:
                 axes[r, c].set_title(f"{row['label']} (input)", fontsize=8)

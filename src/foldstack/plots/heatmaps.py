@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from foldstack.core.files import atomic_path
+from foldstack.data.arrays import display_rgb
 
 #: How opaque the heatmap is over the image.
 ALPHA = 0.45
@@ -19,7 +20,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, path: Path, title: str | Non
     is strongest) laid over it in colour, beside the image alone."""
     figure = Figure(figsize=(4, 2.3), layout="constrained")
     plain, laid = figure.subplots(1, 2)
-    plain.imshow(np.asarray(image), interpolation="nearest")
+    plain.imshow(display_rgb(image), interpolation="nearest")
     _draw(laid, image, heatmap)
     for ax in (plain, laid):
         ax.set_axis_off()
@@ -41,7 +42,7 @@ def grid(images: Sequence[np.ndarray], titles: Sequence[str], path: Path,
         if i >= len(images):
             continue
         if heatmaps is None:
-            ax.imshow(np.asarray(images[i]), interpolation="nearest")
+            ax.imshow(display_rgb(images[i]), interpolation="nearest")
         else:
             _draw(ax, images[i], heatmaps[i])
         ax.set_title(titles[i], fontsize=7)
@@ -54,7 +55,7 @@ def grid(images: Sequence[np.ndarray], titles: Sequence[str], path: Path,
 def _draw(ax, image: np.ndarray, heatmap: np.ndarray) -> None:
     height, width = np.asarray(image).shape[:2]
     extent = (0, width, height, 0)  # the heatmap covers the image exactly, whatever its resolution
-    ax.imshow(np.asarray(image), interpolation="nearest", extent=extent)
+    ax.imshow(display_rgb(image), interpolation="nearest", extent=extent)
     ax.imshow(heatmap, cmap="jet", alpha=ALPHA, vmin=0.0, vmax=1.0, interpolation="bilinear", extent=extent)
 
 

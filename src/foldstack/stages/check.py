@@ -21,6 +21,7 @@ from foldstack.core.config import ConfigError, PipelineConfig
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data import archives, images, splits, tables
+from foldstack.data.arrays import ImageReader
 from foldstack.data.labels import Classes, every_label
 
 #: Messages of one kind shown before the rest are counted (a missing folder can be 10,000 rows).
@@ -69,7 +70,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> Report:
     train = _check_train(cfg, paths, report)
     test = _check_test(cfg, paths, report)
     _warn_unlisted(cfg, paths, train, test, report)
-    _check_images([*_existing(train), *_existing(test)], report)
+    _check_images([*_existing(train), *_existing(test)], report, ImageReader.of(cfg.data))
     if train is not None and cfg.task != "regression":  # a regression's solution holds numbers, no class
         _check_solution(cfg, paths, _names(train["label"], cfg.task), report)
     return report
@@ -182,14 +183,15 @@ def _warn_unlisted(cfg: PipelineConfig, paths: Paths, train: pd.DataFrame | None
             report.warnings.append(warning)
 
 
-def _check_images(files: list[str], report: Report) -> None:
-    """Decode every image once: unreadable ones are problems; sizes and modes go to the summary."""
+def _check_images(files: list[str], report: Report, read: ImageReader) -> None:
+    """Decode every image once (an array image: read, its shape and channels checked, scaled):
+    unreadable ones are problems; sizes and modes go to the summary."""
     sizes: Counter = Counter()
     modes: Counter = Counter()
     unreadable = []
     for path in tqdm(files, desc="check images", unit="img", leave=False, disable=None):
         try:
-            info = images.inspect(path)
+            info = images.inspect(path) if read.source == "files" else _array_info(read(path))
         except DataError as error:
             unreadable.append(str(error))
             continue
@@ -201,6 +203,10 @@ def _check_images(files: list[str], report: Report) -> None:
         report.summary.append(f"image sizes: {len(sizes)} distinct, most common {_counted(sizes, _wxh)}; "
                               f"smallest {_wxh(by_area[0])}, largest {_wxh(by_area[-1])}")
         report.summary.append(f"image modes: {_counted(modes, str)}")
+
+
+def _array_info(image) -> images.ImageInfo:
+    return images.ImageInfo((image.shape[1], image.shape[0]), f"{image.shape[2]}-channel array")
 
 
 def _wxh(size: tuple[int, int]) -> str:

@@ -24,14 +24,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from foldstack.contracts import folds_file, predictions, reference, stack_output
-from foldstack.core.config import ModelConfig, PipelineConfig
+from foldstack.core.config import ModelConfig, PipelineConfig, hw
 from foldstack.core.errors import DataError, shorten
 from foldstack.core.files import atomic_dir, write_csv
 from foldstack.core.metrics import hard_predictions
 from foldstack.core.paths import Paths
 from foldstack.data import tables
+from foldstack.data.arrays import ImageReader, array_files
 from foldstack.data.cache import model_cache, size_name
-from foldstack.data.images import DICOM_EXTENSIONS, load_rgb, resize
+from foldstack.data.images import DICOM_EXTENSIONS, resize
 from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import compute, isolate
@@ -95,7 +96,7 @@ class Predictor:
                     bar.update(k)
                     continue
                 started = time.perf_counter()
-                cache = model_cache(paths.cache, "test", test["path"].tolist(), ids, model)
+                cache = model_cache(paths.cache, "test", test["path"].tolist(), ids, model, read=ImageReader.of(cfg.data))
                 # Decoding counts in the kernel's time too; each model is charged its own size's cache.
                 stale[model.name], ticks[model.name] = (dirs, key, out, time.perf_counter() - started), 0
 
@@ -136,7 +137,7 @@ class Predictor:
                         "images unlike them", model.name, error)
             return
         ids = self.folds["id"].tolist()
-        cache = model_cache(self.paths.cache, "train", files, ids, model)
+        cache = model_cache(self.paths.cache, "train", files, ids, model, read=ImageReader.of(self.cfg.data))
         features = isolate.call(f"{WORKER}:embed", self.task(model, cache, dirs[:1], "train", ids))
         held = (self.folds["fold"] == 0).to_numpy()
         reference.write(model_dir, reference.Reference.fit(features[~held], features[held], key, seed=self.cfg.seed))
@@ -160,14 +161,20 @@ def run(cfg: PipelineConfig, paths: Paths, workers: int | None = None) -> None:
 IMAGE_EXTENSIONS = frozenset({*(ext.lower() for ext in Image.registered_extensions()), *DICOM_EXTENSIONS})
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` and its sub-folders (hidden ones aside), sorted.
+def image_files(folder: Path, read: ImageReader = ImageReader()) -> list[Path]:
+    """Every image file under ``folder`` and its sub-folders (hidden ones aside), sorted; for
+    array images (``read``), every ``.npy`` and ``.npz`` file.
 
     Raises:
         DataError: the folder is missing or holds no image.
     """
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
+    if read.source != "files":
+        arrays = array_files(folder)
+        if not arrays:
+            raise DataError(f"{folder}: no .npy or .npz arrays in it or its sub-folders (data.image_source: arrays)")
+        return arrays
     files = sorted(path for path in folder.rglob("*")
                    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
                    and not any(part.startswith(".") for part in path.relative_to(folder).parts))
@@ -192,7 +199,8 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             Nothing is written then.
     """
     started = time.perf_counter()
-    files = image_files(folder)
+    read = ImageReader.of(cfg.data)
+    files = image_files(folder, read)
     fitted = stack_output.read_model(paths.stack, tuple(model.name for model in cfg.models))
     if fitted.takes_table:
         raise DataError(f"{paths.stack / stack_output.CHOSEN}: {fitted.name} stacks table columns "
@@ -201,7 +209,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     predictor = Predictor(cfg, paths, workers)
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
     sizes = list(dict.fromkeys(model.cached_size for model in cfg.models))
-    files, arrays = _decode(files, sizes, skip_unreadable)
+    files, arrays = _decode(files, sizes, skip_unreadable, read)
     first = cfg.models[0]
     known = reference.read(paths.models / first.name)
     with tempfile.TemporaryDirectory(prefix="foldstack-images-") as tmp:
@@ -260,12 +268,13 @@ def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir
     return [f"{folder.name}/{picture}" for picture in pictures]
 
 
-def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple[list[Path], dict[int, np.ndarray]]:
-    """The readable files and their images at each size, uint8 ``(n, size, size, 3)``."""
+def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool,
+            read: ImageReader) -> tuple[list[Path], dict[int, np.ndarray]]:
+    """The readable files and their images at each size, uint8 ``(n, size, size, channels)``."""
     kept, resized, skipped = [], {size: [] for size in sizes}, []
     for path in tqdm(files, desc="decode", unit="img", leave=False, disable=None):
         try:
-            image = load_rgb(path)
+            image = read(path)
         except DataError as error:
             if not skip_unreadable:
                 raise DataError(f"{error}; pass --skip-unreadable to predict the other images") from None
@@ -273,7 +282,7 @@ def _decode(files: list[Path], sizes: list[int], skip_unreadable: bool) -> tuple
             continue
         kept.append(path)
         for size in sizes:
-            resized[size].append(resize(image, size))
+            resized[size].append(resize(image, size).reshape(*hw(size), read.channels))
     for message in skipped:
         log.warning("skipped: %s", message)
     if not kept:

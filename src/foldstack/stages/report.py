@@ -37,6 +37,7 @@ from foldstack.core.files import write_text
 from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.labels import Classes
+from foldstack.data.arrays import ImageReader
 from foldstack.data.cache import model_cache, open_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
@@ -111,14 +112,14 @@ def _regression(cfg: PipelineConfig, paths: Paths, data: predictions.LevelTwoDat
         "id": data.ids[worst], "fold": data.fold[worst], "true": data.y[worst], "predicted": stack_oof[worst],
         "error": stack_oof[worst] - data.y[worst]}))
     train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
-    images = _train_images(paths, train_files, data.ids, cfg.models[0])
+    images = _train_images(cfg, paths, train_files, data.ids, cfg.models[0])
     page.section("Largest errors: images (stack OOF)", None, heatmaps.grid(
         images[worst], [f"true {data.y[r]:.4g} / pred {stack_oof[r]:.4g}" for r in worst], pictures / "worst.png"))
     for m, model in enumerate(tqdm(cfg.models, desc="grad-cam", unit="model", disable=None)):
         network_oof = data.oof[:, m]
         rows = largest_errors(data.y, network_oof[:, 0], CAM_CLASSES)
         found = _explain(cfg, paths, model, data, train_files, rows, network_oof)
-        model_images = _train_images(paths, train_files, data.ids, model)
+        model_images = _train_images(cfg, paths, train_files, data.ids, model)
         picture = heatmaps.grid(model_images[rows], [f"true {data.y[r]:.4g} / pred {network_oof[r, 0]:.4g}" for r in rows],
                                 pictures / f"cam-{model.name}.png", heatmaps=[found[r][0] for r in rows],
                                 title=f"{model.name}: Grad-CAM of the prediction")
@@ -156,7 +157,7 @@ def _classification(cfg: PipelineConfig, paths: Paths, data: predictions.LevelTw
         page.section("Most confused pairs (stack OOF)", confused_pairs(data.y, stack_oof, names))
     # Read once: reading the train table checks every image file is there.
     train_files = tables.load_train_table(cfg, paths).set_index("id").loc[data.ids, "path"].tolist()
-    images = _train_images(paths, train_files, data.ids, cfg.models[0])
+    images = _train_images(cfg, paths, train_files, data.ids, cfg.models[0])
     worst = worst_rows(data.y, stack_oof, WORST, multilabel, thresholds)
     page.section("Most confidently wrong OOF images (stack)", None, heatmaps.grid(
         images[worst], [_caption(names, data.y[r], stack_oof[r]) for r in worst], pictures / "worst.png"))
@@ -243,7 +244,7 @@ def _gradcam(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     multilabel = cfg.task == "multilabel"
     y_single = data.y if not multilabel else data.y.argmax(axis=1)
     rows = cam_rows(y_single, oof)
-    images = _train_images(paths, train_files, data.ids, model)
+    images = _train_images(cfg, paths, train_files, data.ids, model)
     found = _explain(cfg, paths, model, data, train_files, rows, network_oof)
     titles = [f"{'WRONG ' if oof[r].argmax() != y_single[r] else ''}{_caption(names, data.y[r], oof[r])}"
               for r in rows]
@@ -255,7 +256,7 @@ def _explain(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
              train_files: list[str], rows: np.ndarray, network_oof: np.ndarray) -> dict:
     """Grad-CAM of the OOF ``rows``, each by the fold that never saw it (its first seed): per row
     its heatmap and explained class; warns where a fold's network does not give ``network_oof``."""
-    images = _train_images(paths, train_files, data.ids, model)
+    images = _train_images(cfg, paths, train_files, data.ids, model)
     found = {}
     # Under seed bagging a fold's first seed explains it; its OOF is then the mean of several runs.
     first_run = {run.fold: run for run in reversed(members(model, cfg.folds.k, cfg.seed))}
@@ -282,9 +283,10 @@ def _check_reproduces(model: ModelConfig, fold: int, proba: np.ndarray, oof: np.
                     "OOF; its heatmaps may not show what the trained model saw", model.name, fold, gap)
 
 
-def _train_images(paths: Paths, files: list[str], ids: np.ndarray, model: ModelConfig) -> np.ndarray:
+def _train_images(cfg: PipelineConfig, paths: Paths, files: list[str], ids: np.ndarray,
+                  model: ModelConfig) -> np.ndarray:
     """The training images ``files`` (rows in ``ids``'s order) as ``model`` reads them: the train stage's cache."""
-    return open_images(model_cache(paths.cache, "train", files, list(ids), model))
+    return open_images(model_cache(paths.cache, "train", files, list(ids), model, read=ImageReader.of(cfg.data)))
 
 
 def _curves(paths: Paths, model: ModelConfig, metric: metrics.Metric, picture: Path) -> Path | None:

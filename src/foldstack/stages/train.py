@@ -30,6 +30,7 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.errors import DataError, FoldstackError
 from foldstack.core.paths import Paths
 from foldstack.data import tables
+from foldstack.data.arrays import ImageReader
 from foldstack.data.cache import model_cache
 from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
@@ -66,6 +67,7 @@ class Trainer:
         self.workers = workers or DEFAULT_WORKERS
         self.metric = metrics.get(cfg.metric)
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
+        self.read = ImageReader.of(cfg.data)
         self.files = self._train_files()
         self.classes = folds_file.read_classes(paths.folds, cfg)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
@@ -117,12 +119,14 @@ class Trainer:
         keys = {"train": features_key(model, self.cfg.augment, ids)}
         for size in [model.image_size, *(step.size for step in model.progressive or [])]:
             own = None if size == model.image_size else size
-            caches[train_split(own)] = model_cache(self.paths.cache, "train", self.files, ids, model, size)
+            caches[train_split(own)] = model_cache(self.paths.cache, "train", self.files, ids, model, size,
+                                                    read=self.read)
             if model.pseudo_labels:  # its folds train on test images too
                 caches[train_split(own, "test")] = self.images.cache("test", model, size)
             if self.extra_files:  # and every fold on the external images
                 caches[train_split(own, "extra")] = model_cache(self.paths.cache, "extra", self.extra_files,
-                                                                self.extra["id"].tolist(), model, size)
+                                                                self.extra["id"].tolist(), model, size,
+                                                                read=self.read)
         if model.pseudo_labels:
             keys["test"] = features_key(model, self.cfg.augment, self.images.ids("test"))
         if self.extra_files:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import albumentations as A
+import numpy as np
 
 from foldstack.core.config import ModelConfig, hw
 
@@ -21,6 +22,20 @@ def compose(transforms: list[dict[str, Any]]) -> A.Compose:
     """
     return A.from_dict({"transform": {"__class_fullname__": "Compose", "p": 1.0,
                                       "transforms": list(transforms)}})
+
+
+def check_channels(transforms: list[dict[str, Any]], channels: int) -> None:
+    """Raise ValueError naming the first transform that cannot take a ``channels``-channel
+    image (array images): each is built with ``p: 1`` and run on a small one, since
+    albumentations' colour transforms need RGB while most spatial ones take any channels."""
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, channels), dtype=np.uint8)
+    for i, transform in enumerate(transforms):
+        name = transform.get("__class_fullname__", "?")
+        try:
+            compose([{**transform, "p": 1.0}])(image=image)
+        except Exception as error:  # albumentations and OpenCV raise many types on a channel count
+            raise ValueError(f"[{i}] {name} cannot take {channels}-channel images (it needs RGB: 3); "
+                             f"leave it out for array images ({type(error).__name__})") from None
 
 
 def crop(model: ModelConfig, train: bool) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ def _key_file(folder: Path, split: str) -> Path:
 
 
 def _extractor(model: ModelConfig) -> keras.Model:
-    inputs = keras.Input((*hw(model.image_size), 3), name="image")
+    inputs = keras.Input((*hw(model.image_size), model.input_channels), name="image")
     pooled = keras.layers.GlobalAveragePooling2D()(create_backbone(model)(inputs, training=False))
     return keras.Model(inputs, pooled)
 

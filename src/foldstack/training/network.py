@@ -69,7 +69,8 @@ def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
         cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
     shape = (None, None) if any_size else hw(model.image_size)
     return backbones.create(model.backbone, weights=model.weights, include_top=False,
-                            input_shape=(*shape, 3), cut_at=cut, drop_path=model.drop_path)
+                            input_shape=(*shape, model.input_channels), cut_at=cut, drop_path=model.drop_path,
+                            to_rgb=model.to_rgb)
 
 
 #: The pooling layer's name in every image network (what ``worker.embed`` reads the features of).
@@ -143,7 +144,7 @@ def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool
     pooling makes one vector each; the weights are the same as at a fixed size. It never
     augments: augmentation on the device wraps it (``device_augment.training_network``)."""
     shape = (None, None) if any_size else hw(task.size)
-    inputs = keras.Input((*shape, 3), name="image")
+    inputs = keras.Input((*shape, task.model.input_channels), name="image")
     x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
     x = pool(x, task.model.pooling)
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units, task.target_scale),

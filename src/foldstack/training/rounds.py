@@ -39,6 +39,7 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.metrics import one_hot
 from foldstack.core.paths import Paths
 from foldstack.data import tables
+from foldstack.data.arrays import ImageReader
 from foldstack.data.cache import model_cache
 from foldstack.runtime import isolate
 from foldstack.training.fold_task import (
@@ -85,7 +86,7 @@ class SplitImages:
     def cache(self, split: str, model: ModelConfig, size: int | None = None) -> Path:
         """The split's image cache for ``model`` (at ``size``; None: its own), built if needed."""
         files, ids = self._split(split)
-        return model_cache(self.paths.cache, split, files, ids, model, size)
+        return model_cache(self.paths.cache, split, files, ids, model, size, read=ImageReader.of(self.cfg.data))
 
 
 @dataclass
