@@ -22,6 +22,7 @@ from foldstack.core.paths import Paths
 from foldstack.data.arrays import ImageReader, load_array, scaled, write_bands
 from foldstack.data.cache import cached_images, open_images
 from foldstack.pipeline import parse_pipeline
+from foldstack.training.fold_task import fold_fingerprint, recipe_fingerprint
 
 from conftest import predict_images, small_cnn_pipeline
 
@@ -335,3 +336,18 @@ def test_files_pipelines_keep_their_model_dump() -> None:
         raw["models"][0]["to_rgb"] = [0, 1, 2]
         parse_pipeline(raw)
     _one_line(error, "models.0.to_rgb", "is for array images")
+
+
+def test_a_changed_scale_trains_the_folds_again_and_image_files_keep_their_fingerprint() -> None:
+    """How arrays are scaled is part of a fold's recipe (its cache is rebuilt with other pixels, so
+    weights trained on the old ones are stale); an image-file pipeline's fingerprint is as before."""
+    def fingerprint(raw: dict) -> str:
+        cfg = parse_pipeline(raw)
+        return fold_fingerprint(cfg, cfg.models[0], 0, "folds")
+
+    arrays = _pipeline("a", ARRAYS, Path("/nowhere"))
+    rescaled = _pipeline("a", {**ARRAYS, "scale": {"min": 0, "max": 1}}, Path("/nowhere"))
+    assert fingerprint(arrays) != fingerprint(rescaled)
+    files = parse_pipeline(small_cnn_pipeline("files", "multiclass", "accuracy", {}))
+    assert fold_fingerprint(files, files.models[0], 0, "folds") == recipe_fingerprint(
+        files.models[0], files.augment, files.task, files.metric, 0, "folds")

@@ -43,9 +43,9 @@ from foldstack.training.fold_task import (
     JoinedRows,
     Member,
     features_key,
+    fold_fingerprint,
     members,
     network_targets,
-    recipe_fingerprint,
     train_split,
     training_target,
 )
@@ -183,8 +183,7 @@ class Trainer:
         return self._merge(model, {run: results[run] for run in runs}, features_seconds)
 
     def _fingerprint(self, model: ModelConfig, run: Member) -> str:
-        return recipe_fingerprint(model, self.cfg.augment, self.cfg.task, self.cfg.metric, run.seed, self.folds_digest,
-                                  training_target(self.cfg))
+        return fold_fingerprint(self.cfg, model, run.seed, self.folds_digest)
 
     def _fold_dir(self, model: ModelConfig, run: Member) -> Path:
         return self.paths.models / model.name / run.name

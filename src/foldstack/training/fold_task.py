@@ -20,6 +20,7 @@ from foldstack.contracts import fold_done
 from foldstack.core.config import AugmentConfig, ModelConfig, PipelineConfig, RegressionConfig
 from foldstack.core.errors import DataError
 from foldstack.core.metrics import one_hot
+from foldstack.data.arrays import ImageReader
 from foldstack.runtime import isolate
 
 #: The module whose functions run a task in its own process (by name, through
@@ -232,16 +233,24 @@ def weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
 
 
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
-                       folds_digest: str, target: RegressionConfig | None = None) -> str:
+                       folds_digest: str, target: RegressionConfig | None = None, pixels: str = "") -> str:
     """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
     Never the test set: a new one is predicted by the trained folds (the predict stage).
 
     ``seed`` is the run's own (a :class:`Member`'s), not the model's list of ``seeds``: adding a
     seed to the list trains only the new seed. ``target``: a regression's loss (its ``range``
-    only clips the submission, so it is not part of the recipe)."""
+    only clips the submission, so it is not part of the recipe). ``pixels``: how array images
+    are read and scaled (``ImageReader.key``; "" for image files)."""
     loss = {} if target is None else {"target": target.model_dump(mode="json", exclude={"range"})}
+    read = {"pixels": pixels} if pixels else {}
     return digest({"model": model.model_dump(mode="json", exclude={"seeds"}), "augment": augment.model_dump(mode="json"),
-                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest, **loss})
+                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest, **loss, **read})
+
+
+def fold_fingerprint(cfg: PipelineConfig, model: ModelConfig, seed: int, folds_digest: str) -> str:
+    """:func:`recipe_fingerprint` of one of the pipeline's runs."""
+    return recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, seed, folds_digest, training_target(cfg),
+                              ImageReader.of(cfg.data).key)
 
 
 def training_target(cfg: PipelineConfig) -> RegressionConfig | None:
@@ -261,8 +270,7 @@ def trained_fold_dirs(cfg: PipelineConfig, models: Path, model: ModelConfig, fol
     runs = members(model, cfg.folds.k, cfg.seed)
     dirs = tuple(models / model.name / run.name for run in runs)
     for run, fold_dir in zip(runs, dirs):
-        fingerprint = recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, run.seed, folds_digest,
-                                         training_target(cfg))
+        fingerprint = fold_fingerprint(cfg, model, run.seed, folds_digest)
         what = f"fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
         done = fold_dir / fold_done.NAME
         if not fold_done.exists(fold_dir):
