@@ -20,7 +20,7 @@ from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.pipeline import parse_pipeline
 from foldstack.runtime import isolate
-from foldstack.stages import download, folds, train
+from foldstack.stages import bundle, download, folds, train
 from foldstack.training.fold_task import WORKER, FoldTask, members
 from foldstack.training.meta import NAME, MetaRows, MetaScale
 from conftest import predict_images, run_to_stack, small_cnn_pipeline
@@ -124,6 +124,31 @@ def test_a_constant_or_empty_column_scales_by_one() -> None:
     assert (scale.mean, scale.std) == ((0.0,), (1.0,))
 
 
+def test_a_network_with_meta_takes_the_columns_beside_the_image_and_augments_on_the_device(tmp_path: Path) -> None:
+    import keras
+
+    from foldstack.training.device_augment import device_augment, training_network
+    from foldstack.training.network import POOLED
+    from foldstack.training.regimes import image_network
+
+    cfg = parse_pipeline(melanoma())
+    task = FoldTask(model=cfg.models[0], task="binary", metric="roc_auc", y=np.zeros(4, dtype=np.int64), n_classes=2,
+                    train_index=np.arange(2), valid_index=np.arange(2, 4), augment=cfg.augment, caches={},
+                    fold_dir=tmp_path, seed=0)
+    network, _ = image_network(task, meta_width=5)
+    assert sorted(tensor.name for tensor in network.inputs) == ["image", "meta"]
+    trainer = training_network(network, device_augment([{"__class_fullname__": "HorizontalFlip", "p": 0.5}], seed=0),
+                               mix=False)
+    images, columns = np.zeros((3, 16, 16, 3), np.float32), np.eye(3, 5, dtype=np.float32)
+    # The trainer shares the network's weights, and the columns change what it gives.
+    assert {id(w) for w in trainer.weights} == {id(w) for w in network.weights}
+    out = keras.ops.convert_to_numpy(trainer({"image": images, "meta": columns}, training=False))
+    assert out.shape == (3, 2) and not np.allclose(out[0], out[1])
+    # The pooled image features come before the columns join (what predict --images measures).
+    embedder = keras.Model(network.get_layer("image").output, network.get_layer(POOLED).output)
+    assert embedder(images).shape[0] == 3
+
+
 # --- bad tables ----------------------------------------------------------------------------------------
 
 
@@ -184,6 +209,9 @@ def test_a_column_with_the_label_lifts_the_network_whose_images_carry_none(stack
         training = pd.to_numeric(training.replace("", np.nan))
         assert saved["mean"] == pytest.approx([training.mean()]) and saved["std"] == pytest.approx([training.std(ddof=0)])
     assert not (paths.models / "cnn" / "fold0" / NAME).exists()
+    # The bundle (the offline kernel's predict) carries each fold's scale.
+    shipped = {path.as_posix() for path in bundle._inference_files(cfg, paths)}
+    assert {f"models/cnn_meta/fold{fold}/{NAME}" for fold in range(cfg.folds.k)} <= shipped
 
 
 @pytest.mark.slow
