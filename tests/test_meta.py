@@ -149,6 +149,15 @@ def test_a_network_with_meta_takes_the_columns_beside_the_image_and_augments_on_
     assert embedder(images).shape[0] == 3
 
 
+def test_changed_columns_change_a_folds_source_so_it_trains_again() -> None:
+    before = rows([10, 20], ["a", "b"])
+    assert train.with_meta("teachers", None) == "teachers" and train.with_meta(None, None) is None
+    assert train.with_meta(None, before) == train.with_meta(None, rows([10, 20], ["a", "b"]))
+    assert train.with_meta(None, before) != train.with_meta(None, rows([10, 21], ["a", "b"]))
+    assert train.with_meta(None, before) != train.with_meta(None, rows([10, 20], ["a", "c"]))
+    assert train.with_meta("teachers", before) != train.with_meta(None, before)
+
+
 # --- bad tables ----------------------------------------------------------------------------------------
 
 
