@@ -26,7 +26,7 @@ from foldstack.training.meta import NAME, MetaRows, MetaScale
 from conftest import predict_images, run_to_stack, small_cnn_pipeline
 
 META = {"columns": ["age"], "categorical": ["site"]}
-N_TRAIN, N_TEST = 160, 20
+N_TRAIN, N_TEST = 160, 40
 
 
 def melanoma(**model) -> dict:
@@ -208,9 +208,10 @@ def test_a_column_with_the_label_lifts_the_network_whose_images_carry_none(stack
     for model in ("cnn_meta", "cnn"):
         oof = pd.read_parquet(paths.oof / f"{model}.parquet").set_index("id").loc[folds_csv["id"]]
         scores[model] = auc(y, oof[["0", "1"]].to_numpy(), n_classes=2)
-    # The images are noise: the plain network is near chance; age separates the classes (AUC ~0.99).
-    assert scores["cnn"] < 0.7
-    assert scores["cnn_meta"] > scores["cnn"] + 0.2 and scores["cnn_meta"] > 0.8
+    # The images are noise: the plain network is near chance; age separates the classes (each
+    # fold's AUC ~0.97; pooled over the two folds' networks a little less).
+    assert scores["cnn"] < 0.65
+    assert scores["cnn_meta"] > scores["cnn"] + 0.2 and scores["cnn_meta"] > 0.75
     # Each fold saved its scale, fitted on its training rows alone.
     for fold in range(cfg.folds.k):
         saved = json.loads((paths.models / "cnn_meta" / f"fold{fold}" / NAME).read_text())
@@ -226,9 +227,12 @@ def test_a_column_with_the_label_lifts_the_network_whose_images_carry_none(stack
 @pytest.mark.slow
 def test_the_test_set_is_predicted_with_its_tables_columns(stacked) -> None:
     cfg, paths, table = stacked
-    test = pd.read_parquet(paths.test / "cnn_meta.parquet").set_index("id")
-    truth = table.set_index("image_name").loc[test.index, "target"].to_numpy()
-    assert metrics.get("roc_auc")(truth, test[["0", "1"]].to_numpy(), n_classes=2) > 0.8
+    auc, truth = metrics.get("roc_auc"), table.set_index("image_name")["target"]
+    scores = {}
+    for model in ("cnn_meta", "cnn"):
+        test = pd.read_parquet(paths.test / f"{model}.parquet").set_index("id")
+        scores[model] = auc(truth.loc[test.index].to_numpy(), test[["0", "1"]].to_numpy(), n_classes=2)
+    assert scores["cnn_meta"] > 0.85 and scores["cnn_meta"] > scores["cnn"] + 0.15
 
 
 @pytest.mark.slow
