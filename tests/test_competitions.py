@@ -46,14 +46,16 @@ RANGES = {"roc_auc": (0, 1), "mean_column_auc": (0, 1), "accuracy": (0, 1), "f1_
 
 
 def tiny_pipeline(slug: str, public: Path, solution: Path | None = None) -> PipelineConfig:
-    """``pipelines/<slug>.yaml`` with its source, models and fold count replaced for the fixture,
-    and its answers (``solution``, an absolute path) as ``data.solution``."""
+    """``pipelines/<slug>.yaml`` with its source, models (but the table columns a model reads,
+    ``meta``) and fold count replaced for the fixture, and its answers (``solution``, an absolute path) as ``data.solution``."""
     path = REPO / "pipelines" / f"{slug}.yaml"
     raw = yaml.safe_load(path.read_text())
     assert raw["name"] == slug
     assert raw["data"]["source"] == {"type": "kaggle_competition", "competition": slug}
     raw["data"]["source"] = {"type": "local", "path": str(public)}
-    raw["models"] = [TINY_MODEL]
+    # The first shipped model's table columns (meta) go with the tiny one: the fixture has them.
+    meta = next((model["meta"] for model in raw["models"] if "meta" in model), None)
+    raw["models"] = [{**TINY_MODEL, **({"meta": meta} if meta else {})}]
     raw["folds"]["k"] = K
     if solution is not None:
         raw["data"]["solution"] = str(solution)
@@ -137,6 +139,9 @@ def test_competition_runs_end_to_end_from_its_yaml(slug: str, tmp_path: Path) ->
 
     # The competition's files were read where they lie, never rewritten.
     assert competitions.fingerprint(fixture.public) == shipped
+    # A model reading table columns (meta) saved each fold's encoding of them.
+    for model in cfg.models:
+        assert (paths.models / model.name / "fold0" / "meta.json").is_file() == (model.meta is not None)
 
     sample = pd.read_csv(fixture.public / competition.sample, dtype=str, keep_default_na=False)
     submission = pd.read_csv(written, dtype=str, keep_default_na=False)

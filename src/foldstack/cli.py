@@ -52,12 +52,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     cfg, paths = _load(args)
     if args.images is None:
-        if args.out is not None or args.skip_unreadable or args.explain:
-            raise FoldstackError("predict: --out, --skip-unreadable and --explain go with --images DIR")
+        if args.out is not None or args.skip_unreadable or args.explain or args.table is not None:
+            raise FoldstackError("predict: --out, --skip-unreadable, --explain and --table go with --images DIR")
         predict.run(cfg, paths, workers=args.workers)
         return
     predict.images(cfg, paths, Path(args.images), Path(args.out or "predictions.csv"),
-                   skip_unreadable=args.skip_unreadable, workers=args.workers, explain=args.explain)
+                   skip_unreadable=args.skip_unreadable, workers=args.workers, explain=args.explain,
+                   table=None if args.table is None else Path(args.table))
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--out", metavar="FILE", help="--images: the CSV to write (default: predictions.csv)")
     predict_parser.add_argument("--explain", action="store_true",
                                 help="--images: write each image's Grad-CAM heatmap into <out>-explain/")
+    predict_parser.add_argument("--table", metavar="CSV",
+                                help="--images: the images' table columns (a row per image by the id column), "
+                                     "for models with meta")
     predict_parser.add_argument("--skip-unreadable", action="store_true",
                                 help="--images: predict the readable images, warn about the others")
     predict_parser.add_argument("--workers", type=int, default=None, help="input-pipeline threads")

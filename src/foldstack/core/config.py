@@ -647,6 +647,9 @@ class ModelConfig(_Frozen):
     pooling: Literal["avg", "gem", "max", "avgmax"] | None = Field(None, description="default: avg")
     head_dense: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="features, finetune, scratch: dense layers (each with dropout) before the classifier")
+    meta: MetaConfig | None = Field(
+        None, description="table columns through a dense branch joined to the pooled image features (README "
+                          "\"Table columns\")")
 
     cache: CacheConfig | None = Field(
         None, description="the image cache's format, over the pipeline's cache (filled in from it unless raw)")
@@ -669,7 +672,7 @@ class ModelConfig(_Frozen):
     OMITTED_WHEN_OFF: ClassVar[tuple[str, ...]] = ("mixup", "cutmix", "ema", "seeds", "progressive",
                                                    "pseudo_labels", "distill", "augment_on", "optimizer",
                                                    "schedule", "layer_decay", "phases", "drop_path", "loss",
-                                                   "sampler", "average", "pooling", "head_dense", "cache",
+                                                   "sampler", "average", "pooling", "head_dense", "meta", "cache",
                                                    "cache_size", "accumulate", "remat", "precision",
                                                    "channels", "to_rgb")
 
@@ -821,6 +824,22 @@ class ModelConfig(_Frozen):
             raise ValueError("needs an image regime (finetune, partial, scratch), not 'features'")
         return value
 
+    @field_validator("meta")
+    @classmethod
+    def _meta_in_an_image_network(cls, value: MetaConfig | None, info: ValidationInfo) -> MetaConfig | None:
+        """The branch joins the pooled features inside an image regime's network, and reads the
+        train table's own rows (``mixup``, ``cutmix`` and ``pseudo_labels`` are declared first)."""
+        if value is None:
+            return value
+        if info.data.get("regime") == "features":
+            raise ValueError("needs an image regime (finetune, partial, scratch), not 'features'")
+        why = {"mixup": "a mixed image holds two rows' columns", "cutmix": "a mixed image holds two rows' columns",
+               "pseudo_labels": "a pseudo-labelled test image is not a row of the train table"}
+        for key, reason in why.items():
+            if info.data.get(key) is not None:
+                raise ValueError(f"not with {key}: {reason}")
+        return value
+
     @field_validator("cutmix")
     @classmethod
     def _one_mix_per_batch(cls, value: CutMixConfig | None, info: ValidationInfo) -> CutMixConfig | None:
@@ -860,7 +879,31 @@ WITH_FEATURES = "+features"
 GroupFeature = Literal["rank", "zscore", "mean", "count"]
 
 
-class StackFeatures(_Frozen):
+class TableColumns(_Frozen):
+    """Columns of the train and test tables read beside the pixels, joined by id: ``columns``
+    and ``categorical`` (a column in ``categorical`` is a category, listed there or in both; the
+    others are numbers, an empty cell missing)."""
+
+    columns: list[str] = []
+    categorical: list[str] = []
+
+    @property
+    def numeric(self) -> list[str]:
+        """The numeric columns: those of ``columns`` not in ``categorical``."""
+        return [column for column in self.columns if column not in self.categorical]
+
+    @property
+    def used(self) -> list[str]:
+        """Every column encoded: the numeric ones, then the categorical ones."""
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def read(self) -> list[str]:
+        """Every column read from a table."""
+        return self.used
+
+
+class StackFeatures(TableColumns):
     """Table columns beside the base models' scores, for the candidates that take features.
 
     ``columns`` are read from the train table (``data.train_csv``) and the test table
@@ -871,8 +914,6 @@ class StackFeatures(_Frozen):
     (for the test set, over the test rows of the group).
     """
 
-    columns: list[str] = []
-    categorical: list[str] = []
     group: str | None = None
     group_features: list[GroupFeature] = []
 
@@ -887,14 +928,25 @@ class StackFeatures(_Frozen):
         return self
 
     @property
-    def numeric(self) -> list[str]:
-        """The numeric columns: those of ``columns`` not in ``categorical``."""
-        return [column for column in self.columns if column not in self.categorical]
+    def read(self) -> list[str]:
+        """Every column read from a table: the encoded ones and the group's."""
+        return list(dict.fromkeys([*self.used, *([self.group] if self.group else [])]))
 
-    @property
-    def used(self) -> list[str]:
-        """Every column read: the numeric ones, then the categorical ones."""
-        return [*self.numeric, *self.categorical]
+
+class MetaConfig(TableColumns):
+    """A model's table columns beside the pixels (``meta``): read like ``stack.features``'s, from
+    the train and the test table by id, into a small dense branch joined to the pooled image
+    features before the head. Numbers are standardised by the fold's training rows (a missing
+    one is 0 with an indicator); categories one-hot over the training rows' values, an unseen
+    one encoded as unknown."""
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> MetaConfig:
+        if not self.used:
+            raise ValueError("list columns or categorical columns")
+        if len(set(self.used)) != len(self.used):
+            raise ValueError("columns must be distinct")
+        return self
 
 
 class StackConfig(_Frozen):
@@ -1203,6 +1255,17 @@ class PipelineConfig(_Frozen):
                     if value[earlier.index(name)].seeds:
                         raise ValueError(f"models[{i}].{key}.from: {name!r} has seeds; a teacher must be one "
                                          "run per fold (seed-bagged teachers are not supported)")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _meta_from_the_train_table(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """A model's ``meta`` columns are the train table's: an external dataset's rows have none."""
+        data = info.data.get("data")
+        for i, model in enumerate(value):
+            if model.meta is not None and data is not None and data.extra:
+                raise ValueError(f"models[{i}].meta: not with data.extra (an external dataset's rows have no "
+                                 f"columns of the train table; model {model.name!r})")
         return value
 
     @field_validator("models")

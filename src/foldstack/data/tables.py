@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foldstack.core.config import DataConfig, ExtraData, LayoutConfig, PipelineConfig
+from foldstack.core.config import DataConfig, ExtraData, LayoutConfig, PipelineConfig, TableColumns
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.paths import Paths
 from foldstack.data.labels import SEPARATOR, Classes, join_labels, split_labels
@@ -335,36 +335,50 @@ def read_test_table(cfg: PipelineConfig, paths: Paths) -> tuple[pd.DataFrame, Pa
     return pd.DataFrame({"id": ids, "path": [str(_image_path(data, paths.data / data.test_dir, i)) for i in ids]}), path
 
 
-# --- table columns for the stack (stack.features) --------------------------------------------------
+# --- table columns beside the scores and the pixels (stack.features, a model's meta) ---------------
 
 
-def feature_table(cfg: PipelineConfig, paths: Paths, split: str, ids: np.ndarray) -> pd.DataFrame:
-    """The columns ``stack.features`` reads, for the rows ``ids`` in their order: from the train
-    table (``split='train'``: ``data.train_csv``) or the test table (``data.test_csv``, else the
-    sample submission), joined by id. Numeric columns as floats (an empty cell: missing),
+def feature_table(cfg: PipelineConfig, paths: Paths, split: str, ids: np.ndarray, spec: TableColumns | None = None,
+                  key: str = "stack.features") -> pd.DataFrame:
+    """The columns ``spec`` reads (``stack.features`` where None; ``key`` names it in errors),
+    for the rows ``ids`` in their order: from the train table (``split='train'``:
+    ``data.train_csv``) or the test table (``data.test_csv``, else the sample submission),
+    joined by id (see :func:`column_table`).
+
+    Raises:
+        DataError: one line naming the file and the column (missing), the row and the column
+            (not a number), or an id without a row.
+    """
+    spec, data = spec or cfg.stack.features, cfg.data
+    if split == "train":
+        if data.layout != "csv":
+            raise DataError(f"{key}: layout {data.layout!r} has no train table to read columns from; "
+                            f"use layout 'csv'")
+        path, what = paths.data / data.train_csv, "train table"
+    else:
+        _, path = read_test_table(cfg, paths)
+        what = "test table" if data.test_csv is not None else "sample submission"
+    return column_table(path, what, data.id_column, spec, ids, key)
+
+
+def column_table(path: Path, what: str, id_column: str, spec: TableColumns, ids: np.ndarray | list[str],
+                 key: str) -> pd.DataFrame:
+    """The columns ``spec`` reads from the table at ``path``, for the rows ``ids`` in their
+    order, joined by ``id_column``. Numeric columns as floats (an empty cell: missing),
     categorical and group columns as strings (an empty cell: missing).
 
     Raises:
         DataError: one line naming the file and the column (missing), the row and the column
             (not a number), or an id without a row.
     """
-    spec, data = cfg.stack.features, cfg.data
-    if split == "train":
-        if data.layout != "csv":
-            raise DataError(f"stack.features: layout {data.layout!r} has no train table to read columns from; "
-                            f"use layout 'csv'")
-        path, what = paths.data / data.train_csv, "train table"
-    else:
-        _, path = read_test_table(cfg, paths)
-        what = "test table" if data.test_csv is not None else "sample submission"
     frame = read_csv(path, what)
-    wanted = list(dict.fromkeys([*spec.used, *([spec.group] if spec.group else [])]))
-    require_columns(frame, [data.id_column, *wanted], path)
-    listed = frame[data.id_column].str.strip()
-    frame = frame.assign(**{data.id_column: listed}).drop_duplicates(data.id_column).set_index(data.id_column)
+    wanted = spec.read
+    require_columns(frame, [id_column, *wanted], path)
+    listed = frame[id_column].str.strip()
+    frame = frame.assign(**{id_column: listed}).drop_duplicates(id_column).set_index(id_column)
     absent = pd.Index(ids).difference(frame.index)
     if len(absent):
-        raise DataError(f"{path}: no row for id {absent[0]!r}{_and_more(len(absent))} (stack.features reads its columns)")
+        raise DataError(f"{path}: no row for id {absent[0]!r}{_and_more(len(absent))} ({key} reads its columns)")
     table = frame.loc[list(ids), wanted].apply(lambda column: column.str.strip()).replace("", np.nan)
     for column in spec.numeric:
         numbers = pd.to_numeric(table[column], errors="coerce")
@@ -376,6 +390,11 @@ def feature_table(cfg: PipelineConfig, paths: Paths, split: str, ids: np.ndarray
                             f"{table.loc[bad, column].iloc[0]!r}, not a number")
         table[column] = numbers.astype(np.float64)
     return table.reset_index(drop=True)
+
+
+def image_ids(data: LayoutConfig, images: list[Path]) -> list[str]:
+    """The ids of image files as the pipeline's tables name them (with or without the extension)."""
+    return [_image_id(data, image) for image in images]
 
 
 # --- external labelled data (data.extra) -----------------------------------------------------------

@@ -37,6 +37,7 @@ from foldstack.data.labels import Classes
 from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
+from foldstack.training.meta import MetaRows
 from foldstack.training.fold_task import (
     DEFAULT_WORKERS,
     WORKER,
@@ -70,10 +71,20 @@ class Predictor:
         return trained_fold_dirs(self.cfg, self.paths.models, model, self.folds_digest)
 
     def task(self, model: ModelConfig, images: Path, fold_dirs: tuple[Path, ...], split: str | None,
-             ids: list[str] | None = None) -> PredictTask:
-        """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``."""
+             ids: list[str] | None = None, meta: MetaRows | None = None) -> PredictTask:
+        """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``; ``meta``:
+        the images' table columns, for a model that reads them."""
         return predict_task(self.cfg, self.paths.models, model, len(self.classes), images, fold_dirs, split, ids,
-                            self.workers)
+                            self.workers, meta)
+
+    def test_meta(self, model: ModelConfig, ids: list[str]) -> MetaRows | None:
+        """The test rows' table columns (the model's ``meta``) from the test table (the test CSV,
+        else the sample submission), as ``stack.features`` reads them; None without ``meta``."""
+        if model.meta is None:
+            return None
+        table = tables.feature_table(self.cfg, self.paths, "test", np.asarray(ids), model.meta,
+                                     f"model {model.name!r} meta")
+        return MetaRows.of(table, model.meta)
 
     def test_set(self) -> None:
         """Predict the test set with every model whose test file is stale; refresh the reference."""
@@ -87,7 +98,9 @@ class Predictor:
             for model in cfg.models:
                 dirs = self.fold_dirs(model)
                 k = len(dirs)
-                key = digest({"weights": weights_digest(dirs), "ids": ids, "task": cfg.task,
+                meta = self.test_meta(model, ids)
+                columns = {} if meta is None else {"meta": [meta.numbers.tolist(), meta.categories.tolist()]}
+                key = digest({"weights": weights_digest(dirs), "ids": ids, "task": cfg.task, **columns,
                               "classes": list(self.classes.names),
                               "model": model.model_dump(mode="json"), "augment": cfg.augment.model_dump(mode="json")})
                 out = paths.test / f"{model.name}.parquet"
@@ -104,7 +117,7 @@ class Predictor:
                     ticks[name] += 1
                     bar.update(1)
 
-                jobs.append(Job(model.name, f"{WORKER}:predict_folds", (self.task(model, cache, dirs, "test", ids),),
+                jobs.append(Job(model.name, f"{WORKER}:predict_folds", (self.task(model, cache, dirs, "test", ids, meta),),
                                 tick, needs=(cache, *dirs)))
 
             def done(job: Job, folds: list[np.ndarray], seconds: float) -> None:
@@ -184,19 +197,21 @@ def image_files(folder: Path, read: ImageReader = ImageReader()) -> list[Path]:
 
 
 def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unreadable: bool = False,
-           workers: int | None = None, explain: bool = False) -> pd.DataFrame:
+           workers: int | None = None, explain: bool = False, table: Path | None = None) -> pd.DataFrame:
     """Predict every image under ``folder`` with every model's folds and the saved stack; write
     ``out``, a CSV: ``image`` (the path under ``folder``), ``label``, one probability column per
     class (an ordinal task: ``score``, and ``label`` the grade its saved cut points give; a
     regression: ``prediction``, clipped to ``regression.range`` as submitted, and no ``label``), ``distance`` (to the training images, see :mod:`foldstack.contracts.reference`) and
     ``unfamiliar``. Images unlike the training images are named in a warning. With ``explain``,
     each image's Grad-CAM heatmap (see :func:`explain`) goes into a folder beside ``out`` and
-    its path into a ``heatmap`` column.
+    its path into a ``heatmap`` column. ``table``: a CSV of the images' table columns (a row per
+    image, by ``data.id_column``: the file name as the pipeline's tables name it), for the models
+    that read them (``meta``).
 
     Raises:
         DataError: the folder is missing or empty, an image is unreadable (unless
-            ``skip_unreadable``), or the trained folds or the saved stack are missing or stale.
-            Nothing is written then.
+            ``skip_unreadable``), the trained folds or the saved stack are missing or stale, or a
+            model reads table columns that ``table`` lacks (or is not given). Nothing is written then.
     """
     started = time.perf_counter()
     read = ImageReader.of(cfg.data)
@@ -210,6 +225,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     dirs = {model.name: predictor.fold_dirs(model) for model in cfg.models}
     sizes = list(dict.fromkeys(model.cached_size for model in cfg.models))
     files, arrays = _decode(files, sizes, skip_unreadable, read)
+    meta = {model.name: _image_meta(cfg, model, files, table) for model in cfg.models}
     first = cfg.models[0]
     known = reference.read(paths.models / first.name)
     with tempfile.TemporaryDirectory(prefix="foldstack-images-") as tmp:
@@ -217,7 +233,8 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
             np.save(Path(tmp) / f"{size_name(size)}.npy", array)
         X = []
         for model in tqdm(cfg.models, desc="predict images", unit="model", disable=None):
-            task = predictor.task(model, Path(tmp) / f"{size_name(model.cached_size)}.npy", dirs[model.name], None)
+            task = predictor.task(model, Path(tmp) / f"{size_name(model.cached_size)}.npy", dirs[model.name], None,
+                                  meta=meta[model.name])
             X.append(fold_mean(isolate.call(f"{WORKER}:predict_folds", task)))
         distance = None
         if known is not None:
@@ -229,7 +246,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     frame = _table(folder, files, fitted.classes, proba, distance, known, fitted.values)
     if explain:
         frame["heatmap"] = _explain(cfg, fitted.classes, first, dirs[first.name][0], arrays[first.cached_size],
-                                    frame, out)
+                                    frame, out, meta[first.name])
     write_csv(out, frame)
     seconds = time.perf_counter() - started
     print(f"predicted {len(files)} images in {seconds:.1f} s ({len(files) / seconds:.1f} images/s) -> {out}")
@@ -243,8 +260,26 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
     return frame
 
 
+def _image_meta(cfg: PipelineConfig, model: ModelConfig, files: list[Path], table: Path | None) -> MetaRows | None:
+    """The images' table columns that ``model`` reads (``meta``), from ``table`` by id; None
+    for a model without ``meta``.
+
+    Raises:
+        DataError: the model reads columns and no table is given, or the table lacks a column or
+            an image's row, or holds a number that is not one.
+    """
+    if model.meta is None:
+        return None
+    if table is None:
+        raise DataError(f"model {model.name!r} reads table columns (meta: {', '.join(model.meta.used)}); "
+                        f"pass --table CSV with a row per image ({cfg.data.id_column!r} and those columns)")
+    ids = tables.image_ids(cfg.data, files)
+    rows = tables.column_table(table, "table", cfg.data.id_column, model.meta, ids, f"model {model.name!r} meta")
+    return MetaRows.of(rows, model.meta)
+
+
 def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir: Path, images: np.ndarray,
-             frame: pd.DataFrame, out: Path) -> list[str]:
+             frame: pd.DataFrame, out: Path, meta: MetaRows | None = None) -> list[str]:
     """Each image's Grad-CAM by the first model's fold 0, for the class the stack predicts
     (multilabel: the network's own top class), as a PNG in ``<out stem>-explain/``; their paths
     relative to ``out``'s folder."""
@@ -256,7 +291,7 @@ def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir
     names = list(classes.names)
     # A multilabel network's own top class; an ordinal or regression network's one output.
     target = None if classes.multilabel or classes.one_column else np.array([names.index(label) for label in frame["label"]])
-    result = isolate.call(f"{WORKER}:explain_images", task, images, target)
+    result = isolate.call(f"{WORKER}:explain_images", task, images, target, meta)
     folder = out.with_name(f"{out.stem}-explain")
     pictures = [f"{Path(image).with_suffix('').as_posix().replace('/', '__')}.png" for image in frame["image"]]
     with atomic_dir(folder) as tmp:

@@ -42,6 +42,7 @@ from foldstack.data.cache import model_cache, open_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
 from foldstack.training.fold_task import WORKER, FoldTask, members
+from foldstack.training.meta import MetaRows
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,10 @@ def _explain(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     """Grad-CAM of the OOF ``rows``, each by the fold that never saw it (its first seed): per row
     its heatmap and explained class; warns where a fold's network does not give ``network_oof``."""
     images = _train_images(cfg, paths, train_files, data.ids, model)
+    meta = None
+    if model.meta is not None:  # the rows' table columns, as the network read them
+        meta = MetaRows.of(tables.feature_table(cfg, paths, "train", data.ids, model.meta, f"model {model.name!r} meta"),
+                           model.meta)
     found = {}
     # Under seed bagging a fold's first seed explains it; its OOF is then the mean of several runs.
     first_run = {run.fold: run for run in reversed(members(model, cfg.folds.k, cfg.seed))}
@@ -268,7 +273,8 @@ def _explain(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
                         train_index=np.flatnonzero(data.fold != fold), valid_index=np.flatnonzero(data.fold == fold),
                         augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / run.name,
                         seed=run.run_seed)
-        result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None)
+        result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None,
+                              None if meta is None else meta.take(in_fold))
         _check_reproduces(model, int(fold), result["proba"], network_oof[in_fold], averaged=averaged)
         found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
     return found

@@ -42,6 +42,7 @@ from foldstack.training.fold_task import (
     FoldTask,
     JoinedRows,
     Member,
+    digest,
     features_key,
     fold_fingerprint,
     members,
@@ -49,6 +50,7 @@ from foldstack.training.fold_task import (
     train_split,
     training_target,
 )
+from foldstack.training.meta import MetaRows
 from foldstack.training.rounds import SplitImages, Teachers, round_fields, source_key
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,8 @@ class Trainer:
             keys["extra"] = features_key(model, self.cfg.augment, self.extra["id"].tolist())
         runs = members(model, self.cfg.folds.k, self.cfg.seed)
         fingerprints = {run: self._fingerprint(model, run) for run in runs}
-        sources = [source_key(model, fold, self.teachers) for fold in range(self.cfg.folds.k)]
+        meta = self._meta_rows(model)
+        sources = [with_meta(source_key(model, fold, self.teachers), meta) for fold in range(self.cfg.folds.k)]
         features, features_seconds = None, None
         if model.regime == "features":
             features = self.paths.models / model.name / "features"
@@ -146,7 +149,7 @@ class Trainer:
                 features_seconds = round(time.perf_counter() - started, 2)
         results, jobs, ticks, run_of = {}, [], {}, {}
         for run in runs:
-            task = self._fold_task(model, run, caches, features, fingerprints[run], sources[run.fold])
+            task = self._fold_task(model, run, caches, features, fingerprints[run], sources[run.fold], meta)
             if isinstance(task, dict):  # already trained
                 results[run] = task
                 bar.update(model.epochs)
@@ -193,8 +196,16 @@ class Trainer:
         """The run as the terminal names it: ``cnn fold 2``, or ``cnn fold 2 seed 7`` when bagged."""
         return f"{model.name} fold {run.fold}" + (f" seed {run.seed}" if model.seeds else "")
 
+    def _meta_rows(self, model: ModelConfig) -> MetaRows | None:
+        """Every training row's table columns (the model's ``meta``), in folds.csv order."""
+        if model.meta is None:
+            return None
+        table = tables.feature_table(self.cfg, self.paths, "train", self.folds["id"].to_numpy(), model.meta,
+                                     f"model {model.name!r} meta")
+        return MetaRows.of(table, model.meta)
+
     def _fold_task(self, model: ModelConfig, run: Member, caches: dict[str, Path], features: Path | None,
-                   fingerprint: str, source: str | None = None) -> FoldTask | dict:
+                   fingerprint: str, source: str | None = None, meta: MetaRows | None = None) -> FoldTask | dict:
         """The run's task, its folder made ready; or its ``done.json`` if it is trained already."""
         fold = run.fold
         fold_dir = self._fold_dir(model, run)
@@ -217,7 +228,7 @@ class Trainer:
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
             caches=caches, fold_dir=fold_dir, seed=run.run_seed, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features, extra=self._extra_rows(),
-            target=training_target(self.cfg),
+            target=training_target(self.cfg), meta=meta,
             **round_fields(model, fold, np.flatnonzero(~is_valid), self.y, len(self.classes), self.classes.multilabel,
                            self.teachers.predictions),
         )
@@ -313,6 +324,15 @@ def _mean_oof(tables: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
     mean = tables[0].copy()
     mean[names] = np.mean([table.loc[mean.index, names].to_numpy(np.float64) for table in tables], axis=0)
     return mean
+
+
+def with_meta(source: str | None, meta: MetaRows | None) -> str | None:
+    """A fold's source key (``rounds.source_key``) with its table columns' values: changed
+    columns in the train table train the fold again (the predict stage, which may lack the train
+    table, checks the recipe alone)."""
+    if meta is None:
+        return source
+    return digest({"source": source, "meta": [meta.numbers.tolist(), meta.categories.tolist()]})
 
 
 def _fingerprint_of(fold_dir: Path) -> str | None:

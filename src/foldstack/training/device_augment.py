@@ -145,11 +145,18 @@ def training_network(network: keras.Model, augment: DeviceAugment | None, mix: b
     ``network``, whose layers (and so weights) it shares. None when there is neither."""
     if augment is None and not mix:
         return None
-    image = keras.Input(network.input_shape[1:], name="image")
+    # The network's image input (named "image" where it has others: meta's table columns).
+    shapes = {tensor.name: tuple(tensor.shape) for tensor in network.inputs}
+    first = "image" if "image" in shapes else next(iter(shapes))
+    image = keras.Input(shapes.pop(first)[1:], name="image")
     x = augment(image) if augment is not None else image
     inputs = image
     if mix:
         params = {name: keras.Input(shape, dtype=dtype, name=name) for name, (shape, dtype) in MIX_INPUTS.items()}
         x = DeviceMix()(x, params)
         inputs = {"image": image, **params}
+    if shapes:  # the table columns (meta) go to the network as they are
+        others = {name: keras.Input(shape[1:], name=name) for name, shape in shapes.items()}
+        inputs = {**(inputs if isinstance(inputs, dict) else {"image": image}), **others}
+        x = {"image": x, **others}
     return keras.Model(inputs, network(x), name=f"{network.name}_on_device")

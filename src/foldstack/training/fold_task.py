@@ -22,6 +22,7 @@ from foldstack.core.errors import DataError
 from foldstack.core.metrics import one_hot
 from foldstack.data.arrays import ImageReader
 from foldstack.runtime import isolate
+from foldstack.training.meta import MetaRows
 
 #: The module whose functions run a task in its own process (by name, through
 #: ``runtime.isolate.call``, so that the caller never imports Keras).
@@ -79,6 +80,9 @@ class FoldTask:
             the training step (``training.device_augment``), not in the loader; the fold's process decides it
             (``training.device_forms.augment_on_device``), knowing its device.
         target: a regression's loss settings (``regression``); None for the other tasks.
+        meta: every training row's table columns (the model's ``meta``), row for row with
+            ``y``, or None; the fold fits their scale on ``train_index`` alone
+            (``training.meta``).
     """
 
     model: ModelConfig
@@ -100,6 +104,7 @@ class FoldTask:
     extra: JoinedRows | None = None
     augment_on_device: bool = False
     target: RegressionConfig | None = None
+    meta: MetaRows | None = None
 
     @property
     def size(self) -> int:
@@ -146,6 +151,8 @@ class PredictTask:
             their features without caching them (a one-off folder of new images).
         features_key: what the cached features depend on (:func:`features_key`).
         split: the name the features are cached under (``train``, ``test``).
+        meta: the images' table columns (the model's ``meta``), row for row, or None; each fold
+            encodes them by the scale it saved (``training.meta``).
     """
 
     model: ModelConfig
@@ -158,6 +165,7 @@ class PredictTask:
     features: Path | None = None
     features_key: str | None = None
     split: str = "test"
+    meta: MetaRows | None = None
 
     @property
     def size(self) -> int:
@@ -286,13 +294,13 @@ def trained_fold_dirs(cfg: PipelineConfig, models: Path, model: ModelConfig, fol
 
 def predict_task(cfg: PipelineConfig, models: Path, model: ModelConfig, n_classes: int, images: Path,
                  fold_dirs: tuple[Path, ...], split: str | None, ids: list[str] | None = None,
-                 workers: int = 1) -> PredictTask:
+                 workers: int = 1, meta: MetaRows | None = None) -> PredictTask:
     """What the worker needs to predict ``images`` (a ``.npy``) with ``fold_dirs``; a ``split``
     caches the ``features`` regime's backbone pass under its ids' key in the model's folder
-    under ``models``."""
+    under ``models``; ``meta``: the images' table columns, for a model that reads them."""
     cached = model.regime == "features" and split is not None
     return PredictTask(model=model, task=cfg.task, n_classes=n_classes, augment=cfg.augment,
                        images=images, fold_dirs=fold_dirs, workers=workers,
                        features=models / model.name / "features" if cached else None,
                        features_key=features_key(model, cfg.augment, ids) if cached else None,
-                       split=split or "images")
+                       split=split or "images", meta=meta)

@@ -23,7 +23,8 @@ from foldstack.core.errors import DataError
 from foldstack.runtime.gradients import input_gradient
 from foldstack.training.augment import compose, crop
 from foldstack.training.fold_task import BEST, FoldTask
-from foldstack.training.network import Unstandardise, create_backbone, features_network
+from foldstack.training.meta import MetaRows, fold_inputs, width
+from foldstack.training.network import MetaJoin, Unstandardise, create_backbone, features_network
 from foldstack.training.regimes import image_network, without_pretrained
 
 
@@ -45,7 +46,9 @@ class Explanation:
 
 @dataclass(frozen=True)
 class SplitNetwork:
-    """A fold's network as ``feature_map(images) -> A`` then ``logits(A)``, and the head's activation."""
+    """A fold's network as ``feature_map(images) -> A`` then ``logits(A, meta)`` (``meta``: the
+    images' encoded table columns, for a network that reads them; else None), and the head's
+    activation."""
 
     feature_map: keras.Model
     logits: Callable
@@ -69,20 +72,22 @@ def load_fold_network(task: FoldTask) -> SplitNetwork:
         head.load_weights(str(weights))
         layers = [keras.layers.GlobalAveragePooling2D(), *head.layers[1:]]
     else:
-        network, backbone = image_network(without_pretrained(task))
+        network, backbone = image_network(without_pretrained(task), meta_width=width(task.model.meta, task.fold_dir))
         network.load_weights(str(weights))
-        # build_network is a chain: input, backbone, pooling, head layers.
-        layers = network.layers[network.layers.index(backbone) + 1:]
+        # build_network is a chain: input, backbone, pooling, head layers (MetaJoin among them
+        # takes the table columns too; their input layer is no step of the chain).
+        layers = [layer for layer in network.layers[network.layers.index(backbone) + 1:]
+                  if not isinstance(layer, keras.layers.InputLayer)]
     *hidden, last = layers
     scale = None
     if isinstance(last, Unstandardise):  # a regression's value: the unit's, on the target's scale
         scale, (*hidden, last) = last, hidden
     activation = last.activation if scale is None else _on_scale(scale, last.activation)
 
-    def logits(features):
+    def logits(features, meta=None):
         x = features
         for layer in hidden:
-            x = layer(x, training=False)
+            x = layer([x, ops.cast(meta, x.dtype)], training=False) if isinstance(layer, MetaJoin) else layer(x, training=False)
         return ops.matmul(x, ops.cast(last.kernel, x.dtype)) + ops.cast(last.bias, x.dtype)
 
     return SplitNetwork(feature_map=backbone, logits=logits, activation=activation)
@@ -94,7 +99,7 @@ def _on_scale(scale: Unstandardise, activation):
 
 
 def gradcam(network: SplitNetwork, images: np.ndarray, class_index: np.ndarray | int | None = None,
-            batch_size: int = 32) -> Explanation:
+            batch_size: int = 32, meta: np.ndarray | None = None) -> Explanation:
     """Grad-CAM heatmaps of ``images`` (``(n, size, size, 3)``, as the network takes them).
 
     Args:
@@ -103,12 +108,14 @@ def gradcam(network: SplitNetwork, images: np.ndarray, class_index: np.ndarray |
         class_index: the class to explain, one for all or one per image; None explains each
             image's predicted class.
         batch_size: images per backbone pass.
+        meta: the images' encoded table columns, row for row (a network that reads them).
     """
     heatmaps, classes, probas = [], [], []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
         features = ops.convert_to_numpy(network.feature_map(batch, training=False)).astype(np.float32)
-        proba = ops.convert_to_numpy(network.activation(network.logits(features)))
+        columns = None if meta is None else ops.convert_to_tensor(meta[start:start + batch_size])
+        proba = ops.convert_to_numpy(network.activation(network.logits(features, columns)))
         if class_index is None:
             chosen = proba.argmax(axis=1)
         else:
@@ -116,8 +123,8 @@ def gradcam(network: SplitNetwork, images: np.ndarray, class_index: np.ndarray |
                                      if np.ndim(class_index) else class_index, (len(batch),))
         chosen = np.asarray(chosen, dtype=np.int32)
 
-        def score(a, chosen=chosen):
-            return ops.take_along_axis(network.logits(a), ops.convert_to_tensor(chosen[:, None]), axis=1)[:, 0]
+        def score(a, chosen=chosen, columns=columns):
+            return ops.take_along_axis(network.logits(a, columns), ops.convert_to_tensor(chosen[:, None]), axis=1)[:, 0]
 
         _, grads = input_gradient(score, features)
         weights = grads.mean(axis=(1, 2), keepdims=True)  # (n, 1, 1, channels)
@@ -128,12 +135,15 @@ def gradcam(network: SplitNetwork, images: np.ndarray, class_index: np.ndarray |
     return Explanation(np.concatenate(heatmaps), np.concatenate(classes), np.concatenate(probas))
 
 
-def explain(task: FoldTask, images: np.ndarray, class_index: np.ndarray | int | None = None) -> Explanation:
+def explain(task: FoldTask, images: np.ndarray, class_index: np.ndarray | int | None = None,
+            meta: MetaRows | None = None) -> Explanation:
     """Grad-CAM of raw uint8 ``images`` (``(n, size, size, 3)``) by the fold ``task`` names:
-    the pipeline's ``valid`` transforms first, then :func:`gradcam`."""
+    the pipeline's ``valid`` transforms first, then :func:`gradcam`; ``meta``: the images' table
+    columns, row for row, encoded by the fold's saved scale (a model with ``meta``)."""
     transform = compose([*crop(task.model, train=False), *task.augment.valid])
     prepared = np.stack([transform(image=np.asarray(image))["image"] for image in images]) if len(images) else images
-    return gradcam(load_fold_network(task), prepared, class_index, batch_size=task.model.batch_size)
+    return gradcam(load_fold_network(task), prepared, class_index, batch_size=task.model.batch_size,
+                   meta=fold_inputs(task.model.meta, meta, task.fold_dir))
 
 
 def _to_size(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:

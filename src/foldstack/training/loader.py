@@ -56,6 +56,8 @@ class ImageBatches(keras.utils.PyDataset):
             they are and puts the draws beside them (a batch's inputs are then a dict).
         sampler: draws each epoch's rows (``training.sampling.Sampler``: balanced classes, a
             new draw every epoch) in place of shuffling ``index``; training batches only.
+        meta: the rows' encoded table columns (``training.meta``), row for row with ``images``,
+            or None; with them a batch's inputs are ``{"image": ..., "meta": ...}``.
         multiple: every batch's row count is a multiple of it (None: what the distribution now
             set needs, ``distribute.batch_multiple``): a training batch drops its remainder
             (another one each epoch, the order being shuffled), a prediction batch (no
@@ -65,7 +67,7 @@ class ImageBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, index: np.ndarray, targets: np.ndarray | None = None,
                  transform: A.Compose | None = None, batch_size: int = 32, shuffle: bool = False,
                  seed: int = 0, workers: int = 1, mix: Mix | None = None, multiple: int | None = None,
-                 sampler: Sampler | None = None, **kwargs):
+                 sampler: Sampler | None = None, meta: np.ndarray | None = None, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.images = images
         self.index = np.asarray(index)
@@ -79,6 +81,7 @@ class ImageBatches(keras.utils.PyDataset):
         self._epoch = 0
         self._rng = np.random.default_rng(seed)
         self.sampler = sampler
+        self.meta = meta
         self._order = self._next_order()
         self._local = threading.local()  # each worker thread's own copy of the transform
 
@@ -107,6 +110,8 @@ class ImageBatches(keras.utils.PyDataset):
             seed = np.random.SeedSequence([self.seed, self._epoch, batch]).generate_state(1)[0]
             transform.set_random_seed(int(seed))
             images = np.stack([transform(image=image)["image"] for image in images])
+        if self.meta is not None:  # the config refuses MixUp and CutMix with meta: no mix below
+            images = {"image": images, "meta": np.asarray(self.meta[rows])}
         if self.targets is None:
             return (images,)
         targets = self.targets[rows]
@@ -131,12 +136,13 @@ class ImageBatches(keras.utils.PyDataset):
 
 
 def view_batches(images: np.ndarray, index: np.ndarray, augment: AugmentConfig, view: list[dict],
-                 batch_size: int, workers: int = 1, model: ModelConfig | None = None) -> ImageBatches:
+                 batch_size: int, workers: int = 1, model: ModelConfig | None = None,
+                 meta: np.ndarray | None = None) -> ImageBatches:
     """Unshuffled batches of one TTA view: the model's centre crop (``cache_size``), the valid
-    transforms, then the view's own."""
+    transforms, then the view's own; ``meta``: the images' encoded table columns, row for row."""
     centre = crop(model, train=False) if model is not None else []
     return ImageBatches(images, index, transform=compose([*centre, *augment.valid, *view]),
-                        batch_size=batch_size, workers=workers)
+                        batch_size=batch_size, workers=workers, meta=meta)
 
 
 def predict(network: keras.Model, inputs: ImageBatches | np.ndarray, batch_size: int = 32) -> np.ndarray:

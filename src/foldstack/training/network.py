@@ -76,6 +76,34 @@ def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
 #: The pooling layer's name in every image network (what ``worker.embed`` reads the features of).
 POOLED = "pooled"
 
+#: The table columns' input (``meta``), beside the ``image``.
+META = "meta"
+
+#: The meta branch's units: a small dense layer, as the SIIM-ISIC winners' meta branch before
+#: their features joined (theirs: 512 then 128 units, github.com/haqishen/SIIM-ISIC-Melanoma-Classification-1st-Place-Solution).
+META_UNITS = 32
+
+
+class MetaJoin(keras.layers.Layer):
+    """The encoded table columns (``training.meta``) through a small dense branch, concatenated
+    to the pooled image features: one layer taking ``[pooled, meta]``, so the layers after the
+    pooling stay a chain that Grad-CAM runs one by one."""
+
+    def __init__(self, units: int = META_UNITS, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units, activation="relu", name="meta_dense")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape[1])
+
+    def call(self, inputs):
+        pooled, meta = inputs
+        return keras.ops.concatenate([pooled, keras.ops.cast(self.dense(meta), pooled.dtype)], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
 
 class GeM(keras.layers.Layer):
     """Generalized-mean pooling (Radenović et al. 2018): ``mean(x^p)^(1/p)`` over the map, ``p``
@@ -136,17 +164,25 @@ def head(features, model: ModelConfig, n_classes: int, task: str, dense_units: S
 
 
 def build_network(task: FoldTask, backbone: keras.Model, frozen_statistics: bool,
-                  dense_units: Sequence[int] = (), any_size: bool = False) -> keras.Model:
+                  dense_units: Sequence[int] = (), any_size: bool = False, meta_width: int = 0) -> keras.Model:
     """The backbone, pooled, under a head. ``frozen_statistics`` calls the backbone with
     ``training=False``: its BatchNorm stays in inference mode even once it is unfrozen, so a
     few small batches never overwrite the ImageNet statistics (the keras-io recipe).
     ``any_size``: the input takes images of any size (the backbone must too), which global
     pooling makes one vector each; the weights are the same as at a fixed size. It never
-    augments: augmentation on the device wraps it (``device_augment.training_network``)."""
+    augments: augmentation on the device wraps it (``device_augment.training_network``).
+    ``meta_width``: the encoded table columns' width (``training.meta.MetaScale.width``); with
+    them the network takes ``{"image": ..., "meta": ...}`` and :class:`MetaJoin` puts them
+    beside the pooled features."""
     shape = (None, None) if any_size else hw(task.size)
-    inputs = keras.Input((*shape, task.model.input_channels), name="image")
-    x = backbone(inputs, training=False) if frozen_statistics else backbone(inputs)
+    image = keras.Input((*shape, task.model.input_channels), name="image")
+    x = backbone(image, training=False) if frozen_statistics else backbone(image)
     x = pool(x, task.model.pooling)
+    inputs = image
+    if meta_width:
+        meta = keras.Input((meta_width,), name=META)
+        x = MetaJoin(name="meta_join")([x, meta])
+        inputs = {"image": image, META: meta}
     return keras.Model(inputs, head(x, task.model, task.n_classes, task.task, dense_units, task.target_scale),
                        name=task.model.name)
 

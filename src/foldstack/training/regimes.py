@@ -32,6 +32,7 @@ from foldstack.training.device_forms import device_steps
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask, train_split
 from foldstack.training.loader import ImageBatches, predict, view_batches
+from foldstack.training.meta import fit_fold, width
 from foldstack.training.network import build_network, create_backbone, features_network
 from foldstack.training.phases import Phase, Plan, fit_phases, resized
 from foldstack.training.rounds import n_training_rows, training_rows
@@ -45,42 +46,59 @@ Images = dict[str, np.ndarray]
 
 
 def scratch(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
-    network, backbone = image_network(task, any_size=bool(task.model.progressive))
+    meta = fold_meta(task)
+    network, backbone = image_network(task, any_size=bool(task.model.progressive), meta_width=_width(meta))
     phases = [Phase("all", task.model.epochs, task.model.lr, backbone="all")]
-    return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+    return _image_plan(task, images, network, backbone, phases, meta), tta_predictor(task, network, images, meta)
 
 
 def finetune(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
     model = task.model
-    network, backbone = image_network(task, any_size=bool(model.progressive))
+    meta = fold_meta(task)
+    network, backbone = image_network(task, any_size=bool(model.progressive), meta_width=_width(meta))
     head_epochs = min(model.head_epochs, model.epochs)
     phases = []
     if head_epochs:
         phases.append(Phase("head", head_epochs, model.lr, backbone=None))
     if model.epochs > head_epochs:
         phases.append(Phase("unfrozen", model.epochs - head_epochs, model.finetune_lr, backbone=model.unfreeze))
-    return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+    return _image_plan(task, images, network, backbone, phases, meta), tta_predictor(task, network, images, meta)
 
 
 def partial(task: FoldTask, images: Images) -> tuple[Plan, Predict]:
-    network, backbone = image_network(task, any_size=bool(task.model.progressive))
+    meta = fold_meta(task)
+    network, backbone = image_network(task, any_size=bool(task.model.progressive), meta_width=_width(meta))
     phases = [Phase("head", task.model.epochs, task.model.lr, backbone=None)]
-    return _image_plan(task, images, network, backbone, phases), tta_predictor(task, network, images)
+    return _image_plan(task, images, network, backbone, phases, meta), tta_predictor(task, network, images, meta)
 
 
-def image_network(task: FoldTask | PredictTask, any_size: bool = False) -> tuple[keras.Model, keras.Model]:
+def fold_meta(task: FoldTask) -> dict[str, np.ndarray] | None:
+    """The fold's table columns (``meta``) encoded by its training rows' scale, which is saved
+    in its folder for prediction (``training.meta.fit_fold``): ``{"train": rows}``, row for row
+    with the training split's images; None for a model without ``meta``."""
+    encoded = fit_fold(task.model.meta, task.meta, task.train_index, task.fold_dir)
+    return None if encoded is None else {"train": encoded}
+
+
+def _width(meta: dict[str, np.ndarray] | None) -> int:
+    return 0 if meta is None else next(iter(meta.values())).shape[1]
+
+
+def image_network(task: FoldTask | PredictTask, any_size: bool = False,
+                  meta_width: int = 0) -> tuple[keras.Model, keras.Model]:
     """The network of an image regime (``scratch``, ``finetune``, ``partial``) and its backbone.
 
     ``scratch`` lets BatchNorm learn the new images' statistics; the others keep the backbone's.
     ``any_size``: it takes images of every size (progressive resizing trains it so; prediction
     builds it at ``image_size``, with the same weights). It never augments: a fold whose train
-    transforms run on the device trains it wrapped (:func:`device_network`).
+    transforms run on the device trains it wrapped (:func:`device_network`). ``meta_width``: the
+    encoded table columns' width, joined to the pooled features (0: none).
     """
     model = task.model
     with device.remat_scope(model.remat):  # ``remat: true``: every layer made here recomputes its activations
         backbone = create_backbone(model, any_size)
         network = build_network(task, backbone, frozen_statistics=model.regime != "scratch",
-                                dense_units=model.head_units, any_size=any_size)
+                                dense_units=model.head_units, any_size=any_size, meta_width=meta_width)
     return network, backbone
 
 
@@ -162,7 +180,7 @@ def trained_network(task: PredictTask, fold_dir: Path, n_features: int | None = 
     if task.model.regime == "features":
         network = features_network(task, n_features)
     else:
-        network, _ = image_network(without_pretrained(task))
+        network, _ = image_network(without_pretrained(task), meta_width=width(task.model.meta, fold_dir))
     path = fold_dir / BEST
     if not path.is_file():
         raise DataError(f"{path}: not found; run the train stage first")
@@ -181,26 +199,31 @@ def without_pretrained(task: FoldTask | PredictTask) -> FoldTask | PredictTask:
 
 
 def _image_plan(task: FoldTask, images: Images, network: keras.Model, backbone: keras.Model,
-                phases: list[Phase]) -> Plan:
+                phases: list[Phase], meta: dict[str, np.ndarray] | None = None) -> Plan:
     """A plan that trains on augmented batches of the image cache; each phase gets fresh batches,
-    at its own size under progressive resizing (validation stays at ``image_size``)."""
+    at its own size under progressive resizing (validation stays at ``image_size``); ``meta``:
+    the training split's encoded table columns, which every batch carries."""
+    rows = None if meta is None else meta["train"]
     batch_size = task.model.batch_size
     if task.model.progressive:
         phases = resized(phases, task.model.progressive)
     _, index, targets = training_rows(task, images["train"], images.get("test"))
     draw = sampler(task.model.sampler, index, targets)
     return Plan(network=network, backbone=backbone, phases=phases, trainer=device_network(task, network),
-                train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None)},
+                train=lambda phase=None: {"x": train_batches(task, images, phase.size if phase else None, rows)},
                 steps=math.ceil((draw.size if draw else n_training_rows(task)) / batch_size),
                 valid=view_batches(images["train"], task.valid_index, task.augment, [], batch_size, task.workers,
-                                   task.model))
+                                   task.model, rows))
 
 
-def train_batches(task: FoldTask, images: Images, size: int | None = None) -> ImageBatches:
+def train_batches(task: FoldTask, images: Images, size: int | None = None,
+                  meta: np.ndarray | None = None) -> ImageBatches:
     """Shuffled, augmented (and, as the model says, mixed) batches of the fold's training rows
     (and pseudo-labelled test images) at ``size`` (None: ``image_size``), seeded by the fold's
     seed; with the transforms on the device, the rows as cached, and with MixUp or CutMix the
-    draws beside them and the targets mixed (the training network augments and mixes the rows)."""
+    draws beside them and the targets mixed (the training network augments and mixes the rows).
+    ``meta``: the training split's encoded table columns (the config keeps joined rows and mixing
+    away from a model with them)."""
     array, index, targets = training_rows(task, images[train_split(size)], images.get(train_split(size, "test")),
                                           images.get(train_split(size, "extra")))
     cut = crop(task.model, train=True)  # cache_size: a random crop of image_size, in the loader either way
@@ -210,13 +233,17 @@ def train_batches(task: FoldTask, images: Images, size: int | None = None) -> Im
         transform, mix = compose([*cut, *task.augment.train]), BatchMix.of(task.model, pixels=loader_pixels())
     return ImageBatches(array, index, targets, transform,
                         batch_size=task.model.batch_size, shuffle=True, seed=task.seed, workers=task.workers,
-                        mix=mix, sampler=sampler(task.model.sampler, index, targets))
+                        mix=mix, sampler=sampler(task.model.sampler, index, targets), meta=meta)
 
 
-def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images) -> Predict:
+def tta_predictor(task: FoldTask | PredictTask, network: keras.Model, images: Images,
+                  meta: dict[str, np.ndarray] | None = None) -> Predict:
+    """``predict(split, index)``: the network's probabilities of the split's rows averaged over
+    the TTA views; ``meta``: each split's encoded table columns, for a network that takes them."""
     def predict_split(split: str, index: np.ndarray) -> np.ndarray:
+        rows = None if meta is None else meta[split]
         views = [predict(network, view_batches(images[split], index, task.augment, view, task.model.batch_size,
-                                               task.workers, task.model))
+                                               task.workers, task.model, rows))
                  for view in task.augment.tta]
         return np.mean(views, axis=0)
 

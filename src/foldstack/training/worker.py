@@ -32,6 +32,7 @@ from foldstack.training.features import FeatureCache, extract
 from foldstack.training.fold_task import BEST, FoldTask, PredictTask
 from foldstack.training.gradcam import explain
 from foldstack.training.loader import predict, view_batches
+from foldstack.training.meta import MetaRows, fold_inputs
 from foldstack.training.network import POOLED
 from foldstack.training.regimes import features_tta, fit, trained_network, tta_predictor
 
@@ -87,11 +88,12 @@ def train_fold(task: FoldTask, send: Send) -> dict:
 
 
 def explain_images(task: FoldTask, images: np.ndarray, class_index: np.ndarray | int | None,
-                   send: Send) -> dict[str, np.ndarray]:
+                   meta: MetaRows | None = None, *, send: Send) -> dict[str, np.ndarray]:
     """Grad-CAM of raw uint8 ``images`` by the fold ``task`` names (its ``best.weights.h5``):
     ``heatmaps`` ``(n, size, size)`` in [0, 1], the ``classes`` they explain (the predicted one
-    where ``class_index`` is None) and the probabilities ``proba``."""
-    result = explain(task, images, class_index)
+    where ``class_index`` is None) and the probabilities ``proba``. ``meta``: the images' table
+    columns, row for row, for a model that reads them."""
+    result = explain(task, images, class_index, meta)
     return {"heatmaps": result.heatmaps, "classes": result.classes, "proba": result.proba}
 
 
@@ -106,7 +108,9 @@ def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
     for fold_dir in task.fold_dirs:
         if features is None:
             network = trained_network(task, fold_dir)
-            folds.append(tta_predictor(task, network, {task.split: images})(task.split, index))
+            meta = fold_inputs(task.model.meta, task.meta, fold_dir)
+            predictor = tta_predictor(task, network, {task.split: images}, None if meta is None else {task.split: meta})
+            folds.append(predictor(task.split, index))
         else:
             network = trained_network(task, fold_dir, features[0].shape[1])
             folds.append(features_tta(network, features))
@@ -124,7 +128,8 @@ def embed(task: PredictTask, send: Send) -> np.ndarray:
     if features is not None:
         return features[0]
     network = trained_network(task, task.fold_dirs[0])
-    embedder = keras.Model(network.inputs, network.get_layer(POOLED).output)
+    # The image input alone: the pooled features come before the table columns join (meta).
+    embedder = keras.Model(network.get_layer("image").output, network.get_layer(POOLED).output)
     batches = view_batches(images, np.arange(len(images)), task.augment, task.augment.tta[0], task.model.batch_size,
                            task.workers, task.model)
     return predict(embedder, batches).astype(np.float32)
