@@ -41,7 +41,7 @@ TINY = {
 #: fixtures are built once, and the workers end together instead of one finishing a long module alone.
 LONGEST_FIRST = ("test_executors", "test_init", "test_competitions", "test_train", "test_offline_install",
                  "test_make", "test_backbones", "test_kernel_offline", "test_hub", "test_backends", "test_phases",
-                 "test_averaging", "test_rounds", "test_arrays", "test_bundle", "test_recipes", "test_predict", "test_regression",
+                 "test_averaging", "test_rounds", "test_arrays", "test_meta", "test_bundle", "test_recipes", "test_predict", "test_regression",
                  "test_knobs", "test_efficientnet_lite", "test_ordinal", "test_stack", "test_stack_features")
 
 

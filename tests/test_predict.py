@@ -291,4 +291,4 @@ def test_explain_writes_each_images_heatmap_beside_its_prediction(trained, capsy
             assert image.size[0] > 100 and image.size[1] > 50
     assert sorted(p.name for p in (tmp_path / "few-explain").iterdir()) == sorted(Path(p).name for p in frame["heatmap"])
     code, _, err = run(trained, capsys, "--explain")  # without --images there is nothing to explain
-    assert code == 2 and "--explain go with --images" in err
+    assert code == 2 and "--explain and --table go with --images DIR" in err
