@@ -180,12 +180,13 @@ class ExtraData(LayoutConfig):
     """An external labelled dataset (``data.extra``): its rows join the training side of every
     fold, never a validation fold, the OOF file or the CV.
 
-    Read where it lies (``source``: a local folder), laid out by the same keys as the main data;
-    ``label_map`` maps each of its labels onto a scored class (empty: its labels are the scored
-    classes' names).
+    Read where it lies (``source``: a local folder), or downloaded by ``download`` from Kaggle
+    (``kaggle_dataset``, ``kaggle_competition``: into a folder of its own, ``Paths.extra_data``),
+    laid out by the same keys as the main data; ``label_map`` maps each of its labels onto a
+    scored class (empty: its labels are the scored classes' names).
     """
 
-    source: LocalSource
+    source: Annotated[Union[LocalSource, KaggleCompetitionSource, KaggleDatasetSource], Field(discriminator="type")]
     label_map: dict[str, str] = {}
 
 

@@ -400,23 +400,26 @@ def image_ids(data: LayoutConfig, images: list[Path]) -> list[str]:
 # --- external labelled data (data.extra) -----------------------------------------------------------
 
 
-def load_extra_table(cfg: PipelineConfig, classes: Classes) -> pd.DataFrame:
+def load_extra_table(cfg: PipelineConfig, paths: Paths, classes: Classes) -> pd.DataFrame:
     """``id, label, path, dataset`` for every image of every ``data.extra`` dataset, each read
-    where it lies by its own layout keys, its labels mapped onto the scored classes by its
-    ``label_map`` (``dataset``: its place in the list); empty without extra data.
+    where it lies (``paths.extra_data``: a Kaggle one where ``download`` put it) by its own layout
+    keys, its labels mapped onto the scored classes by its ``label_map`` (``dataset``: its place
+    in the list); empty without extra data.
 
     Raises:
         DataError: one line naming the file, the row (or image) and the label that is not in
             ``label_map`` (or, without one, not a scored class), or a missing image.
     """
-    frames = [_extra_table(extra, i, cfg.task, classes) for i, extra in enumerate(cfg.data.extra)]
+    frames = [_extra_table(extra, i, cfg.task, classes, paths.extra_data(extra.source))
+              for i, extra in enumerate(cfg.data.extra)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "label", "path", "dataset"])
 
 
-def _extra_table(extra: ExtraData, index: int, task: str, classes: Classes) -> pd.DataFrame:
-    root = Path(extra.source.path).expanduser()
+def _extra_table(extra: ExtraData, index: int, task: str, classes: Classes, root: Path) -> pd.DataFrame:
     if not root.is_dir():
-        raise DataError(f"data.extra[{index}].source.path = {str(root)!r}: folder not found")
+        if extra.source.type == "local":
+            raise DataError(f"data.extra[{index}].source.path = {str(root)!r}: folder not found")
+        raise DataError(f"data.extra[{index}].source ({extra.source.type}): {root} not found; run `make download`")
     if extra.layout == "folders":
         table, source = _train_from_folders(extra, root), root / extra.train_dir
     elif extra.layout == "file_names":

@@ -87,7 +87,7 @@ class Trainer:
         """The external rows' images, once ``extra.csv`` is checked against ``data.extra`` as it
         is now (ids, labels, file sizes): changed external data is new folds, trained again."""
         source = folds_file.extra_path(self.paths.folds)
-        table = tables.load_extra_table(self.cfg, self.classes)
+        table = tables.load_extra_table(self.cfg, self.paths, self.classes)
         if not len(self.extra) and not len(table):
             return []
         if not len(self.extra):
