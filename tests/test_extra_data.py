@@ -167,6 +167,11 @@ def test_a_finer_train_label_is_summed_onto_the_scored_classes(competition, tmp_
         np.testing.assert_allclose(table[list(classes.columns)].sum(axis=1), 1.0, atol=1e-5)
     done = json.loads((paths.models / "m" / "fold0" / "done.json").read_text())
     assert np.isfinite(done["score"])
+    h5py = pytest.importorskip("h5py")
+    widths = []
+    with h5py.File(paths.models / "m" / "fold0" / "best.weights.h5", "r") as weights:
+        weights.visititems(lambda name, item: widths.append(item.shape[-1]) if isinstance(item, h5py.Dataset) and item.shape else None)
+    assert len(FINE_MAP) in widths  # the network's outputs: the fine classes
 
 
 def test_a_fine_label_missing_from_the_map_is_one_line(competition, tmp_path) -> None:
