@@ -15,7 +15,7 @@ import pytest
 from foldstack.contracts import folds_file, manifest, predictions
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.stages import download, folds, train
+from foldstack.stages import download, folds, predict, train
 from foldstack.training.fold_task import FoldTask, JoinedRows
 from foldstack.training.regimes import train_batches
 
@@ -131,3 +131,55 @@ def test_a_label_map_onto_no_scored_class_is_refused(competition) -> None:
     cfg = pipeline(folder, label_map={**{label: digit for digit, label in RENAME.items()}, "d3": "three"})
     with pytest.raises(DataError, match=r"data.extra\[0\].label_map: 'three' is not a scored class"):
         folds.run(cfg, paths)
+
+
+# --- a finer training label (data.train_label) ------------------------------------------------------
+
+
+FINE_MAP = {f"{digit}{half}": str(digit) for digit in range(10) for half in "ab"}
+
+
+def fine_pipeline(root: Path, data: Path) -> tuple:
+    """The digits with a finer label beside the scored one: each digit split in two (``3a``, ``3b``)."""
+    paths = Paths.for_pipeline("fine", root)
+    shutil.copytree(data, paths.data)
+    table = pd.read_csv(paths.data / "train.csv", dtype=str)
+    table["fine"] = [label + "ab"[row % 2] for row, label in enumerate(table["label"])]
+    table.to_csv(paths.data / "train.csv", index=False)
+    data_keys = {**TINY["data"], "source": {"type": "embedded", "dataset": "digits", "limit": 50},
+                 "train_label": "fine", "label_map": FINE_MAP}
+    return make_config(data=data_keys, models=[MODEL]), paths
+
+
+@pytest.mark.slow
+def test_a_finer_train_label_is_summed_onto_the_scored_classes(competition, tmp_path) -> None:
+    cfg, paths = fine_pipeline(tmp_path, competition[0].data)
+    folds.run(cfg, paths)
+    train.run(cfg, paths, workers=1)
+    predict.run(cfg, paths, workers=1)
+    classes = folds_file.read_classes(paths.folds, cfg)
+    assert classes.names == tuple(str(d) for d in range(10))  # the scored classes, not the 20 fine ones
+    oof = pd.read_parquet(paths.oof / "m.parquet")
+    test = pd.read_parquet(paths.test / "m.parquet")
+    assert list(oof.columns) == ["id", "fold", *classes.columns]
+    assert list(test.columns) == ["id", *classes.columns]
+    for table in (oof, test):
+        np.testing.assert_allclose(table[list(classes.columns)].sum(axis=1), 1.0, atol=1e-5)
+    done = json.loads((paths.models / "m" / "fold0" / "done.json").read_text())
+    assert np.isfinite(done["score"])
+    h5py = pytest.importorskip("h5py")
+    widths = []
+    with h5py.File(paths.models / "m" / "fold0" / "best.weights.h5", "r") as weights:
+        weights.visititems(lambda name, item: widths.append(item.shape[-1]) if isinstance(item, h5py.Dataset) and item.shape else None)
+    assert len(FINE_MAP) in widths  # the network's outputs: the fine classes
+
+
+def test_a_fine_label_missing_from_the_map_is_one_line(competition, tmp_path) -> None:
+    cfg, paths = fine_pipeline(tmp_path, competition[0].data)
+    table = pd.read_csv(paths.data / "train.csv", dtype=str)
+    table.loc[3, "fine"] = "3c"
+    table.to_csv(paths.data / "train.csv", index=False)
+    folds.run(cfg, paths)
+    with pytest.raises(DataError, match=r"train.csv: row 5 \(id '.*'\): fine '3c' is not in data.label_map") as error:
+        train.run(cfg, paths, workers=1)
+    assert "\n" not in str(error.value)

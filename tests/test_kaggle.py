@@ -18,7 +18,9 @@ from foldstack.core.config import PipelineConfig
 from foldstack.pipeline import load_pipeline, parse_pipeline
 from foldstack.core.errors import FoldstackError
 from foldstack.core.paths import Paths
-from foldstack.stages import bundle
+from foldstack.data import tables
+from foldstack.data.labels import Classes
+from foldstack.stages import bundle, download
 from kaggle_standin import KaggleStandIn, make_zip
 
 USERNAME = "standin-user"
@@ -168,6 +170,47 @@ def test_second_download_does_nothing_until_forced_or_changed(standin, env_crede
     (paths.data / "train" / "a1.jpg").unlink()
     kaggle.download(cfg, paths)
     assert standin.calls and (paths.data / "train" / "a1.jpg").exists()
+
+
+def test_extra_data_from_kaggle_is_downloaded_into_its_own_folder_and_read_there(standin, env_credentials, paths):
+    """``data.extra`` may name a Kaggle dataset or competition: ``download`` fetches each with the
+    client, as it fetches the main data, into a folder of its own with the same marker, and the
+    folds stage reads it there."""
+    other = "dog-breeds-2019"
+    files = {"labels.csv": b"id,breed\nx9,Beagle\n", "train/x9.jpg": b"\xff\xd8x9"}
+    standin.competitions[other] = make_zip(files)
+    standin.rules_accepted.add(other)
+    layout = {"train_csv": "labels.csv", "label_column": "breed", "extension": ".jpg"}
+    extra = [{"source": {"type": "kaggle_dataset", "dataset": DATASET}, **layout},
+             {"source": {"type": "kaggle_competition", "competition": other}, **layout,
+              "label_map": {"Beagle": "beagle", "Pug": "pug"}}]
+    cfg = parse_pipeline({"name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION, **layout, "extra": extra},
+                          "models": [{"name": "m", "backbone": "mobilenet_v2"}]})
+    download.run(cfg, paths)
+    folders = [paths.extra_data(item.source) for item in cfg.data.extra]
+    assert folders == [paths.root / "data" / "_extra" / "datasets" / "someone" / "dog-photos",
+                       paths.root / "data" / "_extra" / "competitions" / other]
+    assert (folders[0] / "train" / "a1.jpg").read_bytes() == FILES["train/a1.jpg"]
+    assert json.loads((folders[1] / kaggle.MARKER).read_text())["files"] == {name: len(content) for name, content in files.items()}
+    assert not list(folders[1].glob("*.zip")) and leftovers(paths) == []
+    assert "datasets.DatasetApiService/DownloadDataset" in standin.calls
+
+    extra_rows = tables.load_extra_table(cfg, paths, Classes(("beagle", "pug"), "multiclass"))
+    assert extra_rows["id"].tolist() == ["extra0:a1", "extra0:b2", "extra1:x9"]
+    assert extra_rows["label"].tolist() == ["beagle", "pug", "beagle"]
+    assert extra_rows["path"].tolist()[-1] == str(folders[1] / "train" / "x9.jpg")
+
+    standin.calls.clear()
+    download.run(cfg, paths)  # every marker up to date: not one call
+    assert standin.calls == []
+
+
+def test_extra_data_from_kaggle_not_downloaded_is_one_line(home, paths):
+    extra = [{"source": {"type": "kaggle_dataset", "dataset": DATASET}}]
+    cfg = parse_pipeline({"name": "dogs", "metric": "log_loss", "data": {"source": COMPETITION, "extra": extra},
+                          "models": [{"name": "m", "backbone": "mobilenet_v2"}]})
+    message = raises(FoldstackError, lambda: tables.load_extra_table(cfg, paths, Classes(("beagle", "pug"), "multiclass")))
+    assert "data.extra[0].source (kaggle_dataset)" in message and "run `make download`" in message
 
 
 def test_does_not_replace_data_it_did_not_download(standin, env_credentials, paths):

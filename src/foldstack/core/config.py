@@ -180,12 +180,13 @@ class ExtraData(LayoutConfig):
     """An external labelled dataset (``data.extra``): its rows join the training side of every
     fold, never a validation fold, the OOF file or the CV.
 
-    Read where it lies (``source``: a local folder), laid out by the same keys as the main data;
-    ``label_map`` maps each of its labels onto a scored class (empty: its labels are the scored
-    classes' names).
+    Read where it lies (``source``: a local folder), or downloaded by ``download`` from Kaggle
+    (``kaggle_dataset``, ``kaggle_competition``: into a folder of its own, ``Paths.extra_data``),
+    laid out by the same keys as the main data; ``label_map`` maps each of its labels onto a
+    scored class (empty: its labels are the scored classes' names).
     """
 
-    source: LocalSource
+    source: Annotated[Union[LocalSource, KaggleCompetitionSource, KaggleDatasetSource], Field(discriminator="type")]
     label_map: dict[str, str] = {}
 
 
@@ -225,6 +226,9 @@ class DataConfig(LayoutConfig):
     """
 
     source: Source
+    train_label: str | None = Field(None, description="csv layout: a finer label column the networks train on; "
+                                                      "label_map sums its classes onto the scored ones")
+    label_map: dict[str, str] = Field({}, description="with train_label: each fine class -> its scored class")
     test_dir: str = "test"
     test_csv: str | None = Field(None, description="a table of test ids (id_column); default: the sample submission")
     sample_submission: str = "sample_submission.csv"
@@ -265,6 +269,22 @@ class DataConfig(LayoutConfig):
         if isinstance(value, dict) and value.get("image_source") in ("arrays", "column") and "extension" not in value:
             return {**value, "extension": ".npy"}
         return value
+
+    @model_validator(mode="after")
+    def _fine_labels(self) -> "DataConfig":
+        """``train_label`` and its ``label_map`` go together, on a table, without external rows
+        (those are labelled with scored classes only)."""
+        if self.train_label is None:
+            if self.label_map:
+                raise ValueError("label_map is for train_label (an external dataset has its own, under data.extra)")
+            return self
+        if not self.label_map:
+            raise ValueError(f"train_label {self.train_label!r} needs label_map: each fine class -> its scored class")
+        if self.layout != "csv" or self.label_columns is not None:
+            raise ValueError("train_label is a column of the train table: layout 'csv' with one label_column")
+        if self.extra:
+            raise ValueError("train_label: not with data.extra (external rows have no fine label)")
+        return self
 
     @model_validator(mode="after")
     def _source_keys(self, info: ValidationInfo) -> "DataConfig":

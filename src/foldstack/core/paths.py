@@ -123,6 +123,20 @@ class Paths:
     def data(self) -> Path:
         return self.mounted_data or (self.scratch or self.root) / "data" / self.pipeline
 
+    def extra_data(self, source: Any) -> Path:
+        """Where a ``data.extra`` dataset lies: a local one where its path says; a Kaggle one where
+        a kernel mounts it, else where ``download`` puts it, a folder of its own beside the
+        pipelines' data (``data/_extra/competitions/<slug>``, ``data/_extra/datasets/<owner>/<name>``,
+        as a kernel mounts them; a pipeline's name cannot start with ``_``)."""
+        if source.type == "local":
+            return Path(source.path).expanduser()
+        mounted = kaggle_mounted_input(source) if in_kaggle_kernel() else None
+        if mounted is not None:
+            return mounted
+        kind, name = (("competitions", source.competition) if source.type == "kaggle_competition"
+                      else ("datasets", source.dataset))
+        return (self.scratch or self.root) / "data" / "_extra" / kind / name
+
     @property
     def artifacts(self) -> Path:
         return self.root / "artifacts" / self.pipeline

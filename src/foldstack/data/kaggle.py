@@ -140,10 +140,34 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     _check_kaggle_source(cfg)
     target = paths.data
     if in_kaggle_kernel():
-        mounted = _mounted_input(source, paths)
+        mounted = _mounted_input(source, paths.data)
         if target == mounted or not (cfg.data.unpack and holds_archives(mounted)):
             return mounted
         return _unpacked_copy(cfg, mounted, target, force)
+    return _download(cfg, source, target, force)
+
+
+def download_extra(cfg: PipelineConfig, paths: Paths, index: int, force: bool = False) -> Path:
+    """Fetch ``data.extra[index]``, a Kaggle dataset or competition, as :func:`download` fetches
+    the main data (the same client calls, unpacking and marker), into its own folder
+    (``paths.extra_data``); in a Kaggle kernel, the mounted input as it is.
+
+    Returns:
+        The folder that holds the dataset.
+
+    Raises:
+        KaggleError, FoldstackError: as :func:`download`.
+    """
+    source = cfg.data.extra[index].source
+    target = paths.extra_data(source)
+    if in_kaggle_kernel():
+        return _mounted_input(source, target)
+    return _download(cfg, source, target, force, extra=source)
+
+
+def _download(cfg: PipelineConfig, source: Any, target: Path, force: bool, extra: Any = None) -> Path:
+    """``source`` into ``target``, unless a marker there says it is up to date (``sources.complete``:
+    ``extra``, the source of a ``data.extra`` dataset)."""
     if not force and up_to_date(target, source):
         logger.info("%s is up to date with Kaggle %s (force to fetch again)", target, _describe(source))
         return target
@@ -156,7 +180,7 @@ def download(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     with atomic_dir(target) as staging:
         with _kaggle_errors(source, credentials):
             _fetch(api, source, staging)
-        complete(staging, cfg, target)
+        complete(staging, cfg, target, extra)
     return target
 
 
@@ -677,16 +701,17 @@ def _describe(source: Any) -> str:
     return f"dataset {source.dataset!r}"
 
 
-def _mounted_input(source: Any, paths: Paths) -> Path:
-    """Where a Kaggle kernel mounts ``source``; an error says how to attach it if it is not."""
+def _mounted_input(source: Any, expected: Path) -> Path:
+    """Where a Kaggle kernel mounts ``source`` (a warning if the pipeline's paths expect it
+    elsewhere, at ``expected``); an error says how to attach it if it is not."""
     mounted = kaggle_mounted_input(source)
     if mounted is None:
         looked = ", ".join(str(path) for path in kaggle_input_candidates(source))
         raise FoldstackError(f"running in a Kaggle kernel, but {_describe(source)} is not attached "
                              f"(looked in {looked}); add it with 'Add Input'")
-    if paths.data != mounted and not holds_archives(mounted):  # later stages would find nothing there
+    if expected != mounted and not holds_archives(mounted):  # later stages would find nothing there
         logger.warning("%s is not the mounted input %s; build the paths with Paths.for_config",
-                       paths.data, mounted)
+                       expected, mounted)
     logger.info("using Kaggle %s mounted read-only at %s", _describe(source), mounted)
     return mounted
 

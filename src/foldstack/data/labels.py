@@ -185,3 +185,36 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class FineClasses:
+    """A main table's finer classes (``data.train_label``), which the networks train on, and how
+    their probabilities sum onto the scored classes (``data.label_map``).
+
+    Built from the config alone (the fine names are ``label_map``'s keys, sorted as
+    :class:`Classes` sorts), so a machine without the train table (a kernel) sums the same way.
+
+    Attributes:
+        classes: the fine classes, the networks' outputs in this order.
+        onto: ``(n_fine, n_scored)``, 1 where a fine class belongs to a scored class.
+    """
+
+    classes: Classes
+    onto: np.ndarray
+
+    @classmethod
+    def of(cls, label_map: dict[str, str], scored: Classes) -> FineClasses:
+        """Raises ConfigError: a ``label_map`` value that is not a scored class."""
+        fine = Classes.from_labels(pd.Series(sorted(label_map)), "multiclass")
+        onto = np.zeros((len(fine), len(scored)), np.float32)
+        for i, name in enumerate(fine.names):
+            if label_map[name] not in scored.names:
+                raise ConfigError(f"data.label_map: {name!r} -> {label_map[name]!r}, not a scored class "
+                                  f"({', '.join(scored.names)})")
+            onto[i, scored.names.index(label_map[name])] = 1.0
+        return cls(fine, onto)
+
+    def summed(self, proba: np.ndarray) -> np.ndarray:
+        """Fine probabilities ``(n, n_fine)`` summed onto the scored classes ``(n, n_scored)``."""
+        return np.asarray(proba, np.float64) @ self.onto

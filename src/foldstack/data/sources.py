@@ -43,15 +43,16 @@ def fetch(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     return paths.data
 
 
-def complete(folder: Path, cfg: PipelineConfig, final: Path) -> None:
+def complete(folder: Path, cfg: PipelineConfig, final: Path, extra: Any = None) -> None:
     """Finish a download built in ``folder``, before it takes its place at ``final``: unpack its
     archives (``data.unpack``), then write a ``column`` source's band images
-    (``arrays.write_bands``), then the marker. Every source ends here."""
+    (``arrays.write_bands``), then the marker. Every source ends here; ``extra``, the source of a
+    ``data.extra`` dataset (image files, labelled by its own table: no bands), when it is one."""
     if cfg.data.unpack:
         archives.unpack_all(folder, final)
-    if cfg.data.image_source == "column":
+    if extra is None and cfg.data.image_source == "column":
         write_bands(folder, cfg.data)
-    write_marker(folder, cfg.data.source)
+    write_marker(folder, extra or cfg.data.source)
 
 
 def write_marker(folder: Path, source: Any) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 from foldstack.core.config import DataConfig, ExtraData, LayoutConfig, PipelineConfig, TableColumns
 from foldstack.core.errors import DataError, one_line
 from foldstack.core.paths import Paths
-from foldstack.data.labels import SEPARATOR, Classes, join_labels, split_labels
+from foldstack.data.labels import SEPARATOR, Classes, FineClasses, join_labels, split_labels
 
 log = logging.getLogger(__name__)
 
@@ -400,23 +400,26 @@ def image_ids(data: LayoutConfig, images: list[Path]) -> list[str]:
 # --- external labelled data (data.extra) -----------------------------------------------------------
 
 
-def load_extra_table(cfg: PipelineConfig, classes: Classes) -> pd.DataFrame:
+def load_extra_table(cfg: PipelineConfig, paths: Paths, classes: Classes) -> pd.DataFrame:
     """``id, label, path, dataset`` for every image of every ``data.extra`` dataset, each read
-    where it lies by its own layout keys, its labels mapped onto the scored classes by its
-    ``label_map`` (``dataset``: its place in the list); empty without extra data.
+    where it lies (``paths.extra_data``: a Kaggle one where ``download`` put it) by its own layout
+    keys, its labels mapped onto the scored classes by its ``label_map`` (``dataset``: its place
+    in the list); empty without extra data.
 
     Raises:
         DataError: one line naming the file, the row (or image) and the label that is not in
             ``label_map`` (or, without one, not a scored class), or a missing image.
     """
-    frames = [_extra_table(extra, i, cfg.task, classes) for i, extra in enumerate(cfg.data.extra)]
+    frames = [_extra_table(extra, i, cfg.task, classes, paths.extra_data(extra.source))
+              for i, extra in enumerate(cfg.data.extra)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "label", "path", "dataset"])
 
 
-def _extra_table(extra: ExtraData, index: int, task: str, classes: Classes) -> pd.DataFrame:
-    root = Path(extra.source.path).expanduser()
+def _extra_table(extra: ExtraData, index: int, task: str, classes: Classes, root: Path) -> pd.DataFrame:
     if not root.is_dir():
-        raise DataError(f"data.extra[{index}].source.path = {str(root)!r}: folder not found")
+        if extra.source.type == "local":
+            raise DataError(f"data.extra[{index}].source.path = {str(root)!r}: folder not found")
+        raise DataError(f"data.extra[{index}].source ({extra.source.type}): {root} not found; run `make download`")
     if extra.layout == "folders":
         table, source = _train_from_folders(extra, root), root / extra.train_dir
     elif extra.layout == "file_names":
@@ -441,3 +444,27 @@ def _extra_table(extra: ExtraData, index: int, task: str, classes: Classes) -> p
               for names in cells]
     # Prefixed: two datasets (or a dataset and the competition) may use the same ids.
     return table.assign(id=f"extra{index}:" + table["id"], label=mapped, dataset=index)
+
+
+# --- a finer training label (data.train_label) -------------------------------------------------------
+
+
+def fine_labels(cfg: PipelineConfig, paths: Paths, ids: np.ndarray, fine: FineClasses) -> np.ndarray:
+    """The fine class index of each of ``ids`` (the folds' rows), from the train table's
+    ``data.train_label`` column.
+
+    Raises:
+        DataError: one line naming the file, the row, the id and a value that ``label_map`` does
+            not list (or a missing column).
+    """
+    path = paths.data / cfg.data.train_csv
+    frame = read_csv(path, "train table")
+    require_columns(frame, [cfg.data.id_column, cfg.data.train_label], path)
+    values = frame[cfg.data.train_label].str.strip()
+    for row, value in enumerate(values):
+        if value not in cfg.data.label_map:
+            raise DataError(f"{path}: row {row + 2} (id {frame[cfg.data.id_column].iloc[row]!r}): "
+                            f"{cfg.data.train_label} {value!r} is not in data.label_map "
+                            f"(keys: {', '.join(sorted(cfg.data.label_map))})")
+    by_id = pd.Series(values.to_numpy(), index=frame[cfg.data.id_column].str.strip())
+    return fine.classes.encode(by_id.loc[ids], path)

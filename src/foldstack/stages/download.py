@@ -15,8 +15,14 @@ def run(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     """Fetch the pipeline's data (nothing when it is up to date, unless ``force``); returns its folder.
 
     Kaggle sources go through the Kaggle client (or the kernel's mounted input); embedded and
-    local ones need no network.
+    local ones need no network. Each ``data.extra`` dataset from Kaggle is fetched the same way,
+    into its own folder (``Paths.extra_data``).
     """
     if cfg.data.source.type in KAGGLE_SOURCES:
-        return kaggle.download(cfg, paths, force=force)
-    return sources.fetch(cfg, paths, force=force)
+        folder = kaggle.download(cfg, paths, force=force)
+    else:
+        folder = sources.fetch(cfg, paths, force=force)
+    for index, extra in enumerate(cfg.data.extra):  # a local one is read where it lies
+        if extra.source.type in KAGGLE_SOURCES:
+            kaggle.download_extra(cfg, paths, index, force=force)
+    return folder

@@ -25,7 +25,7 @@ def run(cfg: PipelineConfig, paths: Paths) -> pd.DataFrame:
     table["fold"] = splits.make_folds(table, cfg.folds.k, cfg.folds.seed, cfg.task, cfg.folds.strategy,
                                       splits.read_groups(cfg, paths))
     folds_file.write(paths.folds, table, classes, cfg.task)
-    extra = tables.load_extra_table(cfg, classes)
+    extra = tables.load_extra_table(cfg, paths, classes)
     folds_file.write_extra(paths.folds, extra.assign(bytes=[Path(path).stat().st_size for path in extra["path"]]))
     if len(extra):
         log.info("external data: %d images from %d dataset(s) train in every fold -> %s", len(extra),

@@ -33,7 +33,7 @@ from foldstack.data import tables
 from foldstack.data.arrays import ImageReader, array_files
 from foldstack.data.cache import model_cache, size_name
 from foldstack.data.images import DICOM_EXTENSIONS, resize
-from foldstack.data.labels import Classes
+from foldstack.data.labels import Classes, FineClasses
 from foldstack.plots.heatmaps import overlay
 from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
@@ -63,6 +63,12 @@ class Predictor:
         self.folds = folds_file.read(paths.folds, cfg.folds.k)
         self.classes = folds_file.read_classes(paths.folds, cfg)
         self.folds_digest = folds_file.digest(self.folds, self.classes, folds_file.read_extra(paths.folds))
+        self.fine = FineClasses.of(cfg.data.label_map, self.classes) if cfg.data.train_label else None
+
+    def scored(self, proba: np.ndarray) -> np.ndarray:
+        """A fold's probabilities over the scored classes: with ``data.train_label``, its fine
+        classes' summed onto them (every later stage sees the scored classes only)."""
+        return proba if self.fine is None else self.fine.summed(proba)
 
     def fold_dirs(self, model: ModelConfig) -> tuple[Path, ...]:
         """Each fold's folder -- each (fold, seed)'s under seed bagging, fold by fold -- once it
@@ -122,6 +128,7 @@ class Predictor:
 
             def done(job: Job, folds: list[np.ndarray], seconds: float) -> None:
                 dirs, key, out, decoding = stale[job.name]
+                folds = [self.scored(proba) for proba in folds]
                 for fold_dir, proba in zip(dirs, folds):
                     predictions.write(fold_dir / "test.parquet", np.asarray(ids), self.classes, proba)
                 predictions.write_test(out, np.asarray(ids), self.classes, fold_mean(folds), key)
@@ -235,7 +242,7 @@ def images(cfg: PipelineConfig, paths: Paths, folder: Path, out: Path, skip_unre
         for model in tqdm(cfg.models, desc="predict images", unit="model", disable=None):
             task = predictor.task(model, Path(tmp) / f"{size_name(model.cached_size)}.npy", dirs[model.name], None,
                                   meta=meta[model.name])
-            X.append(fold_mean(isolate.call(f"{WORKER}:predict_folds", task)))
+            X.append(fold_mean([predictor.scored(proba) for proba in isolate.call(f"{WORKER}:predict_folds", task)]))
         distance = None
         if known is not None:
             task = predictor.task(first, Path(tmp) / f"{size_name(first.cached_size)}.npy", dirs[first.name][:1], None)

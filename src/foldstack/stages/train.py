@@ -32,6 +32,7 @@ from foldstack.core.paths import Paths
 from foldstack.data import tables
 from foldstack.data.arrays import ImageReader
 from foldstack.data.cache import model_cache
+from foldstack.data.labels import FineClasses
 from foldstack.runtime import compute, isolate
 from foldstack.runtime.executor import Job
 from foldstack.runtime.memory import memory_mb
@@ -46,6 +47,7 @@ from foldstack.training.fold_task import (
     features_key,
     fold_fingerprint,
     members,
+    network_classes,
     network_targets,
     train_split,
     training_target,
@@ -73,6 +75,10 @@ class Trainer:
         self.files = self._train_files()
         self.classes = folds_file.read_classes(paths.folds, cfg)
         self.y = self.classes.encode(self.folds.set_index("id")["label"], paths.folds)
+        # With data.train_label the networks train on finer classes, summed back onto the scored ones.
+        self.fine = FineClasses.of(cfg.data.label_map, self.classes) if cfg.data.train_label else None
+        self.network_y = self.y if self.fine is None else \
+            tables.fine_labels(cfg, paths, self.folds["id"].to_numpy(), self.fine)
         self.extra = folds_file.read_extra(paths.folds)
         self.extra_files = self._extra_files()
         self.device: dict | None = None  # what the first trained fold ran on, logged once
@@ -87,7 +93,7 @@ class Trainer:
         """The external rows' images, once ``extra.csv`` is checked against ``data.extra`` as it
         is now (ids, labels, file sizes): changed external data is new folds, trained again."""
         source = folds_file.extra_path(self.paths.folds)
-        table = tables.load_extra_table(self.cfg, self.classes)
+        table = tables.load_extra_table(self.cfg, self.paths, self.classes)
         if not len(self.extra) and not len(table):
             return []
         if not len(self.extra):
@@ -223,8 +229,11 @@ class Trainer:
         (fold_dir / "fingerprint").write_text(trained_by)
 
         is_valid = (self.folds["fold"] == fold).to_numpy()
+        network_task, n_outputs = network_classes(self.cfg, len(self.classes))
+        # Fine classes: their log loss picks the best epoch (the scored metric may not take them).
+        metric = self.cfg.metric if self.fine is None else "log_loss"
         task = FoldTask(
-            model=model, task=self.cfg.task, metric=self.cfg.metric, y=self.y, n_classes=len(self.classes),
+            model=model, task=network_task, metric=metric, y=self.network_y, n_classes=n_outputs,
             train_index=np.flatnonzero(~is_valid), valid_index=np.flatnonzero(is_valid), augment=self.cfg.augment,
             caches=caches, fold_dir=fold_dir, seed=run.run_seed, workers=self.workers,
             class_weight=self._class_weight(model, ~is_valid), features=features, extra=self._extra_rows(),
@@ -249,10 +258,11 @@ class Trainer:
             self.device = result["device"]
             log.info("backend %s, %d GPU(s), mixed precision %s", self.device["backend"], self.device["gpus"],
                      "on" if self.device["mixed_precision"] else "off")
-        score = self.metric(self.y[task.valid_index], result["oof"], n_classes=len(self.classes))
+        oof = result["oof"] if self.fine is None else self.fine.summed(result["oof"])
+        score = self.metric(self.y[task.valid_index], oof, n_classes=len(self.classes))
 
         ids = self.folds["id"].to_numpy()
-        predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, result["oof"], fold=fold)
+        predictions.write(fold_dir / "oof.parquet", ids[task.valid_index], self.classes, oof, fold=fold)
         done = {"fold": fold, "seed": run.seed, "score": score, "seconds": round(seconds, 2),
                 "fingerprint": fingerprint, "source": source,
                 "pseudo_labelled": None if task.pseudo is None else len(task.pseudo.index),
@@ -267,7 +277,7 @@ class Trainer:
     def _class_weight(self, model: ModelConfig, rows: np.ndarray) -> dict[int, float] | None:
         if not model.class_weights or self.cfg.task == "multilabel":
             return None
-        y = self.y[rows]
+        y = self.network_y[rows]
         present = np.unique(y)
         weights = compute_class_weight("balanced", classes=present, y=y)
         return {int(c): float(w) for c, w in zip(present, weights)}

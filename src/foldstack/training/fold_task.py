@@ -241,24 +241,37 @@ def weights_digest(fold_dirs: tuple[Path, ...]) -> list[str]:
 
 
 def recipe_fingerprint(model: ModelConfig, augment: AugmentConfig, task: str, metric: str, seed: int,
-                       folds_digest: str, target: RegressionConfig | None = None, pixels: str = "") -> str:
+                       folds_digest: str, target: RegressionConfig | None = None, pixels: str = "",
+                       fine: str = "") -> str:
     """What a fold's weights depend on; a fold whose ``done.json`` holds another one trains again.
     Never the test set: a new one is predicted by the trained folds (the predict stage).
 
     ``seed`` is the run's own (a :class:`Member`'s), not the model's list of ``seeds``: adding a
     seed to the list trains only the new seed. ``target``: a regression's loss (its ``range``
     only clips the submission, so it is not part of the recipe). ``pixels``: how array images
-    are read and scaled (``ImageReader.key``; "" for image files)."""
+    are read and scaled (``ImageReader.key``; "" for image files). ``fine``: ``data.train_label``
+    and its ``label_map`` ("" without them)."""
     loss = {} if target is None else {"target": target.model_dump(mode="json", exclude={"range"})}
     read = {"pixels": pixels} if pixels else {}
+    finer = {"fine": fine} if fine else {}
     return digest({"model": model.model_dump(mode="json", exclude={"seeds"}), "augment": augment.model_dump(mode="json"),
-                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest, **loss, **read})
+                   "task": task, "metric": metric, "seed": seed, "folds": folds_digest, **loss, **read, **finer})
 
 
 def fold_fingerprint(cfg: PipelineConfig, model: ModelConfig, seed: int, folds_digest: str) -> str:
     """:func:`recipe_fingerprint` of one of the pipeline's runs."""
+    fine = f"{cfg.data.train_label} {sorted(cfg.data.label_map.items())}" if cfg.data.train_label else ""
     return recipe_fingerprint(model, cfg.augment, cfg.task, cfg.metric, seed, folds_digest, training_target(cfg),
-                              ImageReader.of(cfg.data).key)
+                              ImageReader.of(cfg.data).key, fine)
+
+
+def network_classes(cfg: PipelineConfig, n_classes: int) -> tuple[str, int]:
+    """The task and outputs a fold's network has: the pipeline's, or with ``data.train_label``
+    its fine classes (a softmax over ``label_map``'s keys, summed onto the scored ``n_classes``
+    by the stages, ``labels.FineClasses``)."""
+    if cfg.data.train_label is None:
+        return cfg.task, n_classes
+    return "multiclass", len(cfg.data.label_map)
 
 
 def training_target(cfg: PipelineConfig) -> RegressionConfig | None:
@@ -299,7 +312,8 @@ def predict_task(cfg: PipelineConfig, models: Path, model: ModelConfig, n_classe
     caches the ``features`` regime's backbone pass under its ids' key in the model's folder
     under ``models``; ``meta``: the images' table columns, for a model that reads them."""
     cached = model.regime == "features" and split is not None
-    return PredictTask(model=model, task=cfg.task, n_classes=n_classes, augment=cfg.augment,
+    task, n_classes = network_classes(cfg, n_classes)
+    return PredictTask(model=model, task=task, n_classes=n_classes, augment=cfg.augment,
                        images=images, fold_dirs=fold_dirs, workers=workers,
                        features=models / model.name / "features" if cached else None,
                        features_key=features_key(model, cfg.augment, ids) if cached else None,
