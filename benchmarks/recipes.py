@@ -122,6 +122,22 @@ RECIPES = (
     Recipe("distill", "a student of cnn16, `distill: {from: [cnn16, cnn12], alpha: 0.5}`",
            students("distill", alpha=0.5)),
     Recipe("seeds", "every model: `seeds:` 2 seeds (2x the training)", bagged(2)),
+    # Issue 24's knobs, each alone. digits-hard's models are small CNNs trained from scratch:
+    # layer decay keeps the lower blocks' rate low, which protects pretrained features but here
+    # only slows the blocks that have everything to learn (3 blocks: 0.8, 0.64, 0.51x the rate).
+    Recipe("layer_decay", "every model: `layer_decay: 0.8`", every_model(layer_decay=0.8)),
+    Recipe("onecycle", "every model: `schedule: {type: onecycle}` (pct_start 0.3)",
+           every_model(schedule={"type": "onecycle"})),
+    Recipe("focal", "every model: `loss: {type: focal, gamma: 2.0, alpha: 0.25}`",
+           every_model(loss={"type": "focal", "gamma": 2.0, "alpha": 0.25})),
+    Recipe("balanced", "every model: `sampler: {balance: classes}`", every_model(sampler={"balance": "classes"})),
+    # The first epochs sit near chance from scratch (the YAML's note): SWA averages the second half.
+    Recipe("swa", "every model: `average: {method: swa, from_epoch: 5}`",
+           every_model(average={"method": "swa", "from_epoch": 5})),
+    Recipe("top_k", "every model: `average: {method: top_k, k: 3}`", every_model(average={"method": "top_k", "k": 3})),
+    Recipe("greedy_soup", "every model: `average: {method: greedy_soup}`",
+           every_model(average={"method": "greedy_soup"})),
+    Recipe("gem", "every model: `pooling: gem`", every_model(pooling="gem")),
 )
 
 
