@@ -1,9 +1,11 @@
-"""What each first-place recipe of issue #15 adds, on versus off, on the hard benchmark.
+"""What each first-place recipe (issue #15) and training knob (issue 24) adds, on versus off, on
+the hard benchmark.
 
 ``python -m benchmarks --only recipes`` runs ``pipelines/digits-hard.yaml`` (20 labelled digits
 a class, occluded and noisy; 1,597 test images with answers) once per seed with every recipe off,
 then once per seed and recipe with that recipe on and nothing else changed: the same models, the
-same folds, the same stack candidates. Each run is the real stages (folds, train, predict,
+same folds, the same stack candidates (``best``: the models of ``pipelines/digits-hard-best.yaml``,
+the knobs that helped, together). Each run is the real stages (folds, train, predict,
 stack, submit) called in this process, so the fold processes come from one fork server.
 
 A recipe that only changes level two (``caruana``) reuses the "off" run's trained models and
@@ -35,6 +37,8 @@ import yaml
 from benchmarks import REPO, machine
 
 HARD_YAML = REPO / "pipelines" / "digits-hard.yaml"
+#: The best combination of issue 24's knobs on this benchmark, as a pipeline (the ``best`` row).
+BEST_YAML = REPO / "pipelines" / "digits-hard-best.yaml"
 #: The stack every run scores, on and off alike: the cheap blends (logistic and LightGBM lost to
 #: them on this benchmark and cost most of the stack's time).
 BASE_CANDIDATES = ["best_single", "mean", "weighted_mean"]
@@ -108,6 +112,14 @@ def progressive(cfg: dict) -> dict:
     return cfg
 
 
+def best_models(cfg: dict) -> dict:
+    """The best combination: the models of ``pipelines/digits-hard-best.yaml`` (the same two CNNs
+    with the knobs that helped switched on); seed, folds and stack as the "off" run's."""
+    cfg = copy.deepcopy(cfg)
+    cfg["models"] = yaml.safe_load(BEST_YAML.read_text())["models"]
+    return cfg
+
+
 RECIPES = (
     Recipe("caruana", "stack: Caruana's selection on accuracy (forced) vs the best of "
            + ", ".join(BASE_CANDIDATES), stack_keys(candidates=[*BASE_CANDIDATES, "caruana"], force="caruana"),
@@ -138,6 +150,7 @@ RECIPES = (
     Recipe("greedy_soup", "every model: `average: {method: greedy_soup}`",
            every_model(average={"method": "greedy_soup"})),
     Recipe("gem", "every model: `pooling: gem`", every_model(pooling="gem")),
+    Recipe("best", "the models of `pipelines/digits-hard-best.yaml`", best_models),
 )
 
 
