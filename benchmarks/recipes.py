@@ -1,9 +1,11 @@
-"""What each first-place recipe of issue #15 adds, on versus off, on the hard benchmark.
+"""What each first-place recipe (issue #15) and training knob (issue 24) adds, on versus off, on
+the hard benchmark.
 
 ``python -m benchmarks --only recipes`` runs ``pipelines/digits-hard.yaml`` (20 labelled digits
 a class, occluded and noisy; 1,597 test images with answers) once per seed with every recipe off,
 then once per seed and recipe with that recipe on and nothing else changed: the same models, the
-same folds, the same stack candidates. Each run is the real stages (folds, train, predict,
+same folds, the same stack candidates (``best``: the models of ``pipelines/digits-hard-best.yaml``,
+the knobs that helped, together). Each run is the real stages (folds, train, predict,
 stack, submit) called in this process, so the fold processes come from one fork server.
 
 A recipe that only changes level two (``caruana``) reuses the "off" run's trained models and
@@ -35,6 +37,8 @@ import yaml
 from benchmarks import REPO, machine
 
 HARD_YAML = REPO / "pipelines" / "digits-hard.yaml"
+#: The best combination of issue 24's knobs on this benchmark, as a pipeline (the ``best`` row).
+BEST_YAML = REPO / "pipelines" / "digits-hard-best.yaml"
 #: The stack every run scores, on and off alike: the cheap blends (logistic and LightGBM lost to
 #: them on this benchmark and cost most of the stack's time).
 BASE_CANDIDATES = ["best_single", "mean", "weighted_mean"]
@@ -108,6 +112,14 @@ def progressive(cfg: dict) -> dict:
     return cfg
 
 
+def best_models(cfg: dict) -> dict:
+    """The best combination: the models of ``pipelines/digits-hard-best.yaml`` (the same two CNNs
+    with the knobs that helped switched on); seed, folds and stack as the "off" run's."""
+    cfg = copy.deepcopy(cfg)
+    cfg["models"] = yaml.safe_load(BEST_YAML.read_text())["models"]
+    return cfg
+
+
 RECIPES = (
     Recipe("caruana", "stack: Caruana's selection on accuracy (forced) vs the best of "
            + ", ".join(BASE_CANDIDATES), stack_keys(candidates=[*BASE_CANDIDATES, "caruana"], force="caruana"),
@@ -122,6 +134,23 @@ RECIPES = (
     Recipe("distill", "a student of cnn16, `distill: {from: [cnn16, cnn12], alpha: 0.5}`",
            students("distill", alpha=0.5)),
     Recipe("seeds", "every model: `seeds:` 2 seeds (2x the training)", bagged(2)),
+    # Issue 24's knobs, each alone. digits-hard's models are small CNNs trained from scratch:
+    # layer decay keeps the lower blocks' rate low, which protects pretrained features but here
+    # only slows the blocks that have everything to learn (3 blocks: 0.8, 0.64, 0.51x the rate).
+    Recipe("layer_decay", "every model: `layer_decay: 0.8`", every_model(layer_decay=0.8)),
+    Recipe("onecycle", "every model: `schedule: {type: onecycle}` (pct_start 0.3)",
+           every_model(schedule={"type": "onecycle"})),
+    Recipe("focal", "every model: `loss: {type: focal, gamma: 2.0, alpha: 0.25}`",
+           every_model(loss={"type": "focal", "gamma": 2.0, "alpha": 0.25})),
+    Recipe("balanced", "every model: `sampler: {balance: classes}`", every_model(sampler={"balance": "classes"})),
+    # The first epochs sit near chance from scratch (the YAML's note): SWA averages the second half.
+    Recipe("swa", "every model: `average: {method: swa, from_epoch: 5}`",
+           every_model(average={"method": "swa", "from_epoch": 5})),
+    Recipe("top_k", "every model: `average: {method: top_k, k: 3}`", every_model(average={"method": "top_k", "k": 3})),
+    Recipe("greedy_soup", "every model: `average: {method: greedy_soup}`",
+           every_model(average={"method": "greedy_soup"})),
+    Recipe("gem", "every model: `pooling: gem`", every_model(pooling="gem")),
+    Recipe("best", "the models of `pipelines/digits-hard-best.yaml`", best_models),
 )
 
 
