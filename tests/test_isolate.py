@@ -48,3 +48,56 @@ def test_ctrl_c_landing_in_a_callback_still_interrupts_the_child_and_prints_noth
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "interrupted" and time.perf_counter() - started < 8
     assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+SERVER_AND_SLEEP = """
+import time
+from foldstack.runtime import isolate
+isolate.child_module("foldstack.training.worker")  # the server preloads TensorFlow, as train's does
+isolate.call("foldstack.training.worker:gpu_count")
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_fork_server_ends_at_once_when_its_parent_is_killed() -> None:
+    """SIGKILL to the process that started the fork server: the server ends within a second, not
+    after finalising TensorFlow and JAX (7 s under a load of 4 before runtime/fork_server.py)."""
+    process = subprocess.Popen([sys.executable, "-c", SERVER_AND_SLEEP], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        (server,) = [pid for pid in _children(process.pid) if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    finally:
+        process.kill()
+        process.wait()
+    killed = time.perf_counter()
+    while _running(server) and time.perf_counter() - killed < 30:
+        time.sleep(0.01)
+    assert time.perf_counter() - killed < 1.0, f"the fork server outlived its parent by {time.perf_counter() - killed:.1f} s"
+
+
+def test_the_fork_server_module_registers_nothing_in_another_process() -> None:
+    """Imported outside the server, fork_server leaves the process's exit as it was."""
+    script = ("import atexit\nbefore = atexit._ncallbacks()\nimport foldstack.runtime.fork_server\n"
+              "print(atexit._ncallbacks() - before)\nraise SystemExit(3)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout.strip()) == (3, "0"), run.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an ended process its parent has not reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -52,6 +52,8 @@ _starting = threading.Lock()
 STOP_SECONDS = 5.0
 #: The modules whose functions run in children of this process (:func:`child_module`).
 _modules: set[str] = set()
+#: Preloaded by the fork server after every other module (see its docstring).
+FORK_SERVER = "foldstack.runtime.fork_server"
 
 
 def child_module(module: str) -> str:
@@ -156,7 +158,8 @@ def _context(preload: str) -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(sorted(_modules | {preload}))  # takes effect when the server starts (first call)
+    # Takes effect when the server starts (first call); fork_server last, so that its atexit handler runs first.
+    context.set_forkserver_preload([*sorted(_modules | {preload}), FORK_SERVER])
     return context
 
 
