@@ -24,7 +24,7 @@ TEST_SETUP := $(SETUP)
 else
 BIN   := $(VENV)/bin/
 SETUP := $(VENV)/.installed
-TEST_SETUP := $(VENV)/.installed-test
+TEST_SETUP := $(VENV)/.installed-test $(VENV)/.chromium $(VENV)/.kaggle-image
 endif
 FOLDSTACK := $(BIN)foldstack
 RUN = $(FOLDSTACK) $(1) --pipeline $(CFG) --root $(ROOT)
@@ -43,14 +43,22 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# The report's browser test drives the system's Chromium (Debian's package; we run as root). The
-# Kaggle image's published versions (tests/kaggle-image.txt) are built once into a cached environment
-# outside the repository, ~/.cache/foldstack/kaggle-image-<key> (a few minutes; reused after).
-$(VENV)/.installed-test: requirements-test.txt tests/kaggle-image.txt $(VENV)/.installed
+# make test's set-up: the test pins, Debian's Chromium (the report's browser test drives
+# /usr/bin/chromium; we run as root) and the Kaggle image's published versions (tests/kaggle-image.txt),
+# built once into a cached environment outside the repository, ~/.cache/foldstack/kaggle-image-<key>
+# (two minutes; reused after). The three are independent: `make test` runs them side by side (-j3),
+# so a fresh machine waits for the longest one alone.
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-test.txt
-	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	$(VENV)/bin/python tests/kaggle_image.py
 	touch $@
+
+$(VENV)/.chromium:
+	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@mkdir -p $(@D) && touch $@
+
+$(VENV)/.kaggle-image: tests/kaggle-image.txt tests/kaggle_image.py
+	$(PYTHON) tests/kaggle_image.py
+	@mkdir -p $(@D) && touch $@
 
 # A Kaggle kernel already has TensorFlow, Keras and most pins: install only the pins the image lacks
 # or holds at another version (from an attached wheels/ folder, `WHEELS=DIR` names one; else the
@@ -120,7 +128,8 @@ check: | $(SETUP)
 
 # Three workers on two cores: the suite waits on subprocesses, sleeps and disk often enough that a
 # third keeps both cores busy (`pytest -n 3`: 1,115 s; `-n 2`: 1,290-1,311 s; an idle 2-core machine).
-test: | $(TEST_SETUP)
+test:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target $(TEST_SETUP)
 	$(BIN)python -m pytest -q -n 3 --dist loadscope --no-loadscope-reorder --durations=15
 
 bench: | $(SETUP)

@@ -314,9 +314,11 @@ def test_compute_keys_are_checked() -> None:
 # --- Ray ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray cluster of two worker processes for every Ray test (it takes seconds to start)."""
+    """One local Ray cluster of two worker processes for every Ray test (it takes seconds to start),
+    shut down after them: its daemons (raylet, GCS, log monitor) take a few per cent of a core
+    for as long as they run, which the rest of the session would pay for."""
     import ray
 
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR",

@@ -5,6 +5,7 @@ runs the bundle stage's children first still trains each fold without importing 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,8 +44,11 @@ def test_ctrl_c_landing_in_a_callback_still_interrupts_the_child_and_prints_noth
               "except KeyboardInterrupt:\n    print('interrupted')\n")
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     started = time.perf_counter()
+    # SIGINT restored to its default: a runner started with it ignored (a background job) passes
+    # that on, and Python then leaves Ctrl-C ignored in the child too, where nothing can re-deliver it.
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": path})
+                         env={**os.environ, "PYTHONPATH": path},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "interrupted" and time.perf_counter() - started < 8
     assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
