@@ -22,8 +22,11 @@ from foldstack.core.paths import Paths
 from foldstack.pipeline import load_pipeline
 from foldstack.plots.heatmaps import overlay
 from foldstack.stages import predict, stack, train
-from foldstack.training.fold_task import FoldTask
+from foldstack.data.cache import open_images
+from foldstack.training import worker
+from foldstack.training.fold_task import FoldTask, predict_task
 from foldstack.training.gradcam import explain
+from foldstack.training.regimes import trained_network, tta_predictor
 
 from competitions import save_dicom
 from conftest import TINY
@@ -292,3 +295,25 @@ def test_explain_writes_each_images_heatmap_beside_its_prediction(trained, capsy
     assert sorted(p.name for p in (tmp_path / "few-explain").iterdir()) == sorted(Path(p).name for p in frame["heatmap"])
     code, _, err = run(trained, capsys, "--explain")  # without --images there is nothing to explain
     assert code == 2 and "--explain and --table go with --images DIR" in err
+
+
+def test_the_folds_share_one_network_and_each_predicts_as_its_own_network_would(trained) -> None:
+    """One fold process predicts every fold by giving one network each fold's weights in turn (its
+    traced predict function kept): each fold's probabilities are those of a network built for that
+    fold alone, and the two folds' differ (fold 1 did not keep fold 0's weights)."""
+    root, config = trained
+    cfg = load_pipeline(config)
+    paths = Paths.for_pipeline("tiny", root)
+    images = paths.cache / "16" / "test.npy"
+    fold_dirs = (paths.models / "cnn" / "fold0", paths.models / "cnn" / "fold1")
+    task = predict_task(cfg, paths.models, cfg.models[0], len(CLASSES), images, fold_dirs, split=None)
+    ticks = []
+    shared = worker.predict_folds(task, send=ticks.append)
+
+    rows = np.arange(len(open_images(images)))
+    alone = [tta_predictor(task, trained_network(task, fold_dir), {task.split: open_images(images)})(task.split, rows)
+             for fold_dir in fold_dirs]
+    assert len(ticks) == 2 and len(shared) == 2
+    for got, want in zip(shared, alone):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert np.abs(shared[0] - shared[1]).max() > 1e-3

@@ -34,7 +34,7 @@ from foldstack.training.gradcam import explain
 from foldstack.training.loader import predict, view_batches
 from foldstack.training.meta import MetaRows, fold_inputs
 from foldstack.training.network import POOLED
-from foldstack.training.regimes import features_tta, fit, trained_network, tta_predictor
+from foldstack.training.regimes import features_tta, fit, input_width, trained_network, tta_predictor
 
 Send = Callable[[object], None]
 
@@ -104,17 +104,21 @@ def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
     images = open_images(task.images)
     features = _features(task, images)
     index = np.arange(len(images))
-    folds = []
+    n_features = None if features is None else features[0].shape[1]
+    folds, network, shapes = [], None, None
     for fold_dir in task.fold_dirs:
+        # The folds share one network (and its traced predict function) while their input widths agree.
+        if network is not None and input_width(task, fold_dir, n_features) != shapes:
+            keras.backend.clear_session()  # the next fold's network replaces this one
+            network = None
+        network = trained_network(task, fold_dir, n_features, built=network)
+        shapes = input_width(task, fold_dir, n_features)
         if features is None:
-            network = trained_network(task, fold_dir)
             meta = fold_inputs(task.model.meta, task.meta, fold_dir)
             predictor = tta_predictor(task, network, {task.split: images}, None if meta is None else {task.split: meta})
             folds.append(predictor(task.split, index))
         else:
-            network = trained_network(task, fold_dir, features[0].shape[1])
             folds.append(features_tta(network, features))
-        keras.backend.clear_session()  # the next fold's network replaces this one
         send(None)
     return folds
 
