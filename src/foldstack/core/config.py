@@ -766,6 +766,20 @@ class ModelConfig(_Frozen):
                              f"{', '.join(with_it) or 'none'}")
         return value
 
+    @field_validator("loss")
+    @classmethod
+    def _smoothing_in_one_place(cls, value: Any, info: ValidationInfo) -> Any:
+        """The model's ``label_smoothing`` goes with the default loss: beside a ``loss`` it would be
+        ignored silently (a loss that smooths carries its own)."""
+        smoothing = info.data.get("label_smoothing")
+        if value is None or not smoothing:
+            return value
+        if "label_smoothing" in type(value).model_fields:
+            raise ValueError(f"loss {value.type!r} takes its own label_smoothing: move label_smoothing "
+                             f"({smoothing}) under loss")
+        raise ValueError(f"loss {value.type!r} has no label smoothing: drop label_smoothing ({smoothing}) "
+                         "or use loss ce, bce or poly1")
+
     @field_validator("pooling")
     @classmethod
     def _pooled_in_the_network(cls, value: str | None, info: ValidationInfo) -> str | None:
