@@ -20,8 +20,10 @@ from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
 from foldstack.data.arrays import ImageReader, load_array, scaled, write_bands
+from foldstack.data.sources import MARKER
 from foldstack.data.cache import cached_images, open_images
 from foldstack.pipeline import parse_pipeline
+from foldstack.stages import download
 from foldstack.training.fold_task import fold_fingerprint, recipe_fingerprint
 
 from conftest import predict_images, small_cnn_pipeline
@@ -351,3 +353,26 @@ def test_a_changed_scale_trains_the_folds_again_and_image_files_keep_their_finge
     files = parse_pipeline(small_cnn_pipeline("files", "multiclass", "accuracy", {}))
     assert fold_fingerprint(files, files.models[0], 0, "folds") == recipe_fingerprint(
         files.models[0], files.augment, files.task, files.metric, 0, "folds")
+
+
+def test_a_changed_band_shape_lays_the_bands_out_again(tmp_path: Path) -> None:
+    """A download's marker records how a column source's bands were written: a new ``band_shape``
+    (the same tables) writes them again at the new shape; run again unchanged, it is up to date."""
+    folder = tmp_path / "competition"
+    write_band_competition(folder)
+    raw = _pipeline("bands", BANDS, folder)
+    cfg = parse_pipeline(raw)
+    paths = Paths.for_pipeline("bands", tmp_path / "root")
+    download.run(cfg, paths)
+    first = paths.data / cfg.data.train_dir / "b000.npy"
+    assert np.load(first).shape == (8, 8, 2)
+
+    records = json.loads((folder / "train.json").read_text())
+    wide = parse_pipeline({**raw, "data": {**raw["data"], "band_shape": [4, 16]}})
+    download.run(wide, paths)
+    assert np.load(first).shape == (4, 16, 2)
+    np.testing.assert_array_equal(np.load(first)[..., 0].ravel(), np.asarray(records[0]["band_1"], dtype=np.float32))
+
+    marker = (paths.data / MARKER).stat().st_mtime_ns
+    download.run(wide, paths)  # nothing changed: up to date
+    assert (paths.data / MARKER).stat().st_mtime_ns == marker

@@ -128,6 +128,17 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
 # --- a column source's bands -----------------------------------------------------------------------
 
 
+#: What :func:`write_bands` reads of the data config: a download's marker records them
+#: (``sources.made_by``), so that changing one (``bands``, ``band_shape``...) lays the bands out again.
+BAND_KEYS = frozenset({"train_csv", "test_csv", "train_dir", "test_dir", "id_column", "bands", "band_shape",
+                       "extension"})
+
+
+def band_layout(data: DataConfig) -> dict:
+    """The data config's :data:`BAND_KEYS`, as JSON values."""
+    return data.model_dump(mode="json", include=set(BAND_KEYS))
+
+
 def write_bands(folder: Path, data: DataConfig) -> None:
     """A ``column`` source's images, written under ``folder`` (a download being built): each row
     of the train table and of the test table as ``<train_dir|test_dir>/<id>.npy``, ``band_shape``

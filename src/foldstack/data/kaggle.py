@@ -33,7 +33,7 @@ from foldstack.core.config import PipelineConfig
 from foldstack.core.errors import FoldstackError, one_line
 from foldstack.core.files import atomic_dir, write_json
 from foldstack.core.paths import Paths, holds_archives, in_kaggle_kernel, kaggle_input_candidates, kaggle_mounted_input
-from foldstack.data.sources import MARKER, complete, up_to_date
+from foldstack.data.sources import MARKER, complete, made_by, up_to_date
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -168,7 +168,7 @@ def download_extra(cfg: PipelineConfig, paths: Paths, index: int, force: bool = 
 def _download(cfg: PipelineConfig, source: Any, target: Path, force: bool, extra: Any = None) -> Path:
     """``source`` into ``target``, unless a marker there says it is up to date (``sources.complete``:
     ``extra``, the source of a ``data.extra`` dataset)."""
-    if not force and up_to_date(target, source):
+    if not force and up_to_date(target, source, made_by(cfg, extra)):
         logger.info("%s is up to date with Kaggle %s (force to fetch again)", target, _describe(source))
         return target
     if not force and _holds_other_files(target):
@@ -719,7 +719,7 @@ def _mounted_input(source: Any, expected: Path) -> Path:
 def _unpacked_copy(cfg: PipelineConfig, mounted: Path, target: Path, force: bool) -> Path:
     """A kernel's read-only input that ships archives (``train.zip``), copied to ``target`` under
     the working root and unpacked there, once, as a download is (``sources.complete``)."""
-    if not force and up_to_date(target, cfg.data.source):
+    if not force and up_to_date(target, cfg.data.source, made_by(cfg)):
         logger.info("%s is up to date with the mounted %s", target, mounted)
         return target
     logger.info("copying %s into %s to unpack its archives", mounted, target)

@@ -18,7 +18,7 @@ from foldstack.core.errors import DataError
 from foldstack.core.files import atomic_dir, write_csv, write_json
 from foldstack.core.paths import Paths
 from foldstack.data import archives
-from foldstack.data.arrays import write_bands
+from foldstack.data.arrays import band_layout, write_bands
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def fetch(cfg: PipelineConfig, paths: Paths, force: bool = False) -> Path:
     interrupted download never looks complete.
     """
     source = cfg.data.source
-    if not force and up_to_date(paths.data, source):
+    if not force and up_to_date(paths.data, source, made_by(cfg)):
         log.info("%s is up to date (remove it or pass --force to fetch again)", paths.data)
         return paths.data
     writers = {"embedded": _write_embedded, "local": _copy_local}
@@ -52,21 +52,32 @@ def complete(folder: Path, cfg: PipelineConfig, final: Path, extra: Any = None) 
         archives.unpack_all(folder, final)
     if extra is None and cfg.data.image_source == "column":
         write_bands(folder, cfg.data)
-    write_marker(folder, extra or cfg.data.source)
+    write_marker(folder, extra or cfg.data.source, made_by(cfg, extra))
 
 
-def write_marker(folder: Path, source: Any) -> None:
-    """Record a finished download of ``source`` in ``folder``: the source and every file's size."""
-    write_json(folder / MARKER, {"source": source.model_dump(mode="json"), "files": _file_sizes(folder)})
+def made_by(cfg: PipelineConfig, extra: Any = None) -> dict | None:
+    """What a download made of its files beside fetching them, by the config's keys: a ``column``
+    source's band images (``arrays.BAND_KEYS``); None for image files, and for ``extra``, the
+    source of a ``data.extra`` dataset (:func:`complete`)."""
+    if extra is None and cfg.data.image_source == "column":
+        return band_layout(cfg.data)
+    return None
 
 
-def up_to_date(folder: Path, source: Any) -> bool:
-    """Whether ``folder`` holds a finished download of ``source`` that nobody has changed since."""
+def write_marker(folder: Path, source: Any, made: dict | None = None) -> None:
+    """Record a finished download of ``source`` in ``folder``: the source, what was made of it
+    (:func:`made_by`) and every file's size."""
+    write_json(folder / MARKER, {"source": source.model_dump(mode="json"), "made": made, "files": _file_sizes(folder)})
+
+
+def up_to_date(folder: Path, source: Any, made: dict | None = None) -> bool:
+    """Whether ``folder`` holds a finished download of ``source``, made as ``made`` says
+    (:func:`made_by`), that nobody has changed since."""
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if marker.get("source") != source.model_dump(mode="json"):
+    if marker.get("source") != source.model_dump(mode="json") or marker.get("made") != made:
         return False
     for name, size in marker.get("files", {}).items():
         path = folder / name
