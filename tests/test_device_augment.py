@@ -77,6 +77,22 @@ def test_a_device_form_does_what_albumentations_does(transform: dict, tolerance:
     assert np.abs(got - expected).mean() < tolerance
 
 
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_array_images_of_any_channels_augment_on_the_device_channel_by_channel(channels: int) -> None:
+    """Array images (``data.channels`` not 3) take every device form: each channel moves as the RGB
+    picture's channel it copies does under the same draw (the same seed), none mixed with another."""
+    transforms = [{"__class_fullname__": "Affine", "rotate": [25, 25], "scale": [1.1, 1.1], "p": 1.0},
+                  {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": [0.1, 0.1],
+                   "contrast_limit": [0.2, 0.2], "p": 1.0},
+                  {"__class_fullname__": "HorizontalFlip", "p": 1.0}]
+    copies = [i % 3 for i in range(channels)]
+    rgb = picture()
+    want = on_device(device_augment(transforms, seed=0), rgb[None])[0]
+    got = on_device(device_augment(transforms, seed=0), rgb[None][..., copies])[0]
+    assert got.shape == (*rgb.shape[:2], channels) and not np.array_equal(got, rgb[..., copies])
+    np.testing.assert_allclose(got, want[..., copies], atol=1e-3)
+
+
 def textured(size: int = 24) -> np.ndarray:
     """The off-centre L on a gradient reaching every edge: a border filled black, repeated or
     reflected differs, and so does a nearest-pixel sample from a bilinear one."""

@@ -5,6 +5,7 @@ changed external dataset trains again; labels outside ``label_map`` are one line
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pandas as pd
 import pytest
 
 from foldstack.contracts import folds_file, manifest, predictions
+from foldstack.core.config import ConfigError
 from foldstack.core.errors import DataError
 from foldstack.core.paths import Paths
-from foldstack.stages import download, folds, predict, train
+from foldstack.stages import download, folds, predict, report, stack, submit, train
 from foldstack.training.fold_task import FoldTask, JoinedRows
 from foldstack.training.regimes import train_batches
 
@@ -152,7 +154,7 @@ def fine_pipeline(root: Path, data: Path) -> tuple:
 
 
 @pytest.mark.slow
-def test_a_finer_train_label_is_summed_onto_the_scored_classes(competition, tmp_path) -> None:
+def test_a_finer_train_label_is_summed_onto_the_scored_classes(competition, tmp_path, caplog) -> None:
     cfg, paths = fine_pipeline(tmp_path, competition[0].data)
     folds.run(cfg, paths)
     train.run(cfg, paths, workers=1)
@@ -172,6 +174,32 @@ def test_a_finer_train_label_is_summed_onto_the_scored_classes(competition, tmp_
     with h5py.File(paths.models / "m" / "fold0" / "best.weights.h5", "r") as weights:
         weights.visititems(lambda name, item: widths.append(item.shape[-1]) if isinstance(item, h5py.Dataset) and item.shape else None)
     assert len(FINE_MAP) in widths  # the network's outputs: the fine classes
+
+    # Grad-CAM rebuilds the fine network: the report's heatmaps reproduce its OOF (summed), and
+    # `predict --images --explain` explains each image by its top fine class.
+    stack.run(cfg, paths)
+    submit.run(cfg, paths)
+    with caplog.at_level(logging.WARNING, logger="foldstack"):
+        report.run(cfg, paths)
+    assert "away from its OOF" not in caplog.text, caplog.text
+    assert "Grad-CAM: m" in (paths.artifacts / "report.html").read_text()
+    out = tmp_path / "new.csv"
+    predict.images(cfg, paths, paths.data / "test", out, skip_unreadable=False, workers=1, explain=True)
+    written = pd.read_csv(out, dtype=str)
+    assert set(written["label"]) <= set(classes.names) and len(written) == len(list((paths.data / "test").iterdir()))
+    pictures = [tmp_path / picture for picture in written["heatmap"]]
+    assert pictures and all(picture.is_file() for picture in pictures)
+
+
+@pytest.mark.parametrize("recipe", [{"pseudo_labels": {"from": ["teacher"]}}, {"distill": {"from": ["teacher"]}},
+                                    {"class_weights": True}])
+def test_recipes_given_per_scored_class_are_refused_with_a_finer_train_label(recipe: dict) -> None:
+    data_keys = {**TINY["data"], "train_label": "fine", "label_map": FINE_MAP}
+    models = [{**MODEL, "name": "teacher"}, {**MODEL, "name": "student", **recipe}]
+    with pytest.raises(ConfigError) as error:
+        make_config(data=data_keys, models=models)
+    (key,) = recipe
+    assert f"models[1].{key}: not with data.train_label" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_fine_label_missing_from_the_map_is_one_line(competition, tmp_path) -> None:

@@ -1226,6 +1226,19 @@ class PipelineConfig(_Frozen):
                                      f"number (model {model.name!r})")
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _recipes_of_the_scored_classes(cls, value: list[ModelConfig], info: ValidationInfo) -> list[ModelConfig]:
+        """Networks of finer classes (``data.train_label``) cannot take what is given per scored
+        class: a teacher's scored probabilities (pseudo-labels, distillation) or ``class_weights``."""
+        data = info.data.get("data")
+        for i, model in (enumerate(value) if data is not None and data.train_label else ()):
+            for key in ("pseudo_labels", "distill", "class_weights"):
+                if getattr(model, key):
+                    raise ValueError(f"models[{i}].{key}: not with data.train_label, whose networks train on "
+                                     f"its finer classes, not the scored ones (model {model.name!r})")
+        return value
+
     @field_validator("submission")
     @classmethod
     def _ordinal_submits_grades(cls, value: SubmissionConfig, info: ValidationInfo) -> SubmissionConfig:

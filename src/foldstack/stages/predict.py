@@ -45,6 +45,7 @@ from foldstack.training.fold_task import (
     PredictTask,
     digest,
     members,
+    network_classes,
     predict_task,
     trained_fold_dirs,
     weights_digest,
@@ -288,16 +289,20 @@ def _image_meta(cfg: PipelineConfig, model: ModelConfig, files: list[Path], tabl
 def _explain(cfg: PipelineConfig, classes: Classes, model: ModelConfig, fold_dir: Path, images: np.ndarray,
              frame: pd.DataFrame, out: Path, meta: MetaRows | None = None) -> list[str]:
     """Each image's Grad-CAM by the first model's fold 0, for the class the stack predicts
-    (multilabel: the network's own top class), as a PNG in ``<out stem>-explain/``; their paths
-    relative to ``out``'s folder."""
+    (multilabel, or a network of finer classes: the network's own top class), as a PNG in
+    ``<out stem>-explain/``; their paths relative to ``out``'s folder."""
     # Explaining needs the fold's weights and recipe, not its rows: no labels, no indices.
-    task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=np.zeros(0, dtype=np.int64),
-                    n_classes=len(classes), train_index=np.zeros(0, dtype=np.int64),
+    network_task, n_outputs = network_classes(cfg, len(classes))
+    task = FoldTask(model=model, task=network_task, metric=cfg.metric, y=np.zeros(0, dtype=np.int64),
+                    n_classes=n_outputs, train_index=np.zeros(0, dtype=np.int64),
                     valid_index=np.zeros(0, dtype=np.int64), augment=cfg.augment, caches={}, fold_dir=fold_dir,
                     seed=cfg.seed)
-    names = list(classes.names)
-    # A multilabel network's own top class; an ordinal or regression network's one output.
-    target = None if classes.multilabel or classes.one_column else np.array([names.index(label) for label in frame["label"]])
+    fine = cfg.data.train_label is not None
+    names = list(FineClasses.of(cfg.data.label_map, classes).classes.names if fine else classes.names)
+    # A multilabel network's own top class, or a fine one's (data.train_label); an ordinal or
+    # regression network's one output.
+    own_top = fine or classes.multilabel or classes.one_column
+    target = None if own_top else np.array([names.index(label) for label in frame["label"]])
     result = isolate.call(f"{WORKER}:explain_images", task, images, target, meta)
     folder = out.with_name(f"{out.stem}-explain")
     pictures = [f"{Path(image).with_suffix('').as_posix().replace('/', '__')}.png" for image in frame["image"]]

@@ -36,12 +36,12 @@ from foldstack.core.config import ModelConfig, PipelineConfig
 from foldstack.core.files import write_text
 from foldstack.core.paths import Paths
 from foldstack.data import tables
-from foldstack.data.labels import Classes
+from foldstack.data.labels import Classes, FineClasses
 from foldstack.data.arrays import ImageReader
 from foldstack.data.cache import model_cache, open_images
 from foldstack.plots import diagnostics, heatmaps
 from foldstack.runtime import isolate
-from foldstack.training.fold_task import WORKER, FoldTask, members
+from foldstack.training.fold_task import WORKER, FoldTask, members, network_classes
 from foldstack.training.meta import MetaRows
 
 log = logging.getLogger(__name__)
@@ -266,16 +266,20 @@ def _explain(cfg: PipelineConfig, paths: Paths, model: ModelConfig, data: predic
     # Under seed bagging a fold's first seed explains it; its OOF is then the mean of several runs.
     first_run = {run.fold: run for run in reversed(members(model, cfg.folds.k, cfg.seed))}
     averaged = len(cfg.augment.tta) > 1 or len(model.seeds or []) > 1
+    # A network of finer classes (data.train_label) explains its own top one; its OOF is them summed.
+    network_task, n_outputs = network_classes(cfg, len(data.classes))
+    fine = FineClasses.of(cfg.data.label_map, data.classes) if cfg.data.train_label else None
     for fold in np.unique(data.fold[rows]):
         in_fold = rows[data.fold[rows] == fold]
         run = first_run[int(fold)]
-        task = FoldTask(model=model, task=cfg.task, metric=cfg.metric, y=data.y, n_classes=len(data.classes),
+        task = FoldTask(model=model, task=network_task, metric=cfg.metric, y=data.y, n_classes=n_outputs,
                         train_index=np.flatnonzero(data.fold != fold), valid_index=np.flatnonzero(data.fold == fold),
                         augment=cfg.augment, caches={}, fold_dir=paths.models / model.name / run.name,
                         seed=run.run_seed)
         result = isolate.call(EXPLAIN, task, np.asarray(images[in_fold]), None,
                               None if meta is None else meta.take(in_fold))
-        _check_reproduces(model, int(fold), result["proba"], network_oof[in_fold], averaged=averaged)
+        proba = result["proba"] if fine is None else fine.summed(result["proba"])
+        _check_reproduces(model, int(fold), proba, network_oof[in_fold], averaged=averaged)
         found.update({row: (heat, cls) for row, heat, cls in zip(in_fold, result["heatmaps"], result["classes"])})
     return found
 
