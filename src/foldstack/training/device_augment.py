@@ -14,6 +14,8 @@ transform only in training (``fit``'s step calls the model with ``training=True`
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -37,8 +39,12 @@ class DeviceAugment(keras.layers.Layer):
         kwargs.setdefault("name", NAME)
         super().__init__(dtype="float32", **kwargs)
         self.steps = list(steps)
-        self.step_layers = [[getattr(keras.layers, cls)(**arguments, dtype="float32") for cls, arguments in step.layers]
-                            for step in self.steps]
+        # Each random Keras layer draws from a seed of its own, derived from ``seed``: unseeded, a
+        # flip's or a rotation's draws would differ from run to run under the same fold seed.
+        layers = [layer for step in self.steps for layer in step.layers]
+        seeds = iter(range(1, len(layers) + 1))
+        self.step_layers = [[_keras_layer(cls, arguments, None if seed is None else seed + next(seeds))
+                             for cls, arguments in step.layers] for step in self.steps]
         self.seed_generator = keras.random.SeedGenerator(seed)
         if keras.config.backend() == "jax":
             # Keras marks its geometric layers as not XLA-compilable for every backend (TensorFlow's
@@ -86,6 +92,14 @@ def device_augment(transforms: list[dict], seed: int | None = None) -> DeviceAug
     """
     steps = device_steps(transforms)
     return DeviceAugment(steps, seed) if steps else None
+
+
+def _keras_layer(name: str, arguments: dict, seed: int | None) -> keras.layers.Layer:
+    """``keras.layers.<name>(**arguments)`` in float32, given ``seed`` when it draws at random."""
+    cls = getattr(keras.layers, name)
+    if seed is not None and "seed" in inspect.signature(cls.__init__).parameters:
+        arguments = {**arguments, "seed": seed}
+    return cls(**arguments, dtype="float32")
 
 
 class DeviceMix(keras.layers.Layer):
