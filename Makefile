@@ -128,6 +128,7 @@ check: | $(SETUP)
 
 # Three workers on two cores: the suite waits on subprocesses, sleeps and disk often enough that a
 # third keeps both cores busy (`pytest -n 3`: 1,115 s; `-n 2`: 1,290-1,311 s; an idle 2-core machine).
+# Each TensorFlow process of the suite runs one thread per pool, oneDNN off (tests/conftest.py): 705 s.
 test:
 	@$(MAKE) --no-print-directory -j3 --output-sync=target $(TEST_SETUP)
 	$(BIN)python -m pytest -q -n 3 --dist loadscope --no-loadscope-reorder --durations=15

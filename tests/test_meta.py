@@ -268,3 +268,29 @@ def test_gradcam_explains_a_network_with_meta(stacked) -> None:
     # The network Grad-CAM rebuilt is the trained one, table columns included: its OOF probabilities.
     oof = pd.read_parquet(paths.models / model.name / run.name / "oof.parquet").set_index("id").loc[ids[held]]
     np.testing.assert_allclose(result["proba"], oof[["0", "1"]].to_numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_offline_kernel_predicts_with_the_test_tables_columns_as_predict_does(stacked, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """The bundle (each fold's meta.json in it) in a kernel: the kernel lays it out in scratch, copies
+    the competition, and predicts the test set afresh reading its table's columns; the probabilities are
+    the predict stage's on the training machine, for the meta model and the plain one."""
+    cfg, paths, table = stacked
+    requirements = tmp_path / "no-requirements.txt"
+    requirements.write_text("# nothing to ship\n")
+    folder = bundle.run(cfg, paths, paths.root / "meta.yaml", requirements=requirements)
+    working, scratch = tmp_path / "working", tmp_path / "scratch"
+    for name, value in (("KAGGLE_KERNEL_RUN_TYPE", "Batch"), ("FOLDSTACK_KAGGLE_WORKING", str(working)),
+                        ("FOLDSTACK_KAGGLE_INPUT", str(tmp_path / "input")), ("FOLDSTACK_SCRATCH", str(scratch))):
+        monkeypatch.setenv(name, value)
+    assert cli.main(["kernel", "--bundle", str(folder)]) == 0
+    kernel_test = scratch / "artifacts" / "meta" / "test"
+    assert not (folder / "artifacts" / "meta" / "test").exists()  # predicted in the kernel, not shipped
+    for model in ("cnn_meta", "cnn"):
+        got = pd.read_parquet(kernel_test / f"{model}.parquet").set_index("id").sort_index()
+        want = pd.read_parquet(paths.test / f"{model}.parquet").set_index("id").sort_index()
+        assert got.index.tolist() == want.index.tolist()
+        np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=0, atol=1e-5)
+    submission = pd.read_csv(working / "submission.csv")
+    assert sorted(submission["image_name"]) == sorted(table["image_name"].iloc[N_TRAIN:])
