@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY, make_config
+from procs import children, command_line, descendants
 
 from foldstack.contracts import fold_done
 from foldstack.core.config import ComputeConfig, ConfigError
@@ -108,21 +109,9 @@ def in_background(function) -> tuple[threading.Thread, list]:
     return thread, errors
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def fold_processes() -> list[int]:
     """The fold processes of this test's train stage: the children of its fork server."""
-    servers = [pid for pid in children(os.getpid())
-               if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    servers = [pid for pid in children(os.getpid()) if b"forkserver" in command_line(pid)]
     return sorted(pid for server in servers for pid in children(server))
 
 
@@ -330,22 +319,7 @@ def ray_cluster():
 def ray_processes(title: str) -> list[int]:
     """This test's Ray processes whose title starts with ``title``: below this process (its local
     cluster's raylet starts the workers), not another session's on the same machine."""
-    found, mine, parents = [], {os.getpid()}, {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit():
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    while grown := {pid for pid, parent in parents.items() if parent in mine} - mine:
-        mine |= grown
-    for pid in mine - {os.getpid()}:
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title.encode()):
-                found.append(pid)
-        except OSError:
-            continue
-    return sorted(found)
+    return [pid for pid in sorted(descendants(os.getpid())) if command_line(pid).startswith(title.encode())]
 
 
 def listening(run, heard: list):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from procs import children, command_line, running
+
 TESTS = Path(__file__).resolve().parent
 SCRIPT = """
 import sys
@@ -70,12 +72,12 @@ def test_the_fork_server_ends_at_once_when_its_parent_is_killed() -> None:
     process = subprocess.Popen([sys.executable, "-c", SERVER_AND_SLEEP], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "ready"
-        (server,) = [pid for pid in _children(process.pid) if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        (server,) = [pid for pid in children(process.pid) if b"forkserver" in command_line(pid)]
     finally:
         process.kill()
         process.wait()
     killed = time.perf_counter()
-    while _running(server) and time.perf_counter() - killed < 30:
+    while running(server) and time.perf_counter() - killed < 30:
         time.sleep(0.01)
     assert time.perf_counter() - killed < 1.0, f"the fork server outlived its parent by {time.perf_counter() - killed:.1f} s"
 
@@ -86,22 +88,3 @@ def test_the_fork_server_module_registers_nothing_in_another_process() -> None:
               "print(atexit._ncallbacks() - before)\nraise SystemExit(3)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout.strip()) == (3, "0"), run.stderr
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an ended process its parent has not reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -25,6 +25,7 @@ from foldstack.training.fold_task import FoldTask
 from foldstack.training.regimes import REGIMES, fit
 
 from conftest import TINY, make_config
+from procs import descendants, running
 
 # A small real backbone keeps each regime's test to seconds; the registry test covers the others.
 MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "epochs": 2,
@@ -116,7 +117,7 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
         assert process.poll() is None, process.stdout.read().decode()
         assert time.time() < deadline
         time.sleep(0.5)
-    helpers = _descendants(process.pid)  # the fork server and the fold's own process
+    helpers = descendants(process.pid)  # the fork server and the fold's own process
     assert helpers, "the fold should train in a process of its own"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -155,7 +156,7 @@ def test_ctrl_c_mid_fold_stops_every_process(tmp_path: Path) -> None:
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline
         time.sleep(0.2)
-    helpers = _descendants(process.pid)
+    helpers = descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
@@ -199,37 +200,13 @@ def _ready_to_train(tmp_path: Path) -> tuple[list[str], list[str], dict[str, str
     return base, args, env
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (Linux /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
 def _assert_all_end(pids: list[int], timeout: float = 5.0) -> None:
     deadline = time.time() + timeout
     alive = pids
     while alive and time.time() < deadline:
         time.sleep(0.2)
-        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+        alive = [pid for pid in alive if running(pid)]
     assert not alive, f"processes still running after their parent ended: {alive}"
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def _epochs_logged(fold_dir: Path) -> int:
