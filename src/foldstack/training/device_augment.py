@@ -15,6 +15,7 @@ transform only in training (``fit``'s step calls the model with ``training=True`
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import keras
 import numpy as np
@@ -41,9 +42,8 @@ class DeviceAugment(keras.layers.Layer):
         self.steps = list(steps)
         # Each random Keras layer draws from a seed of its own, derived from ``seed``: unseeded, a
         # flip's or a rotation's draws would differ from run to run under the same fold seed.
-        layers = [layer for step in self.steps for layer in step.layers]
-        seeds = iter(range(1, len(layers) + 1))
-        self.step_layers = [[_keras_layer(cls, arguments, None if seed is None else seed + next(seeds))
+        offsets = itertools.count(1)
+        self.step_layers = [[_keras_layer(cls, arguments, None if seed is None else seed + next(offsets))
                              for cls, arguments in step.layers] for step in self.steps]
         self.seed_generator = keras.random.SeedGenerator(seed)
         if keras.config.backend() == "jax":

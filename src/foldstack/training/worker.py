@@ -105,14 +105,14 @@ def predict_folds(task: PredictTask, send: Send) -> list[np.ndarray]:
     features = _features(task, images)
     index = np.arange(len(images))
     n_features = None if features is None else features[0].shape[1]
-    folds, network, shapes = [], None, None
+    folds, network, network_width = [], None, None
     for fold_dir in task.fold_dirs:
         # The folds share one network (and its traced predict function) while their input widths agree.
-        if network is not None and input_width(task, fold_dir, n_features) != shapes:
+        fold_width = input_width(task, fold_dir, n_features)
+        if network is not None and fold_width != network_width:
             keras.backend.clear_session()  # the next fold's network replaces this one
             network = None
-        network = trained_network(task, fold_dir, n_features, built=network)
-        shapes = input_width(task, fold_dir, n_features)
+        network, network_width = trained_network(task, fold_dir, n_features, built=network), fold_width
         if features is None:
             meta = fold_inputs(task.model.meta, task.meta, fold_dir)
             predictor = tta_predictor(task, network, {task.split: images}, None if meta is None else {task.split: meta})
