@@ -52,3 +52,4 @@ def test_features_key_depends_on_the_backbone_pass_alone() -> None:
     assert key(backbone="efficientnet_lite0", weights="none", image_size=32) != same
     assert key(augment={"tta": [[], [{"__class_fullname__": "HorizontalFlip", "p": 1.0}]]}) != same
     assert key(ids=["a", "c"]) != same
+    assert key(cut_layer="block1_pool") != same  # the cut backbone's features are others

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ from foldstack.stages import train
 from foldstack.training.callbacks import AtomicBackupAndRestore
 from foldstack.training.features import FeatureCache
 from foldstack.training.fold_task import FoldTask
-from foldstack.training.regimes import REGIMES, fit
+from foldstack.training.regimes import REGIMES, fit, trained_network, tta_predictor
 
 from conftest import TINY, make_config
 from procs import descendants, running
@@ -75,6 +76,22 @@ def test_each_regime_trains_and_predicts(tiny_digits, tmp_path: Path, regime: st
     log = pd.read_csv(task.fold_dir / "log.csv")
     assert "val_score" in log.columns and len(log) >= 1
     assert (task.fold_dir / "best.weights.h5").exists()
+
+
+@pytest.mark.parametrize("regime", ["finetune", "scratch"])
+def test_a_backbone_cut_at_cut_layer_trains_and_predicts_from_its_fold_weights(tiny_digits, tmp_path: Path,
+                                                                               regime: str) -> None:
+    """``cut_layer`` cuts the backbone in the regimes that fine-tune it too (the default's
+    EfficientNet-Lite0 trains its first stages alone): the fold's network ends at the cut, and the
+    network prediction rebuilds from the fold's weights predicts as the trained one did."""
+    task, images = fold_task(tiny_digits, tmp_path, model_config(regime=regime))  # cut at block1_pool
+    predict = fit(task, images, metrics.get(task.metric))
+    network = trained_network(task, task.fold_dir)
+    backbone = next(layer for layer in network.layers if isinstance(layer, keras.Model))
+    assert backbone.output.shape[1:] == (8, 8, 32)  # block1_pool at 16 px; the whole small_cnn ends at 4x4x128
+    rows = np.arange(5)
+    reloaded = tta_predictor(task, network, images)("test", rows)
+    np.testing.assert_allclose(reloaded, predict("test", rows), rtol=0, atol=1e-5)
 
 
 def test_stage_writes_contract_files_and_skips_finished_folds(tiny_digits, capsys) -> None:

@@ -116,7 +116,7 @@ def create(name: str, weights: str | None = "imagenet", include_top: bool = Fals
             from the nested backbone (``model.layers[-1].save_weights(...)``, at these channels).
         include_top: with the ImageNet classifier (1,000 probabilities) instead of the feature map.
         input_shape: ``(height, width, channels)``; defaults to the backbone's own size, RGB.
-        cut_at: end the backbone at this layer's output (a ``partial`` fine-tune).
+        cut_at: end the backbone at this layer's output (``cut_layer``: ``partial`` and any regime that names one).
         drop_path: a stochastic-depth rate over the backbone's own (:attr:`BackboneSpec.drop_path`).
         to_rgb: the backbone's R, G and B, each a channel's index or ``"mean"`` (of all channels).
     """

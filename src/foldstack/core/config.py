@@ -613,7 +613,7 @@ class ModelConfig(_Frozen):
     Regimes: ``features`` trains a head on frozen pooled features; ``finetune`` trains the head
     with the backbone frozen, then unfreezes (``unfreeze``) at ``finetune_lr``; ``partial`` cuts
     the backbone at ``cut_layer`` and trains dense layers on the frozen rest; ``scratch`` trains
-    everything from the start.
+    everything from the start. ``cut_layer`` cuts the backbone in the other regimes too.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -636,7 +636,8 @@ class ModelConfig(_Frozen):
     unfreeze: Literal["all"] | int | str = Field(
         "all", description="finetune: 'all', the top N layers, or a layer name to unfreeze from"
     )
-    cut_layer: str | None = Field(None, description="partial: the layer to cut the backbone at")
+    cut_layer: str | None = Field(None, description="the layer to cut the backbone at, in any regime "
+                                  "(partial: its deepest cut point when unset)")
     dense_units: list[int] = Field([256], description="partial: the dense layers on the cut")
     patience: int = Field(3, ge=1, description="early stopping on the fold's metric")
     class_weights: bool = False

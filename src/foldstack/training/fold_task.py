@@ -222,12 +222,14 @@ def members(model: ModelConfig, k: int, pipeline_seed: int) -> list[Member]:
 
 def features_key(model: ModelConfig, augment: AugmentConfig, ids: list[str]) -> str:
     """What the ``features`` regime's backbone pass over one split depends on: the backbone, its
-    weights, the image size, the valid transforms and TTA views, and the split's images. Not the
-    head's recipe: a new learning rate or head must not run the backbone again. Each split has
-    its own key, so a new test set leaves the training images' features in place."""
+    weights, where it is cut, the image size, the valid transforms and TTA views, and the split's
+    images. Not the head's recipe: a new learning rate or head must not run the backbone again.
+    Each split has its own key, so a new test set leaves the training images' features in place.
+    A key left unset stays out of the digest, so caches made before it existed stay valid."""
     cache_size = {"cache_size": model.cache_size} if model.cache_size else {}  # set: the centre crop
+    cut = {"cut_layer": model.cut_layer} if model.cut_layer else {}
     return digest({"backbone": model.backbone, "weights": model.weights, "image_size": model.image_size,
-                   "valid": augment.valid, "tta": augment.tta, "ids": ids, **cache_size})
+                   "valid": augment.valid, "tta": augment.tta, "ids": ids, **cache_size, **cut})
 
 
 def digest(value: object) -> str:

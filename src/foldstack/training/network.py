@@ -63,10 +63,12 @@ class StandardisedLoss(keras.losses.Loss):
 
 def create_backbone(model: ModelConfig, any_size: bool = False) -> keras.Model:
     """The backbone at the model's size (``any_size``: at every size, for progressive resizing);
-    cut at ``cut_layer`` (or its deepest cut point) for ``partial``."""
-    cut = None
-    if model.regime == "partial":
-        cut = model.cut_layer or backbones.get(model.backbone).cut_layers[-1]
+    cut at ``cut_layer`` in every regime that names one, ``partial`` at its deepest cut point by
+    default (the early stages alone of a pretrained backbone: small images reach its last stages
+    as a 1x1 map, and the cut network trains in a fraction of the time)."""
+    cut = model.cut_layer
+    if cut is None and model.regime == "partial":
+        cut = backbones.get(model.backbone).cut_layers[-1]
     shape = (None, None) if any_size else hw(model.image_size)
     return backbones.create(model.backbone, weights=model.weights, include_top=False,
                             input_shape=(*shape, model.input_channels), cut_at=cut, drop_path=model.drop_path,
