@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,31 @@ def test_an_interrupted_build_restarts_and_never_pairs_old_ids_with_new_images(p
     new = cached_images(second, [f"b{i}" for i in range(12)], 24, path, fmt=fmt)
     raw = cached_images(second, [f"b{i}" for i in range(12)], 24, cache_file(tmp_path, "train", 24))
     assert len(new) == 12 and np.array_equal(new[:], raw)
+
+
+@pytest.mark.parametrize("fmt", [CacheFormat(), CacheFormat("jpeg")], ids=["raw", "jpeg"])
+def test_a_build_resizes_on_several_threads_and_writes_the_images_in_order(photos, tmp_path: Path, fmt: CacheFormat,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images are read, resized and encoded on BUILD_THREADS threads, CHUNK at a time (a chunk
+    shorter than the files, so several chunks), and land in their files' order: the same cache
+    as one thread builds."""
+    ids = [str(i) for i in range(len(photos))]
+    one = cache_file(tmp_path / "one", "train", 24, fmt)
+    monkeypatch.setattr(cache, "BUILD_THREADS", 1)
+    alone = cached_images(photos, ids, 24, one, fmt=fmt)[:]
+    threads = set()
+
+    def resize(image, size):
+        threads.add(threading.current_thread().name)
+        return real(image, size)
+
+    real = cache.resize
+    monkeypatch.setattr(cache, "resize", resize)
+    monkeypatch.setattr(cache, "BUILD_THREADS", 3)
+    monkeypatch.setattr(cache, "CHUNK", 7)
+    several = cached_images(photos, ids, 24, cache_file(tmp_path / "several", "train", 24, fmt), fmt=fmt)
+    assert len(threads) > 1 and all(name.startswith("cache-build") for name in threads), threads
+    np.testing.assert_array_equal(several[:], alone)
 
 
 def test_the_disk_budget_names_both_figures_and_a_format_that_fits(photos, tmp_path: Path,

@@ -15,6 +15,9 @@ A pack's header holds its format, shape and the digest of its ids, so a pack is 
 for other ids; it is built under a temporary name and renamed, after the disk was checked
 (:func:`check_room`: raw's bytes exactly, an encoded format's from its first
 :data:`SAMPLE` images).
+
+A build reads, resizes and encodes :data:`BUILD_THREADS` images at once (Pillow, OpenCV and
+simplejpeg let go of the GIL while they work) and writes them in order, :data:`CHUNK` at a time.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,6 +53,13 @@ JPEG_QUALITY = 90
 SAMPLE = 16
 #: An encoded cache's estimate is its sample's mean times the images, times this margin.
 MARGIN = 1.15
+
+#: Threads a cache build reads, resizes and encodes images on: the cores this process may use,
+#: at most 8.
+BUILD_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+#: Images a build's threads take at once: their results wait in memory until written in order.
+CHUNK = 64
 #: The first bytes of a pack file.
 MAGIC = b"FSPACK1\n"
 FORMATS = ("raw", "jpeg", "png", "webp")
@@ -212,8 +225,9 @@ def cached_images(files: list[str], ids: list[str], size: Size, cache_file: Path
                (lambda: estimates(_resized(files[:SAMPLE], size, read), len(files))) if channels == 3 else None)
     with atomic_path(cache_file) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), h, w, channels))
-        for i, path in enumerate(tqdm(files, desc=f"{desc} {size_name(size)}px", unit="img", leave=False)):
-            array[i] = resize(read(path), size).reshape(h, w, channels)
+        images = _resized_each(tqdm(files, desc=f"{desc} {size_name(size)}px", unit="img", leave=False), size, read)
+        for i, image in enumerate(images):
+            array[i] = image.reshape(h, w, channels)
         array.flush()
         del array
         ids_file.unlink(missing_ok=True)  # just before the rename, so a failed build keeps the old pair
@@ -307,8 +321,7 @@ def _cached_pack(files: list[str], key: str, size: Size, path: Path, desc: str, 
         pending: list[bytes] = []
         sample: list[np.ndarray] = []
         images = tqdm(files, desc=f"{desc} {size_name(size)}px {fmt.name}", unit="img", leave=False)
-        for i, image in enumerate(_resized_each(images, size, read)):
-            data = fmt.encode(image)
+        for i, (image, data) in enumerate(_in_threads(lambda file: _encoded(file, size, read, fmt), images)):
             offsets[i + 1] = offsets[i] + len(data)
             if len(sample) < SAMPLE:  # held until the disk is checked on the sample's sizes
                 sample.append(image)
@@ -327,8 +340,28 @@ def _cached_pack(files: list[str], key: str, size: Size, path: Path, desc: str, 
 
 
 def _resized_each(files: Iterable[str], size: Size, read: ImageReader) -> Iterable[np.ndarray]:
-    for file in files:
-        yield resize(read(file), size)
+    return _in_threads(lambda file: resize(read(file), size), files)
+
+
+def _encoded(file: str, size: Size, read: ImageReader, fmt: CacheFormat) -> tuple[np.ndarray, bytes]:
+    image = resize(read(file), size)
+    return image, fmt.encode(image)
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def _in_threads(work: Callable[[Item], Result], items: Iterable[Item]) -> Iterable[Result]:
+    """``work(item)`` for every item, in their order, on :data:`BUILD_THREADS` threads,
+    :data:`CHUNK` items at a time (a failure is raised when its item's turn comes)."""
+    if BUILD_THREADS == 1:
+        yield from map(work, items)
+        return
+    items = iter(items)
+    with ThreadPoolExecutor(BUILD_THREADS, thread_name_prefix="cache-build") as pool:
+        while chunk := list(islice(items, CHUNK)):
+            yield from pool.map(work, chunk)
 
 
 def _resized(files: list[str], size: Size, read: ImageReader) -> list[np.ndarray]:
