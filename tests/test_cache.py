@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 from pathlib import Path
 
@@ -119,6 +120,34 @@ def test_a_build_resizes_on_several_threads_and_writes_the_images_in_order(photo
     several = cached_images(photos, ids, 24, cache_file(tmp_path / "several", "train", 24, fmt), fmt=fmt)
     assert len(threads) > 1 and all(name.startswith("cache-build") for name in threads), threads
     np.testing.assert_array_equal(several[:], alone)
+
+
+def _rss_file_kb() -> int:
+    """This process's resident file-backed memory (``RssFile`` of /proc/self/status), in kB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("RssFile:"))
+    return int(line.split()[1])
+
+
+def test_reading_a_whole_pack_leaves_the_process_resident_memory_flat(tmp_path: Path) -> None:
+    """An epoch over a pack must not grow the train stage's RSS by the pack's size (issue 23's
+    memory at N and 4N): each image's bytes are read, not mapped. Pickled, a pack reopens its file."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    files = []
+    for i in range(48):  # noise does not compress: ~190 kB a PNG, a ~9 MB pack
+        files.append(str(folder / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(files[-1], compress_level=1)
+    path = cache_file(tmp_path, "train", 256, CacheFormat("png"))
+    cached_images(files, [str(i) for i in range(len(files))], 256, path, fmt=CacheFormat("png"))
+    images = open_images(path)
+    first = images[0]  # OpenCV's libraries are loaded (mapped) by the first decode
+    before = _rss_file_kb()
+    for row in range(len(images)):
+        images[row]
+    grown = _rss_file_kb() - before
+    assert path.stat().st_size > 8e6 and grown < path.stat().st_size / 1024 / 4, (grown, path.stat().st_size)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(images))[0], first)
 
 
 def test_the_disk_budget_names_both_figures_and_a_format_that_fits(photos, tmp_path: Path,

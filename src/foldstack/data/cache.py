@@ -250,6 +250,11 @@ class EncodedImages:
     Layout: :data:`MAGIC`, the header's length (uint64), the header (JSON: ``format``,
     ``quality``, ``shape``, ``key``: the ids' digest, ``encoder``), ``N + 1`` uint64 offsets from
     the file's start, then the encoded images back to back.
+
+    Each image's bytes are read with ``os.pread`` (one call, any thread), not through a memory
+    map: a map's pages count in the process's resident memory once read, so an epoch over a pack
+    would grow the train stage's RSS by the pack's size; read, they stay in the kernel's page
+    cache. Pickled, it is its path: the other process opens the file itself.
     """
 
     def __init__(self, path: Path):
@@ -259,9 +264,19 @@ class EncodedImages:
         self.shape = tuple(self.header["shape"])
         self.dtype = np.dtype(np.uint8)
         self.ndim = 4
-        self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        start = self.header["index"]
-        self._offsets = np.frombuffer(self._data[start:start + _index_bytes(self.shape[0])], dtype="<u8")
+        self._fd = os.open(self.path, os.O_RDONLY)
+        size = _index_bytes(self.shape[0])
+        self._offsets = np.frombuffer(os.pread(self._fd, size, self.header["index"]), dtype="<u8")
+        if len(self._offsets) != self.shape[0] + 1:
+            raise DataError(f"{self.path}: cut short (its index ends early); delete it to rebuild")
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __reduce__(self):
+        return EncodedImages, (self.path,)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -285,7 +300,8 @@ class EncodedImages:
     def _decode(self, row: int) -> np.ndarray:
         if row < 0:
             row += len(self)
-        return self.format.decode(self._data[self._offsets[row]:self._offsets[row + 1]])
+        start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        return self.format.decode(np.frombuffer(os.pread(self._fd, end - start, start), dtype=np.uint8))
 
 
 def read_header(path: Path) -> dict:
