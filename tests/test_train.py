@@ -30,11 +30,17 @@ from procs import descendants, running
 
 # A small real backbone keeps each regime's test to seconds; the registry test covers the others.
 MODEL = {"name": "m", "backbone": "small_cnn", "weights": "none", "image_size": 16, "epochs": 2,
-         "head_epochs": 1, "batch_size": 32, "cut_layer": "block1_pool", "dense_units": [16]}
+         "head_epochs": 1, "batch_size": 32, "dense_units": [16]}
+
+#: Where ``model_config`` cuts a ``partial`` model (``cut_layer`` cuts every regime that sets it).
+PARTIAL_CUT = "block1_pool"
 
 
 def model_config(**fields) -> ModelConfig:
-    """``MODEL`` with ``fields`` replaced, validated as a pipeline's model."""
+    """``MODEL`` with ``fields`` replaced, validated as a pipeline's model; a ``partial`` one cut
+    at :data:`PARTIAL_CUT` unless ``fields`` say where."""
+    if fields.get("regime") == "partial":
+        fields = {"cut_layer": PARTIAL_CUT, **fields}
     return make_config(models=[{**MODEL, **fields}]).models[0]
 
 
@@ -84,7 +90,7 @@ def test_a_backbone_cut_at_cut_layer_trains_and_predicts_from_its_fold_weights(t
     """``cut_layer`` cuts the backbone in the regimes that fine-tune it too (the default's
     EfficientNet-Lite0 trains its first stages alone): the fold's network ends at the cut, and the
     network prediction rebuilds from the fold's weights predicts as the trained one did."""
-    task, images = fold_task(tiny_digits, tmp_path, model_config(regime=regime))  # cut at block1_pool
+    task, images = fold_task(tiny_digits, tmp_path, model_config(regime=regime, cut_layer="block1_pool"))
     predict = fit(task, images, metrics.get(task.metric))
     network = trained_network(task, task.fold_dir)
     backbone = next(layer for layer in network.layers if isinstance(layer, keras.Model))
