@@ -15,9 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: every process (tiny networks, hundreds of processes). Measured on test_competitions.py's 12
 #: end-to-end runs, `pytest -n 3 --dist load`: 75-80 s as TensorFlow starts by default, 71-72 s
 #: with one thread per pool, 65 s with oneDNN off too. Every subprocess inherits them; a variable
-#: already set wins.
+#: already set wins. The image caches' builds take one thread too (FOLDSTACK_BUILD_THREADS; the
+#: threaded build has its own test, which sets the count it needs).
 for _name, _value in (("TF_NUM_INTRAOP_THREADS", "1"), ("TF_NUM_INTEROP_THREADS", "1"), ("OMP_NUM_THREADS", "1"),
-                      ("TF_ENABLE_ONEDNN_OPTS", "0")):
+                      ("TF_ENABLE_ONEDNN_OPTS", "0"), ("FOLDSTACK_BUILD_THREADS", "1")):
     os.environ.setdefault(_name, _value)
 
 import numpy as np

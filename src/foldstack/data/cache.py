@@ -54,9 +54,10 @@ SAMPLE = 16
 #: An encoded cache's estimate is its sample's mean times the images, times this margin.
 MARGIN = 1.15
 
-#: Threads a cache build reads, resizes and encodes images on: the cores this process may use,
-#: at most 8.
-BUILD_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+#: Threads a cache build reads, resizes and encodes images on: ``FOLDSTACK_BUILD_THREADS``, else
+#: the cores this process may use, at most 8.
+BUILD_THREADS = int(os.environ.get("FOLDSTACK_BUILD_THREADS") or min(
+    8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 #: Images a build's threads take at once: their results wait in memory until written in order.
 CHUNK = 64
